@@ -1,0 +1,179 @@
+"""Maximum Entropy Coding objective (Liu et al., NeurIPS 2022, Eqs. 1-4).
+
+Notation of the paper: a batch of m samples, embeddings of dimension d, distortion eps
+(eps_d^2 = eps^2 / d), mu = (m + d) / 2 and lambda = d / (m eps^2) = 1 / (m eps_d^2).
+Embedding matrices are m x d here (one row per sample), so the paper's Z^T Z (m x m) is
+our Z1 Z2^T.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Form = Literal["auto", "batch", "feature"]
+
+
+def mec_mu(m: int, d: int) -> float:
+    """mu = (m + d) / 2, the scale of the coding length in Eq. 1."""
+    return (m + d) / 2
+
+
+def mec_lambda(m: int, d: int, eps_sq: float) -> float:
+    """lambda = d / (m eps^2) = 1 / (m eps_d^2) of Eq. 1."""
+    if eps_sq <= 0:
+        raise ValueError(f"eps_sq must be > 0, got {eps_sq}")
+    return d / (m * eps_sq)
+
+
+def correlation(z1: torch.Tensor, z2: torch.Tensor, lam: float, form: Form = "auto"):
+    """C = lam * Z1hat Z2hat^T (batch form, m x m) or lam * Z2hat^T Z1hat (feature form, d x d).
+
+    Rows of z1, z2 (m x d) are l2-normalized first. Both forms have the same nonzero
+    eigenvalues (Eq. 4), hence the same traces of powers and the same log det(I + C).
+    The product runs in float32 even under autocast: the series is a sum of nearly
+    cancelling terms and bf16 would lose them.
+    """
+    if z1.ndim != 2 or z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must both be m x d, got {tuple(z1.shape)} and "
+                         f"{tuple(z2.shape)}")
+    if form not in ("auto", "batch", "feature"):
+        raise ValueError(f"form must be 'auto', 'batch' or 'feature', got {form!r}")
+    m, d = z1.shape
+    if form == "auto":
+        form = "batch" if m <= d else "feature"
+    with torch.autocast(z1.device.type, enabled=False):
+        dtype = torch.promote_types(z1.dtype, torch.float32)
+        a = F.normalize(z1.to(dtype), dim=1)
+        b = F.normalize(z2.to(dtype), dim=1)
+        if form == "batch":
+            return lam * (a @ b.T)  # (m, d) @ (d, m) -> (m, m)
+        return lam * (b.T @ a)  # (d, m) @ (m, d) -> (d, d)
+
+
+def _trace_of_product(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """tr(X Y) = sum(X * Y^T), without forming X Y."""
+    return (x * y.T).sum()
+
+
+class _TaylorLogDet(torch.autograd.Function):
+    """sum_{k=1..n} (-1)^{k+1}/k tr(C^k) (Eq. 2/3), from traces of powers only.
+
+    Forward forms C^1..C^ceil(n/2) and reads tr(C^k) as tr(C^i C^j), i + j = k: for n = 4
+    that is one matrix product beyond C. Backward uses d tr(C^k)/dC = k (C^{k-1})^T, so
+    dL/dC = (I - C + C^2 - ... +- C^{n-1})^T, reusing the forward's powers.
+    """
+
+    @staticmethod
+    def forward(ctx, c: torch.Tensor, order: int) -> torch.Tensor:
+        half = (order + 1) // 2
+        powers = [c]  # powers[j - 1] = C^j
+        for _ in range(1, half):
+            powers.append(powers[-1] @ c)
+        total = c.new_zeros(())
+        for k in range(1, order + 1):
+            i, j = k // 2, k - k // 2
+            trace = torch.diagonal(c).sum() if i == 0 else _trace_of_product(
+                powers[i - 1], powers[j - 1])
+            total = total + ((-1) ** (k + 1) / k) * trace
+        ctx.order = order
+        ctx.save_for_backward(*powers)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        powers = list(ctx.saved_tensors)
+        c = powers[0]
+        while len(powers) < ctx.order - 1:
+            powers.append(powers[-1] @ c)
+        grad = torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+        for k in range(2, ctx.order + 1):
+            grad = grad + (-1) ** (k + 1) * powers[k - 2]
+        return grad_out * grad.T, None
+
+
+def log_det_taylor(c: torch.Tensor, order: int) -> torch.Tensor:
+    """Order-n Taylor series of log det(I + C) for a square C (Eq. 2); needs ||C||_2 < 1."""
+    if order < 1:
+        raise ValueError(f"order must be >= 1, got {order}")
+    if c.ndim != 2 or c.shape[0] != c.shape[1]:
+        raise ValueError(f"C must be square, got {tuple(c.shape)}")
+    return _TaylorLogDet.apply(c, order)
+
+
+def log_det_exact(c: torch.Tensor) -> torch.Tensor:
+    """log |det(I + C)| by LU (slogdet), Eq. 1."""
+    eye = torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+    return torch.linalg.slogdet(eye + c).logabsdet
+
+
+def coding_length(z1: torch.Tensor, z2: torch.Tensor, lam: float, order: int | None = None,
+                  form: Form = "auto") -> torch.Tensor:
+    """log det(I + lam Z1hat Z2hat^T) for m x d embeddings z1, z2 (Eq. 1/3 without mu).
+
+    Rows are l2-normalized inside. `order=None` is exact (slogdet); `order=n` the Taylor
+    series of order n (Eq. 3). `form` picks the m x m ("batch") or d x d ("feature")
+    matrix; "auto" takes the smaller (Eq. 4). Differentiable in z1 and z2.
+    """
+    c = correlation(z1, z2, lam, form)
+    return log_det_exact(c) if order is None else log_det_taylor(c, order)
+
+
+@torch.no_grad()
+def spectral_norm(c: torch.Tensor, iters: int = 16) -> torch.Tensor:
+    """Estimate ||C||_2 (largest singular value) by power iteration on C^T C.
+
+    The Taylor series of Eq. 2 converges only while ||C||_2 < 1. Power iteration from a
+    fixed start vector never overestimates; `iters` steps cost O(iters n^2).
+    """
+    v = torch.ones(c.shape[1], dtype=c.dtype, device=c.device) / c.shape[1] ** 0.5
+    for _ in range(iters):
+        w = c.T @ (c @ v)
+        v = w / w.norm().clamp_min(1e-30)
+    return (c @ v).norm()
+
+
+class ConvergenceGuard:
+    """Warns once when the Taylor series is used outside its convergence radius."""
+
+    def __init__(self) -> None:
+        self.warned = False
+
+    def check(self, norm: float, order: int | None, step: int) -> None:
+        if order is not None and norm >= 1.0 and not self.warned:
+            self.warned = True
+            warnings.warn(
+                f"||C||_2 = {norm:.3f} >= 1 at step {step}: the order-{order} Taylor series "
+                "of log det(I + C) diverges here; raise eps_sq or lambda_warmup_factor, or "
+                "use order=None (exact)", RuntimeWarning, stacklevel=2)
+
+
+def mec_loss(s1: torch.Tensor, s2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor,
+             lam: float, order: int | None) -> dict[str, torch.Tensor]:
+    """The symmetric MEC loss of Eq. 3 with the teacher's outputs as targets.
+
+    s1, s2: student outputs (predictor, or projector in the symmetric ablation) for views
+    1 and 2; t1, t2: teacher projector outputs; all m x d over the *global* batch (gather
+    across processes before calling). `lam` is the current, warmed-up lambda.
+
+    As in the reference code the loss is -(1/lambda) / m times the mean of the two coding
+    lengths, so its first-order term is minus the mean cosine similarity of the views
+    whatever lambda is. Returns the loss and, detached, the per-sample coding length
+    mu L / m and the larger of the two spectral norms ||C||_2.
+    """
+    m, d = s1.shape
+    c12 = correlation(s1, t2.detach(), lam)
+    c21 = correlation(s2, t1.detach(), lam)
+    if order is None:
+        length = 0.5 * (log_det_exact(c12) + log_det_exact(c21))
+    else:
+        length = 0.5 * (log_det_taylor(c12, order) + log_det_taylor(c21, order))
+    return {
+        "loss": -length / (lam * m),
+        "coding_length": mec_mu(m, d) * length.detach() / m,
+        "spectral_norm": torch.maximum(spectral_norm(c12.detach()),
+                                       spectral_norm(c21.detach())),
+    }

@@ -1,0 +1,127 @@
+"""Encoders of MEC: backbone + 3-layer projector, 2-layer predictor, EMA teacher.
+
+The layout follows the paper's reference code (itself after SimSiam): the projector ends
+in a BatchNorm without affine parameters, the predictor sits on the student only, and the
+teacher is an exponential moving average of the student's backbone and projector.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torchvision
+from torch import nn
+
+BACKBONES = ("convnet", "resnet18", "resnet50")
+
+
+def _small_convnet() -> nn.Module:
+    """A 4-block convnet (about 0.4 M parameters) for CPU demos and tests; 256-d features."""
+    layers: list[nn.Module] = []
+    widths = [3, 32, 64, 128, 256]
+    for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
+        stride = 1 if i == 0 else 2
+        layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                   nn.ReLU(inplace=True)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers)
+
+
+def build_backbone(name: str, small_stem: bool = False) -> tuple[nn.Module, int]:
+    """A backbone that maps (B, 3, H, W) images to (B, F) features, and F.
+
+    ResNets are torchvision's own, with `fc` replaced by Identity, so their state dict has
+    torchvision's key names and loads into `torchvision.models.resnet*` with strict=False
+    (only `fc.*` missing). `small_stem` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv,
+    the usual stem for 28-64 px images.
+    """
+    if name == "convnet":
+        return _small_convnet(), 256
+    if name not in ("resnet18", "resnet50"):
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    net = getattr(torchvision.models, name)(weights=None, zero_init_residual=True)
+    if small_stem:
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    features = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, features
+
+
+def projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """3-layer MLP; the last BatchNorm has no affine parameters (reference code)."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(True),
+        nn.Linear(hidden_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(True),
+        nn.Linear(hidden_dim, out_dim, bias=False), nn.BatchNorm1d(out_dim, affine=False),
+    )
+
+
+def predictor(dim: int, hidden_dim: int) -> nn.Sequential:
+    """2-layer bottleneck MLP on the student only (reference code: hidden 512)."""
+    return nn.Sequential(
+        nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(True),
+        nn.Linear(hidden_dim, dim),
+    )
+
+
+class Encoder(nn.Module):
+    """Backbone followed by the projector: images (B, 3, H, W) -> embeddings (B, d)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(x))
+
+
+class MECModel(nn.Module):
+    """Student (encoder + predictor) and teacher (EMA of the encoder).
+
+    `share_weights` is the momentum-0 ablation of Table 5: the teacher is the student's
+    own encoder behind a stop-gradient. `use_predictor=False` is the symmetric ablation.
+    """
+
+    def __init__(self, backbone: str, proj_dim: int, proj_hidden_dim: int | None,
+                 pred_hidden_dim: int, use_predictor: bool = True, small_stem: bool = False,
+                 share_weights: bool = False) -> None:
+        super().__init__()
+        net, features = build_backbone(backbone, small_stem)
+        self.encoder = Encoder(net, projector(features, proj_hidden_dim or features, proj_dim))
+        self.predictor = predictor(proj_dim, pred_hidden_dim) if use_predictor else nn.Identity()
+        self.teacher: Encoder | None = None
+        if not share_weights:
+            self.teacher = copy.deepcopy(self.encoder)
+            self.teacher.requires_grad_(False)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor):
+        """Two views (B, 3, H, W) -> student outputs s1, s2 and teacher targets t1, t2 (B, d).
+
+        Each view passes separately, so BatchNorm statistics are per view as in the
+        reference code.
+        """
+        s1 = self.predictor(self.encoder(x1))
+        s2 = self.predictor(self.encoder(x2))
+        teacher = self.encoder if self.teacher is None else self.teacher
+        with torch.no_grad():
+            t1, t2 = teacher(x1), teacher(x2)
+        return s1, s2, t1, t2
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, fused over all parameters."""
+    t = [p for p in teacher.parameters()]
+    s = [p.detach() for p in student.parameters()]
+    if len(t) != len(s):
+        raise ValueError(f"teacher has {len(t)} parameters, student {len(s)}")
+    torch._foreach_mul_(t, momentum)
+    torch._foreach_add_(t, s, alpha=1.0 - momentum)
+
+
+def backbone_state_dict(model: MECModel) -> dict[str, torch.Tensor]:
+    """The student backbone's weights in torchvision's own format (CPU tensors)."""
+    return {k: v.detach().cpu() for k, v in model.encoder.backbone.state_dict().items()}
