@@ -23,6 +23,7 @@ class ViewRecipe:
     """Probabilities and ranges of one view's augmentations (sigma as a fraction of the side)."""
 
     crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_p: float = 0.5
     jitter_p: float = 0.8
     brightness: float = 0.4
@@ -151,7 +152,7 @@ def augment(images: torch.Tensor, view: ViewRecipe, norm: Normalization, g: torc
     device, size = images.device, norm.image_size
     # --- random resized crop and horizontal flip: one affine grid per image ----------
     area = _uniform(g, n, *view.crop_scale)
-    log_ratio = _uniform(g, n, math.log(3 / 4), math.log(4 / 3))
+    log_ratio = _uniform(g, n, *(math.log(r) for r in view.crop_ratio))
     cw = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)  # crop width / image width
     ch = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
     cx = (2 * torch.rand(n, generator=g) - 1) * (1 - cw)  # centre in [-1, 1] coordinates

@@ -99,8 +99,11 @@ def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
             bn = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
                                  child.track_running_stats)
-            bn.load_state_dict(child.state_dict())
-            bn.requires_grad_(any(p.requires_grad for p in child.parameters()))
+            # the same Parameter and buffer objects: an optimizer built before keeps working
+            for key, value in list(child.named_parameters(recurse=False)):
+                setattr(bn, key, value)
+            for key, value in list(child.named_buffers(recurse=False)):
+                setattr(bn, key, value)
             setattr(module, name, bn)
         else:
             sync_batchnorm(child, device)

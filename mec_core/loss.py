@@ -101,13 +101,15 @@ def log_det_taylor(c: torch.Tensor, order: int) -> torch.Tensor:
         raise ValueError(f"order must be >= 1, got {order}")
     if c.ndim != 2 or c.shape[0] != c.shape[1]:
         raise ValueError(f"C must be square, got {tuple(c.shape)}")
-    return _TaylorLogDet.apply(c, order)
+    with torch.autocast(c.device.type, enabled=False):  # powers of C stay in float32
+        return _TaylorLogDet.apply(c, order)
 
 
 def log_det_exact(c: torch.Tensor) -> torch.Tensor:
     """log |det(I + C)| by LU (slogdet), Eq. 1."""
     eye = torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
-    return torch.linalg.slogdet(eye + c).logabsdet
+    with torch.autocast(c.device.type, enabled=False):
+        return torch.linalg.slogdet(eye + c).logabsdet
 
 
 def coding_length(z1: torch.Tensor, z2: torch.Tensor, lam: float, order: int | None = None,

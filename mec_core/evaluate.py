@@ -1,0 +1,152 @@
+"""Frozen-feature evaluation: weighted kNN and a linear probe (the usual SSL protocols).
+
+The encoder is the student backbone of a checkpoint, the same backbone at random init
+(the baseline every result is shown next to), or raw pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mec_core import checkpoint
+from mec_core.augment import Normalization, preprocess
+from mec_core.config import TrainConfig
+from mec_core.data import ImageSet, load_dataset
+from mec_core.models import build_backbone
+from mec_core.train import build_model, image_size
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """How images become features: a backbone and its preprocessing, or raw pixels."""
+
+    backbone: nn.Module | None
+    norm: Normalization
+    name: str
+
+
+def from_checkpoint(path: str, device: str = "cpu") -> FeatureSource:
+    """The student backbone and preprocessing stored in a training checkpoint."""
+    state = checkpoint.load(path, device)
+    config = TrainConfig(**state["config"])
+    model = build_model(config)
+    model.load_state_dict(state["model"])
+    norm = Normalization(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in state["normalization"].items()})
+    return FeatureSource(model.encoder.backbone.to(device).eval(), norm,
+                         f"{config.backbone} @ step {state['step']}")
+
+
+def random_init(backbone: str, train: ImageSet, size: int, seed: int = 0) -> FeatureSource:
+    """The backbone at its torchvision initialisation (small stem when size <= 64)."""
+    torch.manual_seed(seed)
+    net, _ = build_backbone(backbone, small_stem=size <= 64)
+    return FeatureSource(net.eval(), Normalization.fit(train.images, size),
+                         f"{backbone} (random init)")
+
+
+def raw_pixels(train: ImageSet, size: int) -> FeatureSource:
+    return FeatureSource(None, Normalization.fit(train.images, size), "raw pixels")
+
+
+@torch.inference_mode()
+def features(source: FeatureSource, images: torch.Tensor, device: str = "cpu",
+             batch_size: int = 512) -> torch.Tensor:
+    """Features (N, F) of uint8 images (N, C, H, W), in float32 on the CPU."""
+    out = []
+    if source.backbone is not None:
+        source.backbone.to(device).eval()
+    for chunk in images.split(batch_size):
+        x = preprocess(chunk.to(device), source.norm)
+        f = x.flatten(1) if source.backbone is None else source.backbone(x)
+        out.append(f.float().cpu())
+    return torch.cat(out)
+
+
+def _topk_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices
+    hits = top5 == labels[:, None]
+    return {"top1": 100.0 * hits[:, 0].float().mean().item(),
+            "top5": 100.0 * hits.any(1).float().mean().item()}
+
+
+def knn(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor,
+        test_y: torch.Tensor, k: int = 200, temperature: float = 0.1,
+        chunk: int = 1024) -> dict[str, float]:
+    """Weighted kNN on cosine similarity (Wu et al. 2018; k = 200, T = 0.1).
+
+    Each of the k nearest training items votes for its class with exp(sim / T).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    k = min(k, len(train_f))
+    bank = F.normalize(train_f, dim=1)
+    scores = []
+    for q in F.normalize(test_f, dim=1).split(chunk):
+        sim, idx = (q @ bank.T).topk(k, dim=1)  # (q, N) -> (q, k)
+        votes = torch.zeros(len(q), classes)
+        votes.scatter_add_(1, train_y[idx], (sim / temperature).exp())
+        scores.append(votes)
+    return _topk_accuracy(torch.cat(scores), test_y)
+
+
+def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor,
+                 test_y: torch.Tensor, epochs: int = 30, batch_size: int = 256,
+                 lr: float = 1e-3, weight_decay: float = 1e-6, seed: int = 0) -> dict[str, float]:
+    """A linear classifier on standardized frozen features (AdamW, cosine schedule)."""
+    torch.manual_seed(seed)
+    mean, std = train_f.mean(0), train_f.std(0).clamp_min(1e-6)
+    xtr, xte = (train_f - mean) / std, (test_f - mean) / std
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    head = nn.Linear(xtr.shape[1], classes)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(xtr) / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(xtr)).split(batch_size):
+            loss = F.cross_entropy(head(xtr[idx]), train_y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        return _topk_accuracy(head(xte), test_y)
+
+
+def evaluate(protocol: str, dataset: str, checkpoint_path: str | None = None,
+             backbone: str | None = None, pixels: bool = False, data_dir: str | None = None,
+             size: int | None = None, device: str = "cpu", train_limit: int | None = None,
+             test_limit: int | None = None, k: int = 200, temperature: float = 0.1,
+             epochs: int = 30) -> dict:
+    """Run `protocol` ('knn' or 'linear') on `dataset` and return a JSON-ready result.
+
+    Exactly one encoder: `checkpoint_path`, `backbone` (random init) or `pixels`.
+    """
+    if protocol not in ("knn", "linear"):
+        raise ValueError(f"protocol must be 'knn' or 'linear', got {protocol!r}")
+    if sum([checkpoint_path is not None, backbone is not None, pixels]) != 1:
+        raise ValueError("give exactly one of a checkpoint, a backbone (random init) or pixels")
+    train = load_dataset(dataset, "train", data_dir, size).head(train_limit)
+    test = load_dataset(dataset, "test", data_dir, size).head(test_limit)
+    if checkpoint_path is not None:
+        source = from_checkpoint(checkpoint_path, device)
+    else:
+        probe = TrainConfig(dataset=dataset, image_size=size)
+        side = image_size(probe)
+        source = random_init(backbone, train, side) if backbone else raw_pixels(train, side)
+    if train.channels != source.norm.channels:
+        raise ValueError(f"{dataset} has {train.channels} channel(s) but the encoder was "
+                         f"trained on {source.norm.channels}")
+    ftr, fte = features(source, train.images, device), features(source, test.images, device)
+    if protocol == "knn":
+        scores = knn(ftr, train.labels, fte, test.labels, k, temperature)
+    else:
+        scores = linear_probe(ftr, train.labels, fte, test.labels, epochs)
+    return {"protocol": protocol, "dataset": dataset, "encoder": source.name, **scores,
+            "train_size": len(train), "test_size": len(test), "feature_dim": ftr.shape[1]}

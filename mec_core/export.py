@@ -1,0 +1,34 @@
+"""Export a trained encoder for downstream use and serving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from mec_core import checkpoint
+from mec_core.config import TrainConfig
+from mec_core.train import build_model
+
+
+def export(checkpoint_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Write backbone.pt (torchvision state dict), encoder.pt (backbone + projector state
+    dict) and model.json (architecture and preprocessing) under `out_dir`."""
+    state = checkpoint.load(checkpoint_path)
+    config = TrainConfig(**state["config"])
+    model = build_model(config)
+    model.load_state_dict(state["model"])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"backbone": out / "backbone.pt", "encoder": out / "encoder.pt",
+             "meta": out / "model.json"}
+    torch.save(model.encoder.backbone.state_dict(), paths["backbone"])
+    torch.save(model.encoder.state_dict(), paths["encoder"])
+    meta = {"format": "mec-encoder/1", "backbone": config.backbone,
+            "small_stem": model.encoder.backbone.conv1.kernel_size == (3, 3)
+            if hasattr(model.encoder.backbone, "conv1") else False,
+            "proj_dim": config.proj_dim, "step": state["step"], "config": state["config"],
+            "normalization": state["normalization"]}
+    paths["meta"].write_text(json.dumps(meta, indent=2))
+    return paths

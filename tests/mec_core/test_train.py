@@ -1,0 +1,154 @@
+"""The training loop: metrics, checkpoints, exact resume, cancellation, divergence, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mec_core.train as train_module
+from mec_core import checkpoint
+from mec_core.config import TrainConfig
+from mec_core.train import Callbacks, TrainingDiverged, train
+
+TINY = dict(dataset="synthetic", backbone="convnet", batch_size=16, epochs=1, max_steps=6,
+            proj_dim=32, pred_hidden_dim=16, train_limit=256, log_every=2,
+            checkpoint_every=100, warmup_epochs=0.1, lambda_warmup_epochs=0.2)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+class StopAt(Callbacks):
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.seen: list[int] = []
+
+    def on_metrics(self, records) -> None:
+        self.seen += [r.step for r in records]
+
+    def should_stop(self, step: int) -> bool:
+        return step >= self.step
+
+
+def test_train__writes_every_step_and_a_final_checkpoint(tmp_path):
+    result = train(TrainConfig(**TINY), tmp_path)
+    rows = _metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "coding_length", "spectral_norm", "lr", "lambda_inv",
+            "teacher_momentum"} <= rows[0].keys()
+    assert result.steps == 6 and not result.stopped
+    assert result.checkpoint == checkpoint.step_path(tmp_path / "checkpoints", 6)
+    state = checkpoint.load(result.checkpoint)
+    assert state["step"] == 6 and TrainConfig(**state["config"]) == TrainConfig(**TINY)
+    assert {"model", "optimizer", "rng", "normalization"} <= state.keys()
+
+
+def test_train__resume_gives_exactly_the_uninterrupted_losses(tmp_path):
+    config = TrainConfig(**TINY)
+    train(config, tmp_path / "straight")
+    stopper = StopAt(3)
+    first = train(config, tmp_path / "resumed", stopper)
+    assert first.stopped and first.steps == 3
+    assert first.checkpoint.name == "step_00000003.pt"
+    second = train(config, tmp_path / "resumed")
+    assert second.steps == 6
+    straight, resumed = _metrics(tmp_path / "straight"), _metrics(tmp_path / "resumed")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]  # none duplicated or lost
+    for a, b in zip(straight, resumed):
+        assert a["loss"] == b["loss"] and a["coding_length"] == b["coding_length"]
+
+
+def test_train__resume_drops_metrics_written_after_the_checkpoint(tmp_path):
+    config = TrainConfig(**(TINY | {"checkpoint_every": 2}))
+    train(config, tmp_path / "straight")
+    train(config, tmp_path / "crashed", StopAt(5))
+    # a crash after step 5's metrics were written but before its checkpoint was
+    (tmp_path / "crashed" / "checkpoints" / "step_00000005.pt").unlink()
+    train(config, tmp_path / "crashed")
+    rows = _metrics(tmp_path / "crashed")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in _metrics(tmp_path / "straight")]
+
+
+def test_train__a_partial_checkpoint_file_is_ignored(tmp_path):
+    config = TrainConfig(**TINY)
+    train(config, tmp_path, StopAt(3))
+    # a crash in the middle of torch.save leaves only the temporary file behind
+    (tmp_path / "checkpoints" / ".step_00000005.pt.123.tmp").write_bytes(b"\x80\x02garbage")
+    assert checkpoint.latest(tmp_path / "checkpoints").name == "step_00000003.pt"
+    assert train(config, tmp_path).steps == 6
+
+
+def test_train__nan_loss_stops_with_a_clear_error_and_a_good_checkpoint(tmp_path, monkeypatch):
+    """Divergence is injected into the real model: the predictor outputs NaN from step 5."""
+    real_build = train_module.build_model
+    calls = {"n": 0}
+
+    def build_diverging(config):
+        model = real_build(config)
+
+        def poison(module, inputs, output):
+            calls["n"] += 1
+            return output * float("nan") if calls["n"] > 8 else output  # 2 calls a step
+
+        model.predictor.register_forward_hook(poison)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build_diverging)
+    config = TrainConfig(**(TINY | {"checkpoint_every": 2, "log_every": 1}))
+    with pytest.raises(TrainingDiverged, match=r"not finite at step 5.*step_00000004\.pt"):
+        train(config, tmp_path)
+    good = checkpoint.load(checkpoint.latest(tmp_path / "checkpoints"))
+    assert good["step"] == 4
+    assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
+
+
+def test_train__batch_larger_than_dataset_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="batch_size 512 exceeds the 256 training images"):
+        train(TrainConfig(**(TINY | {"batch_size": 512})), tmp_path)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"order": None}, {"teacher_momentum": 0.0}, {"predictor": False}, {"optimizer": "lars"},
+    {"precision": "bf16"},
+])
+def test_train__options_of_the_recipe_and_ablations_run(tmp_path, overrides):
+    result = train(TrainConfig(**(TINY | {"max_steps": 2} | overrides)), tmp_path)
+    assert result.steps == 2
+    assert all(v == v for v in result.last.values())  # finite, not NaN
+
+
+def _torchrun(nproc: int, out: Path, config: dict) -> None:
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in config.items()]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "mec_core.cli", "train", f"--out={out}", *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_train__two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    """m is the global batch: gathered embeddings and global BatchNorm statistics make a
+    2-process run follow the 1-process losses. (A small learning rate keeps float32
+    rounding differences of the two reduction orders from growing chaotically.)"""
+    config = TINY | {"max_steps": 4, "log_every": 1, "base_lr": 0.05}
+    _torchrun(1, tmp_path / "one", config)
+    _torchrun(2, tmp_path / "two", config)
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [r["step"] for r in two] == [1, 2, 3, 4]
+    # identical up to float32 rounding: the loss is a difference of O(1) cosine terms
+    assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-5)
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-4)
+        assert b["coding_length"] == pytest.approx(a["coding_length"], abs=1e-4)
+    w1 = checkpoint.load(tmp_path / "one" / "checkpoints" / "step_00000004.pt")["model"]
+    w2 = checkpoint.load(tmp_path / "two" / "checkpoints" / "step_00000004.pt")["model"]
+    for name, value in w1.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, w2[name], rtol=1e-3, atol=1e-5), name
