@@ -151,8 +151,8 @@ def knn(**kwargs) -> None:
 
 @eval_group.command()
 @_eval_options
-@click.option("--epochs", type=int, default=30, show_default=True,
-              help="Epochs of the linear classifier.")
+@click.option("--steps", type=int, default=100, show_default=True,
+              help="L-BFGS iterations of the logistic-regression probe.")
 def linear(**kwargs) -> None:
     """Linear probe on frozen features; prints JSON with top1 and top5."""
     _run_eval("linear", **kwargs)

@@ -6,7 +6,6 @@ The encoder is the student backbone of a checkpoint, the same backbone at random
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -97,24 +96,28 @@ def knn(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor,
 
 
 def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor,
-                 test_y: torch.Tensor, epochs: int = 30, batch_size: int = 256,
-                 lr: float = 1e-3, weight_decay: float = 1e-6, seed: int = 0) -> dict[str, float]:
-    """A linear classifier on standardized frozen features (AdamW, cosine schedule)."""
-    torch.manual_seed(seed)
+                 test_y: torch.Tensor, steps: int = 100, weight_decay: float = 1e-4
+                 ) -> dict[str, float]:
+    """Multinomial logistic regression on standardized frozen features.
+
+    Full-batch L-BFGS with an L2 penalty: deterministic, and at these sizes (up to about
+    10^5 x 2048 features) faster than an SGD schedule.
+    """
     mean, std = train_f.mean(0), train_f.std(0).clamp_min(1e-6)
     xtr, xte = (train_f - mean) / std, (test_f - mean) / std
     classes = int(max(train_y.max(), test_y.max())) + 1
     head = nn.Linear(xtr.shape[1], classes)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * math.ceil(len(xtr) / batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(xtr)).split(batch_size):
-            loss = F.cross_entropy(head(xtr[idx]), train_y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    opt = torch.optim.LBFGS(head.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(head(xtr), train_y) + weight_decay * head.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
     with torch.no_grad():
         return _topk_accuracy(head(xte), test_y)
 
@@ -123,7 +126,7 @@ def evaluate(protocol: str, dataset: str, checkpoint_path: str | None = None,
              backbone: str | None = None, pixels: bool = False, data_dir: str | None = None,
              size: int | None = None, device: str = "cpu", train_limit: int | None = None,
              test_limit: int | None = None, k: int = 200, temperature: float = 0.1,
-             epochs: int = 30) -> dict:
+             steps: int = 100) -> dict:
     """Run `protocol` ('knn' or 'linear') on `dataset` and return a JSON-ready result.
 
     Exactly one encoder: `checkpoint_path`, `backbone` (random init) or `pixels`.
@@ -147,6 +150,6 @@ def evaluate(protocol: str, dataset: str, checkpoint_path: str | None = None,
     if protocol == "knn":
         scores = knn(ftr, train.labels, fte, test.labels, k, temperature)
     else:
-        scores = linear_probe(ftr, train.labels, fte, test.labels, epochs)
+        scores = linear_probe(ftr, train.labels, fte, test.labels, steps)
     return {"protocol": protocol, "dataset": dataset, "encoder": source.name, **scores,
             "train_size": len(train), "test_size": len(test), "feature_dim": ftr.shape[1]}

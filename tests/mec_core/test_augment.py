@@ -47,7 +47,8 @@ def test_augment__a_slice_of_the_global_batch_gets_the_same_views(images):
 
 def test_augment__identity_recipe_reproduces_preprocessing(images):
     """Full-image crop, no flip, no colour, no blur: the view is the preprocessed image."""
-    plain = ViewRecipe(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+    plain = ViewRecipe(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,
+                       gray_p=0.0, blur_p=0.0)
     norm = _norm(images, size=32)
     g = torch.Generator().manual_seed(0)
     out = augment(images, plain, norm, g)
