@@ -1,0 +1,1 @@
+"""The control plane: REST API, validation and the database schema."""

@@ -1,0 +1,77 @@
+"""Engine and sessions. SQLite gets WAL and a busy timeout so the API and the workers,
+separate processes, can write to one file."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.settings import get_settings
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn, _record):
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+@lru_cache
+def engine() -> Engine:
+    return make_engine(get_settings().db_url)
+
+
+@lru_cache
+def _factory() -> sessionmaker[Session]:
+    return sessionmaker(engine(), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    session = _factory()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def get_session() -> Iterator[Session]:
+    """FastAPI dependency: one session per request."""
+    with _factory()() as session:
+        yield session
+
+
+def retrying(fn, attempts: int = 8, first_wait: float = 0.5):
+    """Call fn(), retrying on connection errors with exponential backoff (about 1 minute
+    in all), so that a database restart does not fail a training run."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    wait = first_wait
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except (OperationalError, DBAPIError) as exc:
+            transient = isinstance(exc, OperationalError) or exc.connection_invalidated
+            if not transient or attempt == attempts - 1:
+                raise
+            time.sleep(wait)
+            wait = min(wait * 2, 15.0)

@@ -1,0 +1,34 @@
+"""The FastAPI application: routers under /v1, JSON errors that name the field."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from api.routes import jobs, models, system
+
+app = FastAPI(
+    title="MEC platform",
+    version="0.1.0",
+    description="Self-supervised pretraining with Maximum Entropy Coding: submit jobs, "
+    "follow their metrics, list finished encoders.",
+)
+app.include_router(jobs.router)
+app.include_router(models.router)
+app.include_router(system.router)
+
+
+def _field(loc) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # drop the discriminator's tag ("pretrain"/"evaluate") that pydantic puts in the path
+    return ".".join(p for p in parts if p not in ("pretrain", "evaluate")) or "body"
+
+
+@app.exception_handler(RequestValidationError)
+def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with `detail` as one readable line per field, and the raw errors beside it."""
+    errors = exc.errors()
+    detail = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in errors)
+    raw = [{"field": _field(e["loc"]), "message": e["msg"], "type": e["type"]} for e in errors]
+    return JSONResponse(status_code=422, content={"detail": detail, "errors": raw})

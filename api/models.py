@@ -1,0 +1,130 @@
+"""Database schema (SQLAlchemy 2.0): jobs, their metrics, finished models, evaluations,
+and live workers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite stores no time zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: UTCDateTime}
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # pretrain | evaluate
+    name: Mapped[str] = mapped_column(String(200))
+    tags: Mapped[list[str]] = mapped_column(default=list)
+    priority: Mapped[int] = mapped_column(default=0)
+    queue: Mapped[str] = mapped_column(String(32))
+    config: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None]
+    step: Mapped[int] = mapped_column(default=0)
+    total_steps: Mapped[int | None]
+    epoch: Mapped[int] = mapped_column(default=0)
+    steps_per_epoch: Mapped[int | None]
+    last_metrics: Mapped[dict[str, Any] | None]
+    checkpoint: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires: Mapped[datetime | None]
+    worker_host: Mapped[str | None] = mapped_column(String(200))
+    device: Mapped[str | None] = mapped_column(String(200))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]
+
+    metrics: Mapped[list[Metric]] = relationship(back_populates="job", cascade="all, delete",
+                                                 passive_deletes=True)
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_job_name_step", "job_id", "name", "step", unique=True),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int]
+    epoch: Mapped[int]
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+    time: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="metrics")
+
+
+class Model(Base):
+    """A finished encoder: the artifacts of a succeeded pretraining job."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    backbone: Mapped[str] = mapped_column(String(32))
+    dataset: Mapped[str] = mapped_column(String(32))
+    artifacts: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    evaluations: Mapped[list[Evaluation]] = relationship(back_populates="model",
+                                                         order_by="Evaluation.id")
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    protocol: Mapped[str] = mapped_column(String(16))
+    dataset: Mapped[str] = mapped_column(String(32))
+    top1: Mapped[float]
+    top5: Mapped[float]
+    result: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    model: Mapped[Model] = relationship(back_populates="evaluations")
+
+
+class Worker(Base):
+    """A worker process seen alive; `seen_at` is renewed by its heartbeat."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    queues: Mapped[list[str]]
+    device: Mapped[str] = mapped_column(String(200))
+    current_job: Mapped[int | None]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,110 @@
+"""/v1/jobs: submit, list, inspect, follow metrics, cancel."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, HTTPException, Query, Response
+from sqlalchemy import String, cast, func, select
+
+from api.deps import JobDep, SessionDep
+from api.jobs import cancel, public
+from api.models import Job, Metric, utcnow
+from api.schemas import (
+    EvaluateJobCreate,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    JobStatus,
+    MetricsPublic,
+    Series,
+)
+from worker.queue import enqueue
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.post("", response_model=JobPublic, status_code=201)
+def submit_job(session: SessionDep, response: Response, spec: Annotated[JobCreate, Body()],
+               idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+    """Submit a pretraining or evaluation job; it is queued and runs on a worker."""
+    if idempotency_key:
+        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        if existing is not None:
+            response.status_code = 200
+            return public(existing)
+    if isinstance(spec, EvaluateJobCreate):
+        target = session.get(Job, spec.config.job_id)
+        if target is None or target.kind != "pretrain":
+            raise HTTPException(422, f"config.job_id: {spec.config.job_id} is not a "
+                                     "pretraining job")
+    config = spec.config.model_dump(mode="json")
+    job = Job(kind=spec.kind, name=spec.name or f"{spec.kind}", tags=spec.tags,
+              priority=spec.priority, queue=spec.queue, config=config,
+              idempotency_key=idempotency_key, enqueued_at=utcnow())
+    session.add(job)
+    session.commit()  # commit first: the worker must find the row
+    enqueue(job.id, job.kind, job.queue, job.priority)
+    return public(job)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(session: SessionDep, status: JobStatus | None = None,
+              kind: str | None = Query(None, pattern="^(pretrain|evaluate)$"),
+              tag: str | None = Query(None, max_length=64),
+              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
+    """Jobs, newest first, filtered by status, kind and tag."""
+    query = select(Job)
+    if status:
+        query = query.where(Job.status == status)
+    if kind:
+        query = query.where(Job.kind == kind)
+    if tag:
+        escaped = tag.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(cast(Job.tags, String).like(f'%"{escaped}"%', escape="\\"))
+    count = session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = session.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset))
+    return JobsPublic(data=[public(j) for j in rows], count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job: JobDep):
+    """One job: status, progress, ETA, last metrics, error, worker and times."""
+    return public(job)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPublic)
+def get_metrics(job: JobDep, session: SessionDep,
+                name: Annotated[list[str] | None, Query(max_length=50)] = None,
+                since_step: int = Query(0, ge=0),
+                max_points: int = Query(1000, ge=1, le=100_000)):
+    """Metric series after `since_step`, downsampled to at most `max_points` per series."""
+    last = session.scalar(select(func.max(Metric.step)).where(Metric.job_id == job.id,
+                                                              Metric.step > since_step))
+    if last is None:
+        return MetricsPublic(job_id=job.id, stride=1, last_step=since_step, series={})
+    stride = max(1, math.ceil((last - since_step) / max_points))
+    query = select(Metric.name, Metric.step, Metric.value).where(
+        Metric.job_id == job.id, Metric.step > since_step)
+    if stride > 1:  # keep every stride-th step, and the newest one
+        query = query.where((Metric.step.op("%")(stride) == 0) | (Metric.step == last))
+    if name:
+        query = query.where(Metric.name.in_(name))
+    series: dict[str, Series] = {}
+    for metric, step, value in session.execute(query.order_by(Metric.name, Metric.step)):
+        entry = series.setdefault(metric, Series(steps=[], values=[]))
+        entry.steps.append(step)
+        entry.values.append(value)
+    return MetricsPublic(job_id=job.id, stride=stride, last_step=last, series=series)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job: JobDep, session: SessionDep):
+    """Cancel a job: a queued one at once, a running one within seconds (it keeps its last
+    checkpoint). 409 if it already finished."""
+    if cancel(session, job.id) is None:
+        session.refresh(job)
+        raise HTTPException(409, f"job {job.id} is already {job.status}")
+    session.refresh(job)
+    return public(job)

@@ -1,0 +1,42 @@
+"""Health, readiness and live workers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter, HTTPException
+from sqlalchemy import select, text
+
+from api.deps import SessionDep
+from api.models import Worker, utcnow
+from api.schemas import WorkerPublic
+from api.settings import get_settings
+from worker.queue import broker_reachable
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The API process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(session: SessionDep) -> dict[str, str]:
+    """The database and the broker are reachable (503 naming the one that is not)."""
+    try:
+        session.execute(text("SELECT 1"))
+    except Exception as exc:  # any driver error means not ready
+        raise HTTPException(503, f"database unreachable: {type(exc).__name__}") from None
+    if not broker_reachable():
+        raise HTTPException(503, "broker unreachable")
+    return {"status": "ready"}
+
+
+@router.get("/v1/workers", response_model=list[WorkerPublic])
+def list_workers(session: SessionDep):
+    """Workers whose heartbeat is recent, with their device and current job."""
+    cutoff = utcnow() - timedelta(seconds=3 * get_settings().heartbeat_seconds)
+    return list(session.scalars(select(Worker).where(Worker.seen_at >= cutoff)
+                                .order_by(Worker.name)))

@@ -1,0 +1,56 @@
+"""Every setting of the platform, read from MEC_* environment variables (and a .env file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Embedded defaults (SQLite, a broker in a SQLite file, CPU) need nothing installed;
+    production points MEC_DATABASE_URL at PostgreSQL and MEC_BROKER_URL at Redis."""
+
+    model_config = SettingsConfigDict(env_prefix="MEC_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("./mec-data"), description="Where the embedded database, "
+                           "broker file and (by default) artifacts live.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite "
+                                     "file data_dir/mec.db.")
+    broker_url: str | None = Field(None, description="Celery broker URL (redis://...); "
+                                   "default: SQLite-backed kombu transport in data_dir.")
+    artifact_root: Path | None = Field(None, description="Checkpoints, exports and .mar files; "
+                                       "default: data_dir/artifacts.")
+    lease_seconds: float = Field(60.0, gt=0, description="A running job whose lease is not "
+                                 "renewed for this long is presumed dead and re-queued.")
+    heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker renews the "
+                                     "lease of the job it runs.")
+    reaper_seconds: float = Field(15.0, gt=0, description="How often each worker looks for "
+                                  "jobs with expired leases and queued jobs to re-enqueue.")
+    max_attempts: int = Field(3, ge=1, description="Runs of a job (first + resumes) before it "
+                              "is failed for good.")
+    cancel_poll_seconds: float = Field(1.0, gt=0, description="How often the training loop "
+                                       "reads the cancel flag from the database.")
+    visibility_timeout: int = Field(43_200, gt=0, description="Redis visibility timeout in "
+                                    "seconds (unacknowledged messages are redelivered after it).")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'mec.db').resolve()}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    @property
+    def artifacts(self) -> Path:
+        return (self.artifact_root or self.data_dir / "artifacts").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings

@@ -1,0 +1,68 @@
+"""Training callbacks that write progress and metrics to the database."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sqlalchemy import delete, insert, select, update
+
+from api.db import retrying, session_scope
+from api.models import Job, Metric, utcnow
+from mec_core.train import Callbacks, StepMetrics
+
+
+class DatabaseCallbacks(Callbacks):
+    """Metrics in batches (one transaction per flush of the trainer), progress, the
+    checkpoint path, and the cancel flag polled at most every `poll_seconds`."""
+
+    def __init__(self, job_id: int, owner: str, poll_seconds: float) -> None:
+        self.job_id, self.owner, self.poll_seconds = job_id, owner, poll_seconds
+        self.last_poll = 0.0
+        self.stop = False
+        self.cancelled = False
+
+    def on_start(self, start_step: int, total_steps: int, steps_per_epoch: int) -> None:
+        def write():
+            with session_scope() as s:
+                # a resumed run repeats the steps after its checkpoint: drop their metrics
+                s.execute(delete(Metric).where(Metric.job_id == self.job_id,
+                                               Metric.step > start_step))
+                s.execute(update(Job).where(Job.id == self.job_id).values(
+                    step=start_step, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                    epoch=start_step // steps_per_epoch))
+        retrying(write)
+
+    def on_metrics(self, records: list[StepMetrics]) -> None:
+        now = utcnow()
+        rows = [{"job_id": self.job_id, "step": r.step, "epoch": r.epoch, "name": k,
+                 "value": v, "time": now} for r in records for k, v in r.values.items()]
+        last = records[-1]
+
+        def write():
+            with session_scope() as s:
+                s.execute(insert(Metric), rows)
+                s.execute(update(Job).where(Job.id == self.job_id).values(
+                    step=last.step, epoch=last.epoch, last_metrics=last.values))
+        retrying(write)
+
+    def on_checkpoint(self, path: Path, step: int) -> None:
+        def write():
+            with session_scope() as s:
+                s.execute(update(Job).where(Job.id == self.job_id).values(checkpoint=str(path)))
+        retrying(write)
+
+    def should_stop(self, step: int) -> bool:
+        now = time.monotonic()
+        if not self.stop and now - self.last_poll >= self.poll_seconds:
+            self.last_poll = now
+
+            def read():
+                with session_scope() as s:
+                    return s.execute(select(Job.cancel_requested, Job.lease_owner, Job.status)
+                                     .where(Job.id == self.job_id)).one()
+            cancel, owner, status = retrying(read)
+            self.cancelled = bool(cancel)
+            # stop also when the job is no longer ours (reaped after a stall)
+            self.stop = self.cancelled or owner != self.owner or status != "running"
+        return self.stop

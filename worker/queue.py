@@ -1,0 +1,49 @@
+"""The Celery application and the doorbell: enqueue a job id on its queue.
+
+The broker only rings the bell; the database says what to run. Importing this module is
+cheap (no torch), so the API can enqueue.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from api.settings import get_settings
+
+QUEUES = ("gpu", "cpu")
+
+
+def make_app() -> Celery:
+    settings = get_settings()
+    app = Celery("mec", broker=settings.broker)
+    app.conf.update(
+        task_queues=[Queue(q, queue_arguments={"x-max-priority": 10}) for q in QUEUES],
+        task_default_queue="cpu",
+        task_acks_late=True,  # a job's message is acknowledged only after it ran ...
+        task_reject_on_worker_lost=True,  # ... and given back if the worker died under it
+        worker_prefetch_multiplier=1,  # one long job at a time, nothing reserved behind it
+        task_ignore_result=True,  # results live in the database
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout,
+                                  "queue_order_strategy": "priority"},
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = make_app()
+
+
+def enqueue(job_id: int, kind: str, queue: str, priority: int = 0) -> None:
+    """Ring the bell for job `job_id`; the task loads everything else from the database."""
+    app.send_task(f"mec.{kind}", args=[job_id], queue=queue, priority=priority)
+
+
+def broker_reachable(timeout: float = 2.0) -> bool:
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+        return True
+    except Exception:  # kombu raises transport-specific errors
+        return False

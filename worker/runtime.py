@@ -1,0 +1,69 @@
+"""The worker's own life: register itself, heartbeat, and reap jobs of dead workers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from celery.signals import worker_ready, worker_shutdown
+from celery.utils.log import get_logger
+from sqlalchemy import delete, update
+
+from api import jobs
+from api.db import session_scope
+from api.models import Job, Worker, utcnow
+from api.settings import get_settings
+from worker.device import describe_device
+from worker.queue import enqueue
+from worker.tasks import app_worker_name
+
+log = get_logger(__name__)
+_stop = threading.Event()
+
+
+def reap_once() -> list[int]:
+    """Re-queue (or fail, past max_attempts) jobs whose lease expired, and ring the bell
+    for the re-queued ones; they resume from their last checkpoint."""
+    with session_scope() as s:
+        requeued = jobs.reap(s, get_settings().max_attempts)
+        kinds = {j.id: (j.kind, j.queue, j.priority) for j in
+                 s.query(Job).filter(Job.id.in_(requeued))} if requeued else {}
+    for job_id in requeued:
+        log.warning("job %s: lease expired, re-queued to resume from its checkpoint", job_id)
+        enqueue(job_id, *kinds[job_id])
+    return requeued
+
+
+def _loop() -> None:
+    settings = get_settings()
+    name = app_worker_name()
+    since_reap = float("inf")
+    while not _stop.wait(settings.heartbeat_seconds):
+        try:
+            with session_scope() as s:
+                s.execute(update(Worker).where(Worker.name == name).values(seen_at=utcnow()))
+            since_reap += settings.heartbeat_seconds
+            if since_reap >= settings.reaper_seconds:
+                since_reap = 0.0
+                reap_once()
+        except Exception as exc:  # keep beating through a database outage
+            log.warning("heartbeat failed: %s", exc)
+
+
+@worker_ready.connect
+def _on_ready(sender, **_kw) -> None:
+    queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values()) \
+        if sender.app.amqp.queues.consume_from else ["cpu", "gpu"]
+    with session_scope() as s:
+        s.merge(Worker(name=app_worker_name(), host=socket.gethostname(), queues=queues,
+                       device=describe_device(), current_job=None, started_at=utcnow(),
+                       seen_at=utcnow()))
+    reap_once()
+    threading.Thread(target=_loop, name="mec-heartbeat", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _on_shutdown(**_kw) -> None:
+    _stop.set()
+    with session_scope() as s:
+        s.execute(delete(Worker).where(Worker.name == app_worker_name()))

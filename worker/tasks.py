@@ -1,0 +1,150 @@
+"""Celery tasks. Each one is like a web view: load the job by id, call mec_core, persist,
+report. Delivering the same message twice is harmless: only the claim that wins runs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+from celery.utils.log import get_task_logger
+from sqlalchemy import select, update
+
+from api import jobs
+from api.db import retrying, session_scope
+from api.models import Evaluation, Job, Model, Worker
+from api.schemas import EvaluateSpec
+from api.settings import get_settings
+from mec_core.config import TrainConfig
+from mec_core.evaluate import evaluate
+from mec_core.export import export
+from mec_core.train import TrainingDiverged, train
+from worker.callbacks import DatabaseCallbacks
+from worker.device import describe_device
+from worker.lease import LeaseKeeper
+from worker.queue import app
+
+log = get_task_logger(__name__)
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _claim(job_id: int, owner: str) -> bool:
+    settings = get_settings()
+    with session_scope() as s:
+        if not jobs.claim(s, job_id, owner, socket.gethostname(), describe_device(),
+                          settings.lease_seconds):
+            return False
+        s.execute(update(Worker).where(Worker.name == app_worker_name())
+                  .values(current_job=job_id))
+    return True
+
+
+def _release(job_id: int) -> None:
+    with session_scope() as s:
+        s.execute(update(Worker).where(Worker.name == app_worker_name(),
+                                       Worker.current_job == job_id).values(current_job=None))
+
+
+def app_worker_name() -> str:
+    return os.environ.get("MEC_WORKER_NAME", f"{socket.gethostname()}:{os.getpid()}")
+
+
+def _fail(job_id: int, owner: str, error: str) -> None:
+    log.error("job %s failed: %s", job_id, error)
+    retrying(lambda: _finish(job_id, owner, "failed", error=error))
+
+
+def _finish(job_id: int, owner: str, status: str, **kw) -> bool:
+    with session_scope() as s:
+        return jobs.finish(s, job_id, owner, status, **kw)
+
+
+@app.task(name="mec.pretrain")
+def pretrain(job_id: int) -> None:
+    """Run (or resume) the MEC pretraining of job `job_id`."""
+    owner = _owner()
+    if not _claim(job_id, owner):
+        log.info("job %s is not queued (already claimed, cancelled or finished)", job_id)
+        return
+    try:
+        run_pretrain(job_id, owner)
+    finally:
+        _release(job_id)
+
+
+def run_pretrain(job_id: int, owner: str) -> None:
+    settings = get_settings()
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        config, name = TrainConfig(**job.config), job.name
+    out = settings.artifacts / "jobs" / str(job_id)
+    callbacks = DatabaseCallbacks(job_id, owner, settings.cancel_poll_seconds)
+    log.info("job %s: training %s on %s", job_id, config.backbone, config.dataset)
+    try:
+        with LeaseKeeper(job_id, owner, settings.lease_seconds, settings.heartbeat_seconds):
+            result = train(config, out, callbacks, resume=True)
+    except TrainingDiverged as exc:
+        return _fail(job_id, owner, f"training diverged: {exc}")
+    except Exception as exc:  # the job must end failed, never stay running
+        return _fail(job_id, owner, f"{type(exc).__name__}: {exc}")
+    if result.stopped:
+        if callbacks.cancelled:
+            retrying(lambda: _finish(job_id, owner, "cancelled",
+                                     result={"steps": result.steps}))
+        return  # otherwise the job was taken from us; its new owner carries on
+    paths = export(result.checkpoint, out / "export")
+    artifacts = {"checkpoint": str(result.checkpoint), **{k: str(v) for k, v in paths.items()}}
+    summary = {"steps": result.steps, "images_per_sec": round(result.images_per_sec, 2),
+               **result.last}
+
+    def register() -> None:
+        with session_scope() as s:
+            if jobs.finish(s, job_id, owner, "succeeded", result=summary):
+                s.add(Model(job_id=job_id, name=name, backbone=config.backbone,
+                            dataset=config.dataset, artifacts=artifacts))
+    retrying(register)
+
+
+@app.task(name="mec.evaluate")
+def evaluate_job(job_id: int) -> None:
+    """Evaluate the encoder of a finished pretraining job."""
+    owner = _owner()
+    if not _claim(job_id, owner):
+        log.info("job %s is not queued (already claimed, cancelled or finished)", job_id)
+        return
+    try:
+        run_evaluate(job_id, owner)
+    finally:
+        _release(job_id)
+
+
+def run_evaluate(job_id: int, owner: str) -> None:
+    with session_scope() as s:
+        spec = EvaluateSpec(**s.get(Job, job_id).config)
+        model = s.scalar(select(Model).where(Model.job_id == spec.job_id))
+        source = s.get(Job, spec.job_id)
+        if model is None:
+            status = source.status if source else "missing"
+            return _fail(job_id, owner, f"job {spec.job_id} has no finished model "
+                                        f"(it is {status})")
+        model_id, checkpoint = model.id, model.artifacts["checkpoint"]
+        dataset = spec.dataset or model.dataset
+        data_dir = spec.data_dir or (source.config.get("data_dir") if spec.dataset in
+                                     (None, model.dataset) else None)
+    try:
+        result = evaluate(spec.protocol, dataset, checkpoint_path=checkpoint, data_dir=data_dir,
+                          train_limit=spec.train_limit, test_limit=spec.test_limit, k=spec.k,
+                          temperature=spec.temperature, steps=spec.steps)
+    except Exception as exc:  # the job must end failed, never stay running
+        return _fail(job_id, owner, f"{type(exc).__name__}: {exc}")
+
+    def register() -> None:
+        with session_scope() as s:
+            if jobs.finish(s, job_id, owner, "succeeded", result=result):
+                s.add(Evaluation(model_id=model_id, job_id=job_id, protocol=spec.protocol,
+                                 dataset=dataset, top1=result["top1"], top5=result["top5"],
+                                 result=result))
+    retrying(register)
