@@ -25,3 +25,6 @@ def upgrade(url: str | None) -> None:
 
 
 __all__ = ["main"]
+
+if __name__ == "__main__":
+    main()

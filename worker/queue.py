@@ -25,11 +25,19 @@ def make_app() -> Celery:
         worker_prefetch_multiplier=1,  # one long job at a time, nothing reserved behind it
         task_ignore_result=True,  # results live in the database
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout,
-                                  "queue_order_strategy": "priority"},
+        broker_transport_options=_transport_options(settings.broker, settings.visibility_timeout),
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def _transport_options(url: str, visibility_timeout: int) -> dict:
+    if url.startswith(("redis", "rediss")):
+        # unacknowledged messages come back only after this long: longer than any job
+        return {"visibility_timeout": visibility_timeout, "queue_order_strategy": "priority"}
+    if url.startswith("sqla+sqlite"):
+        return {"connect_args": {"timeout": 30}}  # the file is shared by many processes
+    return {}
 
 
 app = make_app()

@@ -1,0 +1,120 @@
+"""Submit, watch, evaluate, cancel and survive a killed worker, through HTTP against real
+API and Celery worker processes, on the embedded defaults and on PostgreSQL + Redis."""
+
+import os
+import signal
+
+TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
+        "pred_hidden_dim": 16, "train_limit": 256, "epochs": 1, "log_every": 2,
+        "checkpoint_every": 4, "warmup_epochs": 0.2, "lambda_warmup_epochs": 0.2}
+
+
+def pretrain(platform, steps, **extra):
+    config = TINY | {"max_steps": steps, "epochs": steps // 8 + 1} | extra
+    return platform.post("/v1/jobs", {"kind": "pretrain", "name": f"tiny-{steps}",
+                                      "tags": ["it"], "queue": "gpu", "config": config})
+
+
+def test_health_and_workers(platform):
+    assert platform.get("/healthz") == {"status": "ok"}
+    assert platform.get("/readyz") == {"status": "ready"}
+    workers = platform.get("/v1/workers")
+    assert [w["device"] for w in workers if w["name"] == "w1"] == ["cpu"]
+
+
+def test_pretrain_metrics_model_and_evaluation(platform):
+    job = pretrain(platform, 12)
+    assert job["status"] == "queued" and job["kind"] == "pretrain"
+    assert job["config"]["batch_size"] == 32 and job["config"]["eps_sq"] == 64.0  # defaults
+    done = platform.wait_status(job["id"], ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["error"]
+    assert done["progress"]["step"] == 12 and done["progress"]["percent"] == 100.0
+    assert done["worker_host"] and done["device"] == "cpu" and done["attempts"] == 1
+    assert done["started_at"] and done["finished_at"] and done["last_metrics"]["loss"] < 0
+
+    metrics = platform.get(f"/v1/jobs/{job['id']}/metrics")
+    loss = metrics["series"]["loss"]
+    assert loss["steps"] == list(range(1, 13)) and len(loss["values"]) == 12
+    assert {"coding_length", "spectral_norm", "lr", "lambda_inv"} <= metrics["series"].keys()
+    later = platform.get(f"/v1/jobs/{job['id']}/metrics",
+                         params={"since_step": 10, "name": ["loss"]})
+    assert later["series"]["loss"]["steps"] == [11, 12] and list(later["series"]) == ["loss"]
+    coarse = platform.get(f"/v1/jobs/{job['id']}/metrics", params={"max_points": 4})
+    assert coarse["stride"] == 3 and coarse["series"]["loss"]["steps"] == [3, 6, 9, 12]
+
+    models = platform.get("/v1/models")["data"]
+    model = next(m for m in models if m["job_id"] == job["id"])
+    assert model["backbone"] == "convnet" and os.path.exists(model["artifacts"]["backbone"])
+
+    evaluation = platform.post("/v1/jobs", {"kind": "evaluate",
+                                            "config": {"job_id": job["id"], "protocol": "knn",
+                                                       "k": 20}})
+    finished = platform.wait_status(evaluation["id"], ("succeeded", "failed"))
+    assert finished["status"] == "succeeded", finished["error"]
+    assert 0.0 <= finished["result"]["top1"] <= 100.0
+    detail = platform.get(f"/v1/models/{model['id']}")
+    assert [e["protocol"] for e in detail["evaluations"]] == ["knn"]
+    assert detail["evaluations"][0]["top1"] == finished["result"]["top1"]
+
+    listed = platform.get("/v1/jobs", params={"kind": "evaluate", "status": "succeeded"})
+    assert evaluation["id"] in [j["id"] for j in listed["data"]]
+    tagged = platform.get("/v1/jobs", params={"tag": "it"})["data"]
+    assert job["id"] in [j["id"] for j in tagged]
+    assert all(j["kind"] == "pretrain" for j in tagged)
+
+
+def test_cancel_running_and_queued_jobs(platform):
+    job = pretrain(platform, 5000, checkpoint_every=2)
+    platform.wait_for(lambda: platform.get(f"/v1/jobs/{job['id']}")["progress"]["step"] >= 4,
+                      120, "the long job to make progress")
+    queued = pretrain(platform, 10)  # waits behind the running job on the only worker
+    assert platform.post(f"/v1/jobs/{queued['id']}/cancel", expect=200)["status"] == "cancelled"
+    platform.post(f"/v1/jobs/{job['id']}/cancel", expect=200)
+    stopped = platform.wait_status(job["id"], ("cancelled",), timeout=20)
+    assert stopped["checkpoint"] and os.path.exists(stopped["checkpoint"])
+    assert stopped["progress"]["step"] < 5000
+    again = platform.client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert again.status_code == 409 and again.json()["detail"] == \
+        f"job {job['id']} is already cancelled"
+    # the cancelled queued job never ran, even though its message was delivered
+    assert platform.get(f"/v1/jobs/{queued['id']}")["attempts"] == 0
+
+
+def test_killed_worker_job_resumes_from_its_checkpoint(platform):
+    platform.start_worker("w2")
+    job = pretrain(platform, 60, checkpoint_every=4)
+    platform.wait_for(lambda: platform.get(f"/v1/jobs/{job['id']}")["progress"]["step"] >= 10,
+                      180, "the job to pass step 10")
+    runner = platform.wait_for(
+        lambda: next((w["name"] for w in platform.get("/v1/workers")
+                      if w["current_job"] == job["id"]), None), 10, "the job's worker")
+    os.killpg(platform.workers[runner].pid, signal.SIGKILL)  # no goodbye, no checkpoint
+    platform.workers[runner].wait()
+    done = platform.wait_status(job["id"], ("succeeded", "failed"), timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] == 2 and done["resumes"] == 1
+    steps = platform.get(f"/v1/jobs/{job['id']}/metrics", params={"name": ["loss"]})
+    assert steps["series"]["loss"]["steps"] == list(range(1, 61))  # none lost or duplicated
+    platform.start_worker(f"{runner}-again")
+
+
+def test_bad_requests_get_clear_errors(platform):
+    c = platform.client
+    r = c.post("/v1/jobs", json={"kind": "pretrain", "config": TINY | {"backbone": "vit"}})
+    assert r.status_code == 422 and "config.backbone" in r.json()["detail"]
+    r = c.post("/v1/jobs", json={"kind": "pretrain", "config": TINY | {"colour": 1}})
+    assert r.status_code == 422 and "config.colour: Extra inputs" in r.json()["detail"]
+    r = c.post("/v1/jobs", json={"kind": "pretrain", "config": TINY | {"batch_size": 0}})
+    assert r.status_code == 422 and "config.batch_size" in r.json()["detail"]
+    r = c.post("/v1/jobs", json={"kind": "train", "config": {}})
+    assert r.status_code == 422 and "kind" in r.json()["detail"]
+    r = c.post("/v1/jobs", json={"kind": "evaluate", "config": {"job_id": 999999}})
+    assert r.status_code == 422 and r.json()["detail"] == \
+        "config.job_id: 999999 is not a pretraining job"
+    before = platform.get("/v1/jobs")["count"]
+    assert platform.get("/v1/jobs")["count"] == before  # none of these created a job
+    r = c.get("/v1/jobs/999999")
+    assert r.status_code == 404 and r.json()["detail"] == "job 999999 not found"
+    assert c.get("/v1/models/999999").status_code == 404
+    assert c.get("/v1/jobs", params={"status": "sleeping"}).status_code == 422
+
