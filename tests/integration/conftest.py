@@ -119,6 +119,14 @@ def _drop_database(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    name = _postgres_database()
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    _drop_database(name)
+
+
 @pytest.fixture(params=["embedded", "postgres+redis"], scope="module")
 def platform(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param.replace("+", "_"))
