@@ -208,7 +208,7 @@ def _image_folder(path: Path, split: str, size: int) -> ImageSet:
                 continue
             try:
                 with Image.open(file) as img:
-                    images.append(_square(img.convert("RGB"), size))
+                    images.append(square_crop(img.convert("RGB"), size))
             except (UnidentifiedImageError, OSError) as exc:
                 raise DatasetError(f"imagefolder: cannot decode {file} ({exc})") from exc
             labels.append(label)
@@ -219,8 +219,10 @@ def _image_folder(path: Path, split: str, size: int) -> ImageSet:
                     torch.tensor(labels, dtype=torch.int64), tuple(classes))
 
 
-def _square(img, size: int) -> np.ndarray:
-    """Resize the shorter side to `size` and centre-crop to size x size (H, W, 3 uint8)."""
+def square_crop(img, size: int) -> np.ndarray:
+    """Resize a PIL image's shorter side to `size` and centre-crop it to size x size
+    (H, W) or (H, W, C) uint8: the geometry of every image the encoder sees outside
+    training."""
     from PIL import Image
 
     w, h = img.size

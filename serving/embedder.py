@@ -1,0 +1,44 @@
+"""An exported encoder that turns uint8 images into l2-normalized embeddings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mec_core.augment import Normalization, preprocess
+from mec_core.config import TrainConfig
+from mec_core.train import build_model
+
+
+class Embedder:
+    """Backbone (and optionally the projector) of an export made by `mec export`.
+
+    Weights load with weights_only=True: an export cannot run code when loaded.
+    """
+
+    def __init__(self, export_dir: str | Path, device: str = "cpu",
+                 projector: bool = False) -> None:
+        export_dir = Path(export_dir)
+        meta = json.loads((export_dir / "model.json").read_text())
+        model = build_model(TrainConfig(**meta["config"]))
+        state = torch.load(export_dir / "encoder.pt", map_location="cpu", weights_only=True)
+        model.encoder.load_state_dict(state)
+        self.net = model.encoder if projector else model.encoder.backbone
+        self.net.to(device).eval()
+        self.device = device
+        self.norm = Normalization(**{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in meta["normalization"].items()})
+        self.version = f"{meta['backbone']}@step{meta['step']}"
+        self.projector = projector
+
+    @torch.inference_mode()
+    def embed(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """uint8 (N, C, S, S) -> float32 (N, D) unit vectors, on the CPU."""
+        out = []
+        for chunk in images.split(batch_size):
+            x = preprocess(chunk.to(self.device), self.norm)
+            out.append(F.normalize(self.net(x).float(), dim=1).cpu())
+        return torch.cat(out) if out else torch.empty(0, 0)

@@ -1,0 +1,78 @@
+"""The gallery: embeddings of labelled items in a FAISS index, queried by inner product
+(= cosine similarity, the embeddings being unit vectors)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+EXACT_LIMIT = 200_000  # above this many items an HNSW graph replaces the exact index
+
+
+@dataclass
+class Gallery:
+    index: faiss.Index
+    ids: list[str]
+    labels: list[str]
+    kind: str
+
+    @staticmethod
+    def build(embeddings: np.ndarray, ids: list[str], labels: list[str],
+              kind: str = "auto") -> Gallery:
+        """Index (N, D) unit vectors; kind: exact, hnsw, or auto (by size)."""
+        if len(embeddings) != len(ids) or len(ids) != len(labels):
+            raise ValueError(f"{len(embeddings)} embeddings, {len(ids)} ids, "
+                             f"{len(labels)} labels")
+        vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if kind == "auto":
+            kind = "exact" if len(vectors) <= EXACT_LIMIT else "hnsw"
+        dim = vectors.shape[1]
+        if kind == "exact":
+            index = faiss.IndexFlatIP(dim)
+        elif kind == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efSearch = 128
+        else:
+            raise ValueError(f"index kind must be exact, hnsw or auto, got {kind!r}")
+        index.add(vectors)
+        return Gallery(index, list(ids), list(labels), kind)
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self.index, str(directory / "gallery.faiss"))
+        (directory / "gallery.json").write_text(json.dumps(
+            {"kind": self.kind, "ids": self.ids, "labels": self.labels}))
+
+    @staticmethod
+    def load(directory: Path) -> Gallery:
+        meta = json.loads((directory / "gallery.json").read_text())
+        index = faiss.read_index(str(directory / "gallery.faiss"))
+        return Gallery(index, meta["ids"], meta["labels"], meta["kind"])
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[dict]]:
+        """Top-k items {id, label, score} for each query (Q, D)."""
+        if len(self) == 0:
+            raise ValueError("the gallery is empty")
+        k = min(k, len(self))
+        scores, idx = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return [[{"id": self.ids[i], "label": self.labels[i], "score": float(s)}
+                 for s, i in zip(row_s, row_i) if i >= 0] for row_s, row_i in zip(scores, idx)]
+
+
+def vote(neighbours: list[dict]) -> str | None:
+    """Majority label among the neighbours (ties: the higher summed score)."""
+    if not neighbours:
+        return None
+    counts = Counter(n["label"] for n in neighbours)
+    scores = Counter()
+    for n in neighbours:
+        scores[n["label"]] += n["score"]
+    return max(counts, key=lambda label: (counts[label], scores[label]))

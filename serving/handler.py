@@ -1,0 +1,41 @@
+"""TorchServe adapter: the four hooks, and nothing else; the work is in serving.service."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ts.torch_handler.base_handler import BaseHandler
+
+from serving.service import Service  # installed with the platform beside TorchServe
+
+
+class MECHandler(BaseHandler):
+    """Embedding or kNN retrieval, chosen by the archive's serving.json."""
+
+    def initialize(self, context) -> None:
+        properties = context.system_properties
+        model_dir = properties["model_dir"]
+        with open(os.path.join(model_dir, "serving.json")) as f:
+            options = json.load(f)
+        gpu = properties.get("gpu_id")
+        import torch
+
+        device = f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu"
+        self.service = Service(model_dir, task=options["task"], device=device,
+                               gallery_dir=model_dir,
+                               default_k=options.get("default_k", 10),
+                               max_k=options.get("max_k", 100))
+        self.initialized = True
+
+    def preprocess(self, data):
+        return [self.service.parse(request) for request in data]
+
+    def inference(self, data, *args, **kwargs):
+        return self.service.run(data)
+
+    def postprocess(self, data):
+        for i, answer in enumerate(data):
+            if "error" in answer:
+                self.context.set_response_status(400, answer["error"], idx=i)
+        return data

@@ -1,0 +1,69 @@
+"""Build TorchServe archives (.mar) from a training checkpoint: the encoder, its
+preprocessing, and a gallery index of labelled embeddings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from mec_core.data import load_dataset
+from mec_core.export import export
+from serving.embedder import Embedder
+from serving.gallery import Gallery
+
+HANDLER = Path(__file__).with_name("handler.py")
+
+
+def build_gallery(export_dir: Path, dataset: str, data_dir: str | None, split: str,
+                  limit: int | None, kind: str = "auto") -> Gallery:
+    """Embed a labelled dataset; item ids are '<split>/<index>'."""
+    embedder = Embedder(export_dir)
+    items = load_dataset(dataset, split, data_dir, embedder.norm.image_size).head(limit)
+    vectors = embedder.embed(items.images)  # resized like evaluation when sizes differ
+    labels = [items.classes[i] for i in items.labels.tolist()]
+    return Gallery.build(vectors.numpy(), [f"{split}/{i}" for i in range(len(items))], labels,
+                         kind)
+
+
+def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str = "1.0",
+            gallery_dataset: str | None = None, gallery_data_dir: str | None = None,
+            gallery_split: str = "train", gallery_limit: int | None = None,
+            max_k: int = 100) -> dict[str, Path]:
+    """Write `{name}.mar` (embedding) and `{name}-knn.mar` (retrieval) into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        export(checkpoint, work / "export")
+        meta = json.loads((work / "export" / "model.json").read_text())
+        dataset = gallery_dataset or meta["config"]["dataset"]
+        data_dir = gallery_data_dir or (meta["config"].get("data_dir")
+                                        if dataset == meta["config"]["dataset"] else None)
+        build_gallery(work / "export", dataset, data_dir, gallery_split,
+                      gallery_limit).save(work / "gallery")
+        archives = {}
+        for task, suffix in (("embed", ""), ("knn", "-knn")):
+            (work / "serving.json").write_text(json.dumps({"task": task, "max_k": max_k}))
+            # the archiver puts every file at the archive's root
+            extra = [work / "export" / "encoder.pt", work / "export" / "model.json",
+                     work / "serving.json"]
+            if task == "knn":
+                extra += [work / "gallery" / "gallery.faiss", work / "gallery" / "gallery.json"]
+            _archive(f"{name}{suffix}", version, extra, out)
+            archives[task] = out / f"{name}{suffix}.mar"
+    return archives
+
+
+def _archive(name: str, version: str, extra: list[Path], out: Path) -> None:
+    archiver = shutil.which("torch-model-archiver") or str(
+        Path(sys.executable).with_name("torch-model-archiver"))
+    cmd = [archiver, "--model-name", name, "--version", version, "--handler", str(HANDLER),
+           "--extra-files", ",".join(str(p) for p in extra), "--export-path", str(out),
+           "--force"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"torch-model-archiver failed: {done.stderr.strip()[-2000:]}")

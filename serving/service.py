@@ -1,0 +1,122 @@
+"""Request handling for the embedding and kNN endpoints, independent of any server.
+
+A request is what TorchServe hands a handler for one HTTP call: a dict whose "body" (or
+"data") is raw image bytes or parsed JSON, or multipart fields by name. Each request gets
+its own answer; a bad one gets an error without failing its batch-mates.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from serving.embedder import Embedder
+from serving.gallery import Gallery, vote
+from serving.images import MAX_BYTES, BadImage, decode
+
+MAX_IMAGES = 64  # per request
+
+
+@dataclass
+class Parsed:
+    """One request: its decoded images and options, or the reason it was refused."""
+
+    images: list[torch.Tensor] = field(default_factory=list)
+    k: int = 10
+    vote: bool = False
+    error: str | None = None
+
+
+class Service:
+    """The model behind both endpoints. task: 'embed' or 'knn' (needs a gallery)."""
+
+    def __init__(self, export_dir: str | Path, task: str = "embed", device: str = "cpu",
+                 gallery_dir: str | Path | None = None, default_k: int = 10,
+                 max_k: int = 100, max_bytes: int = MAX_BYTES) -> None:
+        if task not in ("embed", "knn"):
+            raise ValueError(f"task must be 'embed' or 'knn', got {task!r}")
+        self.task, self.default_k, self.max_k, self.max_bytes = task, default_k, max_k, max_bytes
+        self.embedder = Embedder(export_dir, device)
+        self.gallery = Gallery.load(Path(gallery_dir)) if task == "knn" else None
+
+    # --- parsing -----------------------------------------------------------------------
+    def parse(self, request: dict) -> Parsed:
+        try:
+            raw, options = self._payload(request)
+            if not raw:
+                raise BadImage("no image in the request")
+            if len(raw) > MAX_IMAGES:
+                raise BadImage(f"{len(raw)} images in one request, over the limit of "
+                               f"{MAX_IMAGES}")
+            k = self._int(options.get("k", self.default_k), "k")
+            if not 1 <= k <= self.max_k:
+                raise BadImage(f"k must be between 1 and {self.max_k}, got {k}")
+            norm = self.embedder.norm
+            images = [decode(b, norm.channels, norm.image_size, self.max_bytes) for b in raw]
+            return Parsed(images, k, self._bool(options.get("vote", False)))
+        except BadImage as exc:
+            return Parsed(error=str(exc))
+
+    def _payload(self, request: dict) -> tuple[list[bytes], dict]:
+        body = request.get("body", request.get("data"))
+        if isinstance(body, (bytes, bytearray)):
+            return [bytes(body)], {}
+        if isinstance(body, dict):  # JSON: {"images": [base64, ...], "k": 5, "vote": true}
+            items = body.get("images", [body["image"]] if "image" in body else [])
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise BadImage("'images' must be a list of base64 strings")
+            try:
+                raw = [base64.b64decode(i, validate=True) for i in items]
+            except (binascii.Error, ValueError):
+                raise BadImage("'images' holds a string that is not base64") from None
+            return raw, body
+        if body is None and request:  # multipart form: image=@file, k=5, vote=true
+            files = [bytes(v) for key, v in request.items() if key in ("image", "file")
+                     and isinstance(v, (bytes, bytearray))]
+            options = {k: bytes(v).decode(errors="replace") if isinstance(v, (bytes, bytearray))
+                       else v for k, v in request.items() if k in ("k", "vote")}
+            return files, options
+        raise BadImage("send an image (raw bytes or multipart field 'image') or JSON "
+                       "{\"images\": [base64, ...]}")
+
+    @staticmethod
+    def _int(value, name: str) -> int:
+        if isinstance(value, bool):
+            raise BadImage(f"{name} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise BadImage(f"{name} must be an integer, got {value!r}") from None
+
+    @staticmethod
+    def _bool(value) -> bool:
+        return value is True or str(value).lower() in ("1", "true", "yes")
+
+    # --- inference ---------------------------------------------------------------------
+    def run(self, parsed: list[Parsed]) -> list[dict]:
+        """Answers, one per request, from one forward pass over all their images."""
+        images = [img for p in parsed if p.error is None for img in p.images]
+        vectors = self.embedder.embed(torch.stack(images)) if images else None
+        answers, start = [], 0
+        for p in parsed:
+            if p.error is not None:
+                answers.append({"error": p.error})
+                continue
+            mine = vectors[start:start + len(p.images)].numpy()
+            start += len(p.images)
+            answers.append(self._answer(p, mine, batch=len(parsed)))
+        return answers
+
+    def _answer(self, p: Parsed, vectors, batch: int) -> dict:
+        head = {"model_version": self.embedder.version, "batch_size": batch}
+        if self.task == "embed":
+            return head | {"dim": int(vectors.shape[1]), "embeddings": vectors.tolist()}
+        found = self.gallery.search(vectors, p.k)
+        answer = head | {"k": p.k, "neighbours": found}
+        if p.vote:
+            answer["vote"] = [vote(n) for n in found]
+        return answer

@@ -1,0 +1,146 @@
+"""Run TorchServe locally with safe defaults, and talk to its management API."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+TORCHSERVE_VERSION = "0.12.0"  # the last release; TorchServe is in limited maintenance
+
+
+def write_config(home: Path, model_store: Path, inference_port: int, management_port: int,
+                 metrics_port: int, max_request_bytes: int = 10 * 1024 * 1024,
+                 token_expiration_min: int = 60, inference_host: str = "127.0.0.1") -> Path:
+    """config.properties: management on loopback only, token authorization on, models
+    only from our store, bounded request size."""
+    store = model_store.resolve()
+    lines = {
+        "inference_address": f"http://{inference_host}:{inference_port}",
+        "management_address": f"http://127.0.0.1:{management_port}",
+        "metrics_address": f"http://127.0.0.1:{metrics_port}",
+        "model_store": str(store),
+        "enable_model_api": "true",  # registration through the (loopback) management API
+        "allowed_urls": f"file://{store}/.*\\\\.mar,{store}/.*\\\\.mar",
+        "max_request_size": str(max_request_bytes),
+        "max_response_size": str(max_request_bytes),
+        "token_expiration_min": str(token_expiration_min),
+        "default_workers_per_model": "1",
+        "install_py_dep_per_model": "false",
+        "disable_system_metrics": "true",
+    }
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "config.properties"
+    path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+    return path
+
+
+@dataclass
+class Keys:
+    """TorchServe's token-authorization keys, read from the key_file.json it writes."""
+
+    management: str
+    inference: str
+
+    @staticmethod
+    def read(home: Path) -> Keys:
+        data = json.loads((home / "key_file.json").read_text())
+        return Keys(data["management"]["key"], data["inference"]["key"])
+
+
+class LocalTorchServe:
+    """A TorchServe process in `home` (its working directory, logs and key file)."""
+
+    def __init__(self, home: Path, model_store: Path, inference_port: int,
+                 management_port: int, metrics_port: int) -> None:
+        if shutil.which("java") is None:
+            raise RuntimeError("TorchServe needs Java 17 or newer: install a JDK "
+                               "(Debian: apt-get install openjdk-17-jre-headless)")
+        self.home, self.store = home, model_store
+        self.inference_url = f"http://127.0.0.1:{inference_port}"
+        self.management_url = f"http://127.0.0.1:{management_port}"
+        self.config = write_config(home, model_store, inference_port, management_port,
+                                   metrics_port)
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> LocalTorchServe:
+        self.store.mkdir(parents=True, exist_ok=True)
+        binary = shutil.which("torchserve") or str(Path(sys.executable).with_name("torchserve"))
+        log = open(self.home / "torchserve.out", "ab")  # noqa: SIM115  (owned by the process)
+        self.process = subprocess.Popen(
+            [binary, "--start", "--foreground", "--ts-config", str(self.config),
+             "--model-store", str(self.store), "--ncs"],
+            cwd=self.home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=os.environ | {"LOG_LOCATION": str(self.home / "logs"),
+                              "METRICS_LOCATION": str(self.home / "logs")})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"TorchServe exited; see {self.home / 'torchserve.out'}")
+            try:
+                if (self.home / "key_file.json").exists() and httpx.get(
+                        f"{self.inference_url}/ping", timeout=2,
+                        headers={"Authorization": f"Bearer {self.keys().inference}"}
+                ).status_code == 200:
+                    return self
+            except (httpx.TransportError, json.JSONDecodeError, KeyError):
+                pass  # not up yet, or the key file is half written
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"TorchServe did not answer within {timeout}s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def keys(self) -> Keys:
+        return Keys.read(self.home)
+
+    def management(self) -> Management:
+        return Management(self.management_url, self.keys().management)
+
+
+class Management:
+    """The management API calls the platform needs, with the management key."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.client = httpx.Client(base_url=url, timeout=300,
+                                   headers={"Authorization": f"Bearer {key}"})
+
+    def register(self, mar: str, model_name: str | None = None, workers: int = 1,
+                 batch_size: int = 8, max_batch_delay_ms: int = 20) -> dict:
+        params = {"url": mar, "initial_workers": workers, "synchronous": "true",
+                  "batch_size": batch_size, "max_batch_delay": max_batch_delay_ms}
+        if model_name:
+            params["model_name"] = model_name
+        response = self.client.post("/models", params=params)
+        if response.status_code >= 300:
+            raise RuntimeError(f"TorchServe refused {mar}: {response.status_code} "
+                               f"{response.text}")
+        return response.json()
+
+    def describe(self, name: str) -> list[dict] | None:
+        response = self.client.get(f"/models/{name}/all")
+        return response.json() if response.status_code == 200 else None
+
+    def set_default(self, name: str, version: str) -> None:
+        self.client.put(f"/models/{name}/{version}/set-default").raise_for_status()
+
+    def unregister(self, name: str, version: str | None = None) -> None:
+        path = f"/models/{name}" + (f"/{version}" if version else "")
+        response = self.client.delete(path)
+        if response.status_code not in (200, 404):
+            response.raise_for_status()
