@@ -1,9 +1,10 @@
-"""The `mec` console script: mec_core's commands plus the platform's (database, ...)."""
+"""The `mec` console script: mec_core's commands plus the platform's (serving, database)."""
 
 from __future__ import annotations
 
 import click
 
+import serving.cli  # noqa: F401  (registers `mec package` and `mec embed`)
 from mec_core.cli import main
 
 

@@ -1,0 +1,26 @@
+"""A tiny trained encoder and its archives, shared by the serving tests."""
+
+import subprocess
+import sys
+
+import pytest
+
+TRAIN = ["--dataset", "synthetic", "--backbone", "convnet", "--batch-size", "32",
+         "--max-steps", "3", "--proj-dim", "32", "--pred-hidden-dim", "16",
+         "--train-limit", "256"]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """(checkpoint path, export dir, model store with tiny.mar and tiny-knn.mar)."""
+    root = tmp_path_factory.mktemp("serving")
+    subprocess.run([sys.executable, "-m", "mec_core.cli", "train", *TRAIN, "--out",
+                    str(root / "run")], check=True, capture_output=True)
+    checkpoint = root / "run" / "checkpoints" / "step_00000003.pt"
+    subprocess.run([sys.executable, "-m", "mec_core.cli", "export", "--checkpoint",
+                    str(checkpoint), "--out", str(root / "export")], check=True,
+                   capture_output=True)
+    from serving.package import package
+
+    package(checkpoint, root / "store", "tiny", gallery_limit=400)
+    return checkpoint, root / "export", root / "store"

@@ -1,0 +1,104 @@
+"""Request handling without a server: parsing, batching, per-request errors, retrieval."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mec_core.data import synthetic
+from serving.embedder import Embedder
+from serving.gallery import Gallery, vote
+from serving.service import Service
+
+
+def png_of(image: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return synthetic("test", n=8).images
+
+
+@pytest.fixture(scope="module")
+def knn_service(trained, tmp_path_factory):
+    _, export_dir, _ = trained
+    gallery_dir = tmp_path_factory.mktemp("gallery")
+    from serving.package import build_gallery
+
+    build_gallery(export_dir, "synthetic", None, "train", 300).save(gallery_dir)
+    return Service(export_dir, task="knn", gallery_dir=gallery_dir, max_k=50)
+
+
+def test_service__embedding_equals_the_embedder_on_the_same_pixels(trained, images):
+    _, export_dir, _ = trained
+    service = Service(export_dir)
+    answers = service.run([service.parse({"body": png_of(img)}) for img in images[:3]])
+    direct = Embedder(export_dir).embed(images[:3])
+    got = torch.tensor([a["embeddings"][0] for a in answers])
+    assert (got - direct).abs().max() < 1e-5
+    assert torch.allclose(got.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert answers[0]["dim"] == direct.shape[1] and answers[0]["batch_size"] == 3
+
+
+def test_service__one_bad_request_does_not_fail_its_batch_mates(trained, images):
+    _, export_dir, _ = trained
+    service = Service(export_dir)
+    requests = [{"body": png_of(images[0])}, {"body": b"garbage"}, {"body": b""},
+                {"body": {"images": [base64.b64encode(png_of(images[1])).decode()] * 2}},
+                {"body": {"images": ["%%%"]}}, {"image": png_of(images[2])}, {}]
+    answers = service.run([service.parse(r) for r in requests])
+    errors = [a.get("error") for a in answers]
+    assert errors[0] is None and len(answers[0]["embeddings"]) == 1
+    assert "known format" in errors[1] and errors[2] == "empty image"
+    assert errors[3] is None and len(answers[3]["embeddings"]) == 2
+    assert "not base64" in errors[4]
+    assert errors[5] is None
+    assert "send an image" in errors[6]
+
+
+def test_service__knn_equals_brute_force_topk(knn_service, images):
+    gallery = knn_service.gallery
+    bank = torch.from_numpy(gallery.index.reconstruct_n(0, len(gallery)))
+    queries = knn_service.embedder.embed(images)
+    scores, idx = (queries @ bank.T).topk(7, dim=1)
+    answers = knn_service.run([knn_service.parse({"image": png_of(img), "k": b"7",
+                                                  "vote": b"true"}) for img in images])
+    for answer, row_s, row_i in zip(answers, scores, idx):
+        got = answer["neighbours"][0]
+        assert [n["id"] for n in got] == [gallery.ids[i] for i in row_i.tolist()]
+        assert np.allclose([n["score"] for n in got], row_s.numpy(), atol=1e-5)
+        assert answer["vote"] == [vote(got)]
+
+
+@pytest.mark.parametrize("k,message", [(b"0", "between 1 and 50"), (b"51", "between 1 and 50"),
+                                       (b"ten", "must be an integer")])
+def test_service__k_is_checked(knn_service, images, k, message):
+    parsed = knn_service.parse({"image": png_of(images[0]), "k": k})
+    assert message in parsed.error
+
+
+def test_gallery__empty_and_mismatched_inputs_are_refused():
+    with pytest.raises(ValueError, match="3 embeddings, 2 ids"):
+        Gallery.build(np.zeros((3, 4)), ["a", "b"], ["x", "y"])
+    empty = Gallery.build(np.zeros((0, 4), dtype=np.float32), [], [])
+    with pytest.raises(ValueError, match="gallery is empty"):
+        empty.search(np.zeros((1, 4)), 5)
+
+
+def test_gallery__hnsw_recall_against_exact():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids, labels = [str(i) for i in range(5000)], ["l"] * 5000
+    exact = Gallery.build(x, ids, labels, "exact")
+    approx = Gallery.build(x, ids, labels, "hnsw")
+    q = x[:200] + 0.1 * rng.standard_normal((200, 32)).astype(np.float32)
+    hits = sum(len({n["id"] for n in a} & {n["id"] for n in b})
+               for a, b in zip(exact.search(q, 10), approx.search(q, 10)))
+    assert hits / 2000 > 0.9

@@ -1,0 +1,152 @@
+"""Our handler inside a real TorchServe on free loopback ports, over HTTP."""
+
+import io
+import json
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mec_core.data import synthetic
+from serving.embedder import Embedder
+from serving.gallery import Gallery
+from serving.torchserve import LocalTorchServe
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png_of(image: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served(trained, tmp_path_factory):
+    _, export_dir, store = trained
+    ports = [free_port() for _ in range(3)]
+    ts = LocalTorchServe(tmp_path_factory.mktemp("ts"), store, *ports).start()
+    try:
+        management = ts.management()
+        management.register("tiny.mar", batch_size=8, max_batch_delay_ms=200)
+        management.register("tiny-knn.mar", batch_size=8, max_batch_delay_ms=50)
+        client = httpx.Client(base_url=ts.inference_url, timeout=60,
+                              headers={"Authorization": f"Bearer {ts.keys().inference}"})
+        yield ts, client, export_dir
+        client.close()
+    finally:
+        ts.stop()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return synthetic("test", n=16).images
+
+
+def test_embedding__equals_mec_core_on_the_same_image(served, images):
+    _, client, export_dir = served
+    direct = Embedder(export_dir).embed(images[:4])
+    for image, expected in zip(images[:4], direct):
+        r = client.post("/predictions/tiny", content=png_of(image))
+        assert r.status_code == 200, r.text
+        got = torch.tensor(r.json()["embeddings"][0])
+        assert (got - expected).abs().max() < 1e-4
+        assert r.json()["dim"] == len(expected)
+
+
+def test_knn__equals_brute_force_topk_in_torch(served, images, trained):
+    _, client, _ = served
+    _, export_dir, store = trained
+    with __import__("zipfile").ZipFile(store / "tiny-knn.mar") as mar:
+        mar.extract("gallery.faiss", store / "unpacked")
+        mar.extract("gallery.json", store / "unpacked")
+    gallery = Gallery.load(store / "unpacked")
+    bank = torch.from_numpy(gallery.index.reconstruct_n(0, len(gallery)))
+    queries = Embedder(export_dir).embed(images[:5])
+    scores, idx = (queries @ bank.T).topk(5, dim=1)
+    for image, row_s, row_i in zip(images[:5], scores, idx):
+        r = client.post("/predictions/tiny-knn", files={"image": png_of(image)},
+                        data={"k": "5", "vote": "true"})
+        assert r.status_code == 200, r.text
+        got = r.json()["neighbours"][0]
+        assert [n["id"] for n in got] == [gallery.ids[i] for i in row_i.tolist()]
+        assert np.allclose([n["score"] for n in got], row_s.numpy(), atol=1e-4)
+        assert r.json()["vote"][0] in {n["label"] for n in got}
+
+
+@pytest.mark.parametrize("kwargs,status,message", [
+    ({"content": b"definitely not an image"}, 400, "known format"),
+    ({"content": b""}, 400, None),
+    ({"content": png_of(synthetic("test", n=1).images[0])[:120]}, 400, "corrupt"),
+    ({"content": b"0" * (11 * 1024 * 1024)}, 413, None),
+    ({"json": {"images": ["not-base64!"]}}, 400, "not base64"),
+])
+def test_bad_requests__get_4xx_and_the_model_keeps_serving(served, images, kwargs, status,
+                                                           message):
+    _, client, _ = served
+    r = client.post("/predictions/tiny", **kwargs)
+    assert r.status_code == status, r.text
+    if message:
+        assert message in r.text
+    assert client.post("/predictions/tiny", content=png_of(images[0])).status_code == 200
+
+
+def test_knn__k_above_the_cap_is_refused(served, images):
+    _, client, _ = served
+    r = client.post("/predictions/tiny-knn", files={"image": png_of(images[0])},
+                    data={"k": "1000"})
+    assert r.status_code == 400 and "k must be between 1 and 100" in r.text
+
+
+def test_dynamic_batching__concurrent_requests_arrive_in_batches(served, images):
+    _, client, _ = served
+    bodies = [png_of(images[i % len(images)]) for i in range(32)]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda b: client.post("/predictions/tiny", content=b), bodies))
+    assert all(a.status_code == 200 for a in answers)
+    sizes = [a.json()["batch_size"] for a in answers]
+    assert max(sizes) > 1, sizes  # TorchServe really batched concurrent requests
+
+
+def test_security__token_required_and_management_on_loopback_only(served, images):
+    ts, _, _ = served
+    r = httpx.post(f"{ts.inference_url}/predictions/tiny", content=png_of(images[0]))
+    assert r.status_code in (400, 401) and "Token Authorization failed" in r.text
+    config = ts.config.read_text()
+    assert "management_address=http://127.0.0.1:" in config
+    assert "allowed_urls=" in config and "max_request_size=10485760" in config
+    port = int(ts.management_url.rsplit(":", 1)[1])
+    addresses = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+    for address in [a for a in addresses if not a.startswith("127.") and ":" not in a]:
+        with pytest.raises(OSError):  # nothing listens there: connection refused
+            socket.create_connection((address, port), timeout=2).close()
+    unauthorised = httpx.get(f"{ts.management_url}/models")
+    assert unauthorised.status_code in (400, 401)
+
+
+def test_mec_embed__offline_equals_served(served, images, trained, tmp_path):
+    _, client, _ = served
+    checkpoint, _, _ = trained
+    for i, image in enumerate(images[:3]):
+        (tmp_path / f"{i}.png").write_bytes(png_of(image))
+    (tmp_path / "notes.txt").write_text("ignored")
+    out = tmp_path / "emb.npy"
+    subprocess.run([sys.executable, "-m", "api.cli", "embed", "--checkpoint", str(checkpoint),
+                    str(tmp_path), "--out", str(out), "--batch-size", "2"], check=True,
+                   capture_output=True)
+    offline = np.load(out)
+    files = json.loads((tmp_path / "emb.npy.json").read_text())["files"]
+    assert [f.rsplit("/", 1)[1] for f in files] == ["0.png", "1.png", "2.png"]
+    for row, image in zip(offline, images[:3]):
+        served_vec = client.post("/predictions/tiny", content=png_of(image)).json()
+        assert np.abs(row - np.array(served_vec["embeddings"][0])).max() < 1e-4
