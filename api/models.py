@@ -94,6 +94,7 @@ class Model(Base):
     backbone: Mapped[str] = mapped_column(String(32))
     dataset: Mapped[str] = mapped_column(String(32))
     artifacts: Mapped[dict[str, Any]]
+    deployment: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     evaluations: Mapped[list[Evaluation]] = relationship(back_populates="model",

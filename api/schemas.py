@@ -128,6 +128,25 @@ class EvaluationPublic(BaseModel):
     created_at: datetime
 
 
+class DeploySpec(BaseModel):
+    """How to serve a model with TorchServe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workers: int = Field(1, ge=1, le=16, description="TorchServe workers per endpoint.")
+    batch_size: int = Field(8, ge=1, le=256, description="Largest dynamic batch.")
+    max_batch_delay_ms: int = Field(20, ge=0, le=10_000, description="How long TorchServe "
+                                    "waits to fill a batch.")
+    gallery_dataset: DatasetName | None = Field(None, description="kNN gallery; default: "
+                                                "the model's training set.")
+    gallery_data_dir: str | None = Field(None, max_length=1000)
+    gallery_split: Literal["train", "test"] = "train"
+    gallery_limit: int | None = Field(None, ge=1, description="First N gallery items only.")
+    drain_seconds: float = Field(5.0, ge=0, le=600, description="On re-deploy, how long the "
+                                 "old version keeps finishing its queued requests after the "
+                                 "new one takes the traffic.")
+
+
 class ModelPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -137,6 +156,8 @@ class ModelPublic(BaseModel):
     backbone: str
     dataset: str
     artifacts: dict[str, Any]
+    deployment: dict[str, Any] | None = Field(description="TorchServe deployment: status, "
+                                              "version and inference URLs.")
     created_at: datetime
     evaluations: list[EvaluationPublic]
 

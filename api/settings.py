@@ -36,6 +36,24 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(43_200, gt=0, description="Redis visibility timeout in "
                                     "seconds (unacknowledged messages are redelivered after it).")
 
+    torchserve_inference_url: str = Field("http://127.0.0.1:8080", description="TorchServe "
+                                          "inference API, as clients reach it.")
+    torchserve_management_url: str = Field("http://127.0.0.1:8081", description="TorchServe "
+                                           "management API (loopback only).")
+    torchserve_home: Path | None = Field(None, description="TorchServe's working directory, "
+                                         "where it writes key_file.json; default: "
+                                         "data_dir/torchserve.")
+    model_store: Path | None = Field(None, description="Where .mar files go; TorchServe's "
+                                     "model store. Default: artifact_root/model-store.")
+
+    @property
+    def ts_home(self) -> Path:
+        return (self.torchserve_home or self.data_dir / "torchserve").resolve()
+
+    @property
+    def store(self) -> Path:
+        return (self.model_store or self.artifacts / "model-store").resolve()
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'mec.db').resolve()}"

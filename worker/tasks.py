@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from api import jobs
 from api.db import retrying, session_scope
 from api.models import Evaluation, Job, Model, Worker
-from api.schemas import EvaluateSpec
+from api.schemas import DeploySpec, EvaluateSpec
 from api.settings import get_settings
 from mec_core.config import TrainConfig
 from mec_core.evaluate import evaluate
@@ -62,17 +62,24 @@ def _finish(job_id: int, owner: str, status: str, **kw) -> bool:
         return jobs.finish(s, job_id, owner, status, **kw)
 
 
-@app.task(name="mec.pretrain")
-def pretrain(job_id: int) -> None:
-    """Run (or resume) the MEC pretraining of job `job_id`."""
+def _execute(job_id: int, run) -> None:
+    """Claim the job, keep its lease alive while `run(job_id, owner)` works, let go."""
+    settings = get_settings()
     owner = _owner()
     if not _claim(job_id, owner):
         log.info("job %s is not queued (already claimed, cancelled or finished)", job_id)
         return
     try:
-        run_pretrain(job_id, owner)
+        with LeaseKeeper(job_id, owner, settings.lease_seconds, settings.heartbeat_seconds):
+            run(job_id, owner)
     finally:
         _release(job_id)
+
+
+@app.task(name="mec.pretrain")
+def pretrain(job_id: int) -> None:
+    """Run (or resume) the MEC pretraining of job `job_id`."""
+    _execute(job_id, run_pretrain)
 
 
 def run_pretrain(job_id: int, owner: str) -> None:
@@ -84,8 +91,7 @@ def run_pretrain(job_id: int, owner: str) -> None:
     callbacks = DatabaseCallbacks(job_id, owner, settings.cancel_poll_seconds)
     log.info("job %s: training %s on %s", job_id, config.backbone, config.dataset)
     try:
-        with LeaseKeeper(job_id, owner, settings.lease_seconds, settings.heartbeat_seconds):
-            result = train(config, out, callbacks, resume=True)
+        result = train(config, out, callbacks, resume=True)
     except TrainingDiverged as exc:
         return _fail(job_id, owner, f"training diverged: {exc}")
     except Exception as exc:  # the job must end failed, never stay running
@@ -111,14 +117,7 @@ def run_pretrain(job_id: int, owner: str) -> None:
 @app.task(name="mec.evaluate")
 def evaluate_job(job_id: int) -> None:
     """Evaluate the encoder of a finished pretraining job."""
-    owner = _owner()
-    if not _claim(job_id, owner):
-        log.info("job %s is not queued (already claimed, cancelled or finished)", job_id)
-        return
-    try:
-        run_evaluate(job_id, owner)
-    finally:
-        _release(job_id)
+    _execute(job_id, run_evaluate)
 
 
 def run_evaluate(job_id: int, owner: str) -> None:
@@ -147,4 +146,35 @@ def run_evaluate(job_id: int, owner: str) -> None:
                 s.add(Evaluation(model_id=model_id, job_id=job_id, protocol=spec.protocol,
                                  dataset=dataset, top1=result["top1"], top5=result["top5"],
                                  result=result))
+    retrying(register)
+
+
+@app.task(name="mec.deploy")
+def deploy_job(job_id: int) -> None:
+    """Deploy or undeploy a model with TorchServe."""
+    _execute(job_id, run_deploy)
+
+
+def run_deploy(job_id: int, owner: str) -> None:
+    from worker import deploy
+
+    settings = get_settings()
+    with session_scope() as s:
+        config = dict(s.get(Job, job_id).config)
+        model = s.get(Model, config.pop("model_id"))
+        action = config.pop("action")
+        model_id, checkpoint, previous = model.id, model.artifacts["checkpoint"], model.deployment
+    try:
+        if action == "deploy":
+            record = deploy.deploy(settings, model_id, checkpoint, previous,
+                                   DeploySpec(**config))
+        else:
+            record = deploy.undeploy(settings, model_id, previous)
+    except Exception as exc:  # the job must end failed, never stay running
+        return _fail(job_id, owner, f"{type(exc).__name__}: {exc}")
+
+    def register() -> None:
+        with session_scope() as s:
+            if jobs.finish(s, job_id, owner, "succeeded", result=record):
+                s.execute(update(Model).where(Model.id == model_id).values(deployment=record))
     retrying(register)

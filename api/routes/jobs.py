@@ -51,7 +51,7 @@ def submit_job(session: SessionDep, response: Response, spec: Annotated[JobCreat
 
 @router.get("", response_model=JobsPublic)
 def list_jobs(session: SessionDep, status: JobStatus | None = None,
-              kind: str | None = Query(None, pattern="^(pretrain|evaluate)$"),
+              kind: str | None = Query(None, pattern="^(pretrain|evaluate|deploy)$"),
               tag: str | None = Query(None, max_length=64),
               limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
     """Jobs, newest first, filtered by status, kind and tag."""

@@ -17,6 +17,8 @@ import psycopg
 import pytest
 import redis
 
+from serving.torchserve import LocalTorchServe
+
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_DB = 7
 
@@ -141,16 +143,24 @@ def platform(request, tmp_path_factory):
         env["MEC_DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
         env["MEC_BROKER_URL"] = f"redis://127.0.0.1:6379/{REDIS_DB}"
         redis.Redis(db=REDIS_DB).flushdb()
+    ts_ports = [free_port() for _ in range(3)]
+    env |= {"MEC_TORCHSERVE_INFERENCE_URL": f"http://127.0.0.1:{ts_ports[0]}",
+            "MEC_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{ts_ports[1]}",
+            "MEC_TORCHSERVE_HOME": str(root / "torchserve"),
+            "MEC_MODEL_STORE": str(root / "model-store")}
     subprocess.run([sys.executable, "-m", "api.cli", "db", "upgrade"], env=env, check=True,
                    capture_output=True)
     plat = Platform(root, env)
     plat.backend = request.param
+    plat.torchserve = LocalTorchServe(root / "torchserve", root / "model-store", *ts_ports)
     try:
+        plat.torchserve.start()
         plat.start_api()
         plat.start_worker("w1")
         yield plat
     finally:
         plat.stop()
+        plat.torchserve.stop()
         if database:
             _drop_database(database)
             redis.Redis(db=REDIS_DB).flushdb()

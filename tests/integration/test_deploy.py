@@ -1,0 +1,68 @@
+"""Deploy a trained model through the control plane into a real TorchServe, re-deploy it
+under load without dropping a request, and undeploy it."""
+
+import io
+import threading
+
+import httpx
+from PIL import Image
+
+from mec_core.data import synthetic
+from serving.torchserve import Keys
+from test_jobs import pretrain
+
+
+def png(i: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(synthetic("test", n=i + 1).images[i].permute(1, 2, 0).numpy()).save(
+        buf, format="PNG")
+    return buf.getvalue()
+
+
+def deploy(platform, model_id: int, action: str = "deploy", **spec) -> dict:
+    job = platform.post(f"/v1/models/{model_id}/{action}", spec or None, expect=202)
+    assert job["kind"] == "deploy"
+    done = platform.wait_status(job["id"], ("succeeded", "failed"), timeout=240)
+    assert done["status"] == "succeeded", done["error"]
+    return platform.get(f"/v1/models/{model_id}")
+
+
+def test_deploy_redeploy_and_undeploy(platform):
+    job = pretrain(platform, 4)
+    assert platform.wait_status(job["id"], ("succeeded", "failed"))["status"] == "succeeded"
+    model = next(m for m in platform.get("/v1/models")["data"] if m["job_id"] == job["id"])
+    assert model["deployment"] is None
+
+    served = deploy(platform, model["id"], batch_size=4, max_batch_delay_ms=10,
+                    gallery_limit=200)["deployment"]
+    assert served["status"] == "serving" and served["version"] == "1.0"
+    auth = {"Authorization": f"Bearer {Keys.read(platform.torchserve.home).inference}"}
+    r = httpx.post(served["urls"]["embed"], content=png(0), headers=auth, timeout=30)
+    assert r.status_code == 200 and r.json()["dim"] == 256
+    r = httpx.post(served["urls"]["knn"], files={"image": png(1)}, data={"k": "3"},
+                   headers=auth, timeout=30)
+    assert r.status_code == 200 and len(r.json()["neighbours"][0]) == 3
+
+    codes, stop = [], threading.Event()
+
+    def keep_asking():
+        with httpx.Client(headers=auth, timeout=30) as client:
+            while not stop.is_set():
+                codes.append(client.post(served["urls"]["embed"], content=png(2)).status_code)
+
+    asker = threading.Thread(target=keep_asking)
+    asker.start()
+    try:
+        again = deploy(platform, model["id"], gallery_limit=200)["deployment"]
+    finally:
+        stop.set()
+        asker.join()
+    assert again["version"] == "2.0" and again["urls"] == served["urls"]
+    assert codes and set(codes) == {200}, codes  # the old version served until the new one
+    versions = platform.torchserve.management().describe(served["name"])
+    assert [v["modelVersion"] for v in versions] == ["2.0"]
+
+    gone = deploy(platform, model["id"], "undeploy")["deployment"]
+    assert gone["status"] == "undeployed"
+    r = httpx.post(served["urls"]["embed"], content=png(0), headers=auth, timeout=30)
+    assert r.status_code == 404

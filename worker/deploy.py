@@ -1,0 +1,54 @@
+"""Deploy a model to TorchServe as a new version, replacing the old one only once ready."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from api.schemas import DeploySpec
+from api.settings import Settings
+from serving.package import package
+from serving.torchserve import Keys, Management
+
+
+def _management(settings: Settings) -> Management:
+    return Management(settings.torchserve_management_url, Keys.read(settings.ts_home).management)
+
+
+def deploy(settings: Settings, model_id: int, checkpoint: str, previous: dict | None,
+           spec: DeploySpec) -> dict:
+    """Build archives for the next version, register them, make them the default, then
+    retire the previous version. Returns the new deployment record."""
+    name = f"mec-{model_id}"
+    number = int((previous or {}).get("number", 0)) + 1
+    version = f"{number}.0"
+    staging = settings.store / f".staging-{name}-v{number}"
+    archives = package(checkpoint, staging, name, version, spec.gallery_dataset,
+                       spec.gallery_data_dir, spec.gallery_split, spec.gallery_limit)
+    management = _management(settings)
+    urls = {}
+    for task, mar in archives.items():
+        endpoint = name if task == "embed" else f"{name}-knn"
+        # TorchServe loads archives from the top of its model store only
+        versioned = Path(mar).replace(settings.store / f"{endpoint}-v{number}.mar")
+        management.register(versioned.name, endpoint, spec.workers, spec.batch_size,
+                            spec.max_batch_delay_ms)
+        management.set_default(endpoint, version)  # the new version takes new requests now
+        time.sleep(spec.drain_seconds)  # requests already queued on the old one finish
+        for old in management.describe(endpoint) or []:
+            if old["modelVersion"] != version:
+                management.unregister(endpoint, old["modelVersion"])
+        urls[task] = f"{settings.torchserve_inference_url}/predictions/{endpoint}"
+    staging.rmdir()
+    return {"status": "serving", "name": name, "version": version, "number": number,
+            "urls": urls, "workers": spec.workers, "batch_size": spec.batch_size,
+            "max_batch_delay_ms": spec.max_batch_delay_ms}
+
+
+def undeploy(settings: Settings, model_id: int, previous: dict | None) -> dict:
+    """Unregister every version of both endpoints."""
+    management = _management(settings)
+    for endpoint in (f"mec-{model_id}", f"mec-{model_id}-knn"):
+        for old in management.describe(endpoint) or []:
+            management.unregister(endpoint, old["modelVersion"])
+    return {"status": "undeployed", "number": int((previous or {}).get("number", 0))}
