@@ -6,10 +6,10 @@ import threading
 
 import httpx
 from PIL import Image
+from test_jobs import pretrain
 
 from mec_core.data import synthetic
 from serving.torchserve import Keys
-from test_jobs import pretrain
 
 
 def png(i: int) -> bytes:
