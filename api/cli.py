@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 import serving.cli  # noqa: F401  (registers `mec package` and `mec embed`)
@@ -24,6 +26,108 @@ def upgrade(url: str | None) -> None:
     run(url or get_settings().db_url)
     click.echo("database schema is up to date")
 
+
+def _port_options(func):
+    for option in reversed([
+        click.option("--api-port", type=int, default=8000, show_default=True),
+        click.option("--inference-port", type=int, default=8080, show_default=True,
+                     help="TorchServe inference API."),
+        click.option("--management-port", type=int, default=8081, show_default=True,
+                     help="TorchServe management API (loopback only)."),
+        click.option("--metrics-port", type=int, default=8082, show_default=True,
+                     help="TorchServe metrics API."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _data_dir(value: str | None) -> Path:
+    from api.settings import get_settings
+
+    return Path(value) if value else get_settings().data_dir
+
+
+@main.command()
+@click.option("--data-dir", default=None, help="Data directory [default: MEC_DATA_DIR or "
+              "./mec-data].")
+@_port_options
+def up(data_dir, api_port, inference_port, management_port, metrics_port) -> None:
+    """Start the API, a worker and TorchServe as local processes, and leave them running."""
+    from api.stack import Ports, Stack
+
+    stack = Stack(_data_dir(data_dir), Ports(api_port, inference_port, management_port,
+                                             metrics_port))
+    try:
+        urls = stack.up()
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    for name, url in urls.items():
+        click.echo(f"{name:<22} {url}")
+    click.echo("stop with: mec down" + (f" --data-dir {data_dir}" if data_dir else ""))
+
+
+@main.command()
+@click.option("--data-dir", default=None, help="Data directory of the stack to stop.")
+def down(data_dir) -> None:
+    """Stop what `mec up` started."""
+    from api.stack import Ports, Stack
+
+    stopped = Stack(_data_dir(data_dir), Ports()).down()
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@main.command()
+@click.option("--dataset", type=click.Choice(["auto", "fashion-mnist", "digits", "synthetic"]),
+              default="auto", show_default=True,
+              help="auto: fashion-mnist when installed, else digits.")
+@click.option("--epochs", type=int, default=None, help="Training epochs [default: by dataset].")
+@click.option("--train-limit", type=int, default=None, help="First N training images.")
+@click.option("--max-steps", type=int, default=None, help="Stop training after N steps.")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+              help="Working directory [default: a new temporary one].")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON at the end.")
+def demo(dataset, epochs, train_limit, max_steps, data_dir, as_json) -> None:
+    """The whole loop: start, pretrain, evaluate, deploy, embed and retrieve, stop."""
+    import json
+
+    from rich.console import Console
+
+    from api.demo import DemoFailed, run
+    from mec_core.data import DEFAULT_DIRS
+
+    if dataset == "auto":
+        dataset = "fashion-mnist" if Path(DEFAULT_DIRS["fashion-mnist"]).is_dir() else "digits"
+    config = dict(DEMO_CONFIGS[dataset])
+    config |= {k: v for k, v in (("epochs", epochs), ("train_limit", train_limit),
+                                 ("max_steps", max_steps)) if v is not None}
+    console = Console(stderr=as_json)
+    try:
+        summary = run(dataset, {"dataset": dataset, **config},
+                      Path(data_dir) if data_dir else None, None, console)
+    except (DemoFailed, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted; every process was stopped") from None
+    top = summary["knn_top1"]
+    console.print(f"\nsummary: {dataset}, {summary['pretrain']['steps']} steps at "
+                  f"{summary['pretrain']['images_per_sec']:.0f} images/s; kNN top-1 "
+                  f"{top['mec']:.2f}% (random init {top['random_init']:.2f}%); "
+                  f"stopped {', '.join(summary['stopped'])}")
+    if as_json:
+        click.echo(json.dumps(summary))
+
+
+# A few minutes on 2 CPU cores; the small convnet and d = 512 keep steps cheap.
+DEMO_CONFIGS = {
+    "fashion-mnist": {"backbone": "convnet", "proj_dim": 512, "batch_size": 256,
+                      "epochs": 3, "train_limit": 20000, "warmup_epochs": 0.5,
+                      "lambda_warmup_epochs": 0.5},
+    "digits": {"backbone": "convnet", "proj_dim": 256, "batch_size": 128, "epochs": 20,
+               "warmup_epochs": 2, "lambda_warmup_epochs": 2},
+    "synthetic": {"backbone": "convnet", "proj_dim": 64, "pred_hidden_dim": 32,
+                  "batch_size": 64, "epochs": 1, "train_limit": 512, "warmup_epochs": 0.2,
+                  "lambda_warmup_epochs": 0.2},
+}
 
 __all__ = ["main"]
 

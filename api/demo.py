@@ -1,0 +1,135 @@
+"""`mec demo`: the whole loop through the platform's own interfaces.
+
+Start the stack, pretrain over REST with a live progress bar, evaluate with kNN next to
+random init, deploy to TorchServe, embed and retrieve a few test images, summarize, and
+stop every process it started (also on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from api.stack import Ports, Stack
+from serving.torchserve import Keys
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class DemoFailed(RuntimeError):
+    pass
+
+
+def _png(image) -> bytes:
+    array = image.permute(1, 2, 0).squeeze(-1).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _wait(client: httpx.Client, job_id: int, bar: Progress | None = None, task=None,
+          timeout: float = 3600) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if bar is not None and job["progress"]["total_steps"]:
+            loss = (job["last_metrics"] or {}).get("loss")
+            bar.update(task, total=job["progress"]["total_steps"],
+                       completed=job["progress"]["step"],
+                       info="" if loss is None else f"loss {loss:.4f}")
+        if job["status"] in FINISHED:
+            if job["status"] != "succeeded":
+                raise DemoFailed(f"job {job_id} {job['status']}: {job['error']}")
+            return job
+        time.sleep(0.5)
+    raise DemoFailed(f"job {job_id} did not finish within {timeout}s")
+
+
+def run(dataset: str, config: dict, data_dir: Path | None, ports: Ports | None,
+        console: Console, samples: int = 3) -> dict:
+    """Run the loop; returns the summary. Stops the stack whatever happens."""
+    from mec_core.data import load_dataset
+    from mec_core.evaluate import evaluate
+
+    workdir = data_dir or Path(tempfile.mkdtemp(prefix="mec-demo-"))
+    stack = Stack(workdir, ports or Ports.any_free())
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    summary: dict = {"dataset": dataset, "data_dir": str(workdir)}
+    try:
+        console.print(f"[1/6] starting API, worker and TorchServe in {workdir}")
+        summary["urls"] = stack.up()
+        for name, url in summary["urls"].items():
+            console.print(f"      {name:<22} {url}")
+        client = httpx.Client(base_url=stack.api_url, timeout=60)
+
+        console.print(f"[2/6] MEC pretraining on {dataset}")
+        job = client.post("/v1/jobs", json={"kind": "pretrain", "name": f"demo-{dataset}",
+                                            "tags": ["demo"], "config": config})
+        if job.status_code != 201:
+            raise DemoFailed(f"submission refused: {job.text}")
+        with Progress(TextColumn("      training"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
+                      console=console, transient=False) as bar:
+            task = bar.add_task("train", total=None, info="")
+            done = _wait(client, job.json()["id"], bar, task)
+        summary["pretrain"] = {"job_id": done["id"], "steps": done["progress"]["step"],
+                               "images_per_sec": done["result"]["images_per_sec"],
+                               "coding_length": done["result"]["coding_length"]}
+
+        console.print("[3/6] kNN evaluation (k=200, T=0.1) next to the same backbone at "
+                      "random init")
+        ev = client.post("/v1/jobs", json={"kind": "evaluate", "config": {
+            "job_id": done["id"], "protocol": "knn"}}).json()
+        knn = _wait(client, ev["id"])["result"]
+        baseline = evaluate("knn", dataset, backbone=config["backbone"],
+                            data_dir=config.get("data_dir"))
+        summary["knn_top1"] = {"mec": knn["top1"], "random_init": baseline["top1"]}
+        console.print(f"      kNN top-1: MEC {knn['top1']:.2f}%  vs  random init "
+                      f"{baseline['top1']:.2f}%")
+
+        console.print("[4/6] deploying to TorchServe (embedding + kNN endpoints)")
+        model = client.get("/v1/models").json()["data"][0]
+        dep = client.post(f"/v1/models/{model['id']}/deploy",
+                          json={"gallery_limit": config.get("train_limit")}).json()
+        _wait(client, dep["id"])
+        deployment = client.get(f"/v1/models/{model['id']}").json()["deployment"]
+        summary["endpoints"] = deployment["urls"]
+        for task_name, url in deployment["urls"].items():
+            console.print(f"      {task_name:<6} {url}")
+
+        console.print(f"[5/6] embedding and retrieving {samples} test images through "
+                      "TorchServe")
+        key = Keys.read(stack.settings.ts_home).inference
+        served = httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        test = load_dataset(dataset, "test", config.get("data_dir"))
+        retrievals = []
+        for i in range(samples):
+            image = _png(test.images[i])
+            emb = served.post(deployment["urls"]["embed"], content=image)
+            found = served.post(deployment["urls"]["knn"], files={"image": image},
+                                data={"k": "5", "vote": "true"})
+            if emb.status_code != 200 or found.status_code != 200:
+                raise DemoFailed(f"TorchServe answered {emb.status_code}/{found.status_code}: "
+                                 f"{emb.text[:200]} {found.text[:200]}")
+            truth = test.classes[int(test.labels[i])]
+            answer = found.json()
+            retrievals.append({"true": truth, "vote": answer["vote"][0],
+                               "dim": emb.json()["dim"],
+                               "neighbours": [n["label"] for n in answer["neighbours"][0]]})
+            console.print(f"      test #{i}: true {truth!r:>14}  vote {answer['vote'][0]!r:>14}"
+                          f"  neighbours {retrievals[-1]['neighbours']}")
+        summary["retrievals"] = retrievals
+    finally:
+        console.print("[6/6] stopping every process the demo started")
+        stopped = stack.down()
+        summary["stopped"] = stopped
+        signal.signal(signal.SIGTERM, previous)
+    return summary
