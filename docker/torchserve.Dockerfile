@@ -1,0 +1,17 @@
+# TorchServe 0.12.0 (its last release) with our handler and its Python package installed.
+FROM pytorch/torchserve:0.12.0-cpu
+
+USER root
+COPY pyproject.toml README.md /src/
+COPY mec_core /src/mec_core
+COPY api /src/api
+COPY worker /src/worker
+COPY serving /src/serving
+RUN pip install --no-cache-dir /src && mkdir -p /home/model-server/ts-home \
+    && chown -R model-server /home/model-server
+COPY docker/torchserve.properties /home/model-server/config.properties
+USER model-server
+WORKDIR /home/model-server/ts-home
+# key_file.json (token authorization) is written into the working directory, a volume
+# shared with the workers that register models
+CMD ["torchserve", "--start", "--foreground", "--ncs", "--ts-config", "/home/model-server/config.properties", "--model-store", "/models"]
