@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker renews the "
                                      "lease of the job it runs.")
     reaper_seconds: float = Field(15.0, gt=0, description="How often each worker looks for "
-                                  "jobs with expired leases and queued jobs to re-enqueue.")
+                                  "jobs whose lease expired, to re-queue them.")
     max_attempts: int = Field(3, ge=1, description="Runs of a job (first + resumes) before it "
                               "is failed for good.")
     cancel_poll_seconds: float = Field(1.0, gt=0, description="How often the training loop "

@@ -27,15 +27,17 @@ from mec_core.data import DATASETS, IMAGE_SUFFIXES
 @click.option("--gallery-split", type=click.Choice(["train", "test"]), default="train",
               show_default=True, help="Split used as the gallery.")
 @click.option("--gallery-limit", type=int, default=None, help="First N gallery items only.")
+@click.option("--projector", is_flag=True, help="Serve projector outputs instead of the "
+              "backbone's features.")
 def package(checkpoint, out_dir, name, version, gallery_dataset, gallery_data_dir,
-            gallery_split, gallery_limit) -> None:
+            gallery_split, gallery_limit, projector) -> None:
     """Build TorchServe archives: the encoder, its preprocessing and a gallery index."""
     from mec_core.data import DatasetError
     from serving.package import package as run
 
     try:
         archives = run(checkpoint, out_dir, name, version, gallery_dataset, gallery_data_dir,
-                       gallery_split, gallery_limit)
+                       gallery_split, gallery_limit, projector=projector)
     except (DatasetError, ValueError, FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({k: str(v) for k, v in archives.items()}))

@@ -25,7 +25,8 @@ class MECHandler(BaseHandler):
         self.service = Service(model_dir, task=options["task"], device=device,
                                gallery_dir=model_dir,
                                default_k=options.get("default_k", 10),
-                               max_k=options.get("max_k", 100))
+                               max_k=options.get("max_k", 100),
+                               projector=options.get("projector", False))
         self.initialized = True
 
     def preprocess(self, data):

@@ -19,9 +19,9 @@ HANDLER = Path(__file__).with_name("handler.py")
 
 
 def build_gallery(export_dir: Path, dataset: str, data_dir: str | None, split: str,
-                  limit: int | None, kind: str = "auto") -> Gallery:
+                  limit: int | None, kind: str = "auto", projector: bool = False) -> Gallery:
     """Embed a labelled dataset; item ids are '<split>/<index>'."""
-    embedder = Embedder(export_dir)
+    embedder = Embedder(export_dir, projector=projector)
     items = load_dataset(dataset, split, data_dir, embedder.norm.image_size).head(limit)
     vectors = embedder.embed(items.images)  # resized like evaluation when sizes differ
     labels = [items.classes[i] for i in items.labels.tolist()]
@@ -32,8 +32,11 @@ def build_gallery(export_dir: Path, dataset: str, data_dir: str | None, split: s
 def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str = "1.0",
             gallery_dataset: str | None = None, gallery_data_dir: str | None = None,
             gallery_split: str = "train", gallery_limit: int | None = None,
-            max_k: int = 100) -> dict[str, Path]:
-    """Write `{name}.mar` (embedding) and `{name}-knn.mar` (retrieval) into `out_dir`."""
+            max_k: int = 100, projector: bool = False) -> dict[str, Path]:
+    """Write `{name}.mar` (embedding) and `{name}-knn.mar` (retrieval) into `out_dir`.
+
+    Embeddings are the backbone's features (what kNN evaluation measures), or the
+    projector's outputs with `projector`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,11 +46,12 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
         dataset = gallery_dataset or meta["config"]["dataset"]
         data_dir = gallery_data_dir or (meta["config"].get("data_dir")
                                         if dataset == meta["config"]["dataset"] else None)
-        build_gallery(work / "export", dataset, data_dir, gallery_split,
-                      gallery_limit).save(work / "gallery")
+        build_gallery(work / "export", dataset, data_dir, gallery_split, gallery_limit,
+                      projector=projector).save(work / "gallery")
         archives = {}
         for task, suffix in (("embed", ""), ("knn", "-knn")):
-            (work / "serving.json").write_text(json.dumps({"task": task, "max_k": max_k}))
+            (work / "serving.json").write_text(json.dumps({"task": task, "max_k": max_k,
+                                                           "projector": projector}))
             # the archiver puts every file at the archive's root
             extra = [work / "export" / "encoder.pt", work / "export" / "model.json",
                      work / "serving.json"]

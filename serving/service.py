@@ -36,11 +36,11 @@ class Service:
 
     def __init__(self, export_dir: str | Path, task: str = "embed", device: str = "cpu",
                  gallery_dir: str | Path | None = None, default_k: int = 10,
-                 max_k: int = 100, max_bytes: int = MAX_BYTES) -> None:
+                 max_k: int = 100, max_bytes: int = MAX_BYTES, projector: bool = False) -> None:
         if task not in ("embed", "knn"):
             raise ValueError(f"task must be 'embed' or 'knn', got {task!r}")
         self.task, self.default_k, self.max_k, self.max_bytes = task, default_k, max_k, max_bytes
-        self.embedder = Embedder(export_dir, device)
+        self.embedder = Embedder(export_dir, device, projector)
         self.gallery = Gallery.load(Path(gallery_dir)) if task == "knn" else None
 
     # --- parsing -----------------------------------------------------------------------

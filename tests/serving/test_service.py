@@ -102,3 +102,10 @@ def test_gallery__hnsw_recall_against_exact():
     hits = sum(len({n["id"] for n in a} & {n["id"] for n in b})
                for a, b in zip(exact.search(q, 10), approx.search(q, 10)))
     assert hits / 2000 > 0.9
+
+
+def test_service__projector_option_serves_projector_outputs(trained, images):
+    _, export_dir, _ = trained
+    service = Service(export_dir, projector=True)
+    answer = service.run([service.parse({"body": png_of(images[0])})])[0]
+    assert answer["dim"] == 32  # proj_dim of the tiny run, not the backbone's 256

@@ -1,0 +1,90 @@
+"""The job lifecycle in the database (claim, lease, reap, cancel), on SQLite and PostgreSQL."""
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+from sqlalchemy.orm import Session
+
+from api import jobs
+from api.db import make_engine
+from api.migrate import upgrade
+from api.models import Job, utcnow
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def session(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'mec.db'}"
+    else:
+        name = f"mec_lifecycle_{tmp_path.name[-8:].replace('-', '_')}".lower()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    upgrade(url)
+    engine = make_engine(url)
+    with Session(engine, expire_on_commit=False) as s:
+        yield s
+    engine.dispose()
+    if request.param == "postgres":
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def new_job(session, **kw) -> Job:
+    job = Job(kind="pretrain", name="t", queue="gpu", config={}, **kw)
+    session.add(job)
+    session.commit()
+    return job
+
+
+def test_claim__only_one_of_two_deliveries_runs(session):
+    job = new_job(session)
+    assert jobs.claim(session, job.id, "a", "host", "cpu", 60)
+    assert not jobs.claim(session, job.id, "b", "host", "cpu", 60)
+    session.refresh(job)
+    assert (job.status, job.lease_owner, job.attempts) == ("running", "a", 1)
+
+
+def test_renew_and_finish__only_by_the_lease_owner(session):
+    job = new_job(session)
+    jobs.claim(session, job.id, "a", "host", "cpu", 60)
+    assert jobs.renew(session, job.id, "a", 60)
+    assert not jobs.renew(session, job.id, "b", 60)
+    assert not jobs.finish(session, job.id, "b", "succeeded")
+    assert jobs.finish(session, job.id, "a", "succeeded", result={"steps": 3})
+    session.refresh(job)
+    assert job.status == "succeeded" and job.finished_at and job.result == {"steps": 3}
+
+
+def test_reap__requeues_expired_leases_and_gives_up_after_max_attempts(session):
+    job = new_job(session)
+    for attempt in (1, 2, 3):
+        assert jobs.claim(session, job.id, f"w{attempt}", "host", "cpu", 60)
+        assert jobs.reap(session, max_attempts=3) == []  # lease still valid
+        job.lease_expires = utcnow() - timedelta(seconds=1)  # the worker died
+        session.commit()
+        requeued = jobs.reap(session, max_attempts=3)
+        session.refresh(job)
+        if attempt < 3:
+            assert requeued == [job.id] and job.status == "queued"
+    assert requeued == [] and job.status == "failed"
+    assert "gave up after 3 attempts" in job.error and "w3" in job.error
+    assert not jobs.claim(session, job.id, "w4", "host", "cpu", 60)
+
+
+def test_cancel__queued_at_once_running_by_flag_finished_refused(session):
+    queued, running, done = new_job(session), new_job(session), new_job(session)
+    jobs.claim(session, running.id, "a", "host", "cpu", 60)
+    jobs.claim(session, done.id, "a", "host", "cpu", 60)
+    jobs.finish(session, done.id, "a", "succeeded")
+    assert jobs.cancel(session, queued.id) == "queued"
+    assert jobs.cancel(session, running.id) == "running"
+    assert jobs.cancel(session, done.id) is None
+    for job in (queued, running):
+        session.refresh(job)
+    assert queued.status == "cancelled" and not jobs.claim(session, queued.id, "b", "h", "c", 9)
+    assert running.status == "running" and running.cancel_requested
