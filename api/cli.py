@@ -27,6 +27,52 @@ def upgrade(url: str | None) -> None:
     click.echo("database schema is up to date")
 
 
+@main.group()
+def keys() -> None:
+    """API keys of the control plane (every route but the health checks needs one)."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who or what uses the key.")
+def keys_create(name: str) -> None:
+    """Create a key and print it once (only its hash is stored)."""
+    from api import keys as api_keys
+    from api.db import session_scope
+
+    with session_scope() as s:
+        row, plain = api_keys.create(s, name)
+        click.echo(f"{plain}")
+        click.echo(f"key {row.id} ({row.prefix}...) for {name!r}; it is not shown again",
+                   err=True)
+
+
+@keys.command("revoke")
+@click.argument("ident")
+def keys_revoke(ident: str) -> None:
+    """Revoke a key by id or by its first 12 characters."""
+    from api import keys as api_keys
+    from api.db import session_scope
+
+    with session_scope() as s:
+        if not api_keys.revoke(s, ident):
+            raise click.ClickException(f"no active key {ident!r}")
+    click.echo(f"revoked {ident}")
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Keys with their id, prefix, name and state."""
+    from sqlalchemy import select
+
+    from api.db import session_scope
+    from api.models import ApiKey
+
+    with session_scope() as s:
+        for k in s.scalars(select(ApiKey).order_by(ApiKey.id)):
+            state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+            click.echo(f"{k.id:>4}  {k.prefix}...  {state:<24} {k.name}")
+
+
 def _port_options(func):
     for option in reversed([
         click.option("--api-port", type=int, default=8000, show_default=True),

@@ -68,7 +68,10 @@ def run(dataset: str, config: dict, data_dir: Path | None, ports: Ports | None,
         summary["urls"] = stack.up()
         for name, url in summary["urls"].items():
             console.print(f"      {name:<22} {url}")
-        client = httpx.Client(base_url=stack.api_url, timeout=60)
+        key = stack.create_key("demo")
+        console.print(f"      API key for this demo: {key[:12]}... (`mec keys create` makes more)")
+        client = httpx.Client(base_url=stack.api_url, timeout=60,
+                              headers={"Authorization": f"Bearer {key}"})
 
         console.print(f"[2/6] MEC pretraining on {dataset}")
         job = client.post("/v1/jobs", json={"kind": "pretrain", "name": f"demo-{dataset}",
@@ -107,8 +110,8 @@ def run(dataset: str, config: dict, data_dir: Path | None, ports: Ports | None,
 
         console.print(f"[5/6] embedding and retrieving {samples} test images through "
                       "TorchServe")
-        key = Keys.read(stack.settings.ts_home).inference
-        served = httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        ts_key = Keys.read(stack.settings.ts_home).inference
+        served = httpx.Client(headers={"Authorization": f"Bearer {ts_key}"}, timeout=60)
         test = load_dataset(dataset, "test", config.get("data_dir"))
         retrievals = []
         for i in range(samples):

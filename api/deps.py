@@ -4,13 +4,43 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api import keys
 from api.db import get_session
-from api.models import Job, Model
+from api.models import ApiKey, Job, Model
+from api.rate_limit import limiter
 
 SessionDep = Annotated[Session, Depends(get_session)]
+_bearer = HTTPBearer(auto_error=False, description="An API key from `mec keys create`.")
+
+
+def current_key(session: SessionDep,
+                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+                ) -> ApiKey:
+    """The caller's API key: 401 when missing or unknown, 403 when revoked."""
+    if credentials is None:
+        raise HTTPException(401, "missing API key: send 'Authorization: Bearer <key>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    key = keys.lookup(session, credentials.credentials)
+    if key is None:
+        raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+    if key.revoked_at is not None:
+        raise HTTPException(403, f"API key {key.prefix}... was revoked")
+    return key
+
+
+CurrentKey = Annotated[ApiKey, Depends(current_key)]
+
+
+def submission_quota(key: CurrentKey, request: Request) -> None:
+    """Per-key rate limit on job submissions: 429 with Retry-After when exceeded."""
+    wait = limiter().acquire(f"submit:{key.id}")
+    if wait > 0:
+        raise HTTPException(429, f"too many submissions for key {key.prefix}...; retry in "
+                                 f"{wait:.0f} s", headers={"Retry-After": str(int(wait) + 1)})
 
 
 def job_or_404(job_id: int, session: SessionDep) -> Job:

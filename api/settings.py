@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(43_200, gt=0, description="Redis visibility timeout in "
                                     "seconds (unacknowledged messages are redelivered after it).")
 
+    submit_rate_per_minute: float = Field(120.0, gt=0, description="Job submissions allowed "
+                                          "per API key and minute, on average (per API "
+                                          "process).")
+    submit_burst: int = Field(300, ge=1, description="Submissions a key may make at once "
+                              "before the rate limit applies.")
     torchserve_inference_url: str = Field("http://127.0.0.1:8080", description="TorchServe "
                                           "inference API, as clients reach it.")
     torchserve_management_url: str = Field("http://127.0.0.1:8081", description="TorchServe "

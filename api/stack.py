@@ -127,8 +127,7 @@ class Stack:
                     raise RuntimeError(f"{name} exited at start; see {self.log_dir}/{name}.log")
             if "api" in waiting and _get(f"{self.api_url}/readyz"):
                 waiting.discard("api")
-            if "worker" in waiting and "api" not in waiting and _get(f"{self.api_url}/v1/workers",
-                                                                      nonempty=True):
+            if "worker" in waiting and self._worker_registered():
                 waiting.discard("worker")
             if "torchserve" in waiting and (self.settings.ts_home / "key_file.json").exists():
                 waiting.discard("torchserve")
@@ -136,6 +135,34 @@ class Stack:
         if waiting:
             raise RuntimeError(f"{', '.join(sorted(waiting))} not ready after {timeout}s; "
                                f"see the logs in {self.log_dir}")
+
+    def _worker_registered(self) -> bool:
+        from sqlalchemy import func, select
+        from sqlalchemy.orm import Session
+
+        from api.db import make_engine
+        from api.models import Worker
+
+        engine = make_engine(self.settings.db_url)
+        try:
+            with Session(engine) as s:
+                return bool(s.scalar(select(func.count()).select_from(Worker)))
+        finally:
+            engine.dispose()
+
+    def create_key(self, name: str) -> str:
+        """A new API key for this stack's control plane (shown once)."""
+        from sqlalchemy.orm import Session
+
+        from api import keys
+        from api.db import make_engine
+
+        engine = make_engine(self.settings.db_url)
+        try:
+            with Session(engine) as s:
+                return keys.create(s, name)[1]
+        finally:
+            engine.dispose()
 
     def _pid(self, name: str) -> int | None:
         path = self.run_dir / f"{name}.pid"
@@ -205,9 +232,8 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def _get(url: str, nonempty: bool = False) -> bool:
+def _get(url: str) -> bool:
     try:
-        r = httpx.get(url, timeout=2)
-        return r.status_code == 200 and (not nonempty or bool(r.json()))
-    except (httpx.TransportError, ValueError):
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
         return False

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response
 from sqlalchemy import String, cast, func, select
 
-from api.deps import JobDep, SessionDep
+from api.deps import JobDep, SessionDep, current_key, submission_quota
 from api.jobs import cancel, public
 from api.models import Job, Metric, utcnow
 from api.schemas import (
@@ -22,10 +22,11 @@ from api.schemas import (
 )
 from worker.queue import enqueue
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(current_key)])
 
 
-@router.post("", response_model=JobPublic, status_code=201)
+@router.post("", response_model=JobPublic, status_code=201,
+             dependencies=[Depends(submission_quota)])
 def submit_job(session: SessionDep, response: Response, spec: Annotated[JobCreate, Body()],
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
     """Submit a pretraining or evaluation job; it is queued and runs on a worker."""

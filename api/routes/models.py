@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Depends, Query
 from sqlalchemy import func, select
 
-from api.deps import ModelDep, SessionDep
+from api.deps import ModelDep, SessionDep, current_key
 from api.jobs import public
 from api.models import Job, Model, utcnow
 from api.schemas import DeploySpec, JobPublic, ModelPublic, ModelsPublic
 from worker.queue import enqueue
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(current_key)])
 
 
 @router.get("", response_model=ModelsPublic)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from sqlalchemy import select, text
 
-from api.deps import SessionDep
+from api.deps import SessionDep, current_key
 from api.models import Worker, utcnow
 from api.schemas import WorkerPublic
 from api.settings import get_settings
@@ -34,7 +34,8 @@ def readyz(session: SessionDep) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/v1/workers", response_model=list[WorkerPublic])
+@router.get("/v1/workers", response_model=list[WorkerPublic],
+            dependencies=[Depends(current_key)])
 def list_workers(session: SessionDep):
     """Workers whose heartbeat is recent, with their device and current job."""
     cutoff = utcnow() - timedelta(seconds=3 * get_settings().heartbeat_seconds)

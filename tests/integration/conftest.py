@@ -41,6 +41,12 @@ class Platform:
         self.api: subprocess.Popen | None = None
         self.client = httpx.Client(base_url=self.url, timeout=30)
 
+    def new_key(self, name: str) -> str:
+        """`mec keys create`, as an operator runs it."""
+        done = subprocess.run([sys.executable, "-m", "api.cli", "keys", "create", "--name", name],
+                              env=self.env, check=True, capture_output=True, text=True)
+        return done.stdout.strip()
+
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
         out = open(self.root / log, "ab")  # noqa: SIM115  (owned by the process)
         proc = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT,
@@ -136,6 +142,7 @@ def platform(request, tmp_path_factory):
     env |= {"MEC_DATA_DIR": str(root / "data"), "MEC_LEASE_SECONDS": "6",
             "MEC_HEARTBEAT_SECONDS": "1", "MEC_REAPER_SECONDS": "2",
             "MEC_CANCEL_POLL_SECONDS": "0.5", "MEC_MAX_ATTEMPTS": "3",
+            "MEC_SUBMIT_RATE_PER_MINUTE": "60", "MEC_SUBMIT_BURST": "20",
             "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     database = None
     if request.param == "postgres+redis":
@@ -151,6 +158,8 @@ def platform(request, tmp_path_factory):
     subprocess.run([sys.executable, "-m", "api.cli", "db", "upgrade"], env=env, check=True,
                    capture_output=True)
     plat = Platform(root, env)
+    plat.key = plat.new_key("tests")
+    plat.client.headers["Authorization"] = f"Bearer {plat.key}"
     plat.backend = request.param
     plat.torchserve = LocalTorchServe(root / "torchserve", root / "model-store", *ts_ports)
     try:

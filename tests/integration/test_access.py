@@ -1,0 +1,61 @@
+"""API keys and the submission rate limit, against the real API process."""
+
+import subprocess
+import sys
+
+import httpx
+from test_jobs import TINY
+
+
+def test_every_route_but_health_needs_a_key(platform):
+    anonymous = httpx.Client(base_url=platform.url, timeout=30)
+    assert anonymous.get("/healthz").status_code == 200
+    assert anonymous.get("/readyz").status_code == 200
+    for method, path in [("GET", "/v1/jobs"), ("GET", "/v1/jobs/1"), ("GET", "/v1/models"),
+                         ("GET", "/v1/workers"), ("POST", "/v1/jobs"),
+                         ("POST", "/v1/jobs/1/cancel"), ("POST", "/v1/models/1/deploy")]:
+        r = anonymous.request(method, path)
+        assert r.status_code == 401, (method, path, r.text)
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+    r = anonymous.get("/v1/jobs", headers={"Authorization": "Bearer mec_not-a-real-key"})
+    assert r.status_code == 401 and r.json()["detail"] == "unknown API key"
+
+
+def test_a_revoked_key_gets_403(platform):
+    key = platform.new_key("short-lived")
+    client = httpx.Client(base_url=platform.url, timeout=30,
+                          headers={"Authorization": f"Bearer {key}"})
+    assert client.get("/v1/jobs").status_code == 200
+    subprocess.run([sys.executable, "-m", "api.cli", "keys", "revoke", key[:12]],
+                   env=platform.env, check=True, capture_output=True)
+    r = client.get("/v1/jobs")
+    assert r.status_code == 403 and "was revoked" in r.json()["detail"]
+
+
+def test_submissions_are_rate_limited_per_key_with_retry_after(platform):
+    key = platform.new_key("burst")
+    client = httpx.Client(base_url=platform.url, timeout=30,
+                          headers={"Authorization": f"Bearer {key}"})
+    spec = {"kind": "pretrain", "config": TINY | {"max_steps": 1}}
+    codes, created = [], []
+    for _ in range(25):  # the fixture allows bursts of 20
+        r = client.post("/v1/jobs", json=spec)
+        codes.append(r.status_code)
+        if r.status_code == 201:
+            created.append(r.json()["id"])
+        else:
+            assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    for job_id in created:  # do not leave 20 jobs for the worker
+        client.post(f"/v1/jobs/{job_id}/cancel")
+    assert codes.count(201) == 20 and codes.count(429) == 5
+    other = platform.client.get("/v1/jobs")  # another key is not limited
+    assert other.status_code == 200
+
+
+def test_idempotency_key_gives_one_job(platform):
+    spec = {"kind": "pretrain", "config": TINY | {"max_steps": 1}}
+    first = platform.client.post("/v1/jobs", json=spec, headers={"Idempotency-Key": "abc-1"})
+    again = platform.client.post("/v1/jobs", json=spec, headers={"Idempotency-Key": "abc-1"})
+    assert first.status_code == 201 and again.status_code == 200
+    assert first.json()["id"] == again.json()["id"]
+    platform.client.post(f"/v1/jobs/{first.json()['id']}/cancel")
