@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(43_200, gt=0, description="Redis visibility timeout in "
                                     "seconds (unacknowledged messages are redelivered after it).")
 
+    data_roots: list[Path] = Field([Path("/usr/share/datasets")], description="Directories "
+                                   "under which a job's data_dir must lie (after resolving "
+                                   "symlinks); data_dir/datasets is always allowed.")
     submit_rate_per_minute: float = Field(120.0, gt=0, description="Job submissions allowed "
                                           "per API key and minute, on average (per API "
                                           "process).")
@@ -50,6 +53,10 @@ class Settings(BaseSettings):
                                          "data_dir/torchserve.")
     model_store: Path | None = Field(None, description="Where .mar files go; TorchServe's "
                                      "model store. Default: artifact_root/model-store.")
+
+    @property
+    def allowed_data_roots(self) -> list[Path]:
+        return [p.resolve() for p in [*self.data_roots, self.data_dir / "datasets"]]
 
     @property
     def ts_home(self) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response
@@ -20,6 +21,7 @@ from api.schemas import (
     MetricsPublic,
     Series,
 )
+from api.settings import get_settings
 from worker.queue import enqueue
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(current_key)])
@@ -35,6 +37,7 @@ def submit_job(session: SessionDep, response: Response, spec: Annotated[JobCreat
         if existing is not None:
             response.status_code = 200
             return public(existing)
+    _check_data_dir(spec.config.data_dir)
     if isinstance(spec, EvaluateJobCreate):
         target = session.get(Job, spec.config.job_id)
         if target is None or target.kind != "pretrain":
@@ -48,6 +51,17 @@ def submit_job(session: SessionDep, response: Response, spec: Annotated[JobCreat
     session.commit()  # commit first: the worker must find the row
     enqueue(job.id, job.kind, job.queue, job.priority)
     return public(job)
+
+
+def _check_data_dir(data_dir: str | None) -> None:
+    """A job reads data only under the configured data roots: no '..', no symlink escape."""
+    if data_dir is None:
+        return
+    roots = get_settings().allowed_data_roots
+    resolved = Path(data_dir).resolve()
+    if not any(resolved == root or root in resolved.parents for root in roots):
+        raise HTTPException(422, f"config.data_dir: {data_dir} is outside the data roots "
+                                 f"({', '.join(map(str, roots))}; see MEC_DATA_ROOTS)")
 
 
 @router.get("", response_model=JobsPublic)

@@ -118,3 +118,24 @@ def test_bad_requests_get_clear_errors(platform):
     assert c.get("/v1/models/999999").status_code == 404
     assert c.get("/v1/jobs", params={"status": "sleeping"}).status_code == 422
 
+
+
+def test_data_dir_must_stay_under_the_data_roots(platform, tmp_path):
+    c = platform.client
+    before = platform.get("/v1/jobs")["count"]
+    escape = tmp_path / "escape"
+    escape.symlink_to("/etc")
+    inside = platform.root / "data" / "datasets"
+    inside.mkdir(parents=True, exist_ok=True)
+    (inside / "link").symlink_to("/etc")
+    for data_dir in ["/etc", "/usr/share/datasets/../../../etc", str(escape),
+                     str(inside / "link"), str(inside / ".." / "mec.db")]:
+        r = c.post("/v1/jobs", json={"kind": "pretrain", "config": TINY | {
+            "dataset": "fashion-mnist", "data_dir": data_dir}})
+        assert r.status_code == 422, data_dir
+        assert r.json()["detail"].startswith(f"config.data_dir: {data_dir} is outside")
+    assert platform.get("/v1/jobs")["count"] == before
+    ok = c.post("/v1/jobs", json={"kind": "pretrain", "config": TINY | {
+        "max_steps": 1, "data_dir": str(inside)}})
+    assert ok.status_code == 201
+    c.post(f"/v1/jobs/{ok.json()['id']}/cancel")
