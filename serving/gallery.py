@@ -49,9 +49,13 @@ class Gallery:
             {"kind": self.kind, "ids": self.ids, "labels": self.labels}))
 
     @staticmethod
-    def load(directory: Path) -> Gallery:
+    def load(directory: Path, gpu: int | None = None) -> Gallery:
+        """Read a saved gallery; an exact index moves to GPU `gpu` when this FAISS build
+        has GPU support (faiss-gpu) and the GPU exists, and stays on the CPU otherwise."""
         meta = json.loads((directory / "gallery.json").read_text())
         index = faiss.read_index(str(directory / "gallery.faiss"))
+        if gpu is not None and meta["kind"] == "exact" and _gpus() > gpu:
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu, index)
         return Gallery(index, meta["ids"], meta["labels"], meta["kind"])
 
     def __len__(self) -> int:
@@ -65,6 +69,10 @@ class Gallery:
         scores, idx = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return [[{"id": self.ids[i], "label": self.labels[i], "score": float(s)}
                  for s, i in zip(row_s, row_i) if i >= 0] for row_s, row_i in zip(scores, idx)]
+
+
+def _gpus() -> int:
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
 
 
 def vote(neighbours: list[dict]) -> str | None:

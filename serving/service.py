@@ -41,7 +41,8 @@ class Service:
             raise ValueError(f"task must be 'embed' or 'knn', got {task!r}")
         self.task, self.default_k, self.max_k, self.max_bytes = task, default_k, max_k, max_bytes
         self.embedder = Embedder(export_dir, device, projector)
-        self.gallery = Gallery.load(Path(gallery_dir)) if task == "knn" else None
+        gpu = int(device.split(":")[1]) if device.startswith("cuda:") else None
+        self.gallery = Gallery.load(Path(gallery_dir), gpu) if task == "knn" else None
 
     # --- parsing -----------------------------------------------------------------------
     def parse(self, request: dict) -> Parsed:
