@@ -92,7 +92,7 @@ class _TaylorLogDet(torch.autograd.Function):
         grad = torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
         for k in range(2, ctx.order + 1):
             grad = grad + (-1) ** (k + 1) * powers[k - 2]
-        return grad_out * grad.T, None
+        return (grad_out * grad).T.contiguous(), None
 
 
 def log_det_taylor(c: torch.Tensor, order: int) -> torch.Tensor:
