@@ -17,12 +17,28 @@ from mec_core.config import TrainConfig
 from mec_core.data import DATASETS
 from mec_core.models import BACKBONES
 
+NONE = "none"  # `--order none`: set a field whose default is not None to None
 
-def _click_type(annotation) -> tuple[object, bool]:
+
+class _IntOrNone(click.ParamType):
+    name = "INTEGER|none"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.lower() in (NONE, "null"):
+            return NONE
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an integer or 'none'", param, ctx)
+
+
+def _click_type(annotation, default=None) -> tuple[object, bool]:
     """(click type, is_flag) for a field annotation such as `int | None` or a Literal."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        if args[0] is int and default is not None:  # None means something: allow it
+            return _IntOrNone(), False
         return _click_type(args[0])
     if origin is typing.Literal:
         return click.Choice([str(a) for a in typing.get_args(annotation)]), False
@@ -39,7 +55,7 @@ def config_options(func):
 
 
 def _option(name: str, info: FieldInfo):
-    kind, is_flag = _click_type(info.annotation)
+    kind, is_flag = _click_type(info.annotation, info.default)
     flag = "--" + name.replace("_", "-")
     default = info.default
     shown = "auto" if default is None else default
@@ -52,7 +68,7 @@ def _option(name: str, info: FieldInfo):
 
 def make_config(values: dict) -> TrainConfig:
     """TrainConfig from CLI values (unset options keep the model's defaults)."""
-    given = {k: v for k, v in values.items() if v is not None}
+    given = {k: None if v == NONE else v for k, v in values.items() if v is not None}
     try:
         return TrainConfig(**given)
     except ValidationError as exc:

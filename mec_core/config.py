@@ -81,7 +81,8 @@ class TrainConfig(BaseModel):
     )
     order: int | None = Field(
         4, ge=1, le=16,
-        description="Order n of the Taylor series of Eq. 3; null: exact log-det (paper: 4).",
+        description="Order n of the Taylor series of Eq. 3; null (CLI: none): exact log-det "
+        "(paper: 4).",
     )
     lambda_warmup_factor: float = Field(
         8.0, ge=1.0, le=1e4,

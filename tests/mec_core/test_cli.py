@@ -79,3 +79,10 @@ def test_cli__every_option_has_help():
                    "--batch-size", "--out", "--resume"):
         assert option in text
     assert "[default: 64.0]" in text
+
+
+def test_cli__order_none_selects_the_exact_log_det(tmp_path):
+    mec("train", *TINY, "--max-steps", "1", "--order", "none", "--out", str(tmp_path))
+    assert json.loads((tmp_path / "config.json").read_text())["order"] is None
+    done = mec("train", *TINY, "--order", "four", "--out", str(tmp_path / "b"), ok=False)
+    assert done.returncode != 0 and "'four' is not an integer or 'none'" in done.stderr
