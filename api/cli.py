@@ -163,11 +163,13 @@ def demo(dataset, epochs, train_limit, max_steps, data_dir, as_json) -> None:
         click.echo(json.dumps(summary))
 
 
-# A few minutes on 2 CPU cores; the small convnet and d = 512 keep steps cheap.
+# A few minutes on 2 CPU cores; the small convnet and d = 512 keep steps cheap. On this
+# budget ||C||_2 leaves the Taylor series' radius (about 2-4), and the exact log-det learns
+# more: kNN 78.3 % against 76.7 % at order 4 (README, "Results").
 DEMO_CONFIGS = {
     "fashion-mnist": {"backbone": "convnet", "proj_dim": 512, "batch_size": 256,
                       "epochs": 3, "train_limit": 20000, "warmup_epochs": 0.5,
-                      "lambda_warmup_epochs": 0.5},
+                      "lambda_warmup_epochs": 0.5, "order": None},
     "digits": {"backbone": "convnet", "proj_dim": 256, "batch_size": 128, "epochs": 20,
                "warmup_epochs": 2, "lambda_warmup_epochs": 2},
     "synthetic": {"backbone": "convnet", "proj_dim": 64, "pred_hidden_dim": 32,
