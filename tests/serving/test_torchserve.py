@@ -5,6 +5,7 @@ import json
 import socket
 import subprocess
 import sys
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -67,7 +68,7 @@ def test_embedding__equals_mec_core_on_the_same_image(served, images):
 def test_knn__equals_brute_force_topk_in_torch(served, images, trained):
     _, client, _ = served
     _, export_dir, store = trained
-    with __import__("zipfile").ZipFile(store / "tiny-knn.mar") as mar:
+    with zipfile.ZipFile(store / "tiny-knn.mar") as mar:
         mar.extract("gallery.faiss", store / "unpacked")
         mar.extract("gallery.json", store / "unpacked")
     gallery = Gallery.load(store / "unpacked")
