@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -16,8 +17,10 @@ class DatabaseCallbacks(Callbacks):
     """Metrics in batches (one transaction per flush of the trainer), progress, the
     checkpoint path, and the cancel flag polled at most every `poll_seconds`."""
 
-    def __init__(self, job_id: int, owner: str, poll_seconds: float) -> None:
+    def __init__(self, job_id: int, owner: str, poll_seconds: float,
+                 shutting_down: threading.Event | None = None) -> None:
         self.job_id, self.owner, self.poll_seconds = job_id, owner, poll_seconds
+        self.shutting_down = shutting_down or threading.Event()
         self.last_poll = 0.0
         self.stop = False
         self.cancelled = False
@@ -53,6 +56,8 @@ class DatabaseCallbacks(Callbacks):
         retrying(write)
 
     def should_stop(self, step: int) -> bool:
+        if self.shutting_down.is_set():
+            return True
         now = time.monotonic()
         if not self.stop and now - self.last_poll >= self.poll_seconds:
             self.last_poll = now

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from celery.utils.log import get_logger
 from sqlalchemy import delete, update
 
@@ -19,6 +19,7 @@ from worker.tasks import app_worker_name
 
 log = get_logger(__name__)
 _stop = threading.Event()
+shutting_down = threading.Event()  # SIGTERM: hand the running job over, don't finish it
 
 
 def reap_once() -> list[int]:
@@ -60,6 +61,13 @@ def _on_ready(sender, **_kw) -> None:
                        seen_at=utcnow()))
     reap_once()
     threading.Thread(target=_loop, name="mec-heartbeat", daemon=True).start()
+
+
+@worker_shutting_down.connect
+def _on_shutting_down(**_kw) -> None:
+    """A warm shutdown (SIGTERM, e.g. a deploy): the training loop checkpoints within a
+    step and the job goes back to the queue, to resume on another worker."""
+    shutting_down.set()
 
 
 @worker_shutdown.connect

@@ -22,7 +22,7 @@ from mec_core.train import TrainingDiverged, train
 from worker.callbacks import DatabaseCallbacks
 from worker.device import describe_device
 from worker.lease import LeaseKeeper
-from worker.queue import app
+from worker.queue import app, enqueue
 
 log = get_task_logger(__name__)
 
@@ -52,6 +52,11 @@ def app_worker_name() -> str:
     return os.environ.get("MEC_WORKER_NAME", f"{socket.gethostname()}:{os.getpid()}")
 
 
+def job_queue(job_id: int) -> str:
+    with session_scope() as s:
+        return s.get(Job, job_id).queue
+
+
 def _fail(job_id: int, owner: str, error: str) -> None:
     log.error("job %s failed: %s", job_id, error)
     retrying(lambda: _finish(job_id, owner, "failed", error=error))
@@ -64,7 +69,15 @@ def _finish(job_id: int, owner: str, status: str, **kw) -> bool:
 
 def _execute(job_id: int, run) -> None:
     """Claim the job, keep its lease alive while `run(job_id, owner)` works, let go."""
+    from worker.runtime import shutting_down
+
     settings = get_settings()
+    if shutting_down.is_set():  # a message taken during a warm shutdown: pass it on
+        with session_scope() as s:
+            job = s.get(Job, job_id)
+            kind, queue, priority = job.kind, job.queue, job.priority
+        enqueue(job_id, kind, queue, priority)
+        return
     owner = _owner()
     if not _claim(job_id, owner):
         log.info("job %s is not queued (already claimed, cancelled or finished)", job_id)
@@ -88,7 +101,9 @@ def run_pretrain(job_id: int, owner: str) -> None:
         job = s.get(Job, job_id)
         config, name = TrainConfig(**job.config), job.name
     out = settings.artifacts / "jobs" / str(job_id)
-    callbacks = DatabaseCallbacks(job_id, owner, settings.cancel_poll_seconds)
+    from worker.runtime import shutting_down
+
+    callbacks = DatabaseCallbacks(job_id, owner, settings.cancel_poll_seconds, shutting_down)
     log.info("job %s: training %s on %s", job_id, config.backbone, config.dataset)
     try:
         result = train(config, out, callbacks, resume=True)
@@ -100,6 +115,11 @@ def run_pretrain(job_id: int, owner: str) -> None:
         if callbacks.cancelled:
             retrying(lambda: _finish(job_id, owner, "cancelled",
                                      result={"steps": result.steps}))
+        elif callbacks.shutting_down.is_set() and retrying(
+                lambda: _finish(job_id, owner, "queued")):
+            log.warning("job %s: worker shutting down; re-queued at step %s", job_id,
+                        result.steps)
+            enqueue(job_id, "pretrain", job_queue(job_id))
         return  # otherwise the job was taken from us; its new owner carries on
     paths = export(result.checkpoint, out / "export")
     artifacts = {"checkpoint": str(result.checkpoint), **{k: str(v) for k, v in paths.items()}}

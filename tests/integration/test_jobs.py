@@ -139,3 +139,26 @@ def test_data_dir_must_stay_under_the_data_roots(platform, tmp_path):
         "max_steps": 1, "data_dir": str(inside)}})
     assert ok.status_code == 201
     c.post(f"/v1/jobs/{ok.json()['id']}/cancel")
+
+
+def test_sigterm_hands_the_job_over_with_a_checkpoint(platform):
+    """A worker stopped with SIGTERM (a deploy) checkpoints at once and re-queues its job,
+    which resumes on another worker."""
+    platform.start_worker("w3")
+    job = pretrain(platform, 60, checkpoint_every=50)
+    platform.wait_for(lambda: platform.get(f"/v1/jobs/{job['id']}")["progress"]["step"] >= 6,
+                      180, "the job to pass step 6")
+    runner = platform.wait_for(
+        lambda: next((w["name"] for w in platform.get("/v1/workers")
+                      if w["current_job"] == job["id"]), None), 10, "the job's worker")
+    proc = platform.workers[runner]
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(60)  # warm shutdown ends after one more step, not after the whole job
+    handed = platform.get(f"/v1/jobs/{job['id']}")
+    assert handed["checkpoint"] and not handed["checkpoint"].endswith("step_00000050.pt")
+    platform.start_worker(f"{runner}-after-term")
+    done = platform.wait_status(job["id"], ("succeeded", "failed"), timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] == 2 and "lease" not in (done["error"] or "")
+    steps = platform.get(f"/v1/jobs/{job['id']}/metrics", params={"name": ["loss"]})
+    assert steps["series"]["loss"]["steps"] == list(range(1, 61))
