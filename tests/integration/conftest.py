@@ -142,7 +142,7 @@ def platform(request, tmp_path_factory):
     env |= {"MEC_DATA_DIR": str(root / "data"), "MEC_LEASE_SECONDS": "6",
             "MEC_HEARTBEAT_SECONDS": "1", "MEC_REAPER_SECONDS": "2",
             "MEC_CANCEL_POLL_SECONDS": "0.5", "MEC_MAX_ATTEMPTS": "3",
-            "MEC_SUBMIT_RATE_PER_MINUTE": "60", "MEC_SUBMIT_BURST": "20",
+            "MEC_SUBMIT_RATE_PER_MINUTE": "6", "MEC_SUBMIT_BURST": "20",
             "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     database = None
     if request.param == "postgres+redis":

@@ -47,7 +47,8 @@ def test_submissions_are_rate_limited_per_key_with_retry_after(platform):
             assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
     for job_id in created:  # do not leave 20 jobs for the worker
         client.post(f"/v1/jobs/{job_id}/cancel")
-    assert codes.count(201) == 20 and codes.count(429) == 5
+    # a burst of 20, then refused; at 6 per minute at most one token refills meanwhile
+    assert codes[:20] == [201] * 20 and codes[20:].count(429) >= 4
     other = platform.client.get("/v1/jobs")  # another key is not limited
     assert other.status_code == 200
 
