@@ -52,9 +52,12 @@ def app_worker_name() -> str:
     return os.environ.get("MEC_WORKER_NAME", f"{socket.gethostname()}:{os.getpid()}")
 
 
-def job_queue(job_id: int) -> str:
+def _enqueue_again(job_id: int) -> None:
+    """Send a fresh message for `job_id` on its own queue, kind and priority."""
     with session_scope() as s:
-        return s.get(Job, job_id).queue
+        job = s.get(Job, job_id)
+        kind, queue, priority = job.kind, job.queue, job.priority
+    enqueue(job_id, kind, queue, priority)
 
 
 def _fail(job_id: int, owner: str, error: str) -> None:
@@ -73,10 +76,7 @@ def _execute(job_id: int, run) -> None:
 
     settings = get_settings()
     if shutting_down.is_set():  # a message taken during a warm shutdown: pass it on
-        with session_scope() as s:
-            job = s.get(Job, job_id)
-            kind, queue, priority = job.kind, job.queue, job.priority
-        enqueue(job_id, kind, queue, priority)
+        _enqueue_again(job_id)
         return
     owner = _owner()
     if not _claim(job_id, owner):
@@ -119,7 +119,7 @@ def run_pretrain(job_id: int, owner: str) -> None:
                 lambda: _finish(job_id, owner, "queued")):
             log.warning("job %s: worker shutting down; re-queued at step %s", job_id,
                         result.steps)
-            enqueue(job_id, "pretrain", job_queue(job_id))
+            _enqueue_again(job_id)
         return  # otherwise the job was taken from us; its new owner carries on
     paths = export(result.checkpoint, out / "export")
     artifacts = {"checkpoint": str(result.checkpoint), **{k: str(v) for k, v in paths.items()}}

@@ -102,6 +102,14 @@ class Platform:
         return self.wait_for(lambda: (j := self.get(f"/v1/jobs/{job_id}"))["status"] in statuses
                              and j, timeout, f"job {job_id} to reach {statuses}")
 
+    def runner_of(self, job_id: int, past_step: int) -> str:
+        """Wait until the job has passed `past_step`; the name of the worker running it."""
+        self.wait_for(lambda: self.get(f"/v1/jobs/{job_id}")["progress"]["step"] >= past_step,
+                      180, f"job {job_id} to pass step {past_step}")
+        return self.wait_for(lambda: next((w["name"] for w in self.get("/v1/workers")
+                                           if w["current_job"] == job_id), None),
+                             10, f"the worker of job {job_id}")
+
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:

@@ -83,11 +83,7 @@ def test_cancel_running_and_queued_jobs(platform):
 def test_killed_worker_job_resumes_from_its_checkpoint(platform):
     platform.start_worker("w2")
     job = pretrain(platform, 60, checkpoint_every=4)
-    platform.wait_for(lambda: platform.get(f"/v1/jobs/{job['id']}")["progress"]["step"] >= 10,
-                      180, "the job to pass step 10")
-    runner = platform.wait_for(
-        lambda: next((w["name"] for w in platform.get("/v1/workers")
-                      if w["current_job"] == job["id"]), None), 10, "the job's worker")
+    runner = platform.runner_of(job["id"], past_step=10)
     os.killpg(platform.workers[runner].pid, signal.SIGKILL)  # no goodbye, no checkpoint
     platform.workers[runner].wait()
     done = platform.wait_status(job["id"], ("succeeded", "failed"), timeout=300)
@@ -146,11 +142,7 @@ def test_sigterm_hands_the_job_over_with_a_checkpoint(platform):
     which resumes on another worker."""
     platform.start_worker("w3")
     job = pretrain(platform, 60, checkpoint_every=50)
-    platform.wait_for(lambda: platform.get(f"/v1/jobs/{job['id']}")["progress"]["step"] >= 6,
-                      180, "the job to pass step 6")
-    runner = platform.wait_for(
-        lambda: next((w["name"] for w in platform.get("/v1/workers")
-                      if w["current_job"] == job["id"]), None), 10, "the job's worker")
+    runner = platform.runner_of(job["id"], past_step=6)
     proc = platform.workers[runner]
     os.kill(proc.pid, signal.SIGTERM)
     proc.wait(60)  # warm shutdown ends after one more step, not after the whole job
