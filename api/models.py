@@ -36,7 +36,7 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # pretrain | evaluate
+    kind: Mapped[str] = mapped_column(String(16))  # pretrain | evaluate | deploy | import
     name: Mapped[str] = mapped_column(String(200))
     tags: Mapped[list[str]] = mapped_column(default=list)
     priority: Mapped[int] = mapped_column(default=0)

@@ -40,7 +40,8 @@ class EvaluateSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    job_id: int = Field(ge=1, description="The succeeded pretraining job to evaluate.")
+    job_id: int = Field(ge=1, description="The succeeded pretraining (or import) job whose "
+                        "model to evaluate.")
     protocol: Literal["knn", "linear"] = Field("knn", description="Weighted kNN or linear probe.")
     dataset: DatasetName | None = Field(None, description="Default: the job's training set.")
     data_dir: str | None = Field(None, max_length=1000, description="Dataset directory.")

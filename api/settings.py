@@ -29,6 +29,9 @@ class Settings(BaseSettings):
                                      "lease of the job it runs.")
     reaper_seconds: float = Field(15.0, gt=0, description="How often each worker looks for "
                                   "jobs whose lease expired, to re-queue them.")
+    reconcile_grace_seconds: float = Field(30.0, ge=0, description="A queued job whose "
+                                           "message the broker lost is re-enqueued once it "
+                                           "has waited this long (checked with the reaper).")
     max_attempts: int = Field(3, ge=1, description="Runs of a job (first + resumes) before it "
                               "is failed for good.")
     cancel_poll_seconds: float = Field(1.0, gt=0, description="How often the training loop "
@@ -39,6 +42,8 @@ class Settings(BaseSettings):
     data_roots: list[Path] = Field([Path("/usr/share/datasets")], description="Directories "
                                    "under which a job's data_dir must lie (after resolving "
                                    "symlinks); data_dir/datasets is always allowed.")
+    max_upload_mb: int = Field(2048, ge=1, description="Largest checkpoint POST /v1/models "
+                               "accepts, in MiB.")
     submit_rate_per_minute: float = Field(120.0, gt=0, description="Job submissions allowed "
                                           "per API key and minute, on average (per API "
                                           "process).")

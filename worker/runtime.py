@@ -15,6 +15,7 @@ from api.models import Job, Worker, utcnow
 from api.settings import get_settings
 from worker.device import describe_device
 from worker.queue import enqueue
+from worker.reconcile import reconcile_once
 from worker.tasks import app_worker_name
 
 log = get_logger(__name__)
@@ -47,6 +48,7 @@ def _loop() -> None:
             if since_reap >= settings.reaper_seconds:
                 since_reap = 0.0
                 reap_once()
+                reconcile_once()
         except Exception as exc:  # keep beating through a database outage
             log.warning("heartbeat failed: %s", exc)
 
@@ -60,6 +62,7 @@ def _on_ready(sender, **_kw) -> None:
                        device=describe_device(), current_job=None, started_at=utcnow(),
                        seen_at=utcnow()))
     reap_once()
+    reconcile_once()
     threading.Thread(target=_loop, name="mec-heartbeat", daemon=True).start()
 
 

@@ -3,9 +3,11 @@ report. Delivering the same message twice is harmless: only the claim that wins 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
+from pathlib import Path
 
 from celery.utils.log import get_task_logger
 from sqlalchemy import select, update
@@ -121,10 +123,18 @@ def run_pretrain(job_id: int, owner: str) -> None:
                         result.steps)
             _enqueue_again(job_id)
         return  # otherwise the job was taken from us; its new owner carries on
-    paths = export(result.checkpoint, out / "export")
-    artifacts = {"checkpoint": str(result.checkpoint), **{k: str(v) for k, v in paths.items()}}
     summary = {"steps": result.steps, "images_per_sec": round(result.images_per_sec, 2),
                **result.last}
+    _register_model(job_id, owner, result.checkpoint, out, name, summary)
+
+
+def _register_model(job_id: int, owner: str, checkpoint: Path, out: Path, name: str,
+                    summary: dict) -> None:
+    """Export the encoder of `checkpoint` (loaded with weights_only) under `out`, finish
+    the job and add its model."""
+    paths = export(checkpoint, out / "export")
+    config = TrainConfig(**json.loads(paths["meta"].read_text())["config"])
+    artifacts = {"checkpoint": str(checkpoint), **{k: str(v) for k, v in paths.items()}}
 
     def register() -> None:
         with session_scope() as s:
@@ -132,6 +142,23 @@ def run_pretrain(job_id: int, owner: str) -> None:
                 s.add(Model(job_id=job_id, name=name, backbone=config.backbone,
                             dataset=config.dataset, artifacts=artifacts))
     retrying(register)
+
+
+@app.task(name="mec.import")
+def import_job(job_id: int) -> None:
+    """Make a model of an uploaded training checkpoint."""
+    _execute(job_id, run_import)
+
+
+def run_import(job_id: int, owner: str) -> None:
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        checkpoint, name = Path(job.config["checkpoint"]), job.name
+    try:  # weights_only: a crafted pickle fails here without running any code
+        _register_model(job_id, owner, checkpoint, checkpoint.parent, name,
+                        {"uploaded": job.config["filename"]})
+    except Exception as exc:  # the job must end failed, never stay running
+        _fail(job_id, owner, f"not a usable MEC checkpoint: {type(exc).__name__}: {exc}")
 
 
 @app.task(name="mec.evaluate")

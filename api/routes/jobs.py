@@ -40,9 +40,9 @@ def submit_job(session: SessionDep, response: Response, spec: Annotated[JobCreat
     _check_data_dir(spec.config.data_dir)
     if isinstance(spec, EvaluateJobCreate):
         target = session.get(Job, spec.config.job_id)
-        if target is None or target.kind != "pretrain":
+        if target is None or target.kind not in ("pretrain", "import"):
             raise HTTPException(422, f"config.job_id: {spec.config.job_id} is not a "
-                                     "pretraining job")
+                                     "pretraining or import job")
     config = spec.config.model_dump(mode="json")
     job = Job(kind=spec.kind, name=spec.name or f"{spec.kind}", tags=spec.tags,
               priority=spec.priority, queue=spec.queue, config=config,
@@ -66,7 +66,7 @@ def _check_data_dir(data_dir: str | None) -> None:
 
 @router.get("", response_model=JobsPublic)
 def list_jobs(session: SessionDep, status: JobStatus | None = None,
-              kind: str | None = Query(None, pattern="^(pretrain|evaluate|deploy)$"),
+              kind: str | None = Query(None, pattern="^(pretrain|evaluate|deploy|import)$"),
               tag: str | None = Query(None, max_length=64),
               limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
     """Jobs, newest first, filtered by status, kind and tag."""

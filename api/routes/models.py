@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Form, HTTPException, Query, UploadFile
 from sqlalchemy import func, select
 
-from api.deps import ModelDep, SessionDep, current_key
+from api.deps import ModelDep, SessionDep, current_key, submission_quota
 from api.jobs import public
 from api.models import Job, Model, utcnow
 from api.schemas import DeploySpec, JobPublic, ModelPublic, ModelsPublic
+from api.settings import get_settings
 from worker.queue import enqueue
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(current_key)])
@@ -23,6 +26,36 @@ def list_models(session: SessionDep, limit: int = Query(50, ge=1, le=500),
     count = session.scalar(select(func.count(Model.id)))
     rows = session.scalars(select(Model).order_by(Model.id.desc()).limit(limit).offset(offset))
     return ModelsPublic(data=list(rows), count=count)
+
+
+@router.post("", response_model=JobPublic, status_code=202,
+             dependencies=[Depends(submission_quota)])
+def upload_model(session: SessionDep, checkpoint: UploadFile,
+                 name: Annotated[str, Form(min_length=1, max_length=200)]):
+    """Upload a training checkpoint written by `mec train`; an import job loads it with
+    weights_only (tensors and plain containers, never code), exports its encoder and adds
+    it as a model. Returns the import job."""
+    limit = get_settings().max_upload_mb * 2**20
+    folder = get_settings().artifacts / "uploads" / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    path = folder / "checkpoint.pt"
+    with path.open("wb") as out:
+        copied = 0
+        while chunk := checkpoint.file.read(2**20):
+            copied += len(chunk)
+            if copied > limit:
+                out.close()
+                shutil.rmtree(folder)
+                raise HTTPException(413, f"checkpoint: larger than the {limit // 2**20} MiB "
+                                         "limit (MEC_MAX_UPLOAD_MB)")
+            out.write(chunk)
+    job = Job(kind="import", name=name, tags=[], priority=0, queue="cpu",
+              config={"checkpoint": str(path), "filename": checkpoint.filename or ""},
+              enqueued_at=utcnow())
+    session.add(job)
+    session.commit()
+    enqueue(job.id, "import", "cpu", 0)
+    return public(job)
 
 
 @router.get("/{model_id}", response_model=ModelPublic)

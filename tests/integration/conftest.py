@@ -65,8 +65,9 @@ class Platform:
         except httpx.TransportError:
             return False
 
-    def start_worker(self, name: str, queues: str = "gpu,cpu") -> subprocess.Popen:
-        env = self.env | {"MEC_WORKER_NAME": name}
+    def start_worker(self, name: str, queues: str = "gpu,cpu", **env_overrides: str
+                     ) -> subprocess.Popen:
+        env = self.env | env_overrides | {"MEC_WORKER_NAME": name}
         out = open(self.root / f"{name}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker.main", "worker", "-Q", queues,
@@ -143,15 +144,32 @@ def postgres_url():
     _drop_database(name)
 
 
-@pytest.fixture(params=["embedded", "postgres+redis"], scope="module")
-def platform(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(request.param.replace("+", "_"))
+def base_env(root: Path) -> dict[str, str]:
+    """Short leases and polls, so faults show within seconds."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEC_")}
-    env |= {"MEC_DATA_DIR": str(root / "data"), "MEC_LEASE_SECONDS": "6",
-            "MEC_HEARTBEAT_SECONDS": "1", "MEC_REAPER_SECONDS": "2",
-            "MEC_CANCEL_POLL_SECONDS": "0.5", "MEC_MAX_ATTEMPTS": "3",
-            "MEC_SUBMIT_RATE_PER_MINUTE": "6", "MEC_SUBMIT_BURST": "20",
-            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return env | {"MEC_DATA_DIR": str(root / "data"), "MEC_LEASE_SECONDS": "6",
+                  "MEC_HEARTBEAT_SECONDS": "1", "MEC_REAPER_SECONDS": "2",
+                  "MEC_CANCEL_POLL_SECONDS": "0.5", "MEC_MAX_ATTEMPTS": "3",
+                  "MEC_SUBMIT_RATE_PER_MINUTE": "6", "MEC_SUBMIT_BURST": "20",
+                  "MEC_MAX_UPLOAD_MB": "8", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def open_platform(root: Path, env: dict[str, str], backend: str) -> Platform:
+    """Migrate the database and create an API key; no process is started yet."""
+    subprocess.run([sys.executable, "-m", "api.cli", "db", "upgrade"], env=env, check=True,
+                   capture_output=True)
+    plat = Platform(root, env)
+    plat.key = plat.new_key("tests")
+    plat.client.headers["Authorization"] = f"Bearer {plat.key}"
+    plat.backend = backend
+    return plat
+
+
+@pytest.fixture(params=["embedded", "postgres+redis"], scope="session")
+def shared_platform(request, tmp_path_factory):
+    """One platform per backend for the whole run (starting one takes ~20 s)."""
+    root = tmp_path_factory.mktemp(request.param.replace("+", "_"))
+    env = base_env(root)
     database = None
     if request.param == "postgres+redis":
         database = _postgres_database()
@@ -163,12 +181,7 @@ def platform(request, tmp_path_factory):
             "MEC_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{ts_ports[1]}",
             "MEC_TORCHSERVE_HOME": str(root / "torchserve"),
             "MEC_MODEL_STORE": str(root / "model-store")}
-    subprocess.run([sys.executable, "-m", "api.cli", "db", "upgrade"], env=env, check=True,
-                   capture_output=True)
-    plat = Platform(root, env)
-    plat.key = plat.new_key("tests")
-    plat.client.headers["Authorization"] = f"Bearer {plat.key}"
-    plat.backend = request.param
+    plat = open_platform(root, env, request.param)
     plat.torchserve = LocalTorchServe(root / "torchserve", root / "model-store", *ts_ports)
     try:
         plat.torchserve.start()
@@ -181,3 +194,11 @@ def platform(request, tmp_path_factory):
         if database:
             _drop_database(database)
             redis.Redis(db=REDIS_DB).flushdb()
+
+
+@pytest.fixture(scope="module")
+def platform(shared_platform):
+    """The shared platform with a key of this module's own (rate limits are per key)."""
+    shared_platform.key = shared_platform.new_key("tests")
+    shared_platform.client.headers["Authorization"] = f"Bearer {shared_platform.key}"
+    return shared_platform
