@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -12,6 +12,7 @@ from api import keys
 from api.db import get_session
 from api.models import ApiKey, Job, Model
 from api.rate_limit import limiter
+from api.schemas import ID_MAX
 
 SessionDep = Annotated[Session, Depends(get_session)]
 _bearer = HTTPBearer(auto_error=False, description="An API key from `mec keys create`.")
@@ -43,14 +44,15 @@ def submission_quota(key: CurrentKey, request: Request) -> None:
                                  f"{wait:.0f} s", headers={"Retry-After": str(int(wait) + 1)})
 
 
-def job_or_404(job_id: int, session: SessionDep) -> Job:
+def job_or_404(job_id: Annotated[int, Path(ge=1, le=ID_MAX)], session: SessionDep) -> Job:
     job = session.get(Job, job_id)
     if job is None:
         raise HTTPException(404, f"job {job_id} not found")
     return job
 
 
-def model_or_404(model_id: int, session: SessionDep) -> Model:
+def model_or_404(model_id: Annotated[int, Path(ge=1, le=ID_MAX)], session: SessionDep
+                 ) -> Model:
     model = session.get(Model, model_id)
     if model is None:
         raise HTTPException(404, f"model {model_id} not found")

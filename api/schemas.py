@@ -13,6 +13,9 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
+
+ID_MAX = 2**31 - 1  # ids, steps and offsets are PostgreSQL INTEGER columns
+
 class _JobFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -40,16 +43,18 @@ class EvaluateSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    job_id: int = Field(ge=1, description="The succeeded pretraining (or import) job whose "
-                        "model to evaluate.")
+    job_id: int = Field(ge=1, le=ID_MAX, description="The succeeded pretraining (or import) "
+                        "job whose model to evaluate.")
     protocol: Literal["knn", "linear"] = Field("knn", description="Weighted kNN or linear probe.")
     dataset: DatasetName | None = Field(None, description="Default: the job's training set.")
     data_dir: str | None = Field(None, max_length=1000, description="Dataset directory.")
     k: int = Field(200, ge=1, le=10_000, description="kNN neighbours.")
     temperature: float = Field(0.1, gt=0, le=10.0, description="kNN vote temperature.")
     steps: int = Field(100, ge=1, le=10_000, description="L-BFGS iterations of the probe.")
-    train_limit: int | None = Field(None, ge=1, description="Use the first N train images.")
-    test_limit: int | None = Field(None, ge=1, description="Use the first N test images.")
+    train_limit: int | None = Field(None, ge=1, le=ID_MAX,
+                                    description="Use the first N train images.")
+    test_limit: int | None = Field(None, ge=1, le=ID_MAX,
+                                   description="Use the first N test images.")
 
 
 class EvaluateJobCreate(_JobFields):
@@ -142,7 +147,8 @@ class DeploySpec(BaseModel):
                                                 "the model's training set.")
     gallery_data_dir: str | None = Field(None, max_length=1000)
     gallery_split: Literal["train", "test"] = "train"
-    gallery_limit: int | None = Field(None, ge=1, description="First N gallery items only.")
+    gallery_limit: int | None = Field(None, ge=1, le=ID_MAX,
+                                      description="First N gallery items only.")
     drain_seconds: float = Field(5.0, ge=0, le=600, description="On re-deploy, how long the "
                                  "old version keeps finishing its queued requests after the "
                                  "new one takes the traffic.")
@@ -178,3 +184,28 @@ class WorkerPublic(BaseModel):
     current_job: int | None
     started_at: datetime
     seen_at: datetime
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Dotted path of the offending field, e.g. config.batch_size.")
+    message: str
+    type: str
+
+
+class ErrorPublic(BaseModel):
+    """Every error answer: `detail` says what was wrong and names the field."""
+
+    detail: str
+    errors: list[FieldError] | None = Field(None, description="422 only: one per field.")
+
+
+def errors(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` for these error status codes, all with ErrorPublic bodies."""
+    what = {400: "The body could not be parsed.", 401: "No or unknown API key.",
+            403: "The API key was revoked.",
+            404: "No such job or model.", 409: "The job has already finished.",
+            413: "The upload is over the size limit.",
+            422: "Invalid input; `detail` names the field. Nothing was created.",
+            429: "Too many submissions for this key; see Retry-After.",
+            503: "The database or the broker is unreachable."}
+    return {code: {"model": ErrorPublic, "description": what[code]} for code in codes}

@@ -8,11 +8,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response
 from sqlalchemy import String, cast, func, select
+from sqlalchemy.exc import IntegrityError
 
 from api.deps import JobDep, SessionDep, current_key, submission_quota
 from api.jobs import cancel, public
 from api.models import Job, Metric, utcnow
 from api.schemas import (
+    ID_MAX,
     EvaluateJobCreate,
     JobCreate,
     JobPublic,
@@ -20,17 +22,22 @@ from api.schemas import (
     JobStatus,
     MetricsPublic,
     Series,
+    errors,
 )
 from api.settings import get_settings
 from worker.queue import enqueue
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(current_key)])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(current_key)],
+                   responses=errors(400, 401, 403, 422))
 
 
 @router.post("", response_model=JobPublic, status_code=201,
-             dependencies=[Depends(submission_quota)])
+             dependencies=[Depends(submission_quota)],
+             responses={200: {"model": JobPublic, "description": "The job submitted earlier "
+                              "with this Idempotency-Key; nothing new was created."},
+                        **errors(429)})
 def submit_job(session: SessionDep, response: Response, spec: Annotated[JobCreate, Body()],
-               idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+               idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None):
     """Submit a pretraining or evaluation job; it is queued and runs on a worker."""
     if idempotency_key:
         existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
@@ -48,7 +55,12 @@ def submit_job(session: SessionDep, response: Response, spec: Annotated[JobCreat
               priority=spec.priority, queue=spec.queue, config=config,
               idempotency_key=idempotency_key, enqueued_at=utcnow())
     session.add(job)
-    session.commit()  # commit first: the worker must find the row
+    try:
+        session.commit()  # commit first: the worker must find the row
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
+        session.rollback()
+        response.status_code = 200
+        return public(session.scalar(select(Job).where(Job.idempotency_key == idempotency_key)))
     enqueue(job.id, job.kind, job.queue, job.priority)
     return public(job)
 
@@ -68,7 +80,7 @@ def _check_data_dir(data_dir: str | None) -> None:
 def list_jobs(session: SessionDep, status: JobStatus | None = None,
               kind: str | None = Query(None, pattern="^(pretrain|evaluate|deploy|import)$"),
               tag: str | None = Query(None, max_length=64),
-              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
+              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=ID_MAX)):
     """Jobs, newest first, filtered by status, kind and tag."""
     query = select(Job)
     if status:
@@ -83,16 +95,16 @@ def list_jobs(session: SessionDep, status: JobStatus | None = None,
     return JobsPublic(data=[public(j) for j in rows], count=count)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=errors(404))
 def get_job(job: JobDep):
     """One job: status, progress, ETA, last metrics, error, worker and times."""
     return public(job)
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPublic)
+@router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=errors(404))
 def get_metrics(job: JobDep, session: SessionDep,
                 name: Annotated[list[str] | None, Query(max_length=50)] = None,
-                since_step: int = Query(0, ge=0),
+                since_step: int = Query(0, ge=0, le=ID_MAX),
                 max_points: int = Query(1000, ge=1, le=100_000)):
     """Metric series after `since_step`, downsampled to at most `max_points` per series."""
     last = session.scalar(select(func.max(Metric.step)).where(Metric.job_id == job.id,
@@ -114,7 +126,7 @@ def get_metrics(job: JobDep, session: SessionDep,
     return MetricsPublic(job_id=job.id, stride=stride, last_step=last, series=series)
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(404, 409))
 def cancel_job(job: JobDep, session: SessionDep):
     """Cancel a job: a queued one at once, a running one within seconds (it keeps its last
     checkpoint). 409 if it already finished."""

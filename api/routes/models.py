@@ -12,16 +12,17 @@ from sqlalchemy import func, select
 from api.deps import ModelDep, SessionDep, current_key, submission_quota
 from api.jobs import public
 from api.models import Job, Model, utcnow
-from api.schemas import DeploySpec, JobPublic, ModelPublic, ModelsPublic
+from api.schemas import ID_MAX, DeploySpec, JobPublic, ModelPublic, ModelsPublic, errors
 from api.settings import get_settings
 from worker.queue import enqueue
 
-router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(current_key)])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(current_key)],
+                   responses=errors(400, 401, 403, 422))
 
 
 @router.get("", response_model=ModelsPublic)
 def list_models(session: SessionDep, limit: int = Query(50, ge=1, le=500),
-                offset: int = Query(0, ge=0)):
+                offset: int = Query(0, ge=0, le=ID_MAX)):
     """Finished encoders, newest first."""
     count = session.scalar(select(func.count(Model.id)))
     rows = session.scalars(select(Model).order_by(Model.id.desc()).limit(limit).offset(offset))
@@ -29,7 +30,7 @@ def list_models(session: SessionDep, limit: int = Query(50, ge=1, le=500),
 
 
 @router.post("", response_model=JobPublic, status_code=202,
-             dependencies=[Depends(submission_quota)])
+             dependencies=[Depends(submission_quota)], responses=errors(413, 429))
 def upload_model(session: SessionDep, checkpoint: UploadFile,
                  name: Annotated[str, Form(min_length=1, max_length=200)]):
     """Upload a training checkpoint written by `mec train`; an import job loads it with
@@ -58,7 +59,7 @@ def upload_model(session: SessionDep, checkpoint: UploadFile,
     return public(job)
 
 
-@router.get("/{model_id}", response_model=ModelPublic)
+@router.get("/{model_id}", response_model=ModelPublic, responses=errors(404))
 def get_model(model: ModelDep):
     """One encoder with its artifacts and evaluations."""
     return model
@@ -74,7 +75,8 @@ def _deploy_job(session, model: Model, action: str, spec: DeploySpec) -> JobPubl
     return public(job)
 
 
-@router.post("/{model_id}/deploy", response_model=JobPublic, status_code=202)
+@router.post("/{model_id}/deploy", response_model=JobPublic, status_code=202,
+             responses=errors(404))
 def deploy_model(model: ModelDep, session: SessionDep,
                  spec: Annotated[DeploySpec | None, Body()] = None):
     """Package (if needed) and register the model with TorchServe, as a new version that
@@ -82,7 +84,8 @@ def deploy_model(model: ModelDep, session: SessionDep,
     return _deploy_job(session, model, "deploy", spec or DeploySpec())
 
 
-@router.post("/{model_id}/undeploy", response_model=JobPublic, status_code=202)
+@router.post("/{model_id}/undeploy", response_model=JobPublic, status_code=202,
+             responses=errors(404))
 def undeploy_model(model: ModelDep, session: SessionDep):
     """Unregister every version of the model from TorchServe. Returns the undeploy job."""
     return _deploy_job(session, model, "undeploy", DeploySpec())

@@ -9,7 +9,7 @@ from sqlalchemy import select, text
 
 from api.deps import SessionDep, current_key
 from api.models import Worker, utcnow
-from api.schemas import WorkerPublic
+from api.schemas import WorkerPublic, errors
 from api.settings import get_settings
 from worker.queue import broker_reachable
 
@@ -22,7 +22,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=errors(503))
 def readyz(session: SessionDep) -> dict[str, str]:
     """The database and the broker are reachable (503 naming the one that is not)."""
     try:
@@ -35,7 +35,7 @@ def readyz(session: SessionDep) -> dict[str, str]:
 
 
 @router.get("/v1/workers", response_model=list[WorkerPublic],
-            dependencies=[Depends(current_key)])
+            dependencies=[Depends(current_key)], responses=errors(401, 403))
 def list_workers(session: SessionDep):
     """Workers whose heartbeat is recent, with their device and current job."""
     cutoff = utcnow() - timedelta(seconds=3 * get_settings().heartbeat_seconds)

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from test_jobs import TINY
@@ -60,3 +61,20 @@ def test_idempotency_key_gives_one_job(platform):
     assert first.status_code == 201 and again.status_code == 200
     assert first.json()["id"] == again.json()["id"]
     platform.client.post(f"/v1/jobs/{first.json()['id']}/cancel")
+
+
+def test_idempotency_key_sent_concurrently_still_gives_one_job(platform):
+    spec = {"kind": "pretrain", "config": TINY | {"max_steps": 1}}
+    headers = {"Idempotency-Key": "race-1", "Authorization": f"Bearer {platform.key}"}
+
+    def submit(_):
+        with httpx.Client(base_url=platform.url, timeout=30) as client:
+            return client.post("/v1/jobs", json=spec, headers=headers)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(submit, range(8)))
+    assert sorted(r.status_code for r in answers) == [200] * 7 + [201]
+    assert len({r.json()["id"] for r in answers}) == 1
+    platform.client.post(f"/v1/jobs/{answers[0].json()['id']}/cancel")
+    empty = platform.client.post("/v1/jobs", json=spec, headers={"Idempotency-Key": ""})
+    assert empty.status_code == 422 and "idempotency-key" in empty.json()["detail"]
