@@ -4,7 +4,7 @@ separate processes, can write to one file."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -13,10 +13,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.settings import get_settings
 
+# At most REQUEST_SESSIONS requests of one API process hold a session (the others wait,
+# holding neither a thread nor a connection), fewer than the pool's connections: a request
+# holding a connection while it waits for a thread to finish its response can then never
+# starve the threads that wait for a connection.
+REQUEST_SESSIONS = 40
+POOL = {"pool_size": 10, "max_overflow": 40}
+
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               **POOL)
 
         @event.listens_for(engine, "connect")
         def _pragmas(conn, _record):
@@ -27,7 +35,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, **POOL)
 
 
 @lru_cache
@@ -54,10 +62,19 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
-def get_session() -> Iterator[Session]:
-    """FastAPI dependency: one session per request."""
-    with _factory()() as session:
+async def get_session() -> AsyncIterator[Session]:
+    """FastAPI dependency: one session per request (see REQUEST_SESSIONS)."""
+    session = _factory()()
+    try:
         yield session
+    finally:
+        session.close()
+
+
+def release(session: Session) -> None:
+    """End the session's read transaction, giving its connection back to the pool; loaded
+    objects stay usable. Dependencies call it before the request waits for the endpoint."""
+    session.commit()
 
 
 def retrying(fn, attempts: int = 8, first_wait: float = 0.5):

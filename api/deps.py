@@ -9,12 +9,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api import keys
-from api.db import get_session
+from api.db import REQUEST_SESSIONS, get_session, release
 from api.models import ApiKey, Job, Model
 from api.rate_limit import limiter
 from api.schemas import ID_MAX
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function",
+                                         max_concurrency=REQUEST_SESSIONS)]
 _bearer = HTTPBearer(auto_error=False, description="An API key from `mec keys create`.")
 
 
@@ -28,6 +29,7 @@ def current_key(session: SessionDep,
     key = keys.lookup(session, credentials.credentials)
     if key is None:
         raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+    release(session)
     if key.revoked_at is not None:
         raise HTTPException(403, f"API key {key.prefix}... was revoked")
     return key
@@ -46,6 +48,7 @@ def submission_quota(key: CurrentKey, request: Request) -> None:
 
 def job_or_404(job_id: Annotated[int, Path(ge=1, le=ID_MAX)], session: SessionDep) -> Job:
     job = session.get(Job, job_id)
+    release(session)
     if job is None:
         raise HTTPException(404, f"job {job_id} not found")
     return job
@@ -54,6 +57,7 @@ def job_or_404(job_id: Annotated[int, Path(ge=1, le=ID_MAX)], session: SessionDe
 def model_or_404(model_id: Annotated[int, Path(ge=1, le=ID_MAX)], session: SessionDep
                  ) -> Model:
     model = session.get(Model, model_id)
+    release(session)
     if model is None:
         raise HTTPException(404, f"model {model_id} not found")
     return model

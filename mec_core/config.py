@@ -8,6 +8,7 @@ the config.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -126,10 +127,12 @@ class TrainConfig(BaseModel):
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Autocast precision of the network; the loss's matrix part always "
-        "runs in float32. auto: bf16 on CUDA, fp32 on CPU.",
+        "runs in float32. auto: bf16 on CUDA and on CPUs with bf16 instructions (AVX512-BF16 "
+        "or AMX), else fp32.",
     )
     channels_last: bool | None = Field(
-        None, description="Use the channels_last memory format; default: on for CUDA."
+        None, description="Use the channels_last memory format (faster convolutions with "
+        "cuDNN and oneDNN); default: on."
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of data order, views and init.")
     checkpoint_every: int = Field(
@@ -139,6 +142,24 @@ class TrainConfig(BaseModel):
         10, ge=1, le=100_000,
         description="Hand metrics to callbacks every N steps (one host sync per N steps).",
     )
+
+
+def cpu_has_bf16() -> bool:
+    """The CPU computes in bfloat16 natively (AVX512-BF16 or AMX), as Linux reports it."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(config: TrainConfig, device_type: str) -> str:
+    """fp32, bf16 or fp16 for `config.precision` on this kind of device ('auto' -> bf16
+    where the hardware has it)."""
+    if config.precision != "auto":
+        return config.precision
+    return "bf16" if device_type == "cuda" or (device_type == "cpu" and cpu_has_bf16()) \
+        else "fp32"
 
 
 def resolve_device(config: TrainConfig) -> str:

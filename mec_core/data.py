@@ -62,14 +62,14 @@ def load_dataset(name: str, split: str = "train", data_dir: str | None = None,
     """Load `split` ('train' or 'test') of the dataset `name`.
 
     `image_size` matters only for imagefolder, whose images are resized (shorter side)
-    and centre-cropped to it when decoded.
+    and centre-cropped to it when decoded, and for synthetic, drawn at that size.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if name == "digits":
         return _digits(split)
     if name == "synthetic":
-        return synthetic(split)
+        return synthetic(split, size=image_size or NATIVE_SIZE["synthetic"])
     root = data_dir or DEFAULT_DIRS.get(name)
     if root is None:
         raise DatasetError(f"dataset {name!r} needs a data directory (--data-dir)")

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from mec_core import checkpoint, distributed, schedule
 from mec_core.augment import Normalization, augment, recipe_for
-from mec_core.config import TrainConfig, resolve_device
+from mec_core.config import TrainConfig, resolve_device, resolve_precision
 from mec_core.data import NATIVE_SIZE, load_dataset
 from mec_core.loss import ConvergenceGuard, mec_lambda, mec_loss
 from mec_core.models import MECModel, ema_update
@@ -83,9 +84,7 @@ def build_model(config: TrainConfig) -> MECModel:
 
 
 def _autocast(config: TrainConfig, device: torch.device):
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+    precision = resolve_precision(config, device.type)
     if precision == "fp32":
         return contextlib.nullcontext(), None
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -145,8 +144,7 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
 
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
-    channels_last = config.channels_last if config.channels_last is not None \
-        else device.type == "cuda"
+    channels_last = config.channels_last is not False  # None (default): on
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
@@ -235,33 +233,37 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
             gen = torch.Generator().manual_seed(_step_seed(config.seed, -1 - epoch))
             perm, perm_epoch = torch.randperm(len(data), generator=gen), epoch
         rows = perm[i * m:(i + 1) * m][world.rank * local_batch:(world.rank + 1) * local_batch]
-        batch = images[rows.to(device)]
-        gen = torch.Generator().manual_seed(_step_seed(config.seed, step))
-        x1 = augment(batch, views[0], norm, gen, m, world.rank * local_batch)
-        x2 = augment(batch, views[1], norm, gen, m, world.rank * local_batch)
-        if channels_last:
-            x1 = x1.contiguous(memory_format=torch.channels_last)
-            x2 = x2.contiguous(memory_format=torch.channels_last)
+        with record_function("mec.augment"):
+            batch = images[rows.to(device)]
+            gen = torch.Generator().manual_seed(_step_seed(config.seed, step))
+            x1 = augment(batch, views[0], norm, gen, m, world.rank * local_batch)
+            x2 = augment(batch, views[1], norm, gen, m, world.rank * local_batch)
+            if channels_last:
+                x1 = x1.contiguous(memory_format=torch.channels_last)
+                x2 = x2.contiguous(memory_format=torch.channels_last)
 
         lr = schedule.learning_rate(step, total, warm_lr, peak_lr)
         lam_inv = schedule.lambda_inv(step, warm_lam, lam, config.lambda_warmup_factor)
         tau = schedule.teacher_momentum(step, total, config.teacher_momentum)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with autocast:
+        with record_function("mec.forward"), autocast:
             s1, s2, t1, t2 = net(x1, x2)
-        out_ = mec_loss(*(distributed.gather(t) for t in (s1, s2, t1, t2)), 1.0 / lam_inv,
-                        config.order)
+        with record_function("mec.loss"):
+            out_ = mec_loss(*(distributed.gather(t) for t in (s1, s2, t1, t2)),
+                            1.0 / lam_inv, config.order)
         optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            out_["loss"].backward()
-            optimizer.step()
-        else:
-            scaler.scale(out_["loss"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        with record_function("mec.backward"):
+            (out_["loss"] if scaler is None else scaler.scale(out_["loss"])).backward()
+        with record_function("mec.optimizer"):
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
         if model.teacher is not None:
-            ema_update(model.teacher, model.encoder, tau)
+            with record_function("mec.ema"):
+                ema_update(model.teacher, model.encoder, tau)
         step += 1
         pending.append((step, epoch, {k: v.detach() for k, v in out_.items()} |
                         {"lr": lr, "lambda_inv": lam_inv, "teacher_momentum": tau}))

@@ -62,7 +62,7 @@ def upload_model(session: SessionDep, checkpoint: UploadFile,
 @router.get("/{model_id}", response_model=ModelPublic, responses=errors(404))
 def get_model(model: ModelDep):
     """One encoder with its artifacts and evaluations."""
-    return model
+    return ModelPublic.model_validate(model)  # loads the evaluations while the session is open
 
 
 def _deploy_job(session, model: Model, action: str, spec: DeploySpec) -> JobPublic:

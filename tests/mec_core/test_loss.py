@@ -227,6 +227,9 @@ def test_coding_length__not_slower_than_eq3_forward_backward(m, d):
         a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
         f(a, b).backward()
 
-    ours = _timed(lambda: run(lambda a, b: coding_length(a, b, lam, order=4)))
-    ref = _timed(lambda: run(lambda a, b: eq3_reference(a, b, lam, 4)))
+    # best of 7, alternating, so that a burst of load on the machine hits both alike
+    ours, ref = float("inf"), float("inf")
+    for _ in range(7):
+        ours = min(ours, _timed(lambda: run(lambda a, b: coding_length(a, b, lam, order=4)), 1))
+        ref = min(ref, _timed(lambda: run(lambda a, b: eq3_reference(a, b, lam, 4)), 1))
     assert ours <= 1.1 * ref, f"coding_length {ours * 1e3:.1f} ms vs Eq. 3 {ref * 1e3:.1f} ms"
