@@ -6,7 +6,8 @@ in-process, at several concurrencies, with errors, throughput and latency percen
 
 The model is resnet18 with the small-image stem on 32 px RGB images (as `mec train
 --dataset cifar10`), packaged by `serving.package` and served by a real TorchServe with
-token authorization. Each client sends one PNG per request (raw body) in a loop.
+token authorization. The clients are ApacheBench's (`ab`, Debian: apache2-utils), each
+sending one PNG per request (raw body) on a keep-alive connection, back to back.
 In-process: the same Service (decode + forward + answer) on batches of
 min(concurrency, batch size) images, back to back, no server: the ceiling that
 TorchServe's overhead is measured against.
@@ -15,16 +16,16 @@ TorchServe's overhead is measured against.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
+import re
 import socket
+import subprocess
 import tempfile
 import time
 import zipfile
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 from PIL import Image
@@ -71,34 +72,25 @@ def stats(latencies: list[float], errors: int, seconds: float) -> dict:
             "p99_ms": round(float(np.percentile(lat, 99)), 1)}
 
 
-async def clients(url: str, key: str, images: list[bytes], concurrency: int,
-                  seconds: float) -> dict:
-    """`concurrency` clients, each sending requests back to back for `seconds`."""
-    latencies, errors = [], 0
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits,
-                                 headers={"Authorization": f"Bearer {key}"}) as client:
-        deadline = time.perf_counter() + seconds
+def clients(url: str, key: str, image: Path, concurrency: int, seconds: float) -> dict:
+    """ApacheBench: `concurrency` keep-alive clients posting `image` for `seconds`. A C
+    client, so that the load generator takes little of the CPU the server runs on."""
+    out = subprocess.run(
+        ["ab", "-k", "-q", "-s", "60", "-t", str(seconds), "-n", "10000000", "-c",
+         str(concurrency), "-p", str(image), "-T", "image/png", "-H",
+         f"Authorization: Bearer {key}", f"{url}/predictions/bench"],
+        capture_output=True, text=True, check=True).stdout
 
-        async def loop(i: int) -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                start = time.perf_counter()
-                try:
-                    r = await client.post("/predictions/bench", content=images[i % len(images)])
-                    ok = r.status_code == 200 and "embeddings" in r.json()
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - start)
-                else:
-                    errors += 1
-                i += concurrency
+    def field(pattern: str, default: str = "0") -> float:
+        found = re.search(pattern, out, re.MULTILINE)
+        return float(found.group(1) if found else default)
 
-        start = time.perf_counter()
-        await asyncio.gather(*(loop(i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return stats(latencies, errors, elapsed)
+    # answers differ in length (the floats differ), which ab counts as "Length" failures
+    errors = sum(field(rf"{what}: (\d+)") for what in ("Connect", "Receive", "Exceptions")) \
+        + field(r"^Non-2xx responses:\s+(\d+)")
+    return {"requests": int(field(r"^Complete requests:\s+(\d+)")), "errors": int(errors),
+            "throughput": field(r"^Requests per second:\s+([\d.]+)"),
+            "p50_ms": field(r"^\s+50%\s+(\d+)"), "p99_ms": field(r"^\s+99%\s+(\d+)")}
 
 
 def in_process(service: Service, images: list[bytes], batch: int, seconds: float) -> dict:
@@ -119,7 +111,7 @@ def in_process(service: Service, images: list[bytes], batch: int, seconds: float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batch-delay-ms", type=int, default=20)
@@ -141,8 +133,10 @@ def main() -> None:
         ts.management().register("bench.mar", workers=args.workers, batch_size=args.batch_size,
                                  max_batch_delay_ms=args.max_batch_delay_ms)
         key = ts.keys().inference
-        asyncio.run(clients(ts.inference_url, key, images, 4, 2.0))  # warm-up
-        served = {c: asyncio.run(clients(ts.inference_url, key, images, c, args.duration))
+        image = root / "image.png"
+        image.write_bytes(images[0])
+        clients(ts.inference_url, key, image, 4, 2)  # warm-up
+        served = {c: clients(ts.inference_url, key, image, c, args.duration)
                   for c in args.concurrency}
     finally:
         ts.stop()

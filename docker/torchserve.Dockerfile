@@ -10,6 +10,7 @@ COPY serving /src/serving
 RUN pip install --no-cache-dir /src && mkdir -p /home/model-server/ts-home \
     && chown -R model-server /home/model-server
 COPY docker/torchserve.properties /home/model-server/config.properties
+COPY serving/log4j2.xml /home/model-server/log4j2.xml
 USER model-server
 WORKDIR /home/model-server/ts-home
 # key_file.json (token authorization) is written into the working directory, a volume

@@ -54,45 +54,46 @@ def correlation(z1: torch.Tensor, z2: torch.Tensor, lam: float, form: Form = "au
         return lam * (b.T @ a)  # (d, m) @ (m, d) -> (d, d)
 
 
-def _trace_of_product(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """tr(X Y) = sum(X * Y^T), without forming X Y."""
-    return (x * y.T).sum()
-
-
 class _TaylorLogDet(torch.autograd.Function):
     """sum_{k=1..n} (-1)^{k+1}/k tr(C^k) (Eq. 2/3), from traces of powers only.
 
-    Forward forms C^1..C^ceil(n/2) and reads tr(C^k) as tr(C^i C^j), i + j = k: for n = 4
-    that is one matrix product beyond C. Backward uses d tr(C^k)/dC = k (C^{k-1})^T, so
-    dL/dC = (I - C + C^2 - ... +- C^{n-1})^T, reusing the forward's powers.
+    Works with the transposed powers T_k = (C^k)^T, kept contiguous: tr(C^i C^j) =
+    <C^i, T_j>, a dot product with no temporary, for i + j = k, so forward forms powers up
+    to ceil(n/2) (for n = 4 one product beyond C). Backward uses d tr(C^k)/dC =
+    k (C^{k-1})^T: dL/dC = I - T_1 + T_2 - ... +- T_{n-1}, summed in place into the one
+    new power it needs (for n = 4, T_3 = T_1 T_2).
     """
 
     @staticmethod
     def forward(ctx, c: torch.Tensor, order: int) -> torch.Tensor:
-        half = (order + 1) // 2
-        powers = [c]  # powers[j - 1] = C^j
-        for _ in range(1, half):
-            powers.append(powers[-1] @ c)
-        total = c.new_zeros(())
-        for k in range(1, order + 1):
+        t = [c.T.contiguous()]  # t[k - 1] = (C^k)^T
+        for _ in range(1, (order + 1) // 2):
+            t.append(t[-1] @ t[0])
+        total = torch.diagonal(c).sum()
+        for k in range(2, order + 1):
             i, j = k // 2, k - k // 2
-            trace = torch.diagonal(c).sum() if i == 0 else _trace_of_product(
-                powers[i - 1], powers[j - 1])
-            total = total + ((-1) ** (k + 1) / k) * trace
+            left = c if i == 1 else t[i - 1].T.contiguous()  # C^i
+            total = total + ((-1) ** (k + 1) / k) * torch.dot(left.view(-1), t[j - 1].view(-1))
         ctx.order = order
-        ctx.save_for_backward(*powers)
+        ctx.save_for_backward(*t)
         return total
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        powers = list(ctx.saved_tensors)
-        c = powers[0]
-        while len(powers) < ctx.order - 1:
-            powers.append(powers[-1] @ c)
-        grad = torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
-        for k in range(2, ctx.order + 1):
-            grad = grad + (-1) ** (k + 1) * powers[k - 2]
-        return (grad_out * grad).T.contiguous(), None
+        n = ctx.order
+        t = list(ctx.saved_tensors)
+        if n == 1:
+            return grad_out * torch.eye(t[0].shape[0], dtype=t[0].dtype, device=t[0].device), None
+        while len(t) < n - 1:
+            t.append(t[-1] @ t[0])
+        # h = s * sum_{p=1..n-1} (-1)^p T_p with s = (-1)^(n-1), so that T_{n-1} enters with +1
+        s = (-1) ** (n - 1)
+        h = t[n - 2] if len(ctx.saved_tensors) < n - 1 else t[n - 2].clone()
+        for p in range(1, n - 1):
+            h.add_(t[p - 1], alpha=(-1) ** p * s)
+        h.mul_(s * grad_out)  # grad_out * (sum_p (-1)^p T_p)
+        h.diagonal().add_(grad_out)  # + grad_out * I
+        return h, None
 
 
 def log_det_taylor(c: torch.Tensor, order: int) -> torch.Tensor:

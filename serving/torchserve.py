@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+LOG4J = Path(__file__).with_name("log4j2.xml").resolve()  # lean production logging
 TORCHSERVE_VERSION = "0.12.0"  # the last release; TorchServe is in limited maintenance
 
 
@@ -36,6 +37,8 @@ def write_config(home: Path, model_store: Path, inference_port: int, management_
         "default_workers_per_model": "1",
         "install_py_dep_per_model": "false",
         "disable_system_metrics": "true",
+        "async_logging": "true",
+        "vmargs": f"-Dlog4j.configurationFile=file://{LOG4J}",
     }
     home.mkdir(parents=True, exist_ok=True)
     path = home / "config.properties"

@@ -32,6 +32,13 @@ def png_of(image: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
+def bomb() -> bytes:
+    """A few kB of PNG that decodes to 100 million pixels."""
+    buf = io.BytesIO()
+    Image.new("1", (10_000, 10_000), 0).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 @pytest.fixture(scope="module")
 def served(trained, tmp_path_factory):
     _, export_dir, store = trained
@@ -91,6 +98,7 @@ def test_knn__equals_brute_force_topk_in_torch(served, images, trained):
     ({"content": png_of(synthetic("test", n=1).images[0])[:120]}, 400, "corrupt"),
     ({"content": b"0" * (11 * 1024 * 1024)}, 413, None),
     ({"json": {"images": ["not-base64!"]}}, 400, "not base64"),
+    ({"content": bomb()}, 400, "over the limit"),  # decompression bomb
 ])
 def test_bad_requests__get_4xx_and_the_model_keeps_serving(served, images, kwargs, status,
                                                            message):
