@@ -11,7 +11,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-EXACT_LIMIT = 200_000  # above this many items an HNSW graph replaces the exact index
+EXACT_LIMIT = 200_000  # above this many items an inverted-file index replaces the exact one
+IVF_NPROBE = 16  # lists searched per query (bench/bench_knn.py: recall@10 1.000 at 1M)
 
 
 @dataclass
@@ -24,21 +25,24 @@ class Gallery:
     @staticmethod
     def build(embeddings: np.ndarray, ids: list[str], labels: list[str],
               kind: str = "auto") -> Gallery:
-        """Index (N, D) unit vectors; kind: exact, hnsw, or auto (by size)."""
+        """Index (N, D) unit vectors; kind: exact, ivf, hnsw, or auto (exact up to
+        EXACT_LIMIT items, ivf above)."""
         if len(embeddings) != len(ids) or len(ids) != len(labels):
             raise ValueError(f"{len(embeddings)} embeddings, {len(ids)} ids, "
                              f"{len(labels)} labels")
         vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
         if kind == "auto":
-            kind = "exact" if len(vectors) <= EXACT_LIMIT else "hnsw"
+            kind = "exact" if len(vectors) <= EXACT_LIMIT else "ivf"
         dim = vectors.shape[1]
         if kind == "exact":
             index = faiss.IndexFlatIP(dim)
         elif kind == "hnsw":
             index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efSearch = 128
+        elif kind == "ivf":
+            index = _trained_ivf(vectors)
         else:
-            raise ValueError(f"index kind must be exact, hnsw or auto, got {kind!r}")
+            raise ValueError(f"index kind must be exact, ivf, hnsw or auto, got {kind!r}")
         index.add(vectors)
         return Gallery(index, list(ids), list(labels), kind)
 
@@ -84,3 +88,15 @@ def vote(neighbours: list[dict]) -> str | None:
     for n in neighbours:
         scores[n["label"]] += n["score"]
     return max(counts, key=lambda label: (counts[label], scores[label]))
+
+
+def _trained_ivf(vectors: np.ndarray) -> faiss.Index:
+    """Inverted lists (4 sqrt(N) of them) over exact inner products, k-means trained on at
+    most 100,000 of the vectors."""
+    dim = vectors.shape[1]
+    lists = max(1, min(int(4 * np.sqrt(len(vectors))), len(vectors) // 39))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(0).permutation(len(vectors))[:100_000]
+    index.train(vectors[sample])
+    index.nprobe = IVF_NPROBE
+    return index

@@ -91,13 +91,17 @@ def test_gallery__empty_and_mismatched_inputs_are_refused():
         empty.search(np.zeros((1, 4)), 5)
 
 
-def test_gallery__hnsw_recall_against_exact():
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_gallery__approximate_recall_against_exact(kind, tmp_path):
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((5000, 32)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    centres = rng.standard_normal((50, 32)).astype(np.float32)
+    x = centres[rng.integers(0, 50, 5000)] + 0.5 * rng.standard_normal((5000, 32))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     ids, labels = [str(i) for i in range(5000)], ["l"] * 5000
     exact = Gallery.build(x, ids, labels, "exact")
-    approx = Gallery.build(x, ids, labels, "hnsw")
+    Gallery.build(x, ids, labels, kind).save(tmp_path)
+    approx = Gallery.load(tmp_path)
+    assert approx.kind == kind
     q = x[:200] + 0.1 * rng.standard_normal((200, 32)).astype(np.float32)
     hits = sum(len({n["id"] for n in a} & {n["id"] for n in b})
                for a, b in zip(exact.search(q, 10), approx.search(q, 10)))
