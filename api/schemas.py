@@ -137,7 +137,7 @@ class EvaluationPublic(BaseModel):
 class DeploySpec(BaseModel):
     """How to serve a model with TorchServe."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     workers: int = Field(1, ge=1, le=16, description="TorchServe workers per endpoint.")
     batch_size: int = Field(8, ge=1, le=256, description="Largest dynamic batch.")

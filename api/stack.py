@@ -21,17 +21,12 @@ from pathlib import Path
 import httpx
 
 from api.settings import Settings
+from serving.torchserve import free_port
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         return s.connect_ex((host, port)) != 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -69,11 +64,12 @@ class Stack:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.api}"
 
-    def _spawn(self, name: str, args: list[str], cwd: Path | None = None) -> int:
+    def _spawn(self, name: str, args: list[str], cwd: Path | None = None,
+               env: dict[str, str] | None = None) -> int:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115  (the child owns it)
-        proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(args, env=env or self.env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
         (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
         return proc.pid
@@ -89,7 +85,7 @@ class Stack:
                 raise RuntimeError(f"port {port} ({what}) is taken; stop what uses it or pick "
                                    "other ports (see `mec up --help`)")
         from api.migrate import upgrade
-        from serving.torchserve import write_config
+        from serving.torchserve import process_env, write_config
 
         upgrade(self.settings.db_url)
         ts_home, store = self.settings.ts_home, self.settings.store
@@ -98,7 +94,7 @@ class Stack:
                               self.ports.metrics)
         self._spawn("torchserve", [_bin("torchserve"), "--start", "--foreground", "--ts-config",
                                    str(config), "--model-store", str(store), "--ncs"],
-                    cwd=ts_home)
+                    cwd=ts_home, env=process_env(self.env, ts_home))
         self._spawn("api", [sys.executable, "-m", "uvicorn", "api.main:app", "--host",
                             "127.0.0.1", "--port", str(self.ports.api)])
         self._spawn("worker", [sys.executable, "-m", "celery", "-A", "worker.main", "worker",

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,13 +19,25 @@ LOG4J = Path(__file__).with_name("log4j2.xml").resolve()  # lean production logg
 TORCHSERVE_VERSION = "0.12.0"  # the last release; TorchServe is in limited maintenance
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def write_config(home: Path, model_store: Path, inference_port: int, management_port: int,
                  metrics_port: int, max_request_bytes: int = 10 * 1024 * 1024,
                  token_expiration_min: int = 60, inference_host: str = "127.0.0.1") -> Path:
     """config.properties: management on loopback only, token authorization on, models
-    only from our store, bounded request size."""
+    only from our store, bounded request size. The gRPC APIs, which the platform does not
+    use, listen on loopback on free ports, so that several instances can share a host."""
     store = model_store.resolve()
     lines = {
+        "grpc_inference_address": "127.0.0.1",
+        "grpc_management_address": "127.0.0.1",
+        "grpc_inference_port": str(free_port()),
+        "grpc_management_port": str(free_port()),
         "inference_address": f"http://{inference_host}:{inference_port}",
         "management_address": f"http://127.0.0.1:{management_port}",
         "metrics_address": f"http://127.0.0.1:{metrics_port}",
@@ -44,6 +57,13 @@ def write_config(home: Path, model_store: Path, inference_port: int, management_
     path = home / "config.properties"
     path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
     return path
+
+
+def process_env(env: dict[str, str], home: Path) -> dict[str, str]:
+    """TorchServe's environment: logs under `home`, and its pid file too (TorchServe keeps
+    it in the temporary directory and refuses to start beside another instance's)."""
+    return dict(env) | {"LOG_LOCATION": str(home / "logs"), "METRICS_LOCATION": str(home / "logs"),
+                        "TMPDIR": str(home)}
 
 
 @dataclass
@@ -82,8 +102,7 @@ class LocalTorchServe:
             [binary, "--start", "--foreground", "--ts-config", str(self.config),
              "--model-store", str(self.store), "--ncs"],
             cwd=self.home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=os.environ | {"LOG_LOCATION": str(self.home / "logs"),
-                              "METRICS_LOCATION": str(self.home / "logs")})
+            env=process_env(os.environ, self.home))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
