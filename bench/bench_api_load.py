@@ -28,18 +28,12 @@ import numpy as np
 import psycopg
 import redis
 
+from serving.torchserve import free_port
+
 PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_DB = 8
 SPEC = {"kind": "pretrain", "tags": ["load"], "config": {
     "dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "max_steps": 10}}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def fire(requests: list[tuple[str, str, dict | None]], url: str, key: str):
@@ -88,7 +82,8 @@ def run(submissions: int, reads: int) -> list[dict]:
     redis.Redis(db=REDIS_DB).flushdb()
     root = Path(tempfile.mkdtemp(prefix="mec-load-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEC_")} | {
-        "MEC_DATA_DIR": str(root), "MEC_DATABASE_URL": f"postgresql+psycopg://{PG[13:]}/{name}",
+        "MEC_DATA_DIR": str(root),
+        "MEC_DATABASE_URL": f"{PG.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}",
         "MEC_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
         "MEC_SUBMIT_RATE_PER_MINUTE": "1000000", "MEC_SUBMIT_BURST": "1000000"}
     api = None

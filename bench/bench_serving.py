@@ -19,7 +19,6 @@ import argparse
 import io
 import json
 import re
-import socket
 import subprocess
 import tempfile
 import time
@@ -36,13 +35,7 @@ from mec_core.data import synthetic
 from mec_core.train import train
 from serving.package import package
 from serving.service import Service
-from serving.torchserve import LocalTorchServe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serving.torchserve import LocalTorchServe, free_port
 
 
 def pngs(n: int) -> list[bytes]:

@@ -153,23 +153,23 @@ def baseline(config: TrainConfig, steps: int, device: torch.device, workers: int
 class Clock(Callbacks):
     """Times the steps after the warm-up (should_stop runs once after every step)."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.start, self.end = device, 0.0, 0.0
+    def __init__(self, device: torch.device, last: int) -> None:
+        self.device, self.last = device, last
+        self.times: dict[int, float] = {}
 
     def should_stop(self, step: int) -> bool:
         if step in (WARMUP, self.last):
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            setattr(self, "start" if step == WARMUP else "end", time.perf_counter())
+            self.times[step] = time.perf_counter()
         return False
 
 
 def ours(config: TrainConfig, steps: int, device: torch.device) -> float:
-    clock = Clock(device)
-    clock.last = WARMUP + steps
+    clock = Clock(device, WARMUP + steps)
     with tempfile.TemporaryDirectory() as out:
         train(config.model_copy(update={"max_steps": WARMUP + steps}), out, clock)
-    return steps * config.batch_size / (clock.end - clock.start)
+    return steps * config.batch_size / (clock.times[clock.last] - clock.times[WARMUP])
 
 
 def profile_ours(config: TrainConfig, steps: int) -> str:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import base64
 import json
 from datetime import timedelta
+from functools import lru_cache
 
 import redis
 from celery.utils.log import get_logger
-from sqlalchemy import create_engine, select, text, update
+from sqlalchemy import Engine, create_engine, select, text, update
 
 from api.db import session_scope
 from api.models import Job, utcnow
@@ -47,16 +48,18 @@ def _redis_messages(url: str) -> list[dict]:
         client.close()
 
 
+@lru_cache
+def _sqla_engine(url: str) -> Engine:
+    """One engine per broker URL for the life of the worker, not one per reconciliation."""
+    return create_engine(url.removeprefix("sqla+"))
+
+
 def _sqla_messages(url: str) -> list[dict]:
-    engine = create_engine(url.removeprefix("sqla+"))
-    try:
-        with engine.connect() as conn:
-            if "kombu_message" not in conn.dialect.get_table_names(conn):
-                return []
-            return [json.loads(p) for p in conn.scalars(
-                text("SELECT payload FROM kombu_message WHERE visible"))]
-    finally:
-        engine.dispose()
+    with _sqla_engine(url).connect() as conn:
+        if "kombu_message" not in conn.dialect.get_table_names(conn):
+            return []
+        return [json.loads(p) for p in conn.scalars(
+            text("SELECT payload FROM kombu_message WHERE visible"))]
 
 
 def held_job_ids(url: str) -> set[int] | None:

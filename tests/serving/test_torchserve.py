@@ -17,13 +17,7 @@ from PIL import Image
 from mec_core.data import synthetic
 from serving.embedder import Embedder
 from serving.gallery import Gallery
-from serving.torchserve import LocalTorchServe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serving.torchserve import LocalTorchServe, free_port
 
 
 def png_of(image: torch.Tensor) -> bytes:
