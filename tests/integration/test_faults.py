@@ -10,7 +10,7 @@ import time
 
 import pytest
 import redis
-from conftest import _drop_database, _postgres_database, base_env, free_port, open_platform
+from harness import _drop_database, _postgres_database, base_env, free_port, open_platform
 from tcp_proxy import TcpProxy
 from test_jobs import pretrain
 

@@ -4,7 +4,7 @@ against the real API process: no 5xx, and every response matches what the schema
 
 import pytest
 import schemathesis
-from conftest import base_env, open_platform
+from harness import base_env, open_platform
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import (
     content_type_conformance,

@@ -1,0 +1,149 @@
+"""The real-process test platform: an API process and Celery workers sharing one
+environment, and throwaway PostgreSQL databases. Imported by the conftest and by test
+modules that build a platform of their own (a name no other test directory uses)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from serving.torchserve import free_port
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_DB = 7
+
+
+class Platform:
+    """An API process and any number of worker processes sharing one environment."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root, self.env = root, env
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen] = []
+        self.workers: dict[str, subprocess.Popen] = {}
+        self.api: subprocess.Popen | None = None
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def new_key(self, name: str) -> str:
+        """`mec keys create`, as an operator runs it."""
+        done = subprocess.run([sys.executable, "-m", "api.cli", "keys", "create", "--name", name],
+                              env=self.env, check=True, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
+        out = open(self.root / log, "ab")  # noqa: SIM115  (owned by the process)
+        proc = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def start_api(self) -> None:
+        self.api = self._spawn([sys.executable, "-m", "uvicorn", "api.main:app", "--host",
+                                "127.0.0.1", "--port", str(self.port)], "api.log")
+        self.wait_for(lambda: self._up(), 30, "API to answer /healthz")
+
+    def _up(self) -> bool:
+        try:
+            return self.client.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def start_worker(self, name: str, queues: str = "gpu,cpu", **env_overrides: str
+                     ) -> subprocess.Popen:
+        env = self.env | env_overrides | {"MEC_WORKER_NAME": name}
+        out = open(self.root / f"{name}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.main", "worker", "-Q", queues,
+             "--pool", "solo", "-n", f"{name}@%h", "--loglevel", "INFO"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        self.workers[name] = proc
+        self.wait_for(lambda: any(w["name"] == name for w in self.get("/v1/workers")), 60,
+                      f"worker {name} to register")
+        return proc
+
+    def get(self, path: str, **kw):
+        response = self.client.get(path, **kw)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def post(self, path: str, json=None, expect: int = 201, **kw):
+        response = self.client.post(path, json=json, **kw)
+        assert response.status_code == expect, response.text
+        return response.json()
+
+    def wait_for(self, predicate, timeout: float, what: str, every: float = 0.3):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(every)
+        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.root.glob("*.log"))
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
+
+    def wait_status(self, job_id: int, statuses: tuple[str, ...], timeout: float = 240):
+        return self.wait_for(lambda: (j := self.get(f"/v1/jobs/{job_id}"))["status"] in statuses
+                             and j, timeout, f"job {job_id} to reach {statuses}")
+
+    def runner_of(self, job_id: int, past_step: int) -> str:
+        """Wait until the job has passed `past_step`; the name of the worker running it."""
+        self.wait_for(lambda: self.get(f"/v1/jobs/{job_id}")["progress"]["step"] >= past_step,
+                      180, f"job {job_id} to pass step {past_step}")
+        return self.wait_for(lambda: next((w["name"] for w in self.get("/v1/workers")
+                                           if w["current_job"] == job_id), None),
+                             10, f"the worker of job {job_id}")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.client.close()
+
+
+def _postgres_database():
+    name = f"mec_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def _drop_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def base_env(root: Path) -> dict[str, str]:
+    """Short leases and polls, so faults show within seconds."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEC_")}
+    return env | {"MEC_DATA_DIR": str(root / "data"), "MEC_LEASE_SECONDS": "6",
+                  "MEC_HEARTBEAT_SECONDS": "1", "MEC_REAPER_SECONDS": "2",
+                  "MEC_CANCEL_POLL_SECONDS": "0.5", "MEC_MAX_ATTEMPTS": "3",
+                  "MEC_SUBMIT_RATE_PER_MINUTE": "6", "MEC_SUBMIT_BURST": "20",
+                  "MEC_MAX_UPLOAD_MB": "8", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def open_platform(root: Path, env: dict[str, str], backend: str) -> Platform:
+    """Migrate the database and create an API key; no process is started yet."""
+    subprocess.run([sys.executable, "-m", "api.cli", "db", "upgrade"], env=env, check=True,
+                   capture_output=True)
+    plat = Platform(root, env)
+    plat.key = plat.new_key("tests")
+    plat.client.headers["Authorization"] = f"Bearer {plat.key}"
+    plat.backend = backend
+    return plat
