@@ -13,6 +13,9 @@ import torch
 import torchvision
 from torch import nn
 
+from mec_core.config import TrainConfig, small_stem
+from mec_core.methods import get_method
+
 BACKBONES = ("convnet", "resnet18", "resnet50")
 
 
@@ -79,35 +82,57 @@ class Encoder(nn.Module):
 
 
 class MECModel(nn.Module):
-    """Student (encoder + predictor) and teacher (EMA of the encoder).
+    """Student (encoder + predictor) and where its targets come from.
 
-    `share_weights` is the momentum-0 ablation of Table 5: the teacher is the student's
-    own encoder behind a stop-gradient. `use_predictor=False` is the symmetric ablation.
+    `teacher`: "ema" keeps an exponential moving average of the encoder (MEC, BYOL);
+    "stop_grad" uses the student's own projections behind a stop-gradient (SimSiam, and
+    the momentum-0 ablation of Table 5); "none" has no targets: the objective compares
+    the two views with gradients through both (SimCLR, Barlow Twins, VICReg).
+    `use_predictor=False` is the symmetric ablation of Table 5.
     """
 
     def __init__(self, backbone: str, proj_dim: int, proj_hidden_dim: int | None,
                  pred_hidden_dim: int, use_predictor: bool = True, small_stem: bool = False,
-                 share_weights: bool = False) -> None:
+                 teacher: str = "ema") -> None:
         super().__init__()
+        if teacher not in ("ema", "stop_grad", "none"):
+            raise ValueError(f"teacher must be 'ema', 'stop_grad' or 'none', got {teacher!r}")
         net, features = build_backbone(backbone, small_stem)
         self.encoder = Encoder(net, projector(features, proj_hidden_dim or features, proj_dim))
         self.predictor = predictor(proj_dim, pred_hidden_dim) if use_predictor else nn.Identity()
+        self.targets = teacher
         self.teacher: Encoder | None = None
-        if not share_weights:
+        if teacher == "ema":
             self.teacher = copy.deepcopy(self.encoder)
             self.teacher.requires_grad_(False)
 
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> MECModel:
+        """The network of `config.method` (its predictor and targets) for a run."""
+        method = get_method(config.method)
+        teacher = method.teacher
+        if teacher == "ema" and config.teacher_momentum == 0.0:
+            teacher = "stop_grad"  # momentum 0: the teacher is the student itself
+        use_predictor = method.predictor if config.predictor is None else config.predictor
+        return cls(config.backbone, config.proj_dim, config.proj_hidden_dim,
+                   config.pred_hidden_dim, use_predictor=use_predictor,
+                   small_stem=small_stem(config), teacher=teacher)
+
     def forward(self, x1: torch.Tensor, x2: torch.Tensor):
-        """Two views (B, 3, H, W) -> student outputs s1, s2 and teacher targets t1, t2 (B, d).
+        """Two views (B, 3, H, W) -> student outputs s1, s2 and targets t1, t2 (B, d).
 
         Each view passes separately, so BatchNorm statistics are per view as in the
-        reference code.
+        reference code. Without an EMA teacher the targets are the student's own
+        projections (detached for "stop_grad"), so no second forward pass runs.
         """
-        s1 = self.predictor(self.encoder(x1))
-        s2 = self.predictor(self.encoder(x2))
-        teacher = self.encoder if self.teacher is None else self.teacher
+        z1, z2 = self.encoder(x1), self.encoder(x2)
+        s1, s2 = self.predictor(z1), self.predictor(z2)
+        if self.teacher is None:
+            if self.targets == "stop_grad":
+                return s1, s2, z1.detach(), z2.detach()
+            return s1, s2, z1, z2
         with torch.no_grad():
-            t1, t2 = teacher(x1), teacher(x2)
+            t1, t2 = self.teacher(x1), self.teacher(x2)
         return s1, s2, t1, t2
 
 

@@ -53,12 +53,15 @@ def test_mec_model__outputs_and_gradients_reach_the_student_only():
 
 
 def test_mec_model__ablations_of_table5():
-    shared = _model(share_weights=True)
+    shared = _model(teacher="stop_grad")
     assert shared.teacher is None
     x = torch.randn(4, 3, 16, 16)
     shared.eval()
     _, _, t1, _ = shared(x, x)
     assert torch.allclose(t1, shared.encoder(x))  # the teacher is the student encoder
+    assert not t1.requires_grad
+    with pytest.raises(ValueError, match="teacher must be"):
+        _model(teacher="momentum")
     symmetric = _model(use_predictor=False)
     assert isinstance(symmetric.predictor, torch.nn.Identity)
 

@@ -1,0 +1,138 @@
+"""Each baseline objective against its paper's formula written the straightforward way
+(loops and explicit sums, float64), plus the contract every method keeps."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mec_core.config import TrainConfig
+from mec_core.methods import METHODS, Hyper, get_method
+from mec_core.methods.barlow_twins import LAMBDA, barlow_twins_loss
+from mec_core.methods.byol import normalized_mse
+from mec_core.methods.simclr import nt_xent
+from mec_core.methods.simsiam import negative_cosine
+from mec_core.methods.vicreg import COVARIANCE, EPS, GAMMA, INVARIANCE, VARIANCE, vicreg_loss
+from mec_core.models import MECModel
+
+
+def pair(m=16, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(m, d, generator=g, dtype=torch.float64)
+    return z1, z1 + 0.5 * torch.randn(m, d, generator=g, dtype=torch.float64)
+
+
+def cos(a, b):
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def test_nt_xent__matches_eq1_of_simclr():
+    z1, z2 = pair()
+    tau, m = 0.5, len(z1)
+    z = torch.cat([z1, z2])
+    total = 0.0
+    for i in range(2 * m):  # l(i, j) = -log exp(sim(i,j)/tau) / sum_{k != i} exp(sim(i,k)/tau)
+        j = (i + m) % (2 * m)
+        denominator = sum(math.exp(cos(z[i], z[k]) / tau) for k in range(2 * m) if k != i)
+        total += -math.log(math.exp(cos(z[i], z[j]) / tau) / denominator)
+    assert nt_xent(z1, z2, tau).item() == pytest.approx(total / (2 * m), rel=1e-5)
+
+
+def test_normalized_mse__is_byols_eq2():
+    p, z = pair()
+    ref = sum(float(((p[i] / p[i].norm() - z[i] / z[i].norm()) ** 2).sum())
+              for i in range(len(p))) / len(p)
+    assert normalized_mse(p, z).item() == pytest.approx(ref, rel=1e-6)
+
+
+def test_negative_cosine__is_simsiams_d_with_stop_gradient():
+    p, z = pair()
+    p.requires_grad_()
+    z.requires_grad_()
+    ref = -sum(cos(p[i].detach(), z[i].detach()) for i in range(len(p))) / len(p)
+    loss = negative_cosine(p, z)
+    assert loss.item() == pytest.approx(ref, rel=1e-6)
+    loss.backward()
+    assert z.grad is None and p.grad.abs().sum() > 0
+
+
+def test_barlow_twins__matches_eq1_and_eq2():
+    z1, z2 = pair(m=32, d=6)
+    m, d = z1.shape
+    a = (z1 - z1.mean(0)) / z1.std(0, unbiased=False)
+    b = (z2 - z2.mean(0)) / z2.std(0, unbiased=False)
+    ref = 0.0
+    for i in range(d):
+        for j in range(d):
+            c = sum(float(a[k, i] * b[k, j]) for k in range(m)) / m
+            ref += (1 - c) ** 2 if i == j else LAMBDA * c ** 2
+    assert barlow_twins_loss(z1, z2).item() == pytest.approx(ref, rel=1e-6)
+
+
+def test_vicreg__matches_eqs_1_to_6():
+    z1, z2 = pair(m=32, d=6)
+    m, d = z1.shape
+
+    def v(z):
+        return sum(max(0.0, GAMMA - math.sqrt(float(z[:, j].var()) + EPS))
+                   for j in range(d)) / d
+
+    def c(z):
+        zc = z - z.mean(0)
+        return sum(float((zc[:, i] * zc[:, j]).sum() / (m - 1)) ** 2
+                   for i in range(d) for j in range(d) if i != j) / d
+
+    invariance = float(((z1 - z2) ** 2).sum()) / (m * d)  # the official code's F.mse_loss
+    ref = INVARIANCE * invariance + VARIANCE * (v(z1) + v(z2)) + COVARIANCE * (c(z1) + c(z2))
+    assert vicreg_loss(z1, z2).item() == pytest.approx(ref, rel=1e-6)
+
+
+def test_objectives__reject_mismatched_shapes():
+    a, b = torch.randn(4, 8), torch.randn(4, 9)
+    for fn in (nt_xent, barlow_twins_loss, vicreg_loss):
+        with pytest.raises(ValueError, match=r"\(4, 8\) and \(4, 9\)"):
+            fn(a, b)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        nt_xent(a, a, 0.0)
+    with pytest.raises(ValueError, match="unknown method 'moco'"):
+        get_method("moco")
+
+
+def test_objectives__collapse_is_not_a_minimum_for_contrastive_and_redundancy_methods():
+    """Identical constant embeddings must score worse than spread-out aligned ones."""
+    spread = torch.linalg.qr(torch.randn(16, 16)).Q[:, :8] * 4
+    collapsed = torch.ones(16, 8) + 1e-3 * torch.randn(16, 8)
+    for fn in (nt_xent, barlow_twins_loss, vicreg_loss):
+        assert fn(spread, spread) < fn(collapsed, collapsed)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method__trains_its_network_end_to_end(name):
+    """Contract for every method: a finite loss, and every trainable parameter of the
+    student gets a gradient; targets come only where the method says."""
+    config = TrainConfig(method=name, dataset="synthetic", backbone="convnet", proj_dim=32,
+                         proj_hidden_dim=64, pred_hidden_dim=16)
+    model = MECModel.from_config(config)
+    method = get_method(name)
+    assert (model.teacher is not None) == (method.teacher == "ema")
+    assert isinstance(model.predictor, torch.nn.Identity) != method.predictor
+    x1, x2 = torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)
+    out = method.objective(*model(x1, x2), Hyper(lam=0.5, order=4))
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+def test_method__simsiam_and_momentum_zero_use_the_students_own_projections():
+    for config in (TrainConfig(method="simsiam", dataset="synthetic", backbone="convnet"),
+                   TrainConfig(dataset="synthetic", backbone="convnet", teacher_momentum=0.0)):
+        model = MECModel.from_config(config)
+        assert model.teacher is None and model.targets == "stop_grad"
+        model.train()
+        x1, x2 = torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)
+        s1, s2, t1, t2 = model(x1, x2)
+        assert not t1.requires_grad and not t2.requires_grad
+        assert torch.allclose(F.normalize(t1), F.normalize(model.encoder(x1)), atol=1e-5)
