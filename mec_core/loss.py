@@ -8,7 +8,6 @@ our Z1 Z2^T.
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal
 
 import torch
@@ -125,6 +124,9 @@ def coding_length(z1: torch.Tensor, z2: torch.Tensor, lam: float, order: int | N
     return log_det_exact(c) if order is None else log_det_taylor(c, order)
 
 
+RADIUS = 0.9  # largest ||C||_2 that mec_loss lets the Taylor series see
+
+
 @torch.no_grad()
 def spectral_norm(c: torch.Tensor, iters: int = 16) -> torch.Tensor:
     """Estimate ||C||_2 (largest singular value) by power iteration on C^T C.
@@ -139,23 +141,9 @@ def spectral_norm(c: torch.Tensor, iters: int = 16) -> torch.Tensor:
     return (c @ v).norm()
 
 
-class ConvergenceGuard:
-    """Warns once when the Taylor series is used outside its convergence radius."""
-
-    def __init__(self) -> None:
-        self.warned = False
-
-    def check(self, norm: float, order: int | None, step: int) -> None:
-        if order is not None and norm >= 1.0 and not self.warned:
-            self.warned = True
-            warnings.warn(
-                f"||C||_2 = {norm:.3f} >= 1 at step {step}: the order-{order} Taylor series "
-                "of log det(I + C) diverges here; raise eps_sq or lambda_warmup_factor, or "
-                "use order=None (exact)", RuntimeWarning, stacklevel=2)
-
-
 def mec_loss(s1: torch.Tensor, s2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor,
-             lam: float, order: int | None) -> dict[str, torch.Tensor]:
+             lam: float, order: int | None, radius: float | None = RADIUS
+             ) -> dict[str, torch.Tensor]:
     """The symmetric MEC loss of Eq. 3 with the teacher's outputs as targets.
 
     s1, s2: student outputs (predictor, or projector in the symmetric ablation) for views
@@ -164,19 +152,33 @@ def mec_loss(s1: torch.Tensor, s2: torch.Tensor, t1: torch.Tensor, t2: torch.Ten
 
     As in the reference code the loss is -(1/lambda) / m times the mean of the two coding
     lengths, so its first-order term is minus the mean cosine similarity of the views
-    whatever lambda is. Returns the loss and, detached, the per-sample coding length
-    mu L / m and the larger of the two spectral norms ||C||_2.
+    whatever lambda is. The Taylor series of Eq. 2 converges only while ||C||_2 < 1:
+    with an `order`, a C whose norm would pass `radius` is scaled down to it (lambda
+    lowered for that step and that direction), so the objective stays a coding length
+    instead of a diverging polynomial; `radius=None` keeps lambda (the reference code).
+    Returns the loss and, detached, the per-sample coding length mu L / m (at the lambda
+    used), the larger of the two spectral norms ||C||_2 before any scaling, and the
+    smaller of the two lambda scales (1: no scaling).
     """
     m, d = s1.shape
-    c12 = correlation(s1, t2.detach(), lam)
-    c21 = correlation(s2, t1.detach(), lam)
-    if order is None:
-        length = 0.5 * (log_det_exact(c12) + log_det_exact(c21))
-    else:
-        length = 0.5 * (log_det_taylor(c12, order) + log_det_taylor(c21, order))
+    lengths, norms, scales = [], [], []
+    for s, t in ((s1, t2), (s2, t1)):
+        c = correlation(s, t.detach(), lam)
+        norm = spectral_norm(c.detach())
+        scale = torch.ones_like(norm)
+        if order is not None and radius is not None:
+            scale = (radius / norm).clamp(max=1.0)
+            c = c * scale
+        log_det = log_det_exact(c) if order is None else log_det_taylor(c, order)
+        lengths.append(log_det)
+        norms.append(norm)
+        scales.append(scale)
+    # dividing by the lambda each direction used keeps the first-order term at minus the
+    # mean cosine similarity
+    loss = -0.5 * (lengths[0] / scales[0] + lengths[1] / scales[1]) / (lam * m)
     return {
-        "loss": -length / (lam * m),
-        "coding_length": mec_mu(m, d) * length.detach() / m,
-        "spectral_norm": torch.maximum(spectral_norm(c12.detach()),
-                                       spectral_norm(c21.detach())),
+        "loss": loss,
+        "coding_length": mec_mu(m, d) * 0.5 * (lengths[0] + lengths[1]).detach() / m,
+        "spectral_norm": torch.maximum(*norms),
+        "lambda_scale": torch.minimum(*scales),
     }

@@ -2,14 +2,13 @@
 
 import math
 import time
-import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mec_core.loss import (
-    ConvergenceGuard,
+    RADIUS,
     coding_length,
     correlation,
     mec_lambda,
@@ -112,9 +111,9 @@ def test_coding_length__order4_within_half_percent_at_default_eps(m, d):
         assert abs(taylor - exact) / exact < 5e-3
 
 
-def test_convergence_guard__flags_nearly_collapsed_embeddings():
-    """Nearly collapsed rows put ||C||_2 near d / eps^2 > 1: the series diverges and the
-    guard must say so instead of training on it."""
+def test_mec_loss__keeps_the_series_inside_its_radius():
+    """Nearly collapsed rows put ||C||_2 near d / eps^2 > 1, where the series diverges:
+    mec_loss lowers lambda for that step so that the series sees ||C||_2 = RADIUS."""
     m, d = 256, 2048
     lam = mec_lambda(m, d, 64.0)
     z = torch.randn(1, d) + 0.01 * torch.randn(m, d)
@@ -122,15 +121,23 @@ def test_convergence_guard__flags_nearly_collapsed_embeddings():
     norm = spectral_norm(c).item()
     assert norm == pytest.approx(torch.linalg.matrix_norm(c, 2).item(), rel=1e-3)
     assert norm > 1.0
-    assert math.isfinite(coding_length(z, z, lam).item())
-    guard = ConvergenceGuard()
-    with pytest.warns(RuntimeWarning, match="diverges"):
-        guard.check(norm, 4, step=7)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        guard.check(norm, 4, step=8)  # once only
-        ConvergenceGuard().check(norm, None, step=8)  # exact log-det: nothing to flag
-        ConvergenceGuard().check(0.5, 4, step=8)
+    out = mec_loss(z, z, z, z, lam, order=4)
+    assert out["spectral_norm"].item() == pytest.approx(norm, rel=1e-5)
+    scale = out["lambda_scale"].item()
+    assert scale == pytest.approx(RADIUS / norm, rel=1e-5)
+    series = coding_length(z, z, lam * scale, order=4).item()
+    assert out["coding_length"].item() == pytest.approx(mec_mu(m, d) * series / m, rel=1e-4)
+    assert out["loss"].item() == pytest.approx(-series / (lam * scale * m), rel=1e-4)
+    # inside the radius the series is a coding length: within its truncation error of
+    # log(1 + x) at x = RADIUS (10 %), where outside it is off by orders of magnitude
+    exact = coding_length(z.double(), z.double(), lam * scale).item()
+    assert series == pytest.approx(exact, rel=0.12)
+    # the reference code's behaviour on request: lambda kept, the series far off
+    kept = mec_loss(z, z, z, z, lam, order=4, radius=None)
+    assert kept["lambda_scale"].item() == 1.0
+    assert abs(kept["coding_length"].item() - out["coding_length"].item()) > 1.0
+    # the exact log-det never needs it
+    assert mec_loss(z, z, z, z, lam, order=None)["lambda_scale"].item() == 1.0
 
 
 @pytest.mark.parametrize("form", ["batch", "feature"])
