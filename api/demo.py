@@ -88,15 +88,19 @@ def run(dataset: str, config: dict, data_dir: Path | None, ports: Ports | None,
                                "coding_length": done["result"]["coding_length"]}
 
         console.print("[3/6] kNN evaluation (k=200, T=0.1) next to the same backbone at "
-                      "random init")
+                      "random init and to raw pixels")
         ev = client.post("/v1/jobs", json={"kind": "evaluate", "config": {
             "job_id": done["id"], "protocol": "knn"}}).json()
         knn = _wait(client, ev["id"])["result"]
         baseline = evaluate("knn", dataset, backbone=config["backbone"],
                             data_dir=config.get("data_dir"))
-        summary["knn_top1"] = {"mec": knn["top1"], "random_init": baseline["top1"]}
+        pixels = evaluate("knn", dataset, pixels=True, data_dir=config.get("data_dir"))
+        summary["knn_top1"] = {"mec": knn["top1"], "random_init": baseline["top1"],
+                               "raw_pixels": pixels["top1"]}
+        verdict = "beats" if knn["top1"] > pixels["top1"] else "does not beat"
         console.print(f"      kNN top-1: MEC {knn['top1']:.2f}%  vs  random init "
-                      f"{baseline['top1']:.2f}%")
+                      f"{baseline['top1']:.2f}%  and raw pixels {pixels['top1']:.2f}% "
+                      f"(this short run {verdict} raw pixels)")
 
         console.print("[4/6] deploying to TorchServe (embedding + kNN endpoints)")
         model = client.get("/v1/models").json()["data"][0]

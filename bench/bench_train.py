@@ -34,7 +34,8 @@ from torchvision import transforms
 from mec_core.config import TrainConfig
 from mec_core.data import synthetic
 from mec_core.loss import mec_lambda
-from mec_core.train import Callbacks, build_model, train
+from mec_core.models import MECModel
+from mec_core.train import Callbacks, train
 
 WARMUP = 2
 PHASES = ("data", "augment", "forward", "loss", "backward", "optimizer", "ema")
@@ -107,7 +108,7 @@ def baseline(config: TrainConfig, steps: int, device: torch.device, workers: int
                         shuffle=True, drop_last=True, num_workers=workers,
                         persistent_workers=workers > 0, pin_memory=device.type == "cuda")
     torch.manual_seed(0)
-    model = build_model(config).to(device)
+    model = MECModel.from_config(config).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5)
     lam = mec_lambda(config.batch_size, config.proj_dim, config.eps_sq)
     batches = iter(loader)

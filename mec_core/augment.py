@@ -12,7 +12,7 @@ views on any device and any number of processes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -46,16 +46,29 @@ RECIPES: dict[str, tuple[ViewRecipe, ViewRecipe]] = {
         ViewRecipe(saturation=0.0, hue=0.0, gray_p=0.0, blur_p=0.1, blur_sigma=(0.1 / 28, 1 / 28),
                    solarize_p=0.2),
     ),
+    # small grayscale images, plainer: crop, flip and brightness/contrast only
+    "small_plain": (
+        ViewRecipe(saturation=0.0, hue=0.0, gray_p=0.0, blur_p=0.0),
+        ViewRecipe(saturation=0.0, hue=0.0, gray_p=0.0, blur_p=0.0),
+    ),
+    # small colour images (CIFAR-like): MoCo v3 without blur, as the SSL libraries do at 32 px
+    "small_color": (ViewRecipe(blur_p=0.0), ViewRecipe(blur_p=0.0, solarize_p=0.2)),
 }
 
 
-def recipe_for(name: str, channels: int) -> tuple[ViewRecipe, ViewRecipe]:
-    """The two view recipes for `name` ('auto' picks by the number of channels)."""
+def recipe_for(name: str, channels: int, crop_min_scale: float | None = None,
+               small: bool = False) -> tuple[ViewRecipe, ViewRecipe]:
+    """The two view recipes for `name`; 'auto' picks by the number of channels and by
+    whether colour images are small (<= 64 px). `crop_min_scale` overrides the smallest
+    area of the random resized crop."""
     if name == "auto":
-        name = "small_gray" if channels == 1 else "moco_v3"
+        name = "small_gray" if channels == 1 else "small_color" if small else "moco_v3"
     if name not in RECIPES:
         raise ValueError(f"unknown augmentation {name!r}; choose auto or one of {list(RECIPES)}")
-    return RECIPES[name]
+    views = RECIPES[name]
+    if crop_min_scale is not None:
+        views = tuple(replace(v, crop_scale=(crop_min_scale, v.crop_scale[1])) for v in views)
+    return views
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,7 @@ def train(out_dir: str, resume: bool, **values) -> None:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / "config.json").write_text(config.model_dump_json(indent=2))
     try:
-        with RichProgress() as progress:
+        with RichProgress(config.method) as progress:
             result = run(config, out_dir, progress, resume=resume)
     except (TrainingDiverged, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None

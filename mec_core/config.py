@@ -11,16 +11,49 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DatasetName = Literal["digits", "fashion-mnist", "cifar10", "imagefolder", "synthetic"]
 BackboneName = Literal["convnet", "resnet18", "resnet50"]
+MethodName = Literal["mec", "simclr", "byol", "simsiam", "barlow_twins", "vicreg"]
+RecipeName = Literal["auto", "small", "imagenet"]
+
+# Side of each dataset's images; imagefolder images are resized to 224 by default.
+NATIVE_SIZE = {"digits": 16, "fashion-mnist": 28, "cifar10": 32, "synthetic": 32,
+               "imagefolder": 224}
+SMALL_IMAGE_MAX = 64  # sides up to this use the small recipe and the ResNets' small stem
+
+# Named recipes: the values a run takes for the fields it does not set. "imagenet" is the
+# paper's (the fields' own defaults); "small" was found by measurement on Fashion-MNIST
+# (docs/science.md). The distortion follows d so that the entropy weight lambda*m = d/eps^2
+# is the paper's 2048/64 = 32.
+RECIPES: dict[str, dict[str, object]] = {
+    "imagenet": {},
+    "small": {"proj_dim": 512, "eps_sq": 16.0, "teacher_momentum": 0.99,
+              "warmup_epochs": 1.0, "lambda_warmup_epochs": 1.0, "order": None},
+}
+# What a recipe sets for one method only: on short runs MEC learns faster with the
+# teacher's weights shared (momentum 0, the paper's Table 5d), which BYOL cannot afford.
+METHOD_RECIPES: dict[tuple[str, str], dict[str, object]] = {
+    ("small", "mec"): {"teacher_momentum": 0.0},
+}
 
 
 class TrainConfig(BaseModel):
     """A MEC pretraining run (Liu et al., NeurIPS 2022, Eq. 3 with the reference recipe)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    method: MethodName = Field(
+        "mec", description="Self-supervised objective: mec (the paper's), or one of the "
+        "baselines simclr, byol, simsiam, barlow_twins, vicreg on the same backbone, views, "
+        "trainer and evaluation.",
+    )
+    recipe: RecipeName = Field(
+        "auto", description="Named defaults for the fields a run does not set: imagenet "
+        "(the paper's recipe), small (measured for images up to 64 px, docs/science.md); "
+        "auto: small when the image side is at most 64, else imagenet.",
+    )
 
     # --- data -------------------------------------------------------------------------
     dataset: DatasetName = Field(
@@ -39,9 +72,15 @@ class TrainConfig(BaseModel):
         description="Side of the square crops fed to the encoder, in pixels; default: the "
         "dataset's native size (224 for imagefolder, at least 16).",
     )
-    augmentation: Literal["auto", "moco_v3", "small_gray"] = Field(
-        "auto", description="Two-view recipe: moco_v3 (the paper's, for colour images), "
-        "small_gray (for small grayscale images); auto picks by the dataset's channels.",
+    augmentation: Literal["auto", "moco_v3", "small_gray", "small_plain", "small_color"] = Field(
+        "auto", description="Two-view recipe: moco_v3 (the paper's), small_gray and "
+        "small_plain (small grayscale images), small_color (small colour images, no blur); "
+        "auto picks by the channels and the image size.",
+    )
+    crop_min_scale: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Smallest area of the random resized crop, as a fraction of the image; "
+        "default: the augmentation's (0.2).",
     )
 
     # --- model ------------------------------------------------------------------------
@@ -64,9 +103,9 @@ class TrainConfig(BaseModel):
     pred_hidden_dim: int = Field(
         512, ge=8, le=65_536, description="Hidden width of the 2-layer predictor (paper: 512)."
     )
-    predictor: bool = Field(
-        True, description="Use the predictor on the student (asymmetric). Off: the symmetric "
-        "ablation of Table 5.",
+    predictor: bool | None = Field(
+        None, description="Use the predictor on the student (asymmetric). Off: the symmetric "
+        "ablation of Table 5. Default: the method's (on for mec, byol, simsiam).",
     )
     teacher_momentum: float = Field(
         0.996, ge=0.0, lt=1.0,
@@ -92,7 +131,8 @@ class TrainConfig(BaseModel):
     )
     lambda_warmup_epochs: float = Field(
         10.0, ge=0.0, le=10_000,
-        description="Length of the lambda^-1 warm-up in epochs (paper code: 10).",
+        description="Length of the lambda^-1 warm-up in epochs, at most a tenth of the run "
+        "(paper code: 10).",
     )
 
     # --- optimisation -----------------------------------------------------------------
@@ -117,7 +157,8 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(1e-5, ge=0.0, le=1.0, description="Weight decay (paper: 1e-5).")
     warmup_epochs: float = Field(
         10.0, ge=0.0, le=10_000,
-        description="Linear learning-rate warm-up before the cosine decay, in epochs (paper: 10).",
+        description="Linear learning-rate warm-up before the cosine decay, in epochs, at most a "
+        "tenth of the run (paper: 10).",
     )
 
     # --- execution --------------------------------------------------------------------
@@ -142,6 +183,43 @@ class TrainConfig(BaseModel):
         10, ge=1, le=100_000,
         description="Hand metrics to callbacks every N steps (one host sync per N steps).",
     )
+    monitor_every: int | None = Field(
+        None, ge=0, le=100_000_000,
+        description="Every N steps, log the kNN top-1 of the current backbone on a held-out "
+        "part of the training set (knn_top1) and the effective rank of its features "
+        "(effective_rank); 0: off; default: 10 times per run.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_recipe(cls, data: object) -> object:
+        """Fill the fields the caller did not give from the named recipe (resolved, so the
+        stored config says which one ran and reloads unchanged)."""
+        if not isinstance(data, dict):
+            return data
+        name = data.get("recipe", "auto")
+        if name == "auto":  # a malformed dataset or size is the field validators' to report
+            side, dataset = data.get("image_size"), data.get("dataset", "fashion-mnist")
+            if not isinstance(side, int) or isinstance(side, bool):
+                side = NATIVE_SIZE.get(dataset, 224) if isinstance(dataset, str) else 224
+            name = "small" if side <= SMALL_IMAGE_MAX else "imagenet"
+        if not isinstance(name, str) or name not in RECIPES:
+            return data
+        method = data.get("method", "mec")
+        extra = METHOD_RECIPES.get((name, method), {}) if isinstance(method, str) else {}
+        return {**RECIPES[name], **extra, **data, "recipe": name}
+
+
+def image_size(config: TrainConfig) -> int:
+    """Crop size: the configured one, else the dataset's native size (at least 16)."""
+    return config.image_size or max(16, NATIVE_SIZE[config.dataset])
+
+
+def small_stem(config: TrainConfig) -> bool:
+    """Whether ResNets use the small-image stem: as configured, else for sides <= 64."""
+    if config.small_stem is not None:
+        return config.small_stem
+    return image_size(config) <= SMALL_IMAGE_MAX
 
 
 def cpu_has_bf16() -> bool:

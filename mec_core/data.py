@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mec_core.config import NATIVE_SIZE
+
 DATASETS = ("digits", "fashion-mnist", "cifar10", "imagefolder", "synthetic")
 DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
-NATIVE_SIZE = {"digits": 16, "fashion-mnist": 28, "cifar10": 32, "synthetic": 32,
-               "imagefolder": 224}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 

@@ -14,10 +14,9 @@ from torch import nn
 
 from mec_core import checkpoint
 from mec_core.augment import Normalization, preprocess
-from mec_core.config import TrainConfig
+from mec_core.config import TrainConfig, image_size
 from mec_core.data import ImageSet, load_dataset
-from mec_core.models import build_backbone
-from mec_core.train import build_model, image_size
+from mec_core.models import MECModel, build_backbone
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ def from_checkpoint(path: str, device: str = "cpu") -> FeatureSource:
     """The student backbone and preprocessing stored in a training checkpoint."""
     state = checkpoint.load(path, device)
     config = TrainConfig(**state["config"])
-    model = build_model(config)
+    model = MECModel.from_config(config)
     model.load_state_dict(state["model"])
     norm = Normalization(**{k: tuple(v) if isinstance(v, list) else v
                             for k, v in state["normalization"].items()})

@@ -9,7 +9,7 @@ import torch
 
 from mec_core import checkpoint
 from mec_core.config import TrainConfig
-from mec_core.train import build_model
+from mec_core.models import MECModel
 
 
 def export(checkpoint_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
@@ -17,7 +17,7 @@ def export(checkpoint_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
     dict) and model.json (architecture and preprocessing) under `out_dir`."""
     state = checkpoint.load(checkpoint_path)
     config = TrainConfig(**state["config"])
-    model = build_model(config)
+    model = MECModel.from_config(config)
     model.load_state_dict(state["model"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,14 +9,22 @@ from mec_core.train import Callbacks, StepMetrics
 
 
 class RichProgress(Callbacks):
-    """Shows steps, epoch, loss, coding length, ||C||_2 and images/s on stderr."""
+    """Shows steps, epoch, loss, coding length and ||C||_2 (MEC), the monitor's latest kNN
+    top-1 and images/s on stderr."""
 
-    def __init__(self) -> None:
-        self.bar = Progress(TextColumn("[bold]MEC[/] epoch {task.fields[epoch]}"), BarColumn(),
+    SHOWN = (("loss", "loss {:.4f}"), ("coding_length", "L/m {:.3f}"),
+             ("spectral_norm", "||C|| {:.2f}"), ("knn_top1", "kNN {:.1f}%"),
+             ("images_per_sec", "{:.0f} img/s"))
+
+    def __init__(self, method: str = "mec") -> None:
+        self.method = method.upper()
+        self.bar = Progress(TextColumn("[bold]{task.fields[method]}[/] epoch {task.fields[epoch]}"),
+                            BarColumn(),
                             MofNCompleteColumn(), TimeRemainingColumn(),
                             TextColumn("{task.fields[info]}"), console=Console(stderr=True))
         self.task = None
         self.steps_per_epoch = 1
+        self.latest: dict[str, float] = {}
 
     def __enter__(self) -> RichProgress:
         self.bar.__enter__()
@@ -28,11 +36,12 @@ class RichProgress(Callbacks):
     def on_start(self, start_step: int, total_steps: int, steps_per_epoch: int) -> None:
         self.steps_per_epoch = steps_per_epoch
         self.task = self.bar.add_task("train", total=total_steps, completed=start_step,
-                                      epoch=start_step // steps_per_epoch, info="")
+                                      epoch=start_step // steps_per_epoch, info="",
+                                      method=self.method)
 
     def on_metrics(self, records: list[StepMetrics]) -> None:
-        v = records[-1].values
-        info = (f"loss {v['loss']:.4f}  L/m {v['coding_length']:.3f}  "
-                f"||C|| {v['spectral_norm']:.2f}  {v.get('images_per_sec', 0):.0f} img/s")
+        for r in records:  # the monitor's values come every N steps: keep the latest
+            self.latest.update(r.values)
+        info = "  ".join(fmt.format(self.latest[k]) for k, fmt in self.SHOWN if k in self.latest)
         self.bar.update(self.task, completed=records[-1].step, epoch=records[-1].epoch,
                         info=info)

@@ -22,10 +22,18 @@ from torch.profiler import record_function
 
 from mec_core import checkpoint, distributed, schedule
 from mec_core.augment import Normalization, augment, recipe_for
-from mec_core.config import TrainConfig, resolve_device, resolve_precision
-from mec_core.data import NATIVE_SIZE, load_dataset
-from mec_core.loss import ConvergenceGuard, mec_lambda, mec_loss
+from mec_core.config import (
+    SMALL_IMAGE_MAX,
+    TrainConfig,
+    image_size,
+    resolve_device,
+    resolve_precision,
+)
+from mec_core.data import load_dataset
+from mec_core.loss import mec_lambda
+from mec_core.methods import Hyper, get_method
 from mec_core.models import MECModel, ema_update
+from mec_core.monitor import Monitor, holdout
 from mec_core.optim import build_optimizer
 
 CHECKPOINT_FORMAT = "mec-checkpoint/1"
@@ -68,19 +76,6 @@ class TrainResult:
     checkpoint: Path | None
     images_per_sec: float
     last: dict[str, float] = field(default_factory=dict)
-
-
-def image_size(config: TrainConfig) -> int:
-    """Crop size: the configured one, else the dataset's native size (at least 16)."""
-    return config.image_size or max(16, NATIVE_SIZE[config.dataset])
-
-
-def build_model(config: TrainConfig) -> MECModel:
-    size = image_size(config)
-    small_stem = config.small_stem if config.small_stem is not None else size <= 64
-    return MECModel(config.backbone, config.proj_dim, config.proj_hidden_dim,
-                    config.pred_hidden_dim, use_predictor=config.predictor,
-                    small_stem=small_stem, share_weights=config.teacher_momentum == 0.0)
 
 
 def _autocast(config: TrainConfig, device: torch.device):
@@ -131,6 +126,10 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
 
     data = load_dataset(config.dataset, "train", config.data_dir, config.image_size)
     data = data.head(config.train_limit)
+    monitor_every = config.monitor_every
+    held_out = None
+    if monitor_every != 0:
+        data, held_out = holdout(data)
     steps_per_epoch = len(data) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {len(data)} training "
@@ -138,12 +137,16 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
     total = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total = min(total, config.max_steps)
+    if monitor_every is None:
+        monitor_every = max(1, total // 10)
     norm = Normalization.fit(data.images, image_size(config))
-    views = recipe_for(config.augmentation, data.channels)
+    views = recipe_for(config.augmentation, data.channels, config.crop_min_scale,
+                       small=image_size(config) <= SMALL_IMAGE_MAX)
     images = data.images.to(device)
 
     torch.manual_seed(config.seed)
-    model = build_model(config).to(device)
+    method = get_method(config.method)
+    model = MECModel.from_config(config).to(device)
     channels_last = config.channels_last is not False  # None (default): on
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -165,17 +168,19 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
 
     m, d = config.batch_size, config.proj_dim
     lam = mec_lambda(m, d, config.eps_sq)
-    warm_lr = round(config.warmup_epochs * steps_per_epoch)
-    warm_lam = round(config.lambda_warmup_epochs * steps_per_epoch)
+    # warm-ups take at most a tenth of the run, so a short run is not all warm-up
+    warm_lr = min(round(config.warmup_epochs * steps_per_epoch), total // 10)
+    warm_lam = min(round(config.lambda_warmup_epochs * steps_per_epoch), total // 10)
     peak_lr = config.base_lr * config.batch_size / 256
     autocast, scaler = _autocast(config, device)
-    guard = ConvergenceGuard()
+    monitor = Monitor(data, held_out, norm, monitor_every, device) if held_out else None
     metrics_file = _MetricsFile(out / "metrics.jsonl", start) if world.is_main else None
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         callbacks.on_start(start, total, steps_per_epoch)
 
-    pending: list[tuple[int, int, dict[str, torch.Tensor | float]]] = []
+    # (step, epoch, values kept on the device until the next flush, host floats)
+    pending: list[tuple[int, int, dict[str, torch.Tensor | float], dict[str, float]]] = []
     last: dict[str, float] = {}
     saved: Path | None = last_path
     tick, tick_step = time.perf_counter(), start
@@ -192,12 +197,11 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
         now = time.perf_counter()
         speed = (pending[-1][0] - tick_step) * config.batch_size / max(now - tick, 1e-9)
         tick, tick_step = now, pending[-1][0]
-        records = [StepMetrics(s, e, dict(zip(names, row))) for (s, e, _), row in
-                   zip(pending, table)]
+        records = [StepMetrics(s, e, dict(zip(names, row)) | extra)
+                   for (s, e, _, extra), row in zip(pending, table)]
         records[-1].values["images_per_sec"] = speed
         pending.clear()
         for r in records:
-            guard.check(r.values["spectral_norm"], config.order, r.step)
             if not all(math.isfinite(v) for v in r.values.values()):
                 where = f"the last good checkpoint is {saved}" if saved else \
                     "no checkpoint was saved before it"
@@ -250,8 +254,8 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
         with record_function("mec.forward"), autocast:
             s1, s2, t1, t2 = net(x1, x2)
         with record_function("mec.loss"):
-            out_ = mec_loss(*(distributed.gather(t) for t in (s1, s2, t1, t2)),
-                            1.0 / lam_inv, config.order)
+            out_ = method.objective(*(distributed.gather(t) for t in (s1, s2, t1, t2)),
+                                    Hyper(1.0 / lam_inv, config.order))
         optimizer.zero_grad(set_to_none=True)
         with record_function("mec.backward"):
             (out_["loss"] if scaler is None else scaler.scale(out_["loss"])).backward()
@@ -265,8 +269,14 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
             with record_function("mec.ema"):
                 ema_update(model.teacher, model.encoder, tau)
         step += 1
-        pending.append((step, epoch, {k: v.detach() for k, v in out_.items()} |
-                        {"lr": lr, "lambda_inv": lam_inv, "teacher_momentum": tau}))
+        observed = {}
+        if monitor is not None and (monitor.due(step) or step == total) and world.is_main:
+            with record_function("mec.monitor"):
+                observed = monitor(model.encoder.backbone)
+        scalars = {"lr": lr} | ({"lambda_inv": lam_inv} if config.method == "mec" else {}) \
+            | ({"teacher_momentum": tau} if model.teacher is not None else {})
+        pending.append((step, epoch, {k: v.detach() for k, v in out_.items()} | scalars,
+                        observed))
 
         stop = callbacks.should_stop(step)
         if world.size > 1:  # every rank must leave the loop at the same step

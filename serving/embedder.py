@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mec_core.augment import Normalization, preprocess
 from mec_core.config import TrainConfig
-from mec_core.train import build_model
+from mec_core.models import MECModel
 
 
 class Embedder:
@@ -23,7 +23,7 @@ class Embedder:
                  projector: bool = False) -> None:
         export_dir = Path(export_dir)
         meta = json.loads((export_dir / "model.json").read_text())
-        model = build_model(TrainConfig(**meta["config"]))
+        model = MECModel.from_config(TrainConfig(**meta["config"]))
         state = torch.load(export_dir / "encoder.pt", map_location="cpu", weights_only=True)
         model.encoder.load_state_dict(state)
         self.net = model.encoder if projector else model.encoder.backbone

@@ -25,7 +25,9 @@ def test_health_and_workers(platform):
 def test_pretrain_metrics_model_and_evaluation(platform):
     job = pretrain(platform, 12)
     assert job["status"] == "queued" and job["kind"] == "pretrain"
-    assert job["config"]["batch_size"] == 32 and job["config"]["eps_sq"] == 64.0  # defaults
+    assert job["config"]["batch_size"] == 32 and job["config"]["method"] == "mec"  # defaults
+    # 32 px images: the small-image recipe fills what the submission left out
+    assert job["config"]["recipe"] == "small" and job["config"]["eps_sq"] == 16.0
     done = platform.wait_status(job["id"], ("succeeded", "failed"))
     assert done["status"] == "succeeded", done["error"]
     assert done["progress"]["step"] == 12 and done["progress"]["percent"] == 100.0
@@ -36,6 +38,11 @@ def test_pretrain_metrics_model_and_evaluation(platform):
     loss = metrics["series"]["loss"]
     assert loss["steps"] == list(range(1, 13)) and len(loss["values"]) == 12
     assert {"coding_length", "spectral_norm", "lr", "lambda_inv"} <= metrics["series"].keys()
+    # the online monitor: kNN top-1 on held-out images and the effective rank, as series
+    monitored = metrics["series"]["knn_top1"]
+    assert monitored["steps"][-1] == 12 and all(0 <= v <= 100 for v in monitored["values"])
+    assert all(v >= 1 for v in metrics["series"]["effective_rank"]["values"])
+    assert "knn_top1" in done["result"]
     later = platform.get(f"/v1/jobs/{job['id']}/metrics",
                          params={"since_step": 10, "name": ["loss"]})
     assert later["series"]["loss"]["steps"] == [11, 12] and list(later["series"]) == ["loss"]
@@ -61,6 +68,17 @@ def test_pretrain_metrics_model_and_evaluation(platform):
     tagged = platform.get("/v1/jobs", params={"tag": "it"})["data"]
     assert job["id"] in [j["id"] for j in tagged]
     assert all(j["kind"] == "pretrain" for j in tagged)
+
+
+def test_baseline_method_trains_through_the_platform(platform):
+    job = pretrain(platform, 6, method="byol")
+    done = platform.wait_status(job["id"], ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["error"]
+    assert done["config"]["method"] == "byol"
+    series = platform.get(f"/v1/jobs/{job['id']}/metrics")["series"]
+    assert series["loss"]["steps"] == list(range(1, 7))
+    assert 0 <= series["loss"]["values"][-1] <= 4  # 2 - 2 cos, summed over the two views
+    assert "coding_length" not in series and "teacher_momentum" in series
 
 
 def test_cancel_running_and_queued_jobs(platform):
@@ -100,6 +118,10 @@ def test_bad_requests_get_clear_errors(platform):
     assert r.status_code == 422 and "config.backbone" in r.json()["detail"]
     r = c.post("/v1/jobs", json={"kind": "pretrain", "config": TINY | {"colour": 1}})
     assert r.status_code == 422 and "config.colour: Extra inputs" in r.json()["detail"]
+    r = c.post("/v1/jobs", json={"kind": "pretrain", "config": TINY | {"method": "moco"}})
+    assert r.status_code == 422 and "config.method" in r.json()["detail"]
+    r = c.post("/v1/jobs", json={"kind": "pretrain", "config": TINY | {"recipe": "huge"}})
+    assert r.status_code == 422 and "config.recipe" in r.json()["detail"]
     r = c.post("/v1/jobs", json={"kind": "pretrain", "config": TINY | {"batch_size": 0}})
     assert r.status_code == 422 and "config.batch_size" in r.json()["detail"]
     r = c.post("/v1/jobs", json={"kind": "train", "config": {}})

@@ -67,8 +67,12 @@ def test_augment__solarize_and_flip_do_what_they_say():
     assert solar.shape[1] == 3  # grayscale is expanded for 3-channel backbones
 
 
-def test_recipe_for__auto_picks_by_channels():
+def test_recipe_for__auto_picks_by_channels_and_size():
     assert recipe_for("auto", 1) == RECIPES["small_gray"]
     assert recipe_for("auto", 3) == RECIPES["moco_v3"]
+    assert recipe_for("auto", 3, small=True) == RECIPES["small_color"]
+    assert all(v.blur_p == 0 for v in RECIPES["small_color"])  # no blur at 32 px
+    wider = recipe_for("small_plain", 1, crop_min_scale=0.4)
+    assert all(v.crop_scale == (0.4, 1.0) for v in wider)
     with pytest.raises(ValueError, match="unknown augmentation 'x'"):
         recipe_for("x", 3)

@@ -43,6 +43,20 @@ def test_cli__train_eval_export(tmp_path):
     assert "0.weight" in backbone
 
 
+@pytest.mark.parametrize("method", ["byol", "simclr"])
+def test_cli__baseline_methods_train_and_evaluate(tmp_path, method):
+    out = tmp_path / method
+    summary = json.loads(mec("train", *TINY, "--method", method, "--out", str(out)).stdout)
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == method and config["recipe"] == "small"
+    assert summary["steps"] == 3 and "coding_length" not in summary
+    knn = json.loads(mec("eval", "knn", "--checkpoint", summary["checkpoint"],
+                         "--dataset", "synthetic", "--k", "20").stdout)
+    assert 0.0 <= knn["top1"] <= 100.0
+    refused = mec("train", *TINY, "--method", "moco", "--out", str(out), ok=False)
+    assert refused.returncode == 2 and "'moco' is not one of" in refused.stderr
+
+
 def test_cli__exported_resnet_loads_into_torchvision(tmp_path):
     mec("train", *TINY, "--backbone", "resnet18", "--no-small-stem", "--max-steps", "1",
         "--out", str(tmp_path))

@@ -12,6 +12,7 @@ import torch
 import mec_core.train as train_module
 from mec_core import checkpoint
 from mec_core.config import TrainConfig
+from mec_core.models import MECModel
 from mec_core.train import Callbacks, TrainingDiverged, train
 
 TINY = dict(dataset="synthetic", backbone="convnet", batch_size=16, epochs=1, max_steps=6,
@@ -86,7 +87,7 @@ def test_train__a_partial_checkpoint_file_is_ignored(tmp_path):
 
 def test_train__nan_loss_stops_with_a_clear_error_and_a_good_checkpoint(tmp_path, monkeypatch):
     """Divergence is injected into the real model: the predictor outputs NaN from step 5."""
-    real_build = train_module.build_model
+    real_build = MECModel.from_config
     calls = {"n": 0}
 
     def build_diverging(config):
@@ -99,7 +100,7 @@ def test_train__nan_loss_stops_with_a_clear_error_and_a_good_checkpoint(tmp_path
         model.predictor.register_forward_hook(poison)
         return model
 
-    monkeypatch.setattr(train_module, "build_model", build_diverging)
+    monkeypatch.setattr(train_module.MECModel, "from_config", staticmethod(build_diverging))
     config = TrainConfig(**(TINY | {"checkpoint_every": 2, "log_every": 1}))
     with pytest.raises(TrainingDiverged, match=r"not finite at step 5.*step_00000004\.pt"):
         train(config, tmp_path)
@@ -110,7 +111,7 @@ def test_train__nan_loss_stops_with_a_clear_error_and_a_good_checkpoint(tmp_path
 
 def test_train__batch_larger_than_dataset_is_refused(tmp_path):
     with pytest.raises(ValueError, match="batch_size 512 exceeds the 256 training images"):
-        train(TrainConfig(**(TINY | {"batch_size": 512})), tmp_path)
+        train(TrainConfig(**(TINY | {"batch_size": 512, "monitor_every": 0})), tmp_path)
 
 
 @pytest.mark.parametrize("overrides", [

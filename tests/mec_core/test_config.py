@@ -1,0 +1,56 @@
+"""The one config model: named recipes fill what a run does not set."""
+
+import pytest
+from pydantic import ValidationError
+
+from mec_core.config import METHOD_RECIPES, RECIPES, TrainConfig, image_size, small_stem
+
+
+def test_recipe__small_images_get_the_small_recipe():
+    for dataset in ("fashion-mnist", "digits", "cifar10", "synthetic"):
+        config = TrainConfig(dataset=dataset)
+        assert config.recipe == "small"
+        for field, value in (RECIPES["small"] | METHOD_RECIPES["small", "mec"]).items():
+            assert getattr(config, field) == value, field
+    # a recipe's method-specific part stays with its method: BYOL keeps its EMA teacher
+    assert TrainConfig(dataset="fashion-mnist").teacher_momentum == 0.0
+    assert TrainConfig(dataset="fashion-mnist", method="byol").teacher_momentum == 0.99
+    # the entropy weight lambda*m = d / eps^2 is the paper's 2048 / 64 = 32
+    small = TrainConfig(dataset="fashion-mnist")
+    assert small.proj_dim / small.eps_sq == 2048 / 64
+
+
+def test_recipe__large_images_keep_the_papers_recipe():
+    for config in (TrainConfig(dataset="imagefolder"),
+                   TrainConfig(dataset="fashion-mnist", image_size=96)):
+        assert config.recipe == "imagenet"
+        assert (config.proj_dim, config.eps_sq, config.order, config.teacher_momentum,
+                config.warmup_epochs) == (2048, 64.0, 4, 0.996, 10.0)
+    assert not small_stem(TrainConfig(dataset="imagefolder"))
+    assert small_stem(TrainConfig(dataset="fashion-mnist")) and \
+        image_size(TrainConfig(dataset="fashion-mnist")) == 28
+
+
+def test_recipe__by_name_and_what_the_caller_sets_wins():
+    assert TrainConfig(dataset="fashion-mnist", recipe="imagenet").eps_sq == 64.0
+    assert TrainConfig(dataset="imagefolder", recipe="small").eps_sq == 16.0
+    given = TrainConfig(dataset="fashion-mnist", eps_sq=64.0, order=4)
+    assert (given.eps_sq, given.order, given.proj_dim) == (64.0, 4, 512)
+    assert TrainConfig(dataset="imagefolder", order=None).order is None  # an explicit null
+
+
+def test_recipe__the_stored_config_reloads_unchanged():
+    for config in (TrainConfig(dataset="fashion-mnist"), TrainConfig(dataset="imagefolder"),
+                   TrainConfig(dataset="cifar10", method="vicreg", eps_sq=3.0)):
+        assert TrainConfig(**config.model_dump(mode="json")) == config
+
+
+@pytest.mark.parametrize("bad,field", [
+    ({"recipe": "huge"}, "recipe"), ({"method": "moco"}, "method"),
+    ({"dataset": ["x"]}, "dataset"), ({"image_size": "big"}, "image_size"),
+    ({"crop_min_scale": 0.0}, "crop_min_scale"), ({"monitor_every": -1}, "monitor_every"),
+])
+def test_config__bad_values_name_their_field(bad, field):
+    with pytest.raises(ValidationError) as info:
+        TrainConfig(**bad)
+    assert field in {str(e["loc"][0]) for e in info.value.errors()}
