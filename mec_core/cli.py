@@ -20,16 +20,21 @@ from mec_core.models import BACKBONES
 NONE = "none"  # `--order none`: set a field whose default is not None to None
 
 
-class _IntOrNone(click.ParamType):
-    name = "INTEGER|none"
+class _OrNone(click.ParamType):
+    """A number, or 'none' for a field whose default is not None but that accepts None."""
+
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+        self.name = f"{kind.__name__.upper()}|none"
 
     def convert(self, value, param, ctx):
         if isinstance(value, str) and value.lower() in (NONE, "null"):
             return NONE
         try:
-            return int(value)
+            return self.kind(value)
         except ValueError:
-            self.fail(f"{value!r} is not an integer or 'none'", param, ctx)
+            self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'} "
+                      "or 'none'", param, ctx)
 
 
 def _click_type(annotation, default=None) -> tuple[object, bool]:
@@ -37,8 +42,8 @@ def _click_type(annotation, default=None) -> tuple[object, bool]:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
-        if args[0] is int and default is not None:  # None means something: allow it
-            return _IntOrNone(), False
+        if args[0] in (int, float) and default is not None:  # None means something
+            return _OrNone(args[0]), False
         return _click_type(args[0])
     if origin is typing.Literal:
         return click.Choice([str(a) for a in typing.get_args(annotation)]), False

@@ -124,6 +124,12 @@ class TrainConfig(BaseModel):
         description="Order n of the Taylor series of Eq. 3; null (CLI: none): exact log-det "
         "(paper: 4).",
     )
+    taylor_radius: float | None = Field(
+        0.9, gt=0.0, lt=1.0,
+        description="With a Taylor order: the largest ||C||_2 the series may see; a step "
+        "whose C would pass it gets a lower lambda, so the series converges. null: keep "
+        "lambda, as the reference code does (the series may then diverge).",
+    )
     lambda_warmup_factor: float = Field(
         8.0, ge=1.0, le=1e4,
         description="lambda^-1 starts at this multiple of its final value and decreases "

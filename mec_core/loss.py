@@ -124,7 +124,7 @@ def coding_length(z1: torch.Tensor, z2: torch.Tensor, lam: float, order: int | N
     return log_det_exact(c) if order is None else log_det_taylor(c, order)
 
 
-RADIUS = 0.9  # largest ||C||_2 that mec_loss lets the Taylor series see
+RADIUS = 0.9  # default largest ||C||_2 that mec_loss lets the Taylor series see
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from mec_core.evaluate import FeatureSource, features, knn
 
 HOLDOUT, BANK = 1000, 4000  # at most this many held-out queries and bank images
 K = 20  # neighbours that vote; the bank is small, so fewer than the final protocol's 200
+BUDGET = 0.05  # the monitor skips a due evaluation while it has used more of the run
 
 
 def effective_rank(f: torch.Tensor) -> float:
@@ -30,7 +31,8 @@ def effective_rank(f: torch.Tensor) -> float:
 
 
 def holdout(data: ImageSet) -> tuple[ImageSet, ImageSet]:
-    """(training part, held-out part): the last tenth of the images, at most HOLDOUT."""
+    """(training part, held-out part): the last tenth of a training split's images, at
+    most HOLDOUT; a run's `train_limit` then takes the first images of the training part."""
     n = min(HOLDOUT, len(data) // 10)
     keep = len(data) - n
     return (ImageSet(data.images[:keep], data.labels[:keep], data.classes),
@@ -41,7 +43,8 @@ def holdout(data: ImageSet) -> tuple[ImageSet, ImageSet]:
 class Monitor:
     """kNN top-1 (in %) of `queries` against the first BANK images of `bank`, and the
     effective rank of the queries' features, every `every` steps (the trainer also asks
-    at the last step, so a finished run's result carries them)."""
+    at the last step, so a finished run's result carries them). Call it under the
+    training's autocast: the features need no more precision than the training has."""
 
     bank: ImageSet
     queries: ImageSet
@@ -51,8 +54,11 @@ class Monitor:
 
     seconds: float = 0.0  # spent in the monitor so far: its cost, reported with its metrics
 
-    def due(self, step: int) -> bool:
-        return self.every > 0 and len(self.queries) > 0 and step % self.every == 0
+    def due(self, step: int, elapsed: float) -> bool:
+        """Every `every` steps, unless the monitor has already taken more than BUDGET of
+        the `elapsed` training seconds (short runs with cheap steps)."""
+        return (self.every > 0 and len(self.queries) > 0 and step % self.every == 0
+                and self.seconds <= BUDGET * elapsed)
 
     def __call__(self, backbone: nn.Module) -> dict[str, float]:
         started = time.perf_counter()
@@ -65,11 +71,12 @@ class Monitor:
             fq = features(source, self.queries.images, str(self.device))
         finally:
             backbone.train(was_training)
-        if torch.isfinite(fb).all() and torch.isfinite(fq).all():
-            values = {"knn_top1": knn(fb, bank.labels, fq, self.queries.labels, k=K)["top1"],
-                      "effective_rank": effective_rank(fq)}
-        else:  # a diverged backbone: the trainer reports the non-finite step
-            values = {"knn_top1": float("nan"), "effective_rank": float("nan")}
+        with torch.autocast(fb.device.type, enabled=False):  # votes and SVD in float32
+            if torch.isfinite(fb).all() and torch.isfinite(fq).all():
+                values = {"knn_top1": knn(fb, bank.labels, fq, self.queries.labels,
+                                          k=K)["top1"], "effective_rank": effective_rank(fq)}
+            else:  # a diverged backbone: the trainer reports the non-finite step
+                values = {"knn_top1": float("nan"), "effective_rank": float("nan")}
         self.seconds += time.perf_counter() - started
         return values | {"monitor_seconds": self.seconds}
 

@@ -125,11 +125,11 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
     local_batch = config.batch_size // world.size
 
     data = load_dataset(config.dataset, "train", config.data_dir, config.image_size)
-    data = data.head(config.train_limit)
     monitor_every = config.monitor_every
     held_out = None
-    if monitor_every != 0:
+    if monitor_every != 0:  # held out of the whole split, so train_limit keeps its meaning
         data, held_out = holdout(data)
+    data = data.head(config.train_limit)
     steps_per_epoch = len(data) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {len(data)} training "
@@ -255,7 +255,7 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
             s1, s2, t1, t2 = net(x1, x2)
         with record_function("mec.loss"):
             out_ = method.objective(*(distributed.gather(t) for t in (s1, s2, t1, t2)),
-                                    Hyper(1.0 / lam_inv, config.order))
+                                    Hyper(1.0 / lam_inv, config.order, config.taylor_radius))
         optimizer.zero_grad(set_to_none=True)
         with record_function("mec.backward"):
             (out_["loss"] if scaler is None else scaler.scale(out_["loss"])).backward()
@@ -270,8 +270,10 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
                 ema_update(model.teacher, model.encoder, tau)
         step += 1
         observed = {}
-        if monitor is not None and (monitor.due(step) or step == total) and world.is_main:
-            with record_function("mec.monitor"):
+        elapsed = time.perf_counter() - started
+        if monitor is not None and world.is_main and (monitor.due(step, elapsed) or
+                                                      step == total):
+            with record_function("mec.monitor"), autocast:
                 observed = monitor(model.encoder.backbone)
         scalars = {"lr": lr} | ({"lambda_inv": lam_inv} if config.method == "mec" else {}) \
             | ({"teacher_momentum": tau} if model.teacher is not None else {})

@@ -19,10 +19,12 @@ Teacher = Literal["ema", "stop_grad", "none"]
 
 @dataclass(frozen=True)
 class Hyper:
-    """Per-step values an objective may need: MEC's warmed-up lambda and Taylor order."""
+    """Per-step values an objective may need: MEC's warmed-up lambda, Taylor order and
+    the series' radius."""
 
     lam: float
     order: int | None
+    radius: float | None = None
 
 
 @dataclass(frozen=True)

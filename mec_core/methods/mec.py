@@ -10,5 +10,5 @@ from mec_core.loss import mec_loss
 
 def objective(s1, s2, t1, t2, hp) -> dict[str, torch.Tensor]:
     """The symmetric coding length of the student against the teacher's targets, with the
-    step's warmed-up lambda and the configured Taylor order (None: exact)."""
-    return mec_loss(s1, s2, t1, t2, hp.lam, hp.order)
+    step's warmed-up lambda, the configured Taylor order (None: exact) and radius."""
+    return mec_loss(s1, s2, t1, t2, hp.lam, hp.order, hp.radius)

@@ -95,8 +95,9 @@ def _held(plat) -> list[int]:
 
 
 def test_a_diverging_run_fails_with_its_reason_and_the_worker_takes_the_next_job(faulty):
-    diverging = pretrain(faulty, 12, base_lr=100.0, eps_sq=1e-3, warmup_epochs=0,
-                         lambda_warmup_epochs=0, log_every=1)
+    # the reference code's series without its radius, at a tiny distortion: C far outside
+    diverging = pretrain(faulty, 12, base_lr=100.0, eps_sq=1e-3, order=4, taylor_radius=None,
+                         warmup_epochs=0, lambda_warmup_epochs=0, log_every=1)
     following = pretrain(faulty, 4)
     failed = faulty.wait_status(diverging["id"], ("succeeded", "failed"))
     assert failed["status"] == "failed"

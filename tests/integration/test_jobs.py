@@ -77,7 +77,7 @@ def test_baseline_method_trains_through_the_platform(platform):
     assert done["config"]["method"] == "byol"
     series = platform.get(f"/v1/jobs/{job['id']}/metrics")["series"]
     assert series["loss"]["steps"] == list(range(1, 7))
-    assert 0 <= series["loss"]["values"][-1] <= 4  # 2 - 2 cos, summed over the two views
+    assert 0 <= series["loss"]["values"][-1] <= 8  # 2 - 2 cos, summed over the two views
     assert "coding_length" not in series and "teacher_momentum" in series
 
 

@@ -115,7 +115,9 @@ def test_method__trains_its_network_end_to_end(name):
                          proj_hidden_dim=64, pred_hidden_dim=16)
     model = MECModel.from_config(config)
     method = get_method(name)
-    assert (model.teacher is not None) == (method.teacher == "ema")
+    shared = method.teacher == "ema" and config.teacher_momentum == 0  # Table 5d
+    assert model.targets == ("stop_grad" if shared else method.teacher)
+    assert (model.teacher is not None) == (model.targets == "ema")
     assert isinstance(model.predictor, torch.nn.Identity) != method.predictor
     x1, x2 = torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)
     out = method.objective(*model(x1, x2), Hyper(lam=0.5, order=4))

@@ -1,13 +1,15 @@
 """The online monitor: effective rank, the held-out split, and its metrics in a real run."""
 
 import json
+import time
 
 import pytest
 import torch
 
+import mec_core.monitor as monitor_module
 from mec_core.config import TrainConfig
 from mec_core.data import synthetic
-from mec_core.monitor import HOLDOUT, effective_rank, holdout
+from mec_core.monitor import BUDGET, HOLDOUT, effective_rank, holdout
 from mec_core.train import train
 
 
@@ -28,7 +30,8 @@ def test_holdout__the_last_tenth_never_trained_on():
     assert len(holdout(big)[1]) == HOLDOUT
 
 
-def test_monitor__logs_knn_and_rank_every_n_steps_and_at_the_end(tmp_path):
+def test_monitor__logs_knn_and_rank_every_n_steps_and_at_the_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(monitor_module, "BUDGET", 1e9)  # tiny steps: no budget in the way
     config = TrainConfig(dataset="synthetic", backbone="convnet", batch_size=32, proj_dim=32,
                          pred_hidden_dim=16, train_limit=512, max_steps=7, monitor_every=3,
                          log_every=1)
@@ -51,3 +54,18 @@ def test_monitor__off_with_zero(tmp_path):
     train(config, tmp_path)
     rows = (tmp_path / "metrics.jsonl").read_text()
     assert "knn_top1" not in rows
+
+
+def test_monitor__keeps_to_its_share_of_the_run(tmp_path):
+    """Asked for every step of a run whose steps are cheap, the monitor skips evaluations
+    so that it takes about BUDGET of the time, and still reports at the last step."""
+    config = TrainConfig(dataset="synthetic", backbone="convnet", batch_size=32, proj_dim=32,
+                         train_limit=512, max_steps=40, monitor_every=1, log_every=1)
+    started = time.perf_counter()
+    train(config, tmp_path)
+    wall = time.perf_counter() - started
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    monitored = [r for r in rows if "knn_top1" in r]
+    assert 1 < len(monitored) < 40 and monitored[-1]["step"] == 40
+    one = monitored[0]["monitor_seconds"]  # the cost of one evaluation
+    assert monitored[-1]["monitor_seconds"] <= BUDGET * wall + 2 * one
