@@ -150,8 +150,10 @@ def same_run(records: list[dict], group: str, label: str, fields: dict, seed: in
     if "baseline" in fields:
         return None
     config = TrainConfig(**{**base, **fields, "seed": seed}).model_dump(mode="json")
-    for r in records:
-        if r["config"] == config and r["seed"] == seed and not r.get("baseline"):
+    for r in records:  # a recorded config is read as today's (fields added since: defaults)
+        if r.get("baseline") or r["seed"] != seed:
+            continue
+        if TrainConfig(**r["config"]).model_dump(mode="json") == config:
             return r | {"group": group, "label": label,
                         "same_run_as": r.get("same_run_as") or [r["group"], r["label"]]}
     return None
@@ -192,15 +194,31 @@ def table(records: list[dict], group: str) -> str:
     order = [label for label, _ in GROUPS[group][1]]
     labels = sorted({r["label"] for r in rows}, key=lambda s: order.index(s)
                     if s in order else len(order))
-    lines = ["| run | seeds | kNN top-1 % | linear top-1 % | train s | last loss |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| run | seeds | kNN top-1 % | linear top-1 % | train s | threads | last loss |",
+             "|---|---|---|---|---|---|---|"]
     for label in labels:
         rs = [r for r in rows if r["label"] == label]
         last = rs[-1].get("last") or {}
-        lines.append(f"| {label} | {len(rs)} | {_mean_sd([r['knn_top1'] for r in rs])} | "
+        same = rs[-1].get("same_run_as")
+        name = f"{label} (the run of {same[0]}: {same[1]})" if same else label
+        lines.append(f"| {name} | {len(rs)} | {_mean_sd([r['knn_top1'] for r in rs])} | "
                      f"{_mean_sd([r['linear_top1'] for r in rs])} | "
                      f"{sum(r['train_seconds'] for r in rs) / len(rs):.0f} | "
-                     f"{last.get('loss', float('nan')):.4f} |")
+                     f"{rs[-1]['threads']} | {last.get('loss', float('nan')):.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def monitor_table(records: list[dict]) -> str:
+    """What the online monitor cost each run that logged it (its share of the wall time)."""
+    lines = ["| group | run | train s | monitor s | share | online kNN at the end |",
+             "|---|---|---|---|---|---|"]
+    for r in records:
+        last = r.get("last") or {}
+        if "monitor_seconds" in last and not r.get("same_run_as"):
+            lines.append(f"| {r['group']} | {r['label']} | {r['train_seconds']:.0f} | "
+                         f"{last['monitor_seconds']:.1f} | "
+                         f"{100 * last['monitor_seconds'] / r['train_seconds']:.1f} % | "
+                         f"{last['knn_top1']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -222,6 +240,7 @@ def main() -> None:
         for group in GROUPS:
             if any(rec["group"] == group for rec in records):
                 print(f"### {group}\n\n{table(records, group)}")
+        print(f"### monitor\n\n{monitor_table(records)}")
 
 
 if __name__ == "__main__":
