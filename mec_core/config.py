@@ -22,6 +22,7 @@ RecipeName = Literal["auto", "small", "imagenet"]
 NATIVE_SIZE = {"digits": 16, "fashion-mnist": 28, "cifar10": 32, "synthetic": 32,
                "imagefolder": 224}
 SMALL_IMAGE_MAX = 64  # sides up to this use the small recipe and the ResNets' small stem
+TAYLOR_RADIUS = 0.9  # default largest ||C||_2 that the MEC loss lets the Taylor series see
 
 # Named recipes: the values a run takes for the fields it does not set. "imagenet" is the
 # paper's (the fields' own defaults); "small" was found by measurement on Fashion-MNIST
@@ -125,7 +126,7 @@ class TrainConfig(BaseModel):
         "(paper: 4).",
     )
     taylor_radius: float | None = Field(
-        0.9, gt=0.0, lt=1.0,
+        TAYLOR_RADIUS, gt=0.0, lt=1.0,
         description="With a Taylor order: the largest ||C||_2 the series may see; a step "
         "whose C would pass it gets a lower lambda, so the series converges. null: keep "
         "lambda, as the reference code does (the series may then diverge).",
@@ -221,11 +222,16 @@ def image_size(config: TrainConfig) -> int:
     return config.image_size or max(16, NATIVE_SIZE[config.dataset])
 
 
+def small_images(config: TrainConfig) -> bool:
+    """The run's images are small (side <= 64): small-image views and ResNet stem."""
+    return image_size(config) <= SMALL_IMAGE_MAX
+
+
 def small_stem(config: TrainConfig) -> bool:
-    """Whether ResNets use the small-image stem: as configured, else for sides <= 64."""
+    """Whether ResNets use the small-image stem: as configured, else for small images."""
     if config.small_stem is not None:
         return config.small_stem
-    return image_size(config) <= SMALL_IMAGE_MAX
+    return small_images(config)
 
 
 def cpu_has_bf16() -> bool:

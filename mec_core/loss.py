@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from mec_core.config import TAYLOR_RADIUS as RADIUS
+
 Form = Literal["auto", "batch", "feature"]
 
 
@@ -122,9 +124,6 @@ def coding_length(z1: torch.Tensor, z2: torch.Tensor, lam: float, order: int | N
     """
     c = correlation(z1, z2, lam, form)
     return log_det_exact(c) if order is None else log_det_taylor(c, order)
-
-
-RADIUS = 0.9  # default largest ||C||_2 that mec_loss lets the Taylor series see
 
 
 @torch.no_grad()

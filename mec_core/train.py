@@ -23,11 +23,11 @@ from torch.profiler import record_function
 from mec_core import checkpoint, distributed, schedule
 from mec_core.augment import Normalization, augment, recipe_for
 from mec_core.config import (
-    SMALL_IMAGE_MAX,
     TrainConfig,
     image_size,
     resolve_device,
     resolve_precision,
+    small_images,
 )
 from mec_core.data import load_dataset
 from mec_core.loss import mec_lambda
@@ -141,7 +141,7 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
         monitor_every = max(1, total // 10)
     norm = Normalization.fit(data.images, image_size(config))
     views = recipe_for(config.augmentation, data.channels, config.crop_min_scale,
-                       small=image_size(config) <= SMALL_IMAGE_MAX)
+                       small=small_images(config))
     images = data.images.to(device)
 
     torch.manual_seed(config.seed)

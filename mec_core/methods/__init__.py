@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 
+from mec_core.config import TAYLOR_RADIUS
 from mec_core.methods import barlow_twins, byol, mec, simclr, simsiam, vicreg
 
 Teacher = Literal["ema", "stop_grad", "none"]
@@ -24,7 +25,7 @@ class Hyper:
 
     lam: float
     order: int | None
-    radius: float | None = None
+    radius: float | None = TAYLOR_RADIUS
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from mec_core.methods.pairs import check_pair
+
 LAMBDA = 5e-3  # weight of the redundancy-reduction (off-diagonal) term, the paper's
 
 
@@ -19,9 +21,7 @@ def cross_correlation(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
 
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = LAMBDA) -> torch.Tensor:
     """sum_i (1 - C_ii)^2 + lambda sum_{i != j} C_ij^2 (Eq. 1)."""
-    if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have one shape, got {tuple(z1.shape)} and "
-                         f"{tuple(z2.shape)}")
+    check_pair(z1, z2)
     c = cross_correlation(z1, z2)
     diag = torch.diagonal(c)
     off = c.square().sum() - diag.square().sum()

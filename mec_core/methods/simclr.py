@@ -10,14 +10,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mec_core.methods.pairs import check_pair
+
 TEMPERATURE = 0.5  # tau of the paper's CIFAR-10 runs (Appendix B.9)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
     """Mean NT-Xent over the 2m embeddings of z1, z2 (m x d, rows of one image aligned)."""
-    if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have one shape, got {tuple(z1.shape)} and "
-                         f"{tuple(z2.shape)}")
+    check_pair(z1, z2)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     m = z1.shape[0]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mec_core.methods.pairs import check_pair
+
 INVARIANCE, VARIANCE, COVARIANCE = 25.0, 25.0, 1.0  # lambda, mu, nu of the paper
 GAMMA, EPS = 1.0, 1e-4  # target standard deviation and its numerical epsilon
 
@@ -27,9 +29,7 @@ def covariance(z: torch.Tensor) -> torch.Tensor:
 
 def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     """lambda s(Z, Z') + mu [v(Z) + v(Z')] + nu [c(Z) + c(Z')] (Eq. 6)."""
-    if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have one shape, got {tuple(z1.shape)} and "
-                         f"{tuple(z2.shape)}")
+    check_pair(z1, z2)
     a, b = z1.float(), z2.float()
     return (INVARIANCE * F.mse_loss(a, b) + VARIANCE * (variance(a) + variance(b))
             + COVARIANCE * (covariance(a) + covariance(b)))
