@@ -80,6 +80,11 @@ class Normalization:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
+    @classmethod
+    def from_dict(cls, values: dict) -> Normalization:
+        """The inverse of dataclasses.asdict, also from JSON (lists for tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
     @staticmethod
     def fit(images: torch.Tensor, image_size: int, limit: int = 10_000) -> Normalization:
         """Channel statistics of up to `limit` uint8 images (N, C, H, W)."""

@@ -1,4 +1,5 @@
-"""Checkpoint files: written atomically, found by step, loaded without running pickled code."""
+"""Checkpoint files: written atomically, found by step, loaded without running pickled code,
+and checked to be of the one format this version writes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import torch
 
+FORMAT = "mec-checkpoint/1"
 PATTERN = re.compile(r"^step_(\d{8})\.pt$")
 
 
@@ -31,23 +33,21 @@ def step_path(directory: Path, step: int) -> Path:
     return directory / f"step_{step:08d}.pt"
 
 
+def _complete(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if PATTERN.match(p.name))
+
+
 def latest(directory: Path) -> Path | None:
     """The complete checkpoint with the highest step in `directory`, or None."""
-    if not directory.is_dir():
-        return None
-    found = sorted(p for p in directory.iterdir() if PATTERN.match(p.name))
+    found = _complete(directory)
     return found[-1] if found else None
 
 
-def prune(directory: Path, keep: int) -> None:
-    """Delete all but the `keep` newest complete checkpoints."""
-    found = sorted(p for p in directory.iterdir() if PATTERN.match(p.name))
-    for old in found[:-keep]:
-        old.unlink(missing_ok=True)
-
-
 def load(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with weights_only=True: tensors and plain containers, no code."""
+    """Load a checkpoint with weights_only=True (tensors and plain containers, no code)
+    and check that it is a training checkpoint of FORMAT."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -57,4 +57,25 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]
         raise ValueError(f"{path} is not a loadable MEC checkpoint: {exc}") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path} is not a MEC checkpoint (expected keys 'model' and 'config')")
+    if ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} has checkpoint format {ckpt.get('format')!r}; this version "
+                         f"reads {FORMAT!r}")
     return ckpt
+
+
+class Checkpointer:
+    """The checkpoints of one run: `save` writes step_XXXXXXXX.pt of FORMAT atomically
+    and keeps the `keep` newest; `latest` is where a resumed run starts."""
+
+    def __init__(self, directory: Path, keep: int = 3) -> None:
+        self.directory, self.keep = directory, keep
+
+    def latest(self) -> Path | None:
+        return latest(self.directory)
+
+    def save(self, state: dict[str, Any], step: int) -> Path:
+        path = save_atomic({"format": FORMAT, "step": step, **state},
+                           step_path(self.directory, step))
+        for old in _complete(self.directory)[:-self.keep]:
+            old.unlink(missing_ok=True)
+        return path

@@ -12,11 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mec_core import checkpoint
 from mec_core.augment import Normalization, preprocess
-from mec_core.config import TrainConfig, image_size
+from mec_core.config import SMALL_IMAGE_MAX, TrainConfig, image_size
 from mec_core.data import ImageSet, load_dataset
-from mec_core.models import MECModel, build_backbone
+from mec_core.models import build_backbone, load_model
 
 
 @dataclass(frozen=True)
@@ -30,20 +29,15 @@ class FeatureSource:
 
 def from_checkpoint(path: str, device: str = "cpu") -> FeatureSource:
     """The student backbone and preprocessing stored in a training checkpoint."""
-    state = checkpoint.load(path, device)
-    config = TrainConfig(**state["config"])
-    model = MECModel.from_config(config)
-    model.load_state_dict(state["model"])
-    norm = Normalization(**{k: tuple(v) if isinstance(v, list) else v
-                            for k, v in state["normalization"].items()})
-    return FeatureSource(model.encoder.backbone.to(device).eval(), norm,
-                         f"{config.backbone} @ step {state['step']}")
+    loaded = load_model(path, device)
+    return FeatureSource(loaded.model.encoder.backbone.eval(), loaded.normalization,
+                         f"{loaded.config.backbone} @ step {loaded.step}")
 
 
 def random_init(backbone: str, train: ImageSet, size: int, seed: int = 0) -> FeatureSource:
     """The backbone at its torchvision initialisation (small stem when size <= 64)."""
     torch.manual_seed(seed)
-    net, _ = build_backbone(backbone, small_stem=size <= 64)
+    net, _ = build_backbone(backbone, small_stem=size <= SMALL_IMAGE_MAX)
     return FeatureSource(net.eval(), Normalization.fit(train.images, size),
                          f"{backbone} (random init)")
 

@@ -7,18 +7,14 @@ from pathlib import Path
 
 import torch
 
-from mec_core import checkpoint
-from mec_core.config import TrainConfig
-from mec_core.models import MECModel
+from mec_core.models import load_model
 
 
 def export(checkpoint_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
     """Write backbone.pt (torchvision state dict), encoder.pt (backbone + projector state
     dict) and model.json (architecture and preprocessing) under `out_dir`."""
-    state = checkpoint.load(checkpoint_path)
-    config = TrainConfig(**state["config"])
-    model = MECModel.from_config(config)
-    model.load_state_dict(state["model"])
+    loaded = load_model(checkpoint_path)
+    model, config = loaded.model, loaded.config
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"backbone": out / "backbone.pt", "encoder": out / "encoder.pt",
@@ -28,7 +24,8 @@ def export(checkpoint_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
     meta = {"format": "mec-encoder/1", "backbone": config.backbone,
             "small_stem": model.encoder.backbone.conv1.kernel_size == (3, 3)
             if hasattr(model.encoder.backbone, "conv1") else False,
-            "proj_dim": config.proj_dim, "step": state["step"], "config": state["config"],
-            "normalization": state["normalization"]}
+            "proj_dim": config.proj_dim, "step": loaded.step,
+            "config": loaded.checkpoint["config"],
+            "normalization": loaded.checkpoint["normalization"]}
     paths["meta"].write_text(json.dumps(meta, indent=2))
     return paths

@@ -8,15 +8,17 @@ teacher is an exponential moving average of the student's backbone and projector
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
-from mec_core.config import TrainConfig, small_stem
+from mec_core import checkpoint
+from mec_core.augment import Normalization
+from mec_core.config import BACKBONES, TrainConfig, small_stem
 from mec_core.methods import get_method
-
-BACKBONES = ("convnet", "resnet18", "resnet50")
 
 
 def _small_convnet() -> nn.Module:
@@ -147,6 +149,22 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     torch._foreach_add_(t, s, alpha=1.0 - momentum)
 
 
-def backbone_state_dict(model: MECModel) -> dict[str, torch.Tensor]:
-    """The student backbone's weights in torchvision's own format (CPU tensors)."""
-    return {k: v.detach().cpu() for k, v in model.encoder.backbone.state_dict().items()}
+@dataclass
+class Loaded:
+    """A network restored from a training checkpoint, with what it was trained with."""
+
+    model: MECModel
+    config: TrainConfig
+    normalization: Normalization
+    step: int
+    checkpoint: dict
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
+    """The network of a training checkpoint (loaded with weights_only, format checked)."""
+    state = checkpoint.load(path, device)
+    config = TrainConfig(**state["config"])
+    model = MECModel.from_config(config)
+    model.load_state_dict(state["model"])
+    return Loaded(model.to(device), config, Normalization.from_dict(state["normalization"]),
+                  int(state["step"]), state)

@@ -1,7 +1,12 @@
-"""The MEC pretraining loop: one process, or many under torchrun (DDP).
+"""The pretraining loop: one process, or many under torchrun (DDP).
+
+Read top to bottom: `setup` builds a run once (data, views, network, optimizer,
+schedules, where to resume), `train_step` is one optimizer step, `MetricsBuffer` keeps
+metrics on the device until a flush, the `Checkpointer` writes and finds checkpoints,
+and `train` is the loop that ties them together.
 
 The loop knows nothing of databases or queues: the caller plugs in `Callbacks` for
-metrics, epochs, checkpoints and cancellation. Data order and views are functions of
+metrics, checkpoints and cancellation. Data order and views are functions of
 (seed, step), and checkpoints carry model, teacher, optimizer, step and RNG state, so a
 resumed run continues with exactly the losses of an uninterrupted one.
 """
@@ -20,8 +25,9 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from mec_core import checkpoint, distributed, schedule
-from mec_core.augment import Normalization, augment, recipe_for
+from mec_core import distributed, schedule
+from mec_core.augment import Normalization, ViewRecipe, augment, recipe_for
+from mec_core.checkpoint import Checkpointer, load
 from mec_core.config import (
     TrainConfig,
     image_size,
@@ -29,14 +35,12 @@ from mec_core.config import (
     resolve_precision,
     small_images,
 )
-from mec_core.data import load_dataset
+from mec_core.data import ImageSet, load_dataset
 from mec_core.loss import mec_lambda
-from mec_core.methods import Hyper, get_method
+from mec_core.methods import Hyper, Method, get_method
 from mec_core.models import MECModel, ema_update
 from mec_core.monitor import Monitor, holdout
 from mec_core.optim import build_optimizer
-
-CHECKPOINT_FORMAT = "mec-checkpoint/1"
 
 
 class TrainingDiverged(RuntimeError):
@@ -60,8 +64,6 @@ class Callbacks:
 
     def on_metrics(self, records: list[StepMetrics]) -> None: ...
 
-    def on_epoch_end(self, epoch: int, step: int) -> None: ...
-
     def on_checkpoint(self, path: Path, step: int) -> None: ...
 
     def should_stop(self, step: int) -> bool:
@@ -78,6 +80,57 @@ class TrainResult:
     last: dict[str, float] = field(default_factory=dict)
 
 
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63 - 1)
+
+
+class DataOrder:
+    """Which rows of the training set a step (and this rank) takes: a permutation per
+    epoch, a function of (seed, epoch) only."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, world: distributed.World) -> None:
+        self.n, self.batch, self.seed, self.world = n, batch_size, seed, world
+        self.local = batch_size // world.size
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def rows(self, step: int, steps_per_epoch: int) -> torch.Tensor:
+        epoch, i = divmod(step, steps_per_epoch)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(_step_seed(self.seed, -1 - epoch))
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
+        batch = self._perm[i * self.batch:(i + 1) * self.batch]
+        return batch[self.world.rank * self.local:(self.world.rank + 1) * self.local]
+
+
+@dataclass
+class Run:
+    """Everything a run needs, built once by `setup`."""
+
+    config: TrainConfig
+    world: distributed.World
+    data: ImageSet
+    images: torch.Tensor  # the training set on the device, uint8
+    order: DataOrder
+    norm: Normalization
+    views: tuple[ViewRecipe, ViewRecipe]
+    method: Method
+    model: MECModel
+    net: nn.Module  # the model, wrapped for DDP when there are several processes
+    optimizer: torch.optim.Optimizer
+    autocast: contextlib.AbstractContextManager
+    scaler: torch.amp.GradScaler | None
+    monitor: Monitor | None
+    checkpointer: Checkpointer
+    steps_per_epoch: int
+    total: int
+    start: int  # steps already done (resumed from a checkpoint)
+    resumed_from: Path | None
+    warm_lr: int
+    warm_lam: int
+    peak_lr: float
+    lam: float
+
+
 def _autocast(config: TrainConfig, device: torch.device):
     precision = resolve_precision(config, device.type)
     if precision == "fp32":
@@ -87,47 +140,17 @@ def _autocast(config: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype), scaler
 
 
-def _step_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step) % (2**63 - 1)
-
-
-class _MetricsFile:
-    """metrics.jsonl: one JSON object per step; on resume, lines past the checkpoint go."""
-
-    def __init__(self, path: Path, keep_through: int) -> None:
-        self.path = path
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= keep_through]
-            path.write_text("".join(line + "\n" for line in kept))
-
-    def write(self, records: list[StepMetrics]) -> None:
-        with self.path.open("a") as f:
-            for r in records:
-                f.write(json.dumps({"step": r.step, "epoch": r.epoch, **r.values}) + "\n")
-
-
-def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None = None,
-          resume: bool = True, keep_checkpoints: int = 3) -> TrainResult:
-    """Pretrain with MEC; write checkpoints and metrics.jsonl under `out_dir`.
-
-    With `resume`, continue from the newest complete checkpoint in `out_dir/checkpoints`.
-    Raises TrainingDiverged on a NaN/inf loss (the newest checkpoint is the last good one).
-    """
-    callbacks = callbacks or Callbacks()
-    out = Path(out_dir)
-    ckpt_dir = out / "checkpoints"
+def setup(config: TrainConfig, out: Path, resume: bool, keep_checkpoints: int = 3) -> Run:
+    """Data, views, network, optimizer and schedules of a run; restored from the newest
+    checkpoint under `out/checkpoints` when `resume`."""
     world = distributed.setup(resolve_device(config))
     device = world.device
     if config.batch_size % world.size:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
                          f"{world.size} processes")
-    local_batch = config.batch_size // world.size
-
     data = load_dataset(config.dataset, "train", config.data_dir, config.image_size)
-    monitor_every = config.monitor_every
     held_out = None
-    if monitor_every != 0:  # held out of the whole split, so train_limit keeps its meaning
+    if config.monitor_every != 0:  # held out of the whole split: train_limit keeps its meaning
         data, held_out = holdout(data)
     data = data.head(config.train_limit)
     steps_per_epoch = len(data) // config.batch_size
@@ -137,25 +160,18 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
     total = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total = min(total, config.max_steps)
-    if monitor_every is None:
-        monitor_every = max(1, total // 10)
     norm = Normalization.fit(data.images, image_size(config))
-    views = recipe_for(config.augmentation, data.channels, config.crop_min_scale,
-                       small=small_images(config))
-    images = data.images.to(device)
 
     torch.manual_seed(config.seed)
-    method = get_method(config.method)
     model = MECModel.from_config(config).to(device)
-    channels_last = config.channels_last is not False  # None (default): on
-    if channels_last:
+    if config.channels_last is not False:  # None (default): on
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
-
+    checkpointer = Checkpointer(out / "checkpoints", keep_checkpoints)
+    resumed_from = checkpointer.latest() if resume else None
     start = 0
-    last_path = checkpoint.latest(ckpt_dir) if resume else None
-    if last_path is not None:
-        state = checkpoint.load(last_path, device)
+    if resumed_from is not None:
+        state = load(resumed_from, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -166,136 +182,185 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
             distributed.sync_batchnorm(model, device),
             device_ids=[device.index] if device.type == "cuda" else None)
 
-    m, d = config.batch_size, config.proj_dim
-    lam = mec_lambda(m, d, config.eps_sq)
-    # warm-ups take at most a tenth of the run, so a short run is not all warm-up
-    warm_lr = min(round(config.warmup_epochs * steps_per_epoch), total // 10)
-    warm_lam = min(round(config.lambda_warmup_epochs * steps_per_epoch), total // 10)
-    peak_lr = config.base_lr * config.batch_size / 256
+    every = config.monitor_every if config.monitor_every is not None else max(1, total // 10)
+    monitor = Monitor(data, held_out, norm, every, device) if held_out else None
     autocast, scaler = _autocast(config, device)
-    monitor = Monitor(data, held_out, norm, monitor_every, device) if held_out else None
-    metrics_file = _MetricsFile(out / "metrics.jsonl", start) if world.is_main else None
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        callbacks.on_start(start, total, steps_per_epoch)
+    return Run(
+        config=config, world=world, data=data, images=data.images.to(device),
+        order=DataOrder(len(data), config.batch_size, config.seed, world), norm=norm,
+        views=recipe_for(config.augmentation, data.channels, config.crop_min_scale,
+                         small=small_images(config)),
+        method=get_method(config.method), model=model, net=net, optimizer=optimizer,
+        autocast=autocast, scaler=scaler, monitor=monitor, checkpointer=checkpointer,
+        steps_per_epoch=steps_per_epoch, total=total, start=start, resumed_from=resumed_from,
+        # warm-ups take at most a tenth of the run, so a short run is not all warm-up
+        warm_lr=min(round(config.warmup_epochs * steps_per_epoch), total // 10),
+        warm_lam=min(round(config.lambda_warmup_epochs * steps_per_epoch), total // 10),
+        peak_lr=config.base_lr * config.batch_size / 256,
+        lam=mec_lambda(config.batch_size, config.proj_dim, config.eps_sq))
 
-    # (step, epoch, values kept on the device until the next flush, host floats)
-    pending: list[tuple[int, int, dict[str, torch.Tensor | float], dict[str, float]]] = []
-    last: dict[str, float] = {}
-    saved: Path | None = last_path
-    tick, tick_step = time.perf_counter(), start
 
-    def flush() -> None:
-        """Move pending metrics to the host (one sync), check them, hand them on."""
-        nonlocal tick, tick_step, last
-        if not pending:
+def batch_views(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two augmented views of this step's batch (this rank's share of it)."""
+    m, offset = run.config.batch_size, run.world.rank * run.order.local
+    with record_function("mec.augment"):
+        rows = run.order.rows(step, run.steps_per_epoch)
+        batch = run.images[rows.to(run.images.device)]
+        gen = torch.Generator().manual_seed(_step_seed(run.config.seed, step))
+        x1 = augment(batch, run.views[0], run.norm, gen, m, offset)
+        x2 = augment(batch, run.views[1], run.norm, gen, m, offset)
+        if run.config.channels_last is not False:
+            x1 = x1.contiguous(memory_format=torch.channels_last)
+            x2 = x2.contiguous(memory_format=torch.channels_last)
+    return x1, x2
+
+
+def train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor,
+               step: int) -> dict[str, torch.Tensor | float]:
+    """One optimizer step at `step` (steps done so far); returns its metrics, tensors
+    left on the device."""
+    config = run.config
+    lr = schedule.learning_rate(step, run.total, run.warm_lr, run.peak_lr)
+    lam_inv = schedule.lambda_inv(step, run.warm_lam, run.lam, config.lambda_warmup_factor)
+    tau = schedule.teacher_momentum(step, run.total, config.teacher_momentum)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    with record_function("mec.forward"), run.autocast:
+        s1, s2, t1, t2 = run.net(x1, x2)
+    with record_function("mec.loss"):
+        out = run.method.objective(*(distributed.gather(t) for t in (s1, s2, t1, t2)),
+                                   Hyper(1.0 / lam_inv, config.order, config.taylor_radius))
+    run.optimizer.zero_grad(set_to_none=True)
+    with record_function("mec.backward"):
+        (out["loss"] if run.scaler is None else run.scaler.scale(out["loss"])).backward()
+    with record_function("mec.optimizer"):
+        if run.scaler is None:
+            run.optimizer.step()
+        else:
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+    if run.model.teacher is not None:
+        with record_function("mec.ema"):
+            ema_update(run.model.teacher, run.model.encoder, tau)
+    return {k: v.detach() for k, v in out.items()} | {"lr": lr} \
+        | ({"lambda_inv": lam_inv} if config.method == "mec" else {}) \
+        | ({"teacher_momentum": tau} if run.model.teacher is not None else {})
+
+
+class MetricsBuffer:
+    """Metrics of the steps since the last flush, kept on the device; `flush` moves them
+    to the host in one sync, checks that they are finite, appends them to metrics.jsonl
+    and hands them to the callbacks (rank 0). On resume, lines past the checkpoint go."""
+
+    def __init__(self, path: Path, keep_through: int, run: Run, callbacks: Callbacks) -> None:
+        self.path, self.run, self.callbacks = path, run, callbacks
+        self.pending: list[tuple[int, int, dict[str, torch.Tensor | float], dict]] = []
+        self.last: dict[str, float] = {}
+        self.tick, self.tick_step = time.perf_counter(), keep_through
+        if run.world.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists():
+                kept = [line for line in path.read_text().splitlines()
+                        if line.strip() and json.loads(line)["step"] <= keep_through]
+                path.write_text("".join(line + "\n" for line in kept))
+
+    def add(self, step: int, epoch: int, values: dict, host_values: dict[str, float]) -> None:
+        self.pending.append((step, epoch, values, host_values))
+
+    def flush(self, last_good: Path | None) -> None:
+        """Raises TrainingDiverged on a non-finite value, naming `last_good` checkpoint."""
+        if not self.pending:
             return
-        names = list(pending[0][2])
+        names = list(self.pending[0][2])
+        device = self.run.world.device
         table = torch.stack([torch.stack([torch.as_tensor(p[2][k], dtype=torch.float32,
                                                           device=device) for k in names])
-                             for p in pending]).tolist()
+                             for p in self.pending]).tolist()
         now = time.perf_counter()
-        speed = (pending[-1][0] - tick_step) * config.batch_size / max(now - tick, 1e-9)
-        tick, tick_step = now, pending[-1][0]
+        last_step = self.pending[-1][0]
+        speed = (last_step - self.tick_step) * self.run.config.batch_size / max(now - self.tick,
+                                                                                1e-9)
+        self.tick, self.tick_step = now, last_step
         records = [StepMetrics(s, e, dict(zip(names, row)) | extra)
-                   for (s, e, _, extra), row in zip(pending, table)]
+                   for (s, e, _, extra), row in zip(self.pending, table)]
         records[-1].values["images_per_sec"] = speed
-        pending.clear()
+        self.pending.clear()
         for r in records:
             if not all(math.isfinite(v) for v in r.values.values()):
-                where = f"the last good checkpoint is {saved}" if saved else \
+                where = f"the last good checkpoint is {last_good}" if last_good else \
                     "no checkpoint was saved before it"
                 raise TrainingDiverged(f"loss is not finite at step {r.step} "
                                        f"({r.values}); {where}")
-        last = records[-1].values
-        if world.is_main:
-            metrics_file.write(records)
-            callbacks.on_metrics(records)
+        self.last = records[-1].values
+        if self.run.world.is_main:
+            with self.path.open("a") as f:
+                for r in records:
+                    f.write(json.dumps({"step": r.step, "epoch": r.epoch, **r.values}) + "\n")
+            self.callbacks.on_metrics(records)
 
-    def save(step: int, epoch: int) -> None:
-        nonlocal saved
-        if world.is_main:
-            state = {"format": CHECKPOINT_FORMAT, "config": config.model_dump(mode="json"),
-                     "step": step, "epoch": epoch, "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(),
-                     "normalization": dataclasses.asdict(norm),
-                     "rng": {"torch": torch.get_rng_state()}}
-            saved = checkpoint.save_atomic(state, checkpoint.step_path(ckpt_dir, step))
-            checkpoint.prune(ckpt_dir, keep_checkpoints)
-            callbacks.on_checkpoint(saved, step)
-        if world.size > 1:
-            torch.distributed.barrier()
 
-    net.train()
+def save(run: Run, step: int, epoch: int, callbacks: Callbacks) -> Path | None:
+    """Checkpoint the run at `step` (rank 0 writes, every rank waits); the path on rank 0."""
+    path = None
+    if run.world.is_main:
+        path = run.checkpointer.save({
+            "config": run.config.model_dump(mode="json"), "epoch": epoch,
+            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "normalization": dataclasses.asdict(run.norm),
+            "rng": {"torch": torch.get_rng_state()}}, step)
+        callbacks.on_checkpoint(path, step)
+    if run.world.size > 1:
+        torch.distributed.barrier()
+    return path
+
+
+def _agreed(run: Run, stop: bool) -> bool:
+    """Every rank must leave the loop at the same step: stop if any rank stops."""
+    if run.world.size == 1:
+        return stop
+    flag = torch.tensor([float(stop)], device=run.world.device)
+    torch.distributed.all_reduce(flag)
+    return bool(flag.item())
+
+
+def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None = None,
+          resume: bool = True, keep_checkpoints: int = 3) -> TrainResult:
+    """Pretrain; write checkpoints and metrics.jsonl under `out_dir`.
+
+    With `resume`, continue from the newest complete checkpoint in `out_dir/checkpoints`.
+    Raises TrainingDiverged on a NaN/inf loss (the newest checkpoint is the last good one).
+    """
+    callbacks = callbacks or Callbacks()
+    out = Path(out_dir)
+    run = setup(config, out, resume, keep_checkpoints)
+    metrics = MetricsBuffer(out / "metrics.jsonl", run.start, run, callbacks)
+    if run.world.is_main:
+        callbacks.on_start(run.start, run.total, run.steps_per_epoch)
+    saved = run.resumed_from
+    step, stopped = run.start, False
+    run.net.train()
     started = time.perf_counter()
-    perm, perm_epoch = None, -1
-    stopped = False
-    step = start
-    while step < total:
-        epoch, i = divmod(step, steps_per_epoch)
-        if epoch != perm_epoch:  # data order is a function of (seed, epoch)
-            gen = torch.Generator().manual_seed(_step_seed(config.seed, -1 - epoch))
-            perm, perm_epoch = torch.randperm(len(data), generator=gen), epoch
-        rows = perm[i * m:(i + 1) * m][world.rank * local_batch:(world.rank + 1) * local_batch]
-        with record_function("mec.augment"):
-            batch = images[rows.to(device)]
-            gen = torch.Generator().manual_seed(_step_seed(config.seed, step))
-            x1 = augment(batch, views[0], norm, gen, m, world.rank * local_batch)
-            x2 = augment(batch, views[1], norm, gen, m, world.rank * local_batch)
-            if channels_last:
-                x1 = x1.contiguous(memory_format=torch.channels_last)
-                x2 = x2.contiguous(memory_format=torch.channels_last)
-
-        lr = schedule.learning_rate(step, total, warm_lr, peak_lr)
-        lam_inv = schedule.lambda_inv(step, warm_lam, lam, config.lambda_warmup_factor)
-        tau = schedule.teacher_momentum(step, total, config.teacher_momentum)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with record_function("mec.forward"), autocast:
-            s1, s2, t1, t2 = net(x1, x2)
-        with record_function("mec.loss"):
-            out_ = method.objective(*(distributed.gather(t) for t in (s1, s2, t1, t2)),
-                                    Hyper(1.0 / lam_inv, config.order, config.taylor_radius))
-        optimizer.zero_grad(set_to_none=True)
-        with record_function("mec.backward"):
-            (out_["loss"] if scaler is None else scaler.scale(out_["loss"])).backward()
-        with record_function("mec.optimizer"):
-            if scaler is None:
-                optimizer.step()
-            else:
-                scaler.step(optimizer)
-                scaler.update()
-        if model.teacher is not None:
-            with record_function("mec.ema"):
-                ema_update(model.teacher, model.encoder, tau)
+    while step < run.total:
+        epoch = step // run.steps_per_epoch
+        x1, x2 = batch_views(run, step)
+        values = train_step(run, x1, x2, step)
         step += 1
         observed = {}
-        elapsed = time.perf_counter() - started
-        if monitor is not None and world.is_main and (monitor.due(step, elapsed) or
-                                                      step == total):
-            with record_function("mec.monitor"), autocast:
-                observed = monitor(model.encoder.backbone)
-        scalars = {"lr": lr} | ({"lambda_inv": lam_inv} if config.method == "mec" else {}) \
-            | ({"teacher_momentum": tau} if model.teacher is not None else {})
-        pending.append((step, epoch, {k: v.detach() for k, v in out_.items()} | scalars,
-                        observed))
+        if run.monitor is not None and run.world.is_main and (
+                step == run.total or run.monitor.due(step, time.perf_counter() - started)):
+            with record_function("mec.monitor"), run.autocast:
+                observed = run.monitor(run.model.encoder.backbone)
+        metrics.add(step, epoch, values, observed)
 
-        stop = callbacks.should_stop(step)
-        if world.size > 1:  # every rank must leave the loop at the same step
-            flag = torch.tensor([float(stop)], device=device)
-            torch.distributed.all_reduce(flag)
-            stop = bool(flag.item())
-        end_of_epoch = step % steps_per_epoch == 0
-        due = step % config.checkpoint_every == 0 or step == total or stop
-        if due or end_of_epoch or step % config.log_every == 0:
-            flush()  # before any checkpoint: a saved checkpoint never holds a NaN step
+        stop = _agreed(run, callbacks.should_stop(step))
+        due = step % config.checkpoint_every == 0 or step == run.total or stop
+        if due or step % run.steps_per_epoch == 0 or step % config.log_every == 0:
+            metrics.flush(saved)  # before any checkpoint: none ever holds a NaN step
         if due:
-            save(step, epoch)
-        if end_of_epoch and world.is_main:
-            callbacks.on_epoch_end(epoch, step)
+            saved = save(run, step, epoch, callbacks) or saved
         if stop:
             stopped = True
             break
-
     seconds = max(time.perf_counter() - started, 1e-9)
-    return TrainResult(step, total, stopped, saved, (step - start) * m / seconds, last)
+    return TrainResult(step, run.total, stopped, saved,
+                       (step - run.start) * config.batch_size / seconds, metrics.last)

@@ -29,8 +29,7 @@ class Embedder:
         self.net = model.encoder if projector else model.encoder.backbone
         self.net.to(device).eval()
         self.device = device
-        self.norm = Normalization(**{k: tuple(v) if isinstance(v, list) else v
-                                     for k, v in meta["normalization"].items()})
+        self.norm = Normalization.from_dict(meta["normalization"])
         self.version = f"{meta['backbone']}@step{meta['step']}"
         self.projector = projector
 

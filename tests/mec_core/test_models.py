@@ -1,10 +1,15 @@
 """Encoders: contract tests over every registered backbone, the EMA teacher, export."""
 
+import dataclasses
+
 import pytest
 import torch
 import torchvision
 
-from mec_core.models import BACKBONES, MECModel, backbone_state_dict, build_backbone, ema_update
+from mec_core.augment import Normalization
+from mec_core.checkpoint import Checkpointer
+from mec_core.config import BACKBONES, TrainConfig
+from mec_core.models import MECModel, build_backbone, ema_update, load_model
 
 
 @pytest.mark.parametrize("name", BACKBONES)
@@ -80,7 +85,27 @@ def test_ema_update__is_the_momentum_average():
         assert torch.equal(new, student)
 
 
-def test_backbone_state_dict__is_the_students_backbone():
-    model = _model()
-    state = backbone_state_dict(model)
-    assert state.keys() == model.encoder.backbone.state_dict().keys()
+def test_load_model__restores_a_checkpoint_and_refuses_another_format(tmp_path):
+    config = TrainConfig(dataset="synthetic", backbone="convnet", proj_dim=16,
+                         pred_hidden_dim=8)
+    model = MECModel.from_config(config)
+    for p in model.parameters():
+        p.data.normal_()
+    norm = Normalization(32, 3, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
+    checkpointer = Checkpointer(tmp_path, keep=2)
+    path = checkpointer.save({"config": config.model_dump(mode="json"),
+                              "model": model.state_dict(),
+                              "normalization": dataclasses.asdict(norm)}, step=7)
+    loaded = load_model(path)
+    assert loaded.step == 7 and loaded.config == config and loaded.normalization == norm
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value)
+    other = tmp_path / "other.pt"
+    torch.save({**torch.load(path, weights_only=True), "format": "mec-checkpoint/0"}, other)
+    with pytest.raises(ValueError, match="format 'mec-checkpoint/0'"):
+        load_model(other)
+    other.unlink()
+    for step in (8, 9):  # only the `keep` newest stay
+        checkpointer.save({"config": {}, "model": {}}, step)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000008.pt",
+                                                          "step_00000009.pt"]
