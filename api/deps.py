@@ -8,11 +8,11 @@ from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from api import keys
-from api.db import REQUEST_SESSIONS, get_session, release
-from api.models import ApiKey, Job, Model
 from api.rate_limit import limiter
-from api.schemas import ID_MAX
+from mec_platform import keys
+from mec_platform.db import REQUEST_SESSIONS, end_read, get_session
+from mec_platform.specs import ID_MAX
+from mec_platform.tables import ApiKey, Job, Model
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function",
                                          max_concurrency=REQUEST_SESSIONS)]
@@ -29,7 +29,7 @@ def current_key(session: SessionDep,
     key = keys.lookup(session, credentials.credentials)
     if key is None:
         raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
-    release(session)
+    end_read(session)
     if key.revoked_at is not None:
         raise HTTPException(403, f"API key {key.prefix}... was revoked")
     return key
@@ -48,7 +48,7 @@ def submission_quota(key: CurrentKey, request: Request) -> None:
 
 def job_or_404(job_id: Annotated[int, Path(ge=1, le=ID_MAX)], session: SessionDep) -> Job:
     job = session.get(Job, job_id)
-    release(session)
+    end_read(session)
     if job is None:
         raise HTTPException(404, f"job {job_id} not found")
     return job
@@ -57,7 +57,7 @@ def job_or_404(job_id: Annotated[int, Path(ge=1, le=ID_MAX)], session: SessionDe
 def model_or_404(model_id: Annotated[int, Path(ge=1, le=ID_MAX)], session: SessionDep
                  ) -> Model:
     model = session.get(Model, model_id)
-    release(session)
+    end_read(session)
     if model is None:
         raise HTTPException(404, f"model {model_id} not found")
     return model

@@ -7,6 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.routes import jobs, models, system
+from mec_platform.jobs import JobKind
 
 app = FastAPI(
     title="MEC platform",
@@ -21,8 +22,8 @@ app.include_router(system.router)
 
 def _field(loc) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    # drop the discriminator's tag ("pretrain"/"evaluate") that pydantic puts in the path
-    return ".".join(p for p in parts if p not in ("pretrain", "evaluate")) or "body"
+    # drop the discriminator's tag (the job kind) that pydantic puts in the path
+    return ".".join(p for p in parts if p not in set(JobKind)) or "body"
 
 
 @app.exception_handler(RequestValidationError)

@@ -6,7 +6,7 @@ import threading
 import time
 from functools import lru_cache
 
-from api.settings import get_settings
+from mec_platform.settings import get_settings
 
 
 class TokenBucket:

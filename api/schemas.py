@@ -1,4 +1,5 @@
-"""Request and response bodies. A pretraining job's `config` *is* mec_core's TrainConfig."""
+"""Request and response bodies, and the public views of database rows. A pretraining
+job's `config` *is* mec_core's TrainConfig."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mec_core.config import DatasetName, TrainConfig
+from mec_core.config import TrainConfig
+from mec_platform.jobs import JobKind, JobStatus
+from mec_platform.queue import Queue
+from mec_platform.specs import EvaluateSpec
+from mec_platform.tables import Job, utcnow
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
-
-
-ID_MAX = 2**31 - 1  # ids, steps and offsets are PostgreSQL INTEGER columns
 
 class _JobFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -28,8 +29,8 @@ class _JobFields(BaseModel):
 class PretrainJobCreate(_JobFields):
     """Pretrain an encoder with MEC; `config` has the fields of `mec train`."""
 
-    kind: Literal["pretrain"]
-    queue: Literal["gpu", "cpu"] = Field("gpu", description="Worker queue that runs the job.")
+    kind: Literal[JobKind.PRETRAIN]
+    queue: Queue = Field(Queue.GPU, description="Worker queue that runs the job.")
     config: TrainConfig
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
@@ -38,30 +39,11 @@ class PretrainJobCreate(_JobFields):
                    "batch_size": 256, "proj_dim": 512}}]})
 
 
-class EvaluateSpec(BaseModel):
-    """Frozen-feature evaluation of a finished pretraining job."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    job_id: int = Field(ge=1, le=ID_MAX, description="The succeeded pretraining (or import) "
-                        "job whose model to evaluate.")
-    protocol: Literal["knn", "linear"] = Field("knn", description="Weighted kNN or linear probe.")
-    dataset: DatasetName | None = Field(None, description="Default: the job's training set.")
-    data_dir: str | None = Field(None, max_length=1000, description="Dataset directory.")
-    k: int = Field(200, ge=1, le=10_000, description="kNN neighbours.")
-    temperature: float = Field(0.1, gt=0, le=10.0, description="kNN vote temperature.")
-    steps: int = Field(100, ge=1, le=10_000, description="L-BFGS iterations of the probe.")
-    train_limit: int | None = Field(None, ge=1, le=ID_MAX,
-                                    description="Use the first N train images.")
-    test_limit: int | None = Field(None, ge=1, le=ID_MAX,
-                                   description="Use the first N test images.")
-
-
 class EvaluateJobCreate(_JobFields):
     """Evaluate the encoder of a finished pretraining job (kNN or linear probe)."""
 
-    kind: Literal["evaluate"]
-    queue: Literal["gpu", "cpu"] = Field("cpu", description="Worker queue that runs the job.")
+    kind: Literal[JobKind.EVALUATE]
+    queue: Queue = Field(Queue.CPU, description="Worker queue that runs the job.")
     config: EvaluateSpec
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
@@ -81,11 +63,11 @@ class Progress(BaseModel):
 
 class JobPublic(BaseModel):
     id: int
-    kind: str
+    kind: JobKind
     name: str
     tags: list[str]
     priority: int
-    queue: str
+    queue: Queue
     status: JobStatus
     config: dict[str, Any]
     progress: Progress
@@ -103,6 +85,27 @@ class JobPublic(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+def public(job: Job, now: datetime | None = None) -> JobPublic:
+    """The API view of a job, with progress and ETA derived from its counters."""
+    total = job.total_steps
+    percent = 100.0 if job.status == JobStatus.SUCCEEDED else (
+        100.0 * job.step / total if total else 0.0)
+    eta = None
+    if job.status == JobStatus.RUNNING and total and job.step and job.started_at:
+        elapsed = ((now or utcnow()) - job.started_at).total_seconds()
+        eta = elapsed / job.step * (total - job.step)
+    return JobPublic(
+        id=job.id, kind=job.kind, name=job.name, tags=job.tags, priority=job.priority,
+        queue=job.queue, status=job.status, config=job.config,
+        progress=Progress(step=job.step, total_steps=total, epoch=job.epoch,
+                          steps_per_epoch=job.steps_per_epoch, percent=round(percent, 2)),
+        eta_seconds=eta, last_metrics=job.last_metrics, result=job.result, error=job.error,
+        cancel_requested=job.cancel_requested, attempts=job.attempts,
+        resumes=max(job.attempts - 1, 0), checkpoint=job.checkpoint,
+        worker_host=job.worker_host, device=job.device, created_at=job.created_at,
+        started_at=job.started_at, finished_at=job.finished_at)
 
 
 class JobsPublic(BaseModel):
@@ -132,26 +135,6 @@ class EvaluationPublic(BaseModel):
     top1: float
     top5: float
     created_at: datetime
-
-
-class DeploySpec(BaseModel):
-    """How to serve a model with TorchServe."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    workers: int = Field(1, ge=1, le=16, description="TorchServe workers per endpoint.")
-    batch_size: int = Field(8, ge=1, le=256, description="Largest dynamic batch.")
-    max_batch_delay_ms: int = Field(20, ge=0, le=10_000, description="How long TorchServe "
-                                    "waits to fill a batch.")
-    gallery_dataset: DatasetName | None = Field(None, description="kNN gallery; default: "
-                                                "the model's training set.")
-    gallery_data_dir: str | None = Field(None, max_length=1000)
-    gallery_split: Literal["train", "test"] = "train"
-    gallery_limit: int | None = Field(None, ge=1, le=ID_MAX,
-                                      description="First N gallery items only.")
-    drain_seconds: float = Field(5.0, ge=0, le=600, description="On re-deploy, how long the "
-                                 "old version keeps finishing its queued requests after the "
-                                 "new one takes the traffic.")
 
 
 class ModelPublic(BaseModel):

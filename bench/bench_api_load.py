@@ -28,7 +28,7 @@ import numpy as np
 import psycopg
 import redis
 
-from serving.torchserve import free_port
+from serving.torchserve import unused_port
 
 PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_DB = 8
@@ -88,11 +88,13 @@ def run(submissions: int, reads: int) -> list[dict]:
         "MEC_SUBMIT_RATE_PER_MINUTE": "1000000", "MEC_SUBMIT_BURST": "1000000"}
     api = None
     try:
-        subprocess.run([sys.executable, "-m", "api.cli", "db", "upgrade"], env=env, check=True,
+        subprocess.run([sys.executable, "-m", "mec_platform.cli", "db", "upgrade"], env=env,
+                       check=True,
                        capture_output=True)
-        key = subprocess.run([sys.executable, "-m", "api.cli", "keys", "create", "--name", "load"],
+        key = subprocess.run([sys.executable, "-m", "mec_platform.cli", "keys", "create",
+                              "--name", "load"],
                              env=env, check=True, capture_output=True, text=True).stdout.strip()
-        port = free_port()
+        port = unused_port()
         url = f"http://127.0.0.1:{port}"
         api = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host",
                                 "127.0.0.1", "--port", str(port), "--log-level", "warning"],

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from api.db import session_scope
-from api.migrate import upgrade
-from api.models import Job
-from api.settings import get_settings
 from mec_core.train import StepMetrics
+from mec_platform.db import session_scope
+from mec_platform.migrate import upgrade
+from mec_platform.settings import get_settings
+from mec_platform.tables import Job
 from worker.callbacks import DatabaseCallbacks
 
 NAMES = ("loss", "coding_length", "spectral_norm", "lr", "lambda_inv", "teacher_momentum",
@@ -47,9 +47,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--log-every", type=int, default=10)
     args = parser.parse_args()
-    upgrade(get_settings().db_url)
+    upgrade(get_settings().database_url)
     per_step = measure(args.steps, args.log_every)
-    backend = get_settings().db_url.split(":")[0]
+    backend = get_settings().database_url.split(":")[0]
     print(f"{backend}: {args.steps} steps x {len(NAMES)} metrics, flush every "
           f"{args.log_every} steps: {1e3 * per_step:.3f} ms per step")
 

@@ -35,7 +35,7 @@ from mec_core.data import synthetic
 from mec_core.train import train
 from serving.package import package
 from serving.service import Service
-from serving.torchserve import LocalTorchServe, free_port
+from serving.torchserve import LocalTorchServe, unused_port
 
 
 def pngs(n: int) -> list[bytes]:
@@ -121,7 +121,7 @@ def main() -> None:
         service.run([service.parse({"body": images[0]})])  # warm-up
         direct = {c: in_process(service, images, min(c, args.batch_size), args.duration / 2)
                   for c in args.concurrency}
-    ts = LocalTorchServe(root / "ts", store, *(free_port() for _ in range(3))).start()
+    ts = LocalTorchServe(root / "ts", store, *(unused_port() for _ in range(3))).start()
     try:
         ts.management().register("bench.mar", workers=args.workers, batch_size=args.batch_size,
                                  max_batch_delay_ms=args.max_batch_delay_ms)

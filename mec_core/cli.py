@@ -13,9 +13,7 @@ import click
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from mec_core.config import TrainConfig
-from mec_core.data import DATASETS
-from mec_core.models import BACKBONES
+from mec_core.config import BACKBONES, DATASETS, TrainConfig
 
 NONE = "none"  # `--order none`: set a field whose default is not None to None
 

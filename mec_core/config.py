@@ -9,7 +9,7 @@ the config.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -17,6 +17,8 @@ DatasetName = Literal["digits", "fashion-mnist", "cifar10", "imagefolder", "synt
 BackboneName = Literal["convnet", "resnet18", "resnet50"]
 MethodName = Literal["mec", "simclr", "byol", "simsiam", "barlow_twins", "vicreg"]
 RecipeName = Literal["auto", "small", "imagenet"]
+DATASETS: tuple[str, ...] = get_args(DatasetName)
+BACKBONES: tuple[str, ...] = get_args(BackboneName)
 
 # Side of each dataset's images; imagefolder images are resized to 224 by default.
 NATIVE_SIZE = {"digits": 16, "fashion-mnist": 28, "cifar10": 32, "synthetic": 32,

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mec_core.config import NATIVE_SIZE
+from mec_core.config import DATASETS, NATIVE_SIZE
 
-DATASETS = ("digits", "fashion-mnist", "cifar10", "imagefolder", "synthetic")
 DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

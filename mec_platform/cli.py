@@ -20,10 +20,10 @@ def db() -> None:
               "embedded SQLite file].")
 def upgrade(url: str | None) -> None:
     """Apply all migrations; safe to run again."""
-    from api.migrate import upgrade as run
-    from api.settings import get_settings
+    from mec_platform.migrate import upgrade as run
+    from mec_platform.settings import get_settings
 
-    run(url or get_settings().db_url)
+    run(url or get_settings().database_url)
     click.echo("database schema is up to date")
 
 
@@ -36,8 +36,8 @@ def keys() -> None:
 @click.option("--name", required=True, help="Who or what uses the key.")
 def keys_create(name: str) -> None:
     """Create a key and print it once (only its hash is stored)."""
-    from api import keys as api_keys
-    from api.db import session_scope
+    from mec_platform import keys as api_keys
+    from mec_platform.db import session_scope
 
     with session_scope() as s:
         row, plain = api_keys.create(s, name)
@@ -50,8 +50,8 @@ def keys_create(name: str) -> None:
 @click.argument("ident")
 def keys_revoke(ident: str) -> None:
     """Revoke a key by id or by its first 12 characters."""
-    from api import keys as api_keys
-    from api.db import session_scope
+    from mec_platform import keys as api_keys
+    from mec_platform.db import session_scope
 
     with session_scope() as s:
         if not api_keys.revoke(s, ident):
@@ -64,8 +64,8 @@ def keys_list() -> None:
     """Keys with their id, prefix, name and state."""
     from sqlalchemy import select
 
-    from api.db import session_scope
-    from api.models import ApiKey
+    from mec_platform.db import session_scope
+    from mec_platform.tables import ApiKey
 
     with session_scope() as s:
         for k in s.scalars(select(ApiKey).order_by(ApiKey.id)):
@@ -88,7 +88,7 @@ def _port_options(func):
 
 
 def _data_dir(value: str | None) -> Path:
-    from api.settings import get_settings
+    from mec_platform.settings import get_settings
 
     return Path(value) if value else get_settings().data_dir
 
@@ -99,7 +99,7 @@ def _data_dir(value: str | None) -> Path:
 @_port_options
 def up(data_dir, api_port, inference_port, management_port, metrics_port) -> None:
     """Start the API, a worker and TorchServe as local processes, and leave them running."""
-    from api.stack import Ports, Stack
+    from mec_platform.stack import Ports, Stack
 
     stack = Stack(_data_dir(data_dir), Ports(api_port, inference_port, management_port,
                                              metrics_port))
@@ -116,7 +116,7 @@ def up(data_dir, api_port, inference_port, management_port, metrics_port) -> Non
 @click.option("--data-dir", default=None, help="Data directory of the stack to stop.")
 def down(data_dir) -> None:
     """Stop what `mec up` started."""
-    from api.stack import Ports, Stack
+    from mec_platform.stack import Ports, Stack
 
     stopped = Stack(_data_dir(data_dir), Ports()).down()
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
@@ -138,8 +138,8 @@ def demo(dataset, epochs, train_limit, max_steps, data_dir, as_json) -> None:
 
     from rich.console import Console
 
-    from api.demo import DemoFailed, run
     from mec_core.data import DEFAULT_DIRS
+    from mec_platform.demo import DemoFailed, run
 
     if dataset == "auto":
         dataset = "fashion-mnist" if Path(DEFAULT_DIRS["fashion-mnist"]).is_dir() else "digits"

@@ -7,11 +7,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.settings import get_settings
+from mec_platform.settings import get_settings
 
 # At most REQUEST_SESSIONS requests of one API process hold a session (the others wait,
 # holding neither a thread nor a connection), fewer than the pool's connections: a request
@@ -23,6 +24,9 @@ POOL = {"pool_size": 10, "max_overflow": 40}
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:":  # the embedded file's folder may be new
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
                                **POOL)
 
@@ -40,7 +44,7 @@ def make_engine(url: str) -> Engine:
 
 @lru_cache
 def engine() -> Engine:
-    return make_engine(get_settings().db_url)
+    return make_engine(get_settings().database_url)
 
 
 @lru_cache
@@ -71,9 +75,10 @@ async def get_session() -> AsyncIterator[Session]:
         session.close()
 
 
-def release(session: Session) -> None:
-    """End the session's read transaction, giving its connection back to the pool; loaded
-    objects stay usable. Dependencies call it before the request waits for the endpoint."""
+def end_read(session: Session) -> None:
+    """End the session's read-only transaction (a commit with nothing to write), giving its
+    connection back to the pool; loaded objects stay usable. Dependencies call it before
+    the request waits for the endpoint."""
     session.commit()
 
 

@@ -18,10 +18,8 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from api.stack import Ports, Stack
+from mec_platform.stack import Ports, Stack
 from serving.torchserve import Keys
-
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 class DemoFailed(RuntimeError):
@@ -45,7 +43,7 @@ def _wait(client: httpx.Client, job_id: int, bar: Progress | None = None, task=N
             bar.update(task, total=job["progress"]["total_steps"],
                        completed=job["progress"]["step"],
                        info="" if loss is None else f"loss {loss:.4f}")
-        if job["status"] in FINISHED:
+        if job["finished_at"]:  # an HTTP client: the API says when a job has ended
             if job["status"] != "succeeded":
                 raise DemoFailed(f"job {job_id} {job['status']}: {job['error']}")
             return job
@@ -114,7 +112,7 @@ def run(dataset: str, config: dict, data_dir: Path | None, ports: Ports | None,
 
         console.print(f"[5/6] embedding and retrieving {samples} test images through "
                       "TorchServe")
-        ts_key = Keys.read(stack.settings.ts_home).inference
+        ts_key = Keys.read(stack.settings.torchserve_home).inference
         served = httpx.Client(headers={"Authorization": f"Bearer {ts_key}"}, timeout=60)
         test = load_dataset(dataset, "test", config.get("data_dir"))
         retrievals = []

@@ -1,53 +1,84 @@
-"""Job state in the database: the one place that knows the lifecycle
-queued -> running -> succeeded | failed | cancelled."""
+"""Jobs in the database: the one place that knows the lifecycle
+queued -> running -> succeeded | failed | cancelled, and how a job reaches a worker
+(a committed row first, then a message on its queue)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import Iterable
+from datetime import timedelta
+from enum import StrEnum
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from api.models import Job, utcnow
-from api.schemas import JobPublic, Progress
-
-FINISHED = ("succeeded", "failed", "cancelled")
+from mec_platform.queue import Queue, enqueue
+from mec_platform.tables import Job, utcnow
 
 
-def public(job: Job, now: datetime | None = None) -> JobPublic:
-    """The API view of a job, with progress and ETA derived from its counters."""
-    total = job.total_steps
-    percent = 100.0 if job.status == "succeeded" else (
-        100.0 * job.step / total if total else 0.0)
-    eta = None
-    if job.status == "running" and total and job.step and job.started_at:
-        elapsed = ((now or utcnow()) - job.started_at).total_seconds()
-        eta = elapsed / job.step * (total - job.step)
-    return JobPublic(
-        id=job.id, kind=job.kind, name=job.name, tags=job.tags, priority=job.priority,
-        queue=job.queue, status=job.status, config=job.config,
-        progress=Progress(step=job.step, total_steps=total, epoch=job.epoch,
-                          steps_per_epoch=job.steps_per_epoch, percent=round(percent, 2)),
-        eta_seconds=eta, last_metrics=job.last_metrics, result=job.result, error=job.error,
-        cancel_requested=job.cancel_requested, attempts=job.attempts,
-        resumes=max(job.attempts - 1, 0), checkpoint=job.checkpoint,
-        worker_host=job.worker_host, device=job.device, created_at=job.created_at,
-        started_at=job.started_at, finished_at=job.finished_at)
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-def cancel(session: Session, job_id: int) -> str | None:
+class JobKind(StrEnum):
+    """What a job does; each kind is a worker task named `mec.<kind>`."""
+
+    PRETRAIN = "pretrain"
+    EVALUATE = "evaluate"
+    DEPLOY = "deploy"
+    IMPORT = "import"
+
+
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+def submit(session: Session, kind: JobKind, config: dict, queue: Queue, name: str = "",
+           tags: list[str] | None = None, priority: int = 0,
+           idempotency_key: str | None = None) -> Job:
+    """Add a queued job, commit, then ring its queue: a worker that takes the message
+    always finds the row. Raises IntegrityError (rolled back) for a reused
+    idempotency key."""
+    job = Job(kind=kind, name=name or kind, tags=tags or [], priority=priority, queue=queue,
+              status=JobStatus.QUEUED, config=config, idempotency_key=idempotency_key,
+              enqueued_at=utcnow())
+    session.add(job)
+    try:
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+    enqueue(job.id, job.kind, job.queue, job.priority)
+    return job
+
+
+def enqueue_again(session: Session, job_ids: Iterable[int]) -> None:
+    """A fresh message for each of these (queued) jobs, on its own queue and priority."""
+    ids = list(job_ids)
+    if not ids:
+        return
+    rows = session.execute(select(Job.id, Job.kind, Job.queue, Job.priority)
+                           .where(Job.id.in_(ids))).all()
+    for job_id, kind, queue, priority in rows:
+        enqueue(job_id, kind, queue, priority)
+
+
+def cancel(session: Session, job_id: int) -> JobStatus | None:
     """Cancel atomically: a queued job becomes cancelled, a running one gets the flag its
     training loop polls. Returns the status it had, or None if it had already finished."""
     now = utcnow()
-    done = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
-        status="cancelled", cancel_requested=True, finished_at=now))
+    done = session.execute(update(Job).where(
+        Job.id == job_id, Job.status == JobStatus.QUEUED).values(
+        status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now))
     if done.rowcount:
         session.commit()
-        return "queued"
-    done = session.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+        return JobStatus.QUEUED
+    done = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
                            .values(cancel_requested=True))
     session.commit()
-    return "running" if done.rowcount else None
+    return JobStatus.RUNNING if done.rowcount else None
 
 
 def claim(session: Session, job_id: int, owner: str, host: str, device: str,
@@ -56,9 +87,9 @@ def claim(session: Session, job_id: int, owner: str, host: str, device: str,
     no longer queued. A second delivery of the same message therefore does nothing."""
     now = utcnow()
     done = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == "queued",
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED,
                           Job.cancel_requested.is_(False))
-        .values(status="running", lease_owner=owner, worker_host=host, device=device,
+        .values(status=JobStatus.RUNNING, lease_owner=owner, worker_host=host, device=device,
                 lease_expires=now + timedelta(seconds=lease_seconds),
                 attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now)))
     session.commit()
@@ -68,13 +99,14 @@ def claim(session: Session, job_id: int, owner: str, host: str, device: str,
 def renew(session: Session, job_id: int, owner: str, lease_seconds: float) -> bool:
     """Extend the lease; False if the job is no longer ours (reaped, or finished)."""
     done = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING,
+                          Job.lease_owner == owner)
         .values(lease_expires=utcnow() + timedelta(seconds=lease_seconds)))
     session.commit()
     return bool(done.rowcount)
 
 
-def finish(session: Session, job_id: int, owner: str, status: str, error: str | None = None,
+def finish(session: Session, job_id: int, owner: str, status: JobStatus, error: str | None = None,
            result: dict | None = None) -> bool:
     """Move our running job to a final status (or back to queued, for a clean hand-over)."""
     values = dict(status=status, error=error, lease_owner=None, lease_expires=None)
@@ -82,7 +114,7 @@ def finish(session: Session, job_id: int, owner: str, status: str, error: str | 
         values["result"] = result
     if status in FINISHED:
         values["finished_at"] = utcnow()
-    done = session.execute(update(Job).where(Job.id == job_id, Job.status == "running",
+    done = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING,
                                              Job.lease_owner == owner).values(**values))
     session.commit()
     return bool(done.rowcount)
@@ -92,7 +124,7 @@ def reap(session: Session, max_attempts: int) -> list[int]:
     """Running jobs whose lease expired: back to queued (to resume from their checkpoint),
     or failed once they have used `max_attempts` runs. Returns the re-queued ids."""
     now = utcnow()
-    expired = session.scalars(select(Job).where(Job.status == "running",
+    expired = session.scalars(select(Job).where(Job.status == JobStatus.RUNNING,
                                                 Job.lease_expires < now)).all()
     requeued = []
     for job in expired:
@@ -100,15 +132,15 @@ def reap(session: Session, max_attempts: int) -> list[int]:
         give_up = job.attempts >= max_attempts
         values = dict(lease_owner=None, lease_expires=None, error=cause)
         if give_up:
-            values |= dict(status="failed", finished_at=now,
+            values |= dict(status=JobStatus.FAILED, finished_at=now,
                            error=f"{cause}; gave up after {job.attempts} attempts")
         elif job.cancel_requested:
-            values |= dict(status="cancelled", finished_at=now)
+            values |= dict(status=JobStatus.CANCELLED, finished_at=now)
         else:
-            values |= dict(status="queued", enqueued_at=now)
-        done = session.execute(update(Job).where(Job.id == job.id, Job.status == "running",
+            values |= dict(status=JobStatus.QUEUED, enqueued_at=now)
+        done = session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING,
                                                  Job.lease_expires < now).values(**values))
-        if done.rowcount and values["status"] == "queued":
+        if done.rowcount and values["status"] == JobStatus.QUEUED:
             requeued.append(job.id)
     session.commit()
     return requeued

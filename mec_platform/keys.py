@@ -8,7 +8,7 @@ import secrets
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from api.models import ApiKey, utcnow
+from mec_platform.tables import ApiKey, utcnow
 
 PREFIX = "mec_"
 

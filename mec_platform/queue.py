@@ -1,31 +1,45 @@
 """The Celery application and the doorbell: enqueue a job id on its queue.
 
-The broker only rings the bell; the database says what to run. Importing this module is
-cheap (no torch), so the API can enqueue.
+The broker only rings the bell; the database says what to run. Tasks are sent by name
+(`mec.<kind>`), so the sender never imports the worker's code; importing this module is
+cheap (no torch).
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
+from pathlib import Path
+
+import kombu
 from celery import Celery
-from kombu import Queue
+from sqlalchemy import make_url
 
-from api.settings import get_settings
+from mec_platform.settings import get_settings
 
-QUEUES = ("gpu", "cpu")
+
+class Queue(StrEnum):
+    """Worker queues: GPU jobs (pretraining) and CPU jobs (evaluation, import, deploy)."""
+
+    GPU = "gpu"
+    CPU = "cpu"
 
 
 def make_app() -> Celery:
     settings = get_settings()
-    app = Celery("mec", broker=settings.broker)
+    if settings.broker_url.startswith("sqla+sqlite"):  # the embedded broker's folder may be new
+        database = make_url(settings.broker_url.removeprefix("sqla+")).database
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    app = Celery("mec", broker=settings.broker_url)
     app.conf.update(
-        task_queues=[Queue(q, queue_arguments={"x-max-priority": 10}) for q in QUEUES],
-        task_default_queue="cpu",
+        task_queues=[kombu.Queue(q, queue_arguments={"x-max-priority": 10}) for q in Queue],
+        task_default_queue=Queue.CPU,
         task_acks_late=True,  # a job's message is acknowledged only after it ran ...
         task_reject_on_worker_lost=True,  # ... and given back if the worker died under it
         worker_prefetch_multiplier=1,  # one long job at a time, nothing reserved behind it
         task_ignore_result=True,  # results live in the database
         broker_connection_retry_on_startup=True,
-        broker_transport_options=_transport_options(settings.broker, settings.visibility_timeout),
+        broker_transport_options=_transport_options(settings.broker_url,
+                                                    settings.visibility_timeout),
         worker_hijack_root_logger=False,
     )
     return app
@@ -44,7 +58,8 @@ app = make_app()
 
 
 def enqueue(job_id: int, kind: str, queue: str, priority: int = 0) -> None:
-    """Ring the bell for job `job_id`; the task loads everything else from the database."""
+    """Ring the bell for job `job_id` on task `mec.<kind>`; the task loads everything else
+    from the database."""
     app.send_task(f"mec.{kind}", args=[job_id], queue=queue, priority=priority)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,11 +17,11 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("./mec-data"), description="Where the embedded database, "
                            "broker file and (by default) artifacts live.")
-    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite "
-                                     "file data_dir/mec.db.")
-    broker_url: str | None = Field(None, description="Celery broker URL (redis://...); "
-                                   "default: SQLite-backed kombu transport in data_dir.")
-    artifact_root: Path | None = Field(None, description="Checkpoints, exports and .mar files; "
+    database_url: str = Field(description="SQLAlchemy URL; default: SQLite file "
+                              "data_dir/mec.db.")
+    broker_url: str = Field(description="Celery broker URL (redis://...); default: "
+                            "SQLite-backed kombu transport in data_dir.")
+    artifact_root: Path = Field(description="Checkpoints, exports and .mar files; "
                                        "default: data_dir/artifacts.")
     lease_seconds: float = Field(60.0, gt=0, description="A running job whose lease is not "
                                  "renewed for this long is presumed dead and re-queued.")
@@ -53,39 +53,33 @@ class Settings(BaseSettings):
                                           "inference API, as clients reach it.")
     torchserve_management_url: str = Field("http://127.0.0.1:8081", description="TorchServe "
                                            "management API (loopback only).")
-    torchserve_home: Path | None = Field(None, description="TorchServe's working directory, "
+    torchserve_home: Path = Field( description="TorchServe's working directory, "
                                          "where it writes key_file.json; default: "
                                          "data_dir/torchserve.")
-    model_store: Path | None = Field(None, description="Where .mar files go; TorchServe's "
+    model_store: Path = Field( description="Where .mar files go; TorchServe's "
                                      "model store. Default: artifact_root/model-store.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_data_dir(cls, values: dict) -> dict:
+        """Fill the settings left unset from data_dir and resolve the paths: each setting
+        has one name and one value, the one the platform uses."""
+        data = Path(values.get("data_dir") or cls.model_fields["data_dir"].default).resolve()
+        artifacts = Path(values.get("artifact_root") or data / "artifacts").resolve()
+        return values | {
+            "database_url": values.get("database_url") or f"sqlite:///{data / 'mec.db'}",
+            "broker_url": values.get("broker_url") or f"sqla+sqlite:///{data / 'broker.db'}",
+            "artifact_root": artifacts,
+            "torchserve_home": Path(values.get("torchserve_home") or data / "torchserve").resolve(),
+            "model_store": Path(values.get("model_store") or artifacts / "model-store").resolve(),
+        }
 
     @property
     def allowed_data_roots(self) -> list[Path]:
         return [p.resolve() for p in [*self.data_roots, self.data_dir / "datasets"]]
 
-    @property
-    def ts_home(self) -> Path:
-        return (self.torchserve_home or self.data_dir / "torchserve").resolve()
-
-    @property
-    def store(self) -> Path:
-        return (self.model_store or self.artifacts / "model-store").resolve()
-
-    @property
-    def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'mec.db').resolve()}"
-
-    @property
-    def broker(self) -> str:
-        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
-
-    @property
-    def artifacts(self) -> Path:
-        return (self.artifact_root or self.data_dir / "artifacts").resolve()
-
 
 @lru_cache
 def get_settings() -> Settings:
-    settings = Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return settings
+    """The settings of this process, read once."""
+    return Settings()

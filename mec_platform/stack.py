@@ -1,4 +1,5 @@
-"""`mec up` / `mec down`: the API, a worker and TorchServe as local processes.
+"""`mec up` / `mec down`: the API, a worker and TorchServe as local processes, started by
+module path (the launcher imports neither the API nor the worker).
 
 Each process gets its own session (process group), a log file under data_dir/logs and a
 pid file under data_dir/run, so `mec down` (or the demo's cleanup) stops exactly what
@@ -20,13 +21,14 @@ from pathlib import Path
 
 import httpx
 
-from api.settings import Settings
-from serving.torchserve import free_port
+from mec_platform.settings import Settings
+from serving.torchserve import unused_port
 
 
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on `port`."""
     with socket.socket() as s:
-        return s.connect_ex((host, port)) != 0
+        return s.connect_ex((host, port)) == 0
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Ports:
 
     @staticmethod
     def any_free() -> Ports:
-        return Ports(*(free_port() for _ in range(4)))
+        return Ports(*(unused_port() for _ in range(4)))
 
 
 class Stack:
@@ -81,14 +83,14 @@ class Stack:
         for what, port in (("API", self.ports.api), ("TorchServe inference", self.ports.inference),
                            ("TorchServe management", self.ports.management),
                            ("TorchServe metrics", self.ports.metrics)):
-            if not port_free(port):
+            if port_taken(port):
                 raise RuntimeError(f"port {port} ({what}) is taken; stop what uses it or pick "
                                    "other ports (see `mec up --help`)")
-        from api.migrate import upgrade
+        from mec_platform.migrate import upgrade
         from serving.torchserve import process_env, write_config
 
-        upgrade(self.settings.db_url)
-        ts_home, store = self.settings.ts_home, self.settings.store
+        upgrade(self.settings.database_url)
+        ts_home, store = self.settings.torchserve_home, self.settings.model_store
         store.mkdir(parents=True, exist_ok=True)
         config = write_config(ts_home, store, self.ports.inference, self.ports.management,
                               self.ports.metrics)
@@ -125,7 +127,8 @@ class Stack:
                 waiting.discard("api")
             if "worker" in waiting and self._worker_registered():
                 waiting.discard("worker")
-            if "torchserve" in waiting and (self.settings.ts_home / "key_file.json").exists():
+            keys = self.settings.torchserve_home / "key_file.json"
+            if "torchserve" in waiting and keys.exists():
                 waiting.discard("torchserve")
             time.sleep(0.5)
         if waiting:
@@ -136,10 +139,10 @@ class Stack:
         from sqlalchemy import func, select
         from sqlalchemy.orm import Session
 
-        from api.db import make_engine
-        from api.models import Worker
+        from mec_platform.db import make_engine
+        from mec_platform.tables import Worker
 
-        engine = make_engine(self.settings.db_url)
+        engine = make_engine(self.settings.database_url)
         try:
             with Session(engine) as s:
                 return bool(s.scalar(select(func.count()).select_from(Worker)))
@@ -150,10 +153,10 @@ class Stack:
         """A new API key for this stack's control plane (shown once)."""
         from sqlalchemy.orm import Session
 
-        from api import keys
-        from api.db import make_engine
+        from mec_platform import keys
+        from mec_platform.db import make_engine
 
-        engine = make_engine(self.settings.db_url)
+        engine = make_engine(self.settings.database_url)
         try:
             with Session(engine) as s:
                 return keys.create(s, name)[1]

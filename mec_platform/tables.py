@@ -36,13 +36,13 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # pretrain | evaluate | deploy | import
+    kind: Mapped[str] = mapped_column(String(16))  # a jobs.JobKind
     name: Mapped[str] = mapped_column(String(200))
     tags: Mapped[list[str]] = mapped_column(default=list)
     priority: Mapped[int] = mapped_column(default=0)
-    queue: Mapped[str] = mapped_column(String(32))
+    queue: Mapped[str] = mapped_column(String(32))  # a queue.Queue
     config: Mapped[dict[str, Any]]
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # a jobs.JobStatus
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     error: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None]

@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from mec_core.cli import main
-from mec_core.data import DATASETS, IMAGE_SUFFIXES
+from mec_core.config import DATASETS
 
 
 @main.command()
@@ -44,6 +44,8 @@ def package(checkpoint, out_dir, name, version, gallery_dataset, gallery_data_di
 
 
 def _image_files(paths: tuple[str, ...]) -> list[Path]:
+    from mec_core.data import IMAGE_SUFFIXES
+
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -73,7 +75,7 @@ def embed(images, checkpoint, out_file, batch_size, device, skip_bad) -> None:
 
     from mec_core.export import export
     from serving.embedder import Embedder
-    from serving.images import BadImage, decode
+    from serving.images import BadRequest, decode
 
     files = _image_files(images)
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +90,7 @@ def embed(images, checkpoint, out_file, batch_size, device, skip_bad) -> None:
         try:
             batch.append(decode(f.read_bytes(), norm.channels, norm.image_size))
             kept.append(str(f))
-        except BadImage as exc:
+        except BadRequest as exc:
             if not skip_bad:
                 raise click.ClickException(f"{f}: {exc} (use --skip-bad to skip it)") from None
             click.echo(f"skipped {f}: {exc}", err=True)

@@ -14,8 +14,12 @@ MAX_BYTES = 8 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # also the decompression-bomb guard: checked before decoding
 
 
-class BadImage(ValueError):
-    """The request's image cannot be used; the message says why (a 4xx for the client)."""
+class BadRequest(ValueError):
+    """The request cannot be answered as sent; the message says why (a 4xx for the client)."""
+
+
+class BadImage(BadRequest):
+    """One of the request's images cannot be used."""
 
 
 def decode(data: bytes, channels: int, size: int, max_bytes: int = MAX_BYTES,

@@ -16,7 +16,7 @@ import torch
 
 from serving.embedder import Embedder
 from serving.gallery import Gallery, vote
-from serving.images import MAX_BYTES, BadImage, decode
+from serving.images import MAX_BYTES, BadRequest, decode
 
 MAX_IMAGES = 64  # per request
 
@@ -49,17 +49,17 @@ class Service:
         try:
             raw, options = self._payload(request)
             if not raw:
-                raise BadImage("no image in the request")
+                raise BadRequest("no image in the request")
             if len(raw) > MAX_IMAGES:
-                raise BadImage(f"{len(raw)} images in one request, over the limit of "
+                raise BadRequest(f"{len(raw)} images in one request, over the limit of "
                                f"{MAX_IMAGES}")
             k = self._int(options.get("k", self.default_k), "k")
             if not 1 <= k <= self.max_k:
-                raise BadImage(f"k must be between 1 and {self.max_k}, got {k}")
+                raise BadRequest(f"k must be between 1 and {self.max_k}, got {k}")
             norm = self.embedder.norm
             images = [decode(b, norm.channels, norm.image_size, self.max_bytes) for b in raw]
             return Parsed(images, k, self._bool(options.get("vote", False)))
-        except BadImage as exc:
+        except BadRequest as exc:
             return Parsed(error=str(exc))
 
     def _payload(self, request: dict) -> tuple[list[bytes], dict]:
@@ -69,11 +69,11 @@ class Service:
         if isinstance(body, dict):  # JSON: {"images": [base64, ...], "k": 5, "vote": true}
             items = body.get("images", [body["image"]] if "image" in body else [])
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-                raise BadImage("'images' must be a list of base64 strings")
+                raise BadRequest("'images' must be a list of base64 strings")
             try:
                 raw = [base64.b64decode(i, validate=True) for i in items]
             except (binascii.Error, ValueError):
-                raise BadImage("'images' holds a string that is not base64") from None
+                raise BadRequest("'images' holds a string that is not base64") from None
             return raw, body
         if body is None and request:  # multipart form: image=@file, k=5, vote=true
             files = [bytes(v) for key, v in request.items() if key in ("image", "file")
@@ -81,17 +81,17 @@ class Service:
             options = {k: bytes(v).decode(errors="replace") if isinstance(v, (bytes, bytearray))
                        else v for k, v in request.items() if k in ("k", "vote")}
             return files, options
-        raise BadImage("send an image (raw bytes or multipart field 'image') or JSON "
+        raise BadRequest("send an image (raw bytes or multipart field 'image') or JSON "
                        "{\"images\": [base64, ...]}")
 
     @staticmethod
     def _int(value, name: str) -> int:
         if isinstance(value, bool):
-            raise BadImage(f"{name} must be an integer, got {value!r}")
+            raise BadRequest(f"{name} must be an integer, got {value!r}")
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise BadImage(f"{name} must be an integer, got {value!r}") from None
+            raise BadRequest(f"{name} must be an integer, got {value!r}") from None
 
     @staticmethod
     def _bool(value) -> bool:

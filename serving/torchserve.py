@@ -19,7 +19,7 @@ LOG4J = Path(__file__).with_name("log4j2.xml").resolve()  # lean production logg
 TORCHSERVE_VERSION = "0.12.0"  # the last release; TorchServe is in limited maintenance
 
 
-def free_port() -> int:
+def unused_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -36,8 +36,8 @@ def write_config(home: Path, model_store: Path, inference_port: int, management_
     lines = {
         "grpc_inference_address": "127.0.0.1",
         "grpc_management_address": "127.0.0.1",
-        "grpc_inference_port": str(free_port()),
-        "grpc_management_port": str(free_port()),
+        "grpc_inference_port": str(unused_port()),
+        "grpc_management_port": str(unused_port()),
         "inference_address": f"http://{inference_host}:{inference_port}",
         "management_address": f"http://127.0.0.1:{management_port}",
         "metrics_address": f"http://127.0.0.1:{metrics_port}",

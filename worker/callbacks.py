@@ -8,9 +8,10 @@ from pathlib import Path
 
 from sqlalchemy import delete, insert, select, update
 
-from api.db import retrying, session_scope
-from api.models import Job, Metric, utcnow
 from mec_core.train import Callbacks, StepMetrics
+from mec_platform.db import retrying, session_scope
+from mec_platform.jobs import JobStatus
+from mec_platform.tables import Job, Metric, utcnow
 
 
 class DatabaseCallbacks(Callbacks):
@@ -69,5 +70,5 @@ class DatabaseCallbacks(Callbacks):
             cancel, owner, status = retrying(read)
             self.cancelled = bool(cancel)
             # stop also when the job is no longer ours (reaped after a stall)
-            self.stop = self.cancelled or owner != self.owner or status != "running"
+            self.stop = self.cancelled or owner != self.owner or status != JobStatus.RUNNING
         return self.stop

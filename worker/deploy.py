@@ -5,14 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from api.schemas import DeploySpec
-from api.settings import Settings
+from mec_platform.settings import Settings
+from mec_platform.specs import DeploySpec
 from serving.package import package
 from serving.torchserve import Keys, Management
 
 
 def _management(settings: Settings) -> Management:
-    return Management(settings.torchserve_management_url, Keys.read(settings.ts_home).management)
+    return Management(settings.torchserve_management_url,
+                      Keys.read(settings.torchserve_home).management)
 
 
 def deploy(settings: Settings, model_id: int, checkpoint: str, previous: dict | None,
@@ -22,7 +23,7 @@ def deploy(settings: Settings, model_id: int, checkpoint: str, previous: dict | 
     name = f"mec-{model_id}"
     number = int((previous or {}).get("number", 0)) + 1
     version = f"{number}.0"
-    staging = settings.store / f".staging-{name}-v{number}"
+    staging = settings.model_store / f".staging-{name}-v{number}"
     archives = package(checkpoint, staging, name, version, spec.gallery_dataset,
                        spec.gallery_data_dir, spec.gallery_split, spec.gallery_limit)
     management = _management(settings)
@@ -30,7 +31,7 @@ def deploy(settings: Settings, model_id: int, checkpoint: str, previous: dict | 
     for task, mar in archives.items():
         endpoint = name if task == "embed" else f"{name}-knn"
         # TorchServe loads archives from the top of its model store only
-        versioned = Path(mar).replace(settings.store / f"{endpoint}-v{number}.mar")
+        versioned = Path(mar).replace(settings.model_store / f"{endpoint}-v{number}.mar")
         management.register(versioned.name, endpoint, spec.workers, spec.batch_size,
                             spec.max_batch_delay_ms)
         management.set_default(endpoint, version)  # the new version takes new requests now

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from api import jobs
-from api.db import session_scope
+from mec_platform import jobs
+from mec_platform.db import session_scope
 
 
 class LeaseKeeper:

@@ -5,7 +5,7 @@
 the lease expires and the job resumes elsewhere.
 """
 
+from mec_platform.queue import app
 from worker import runtime, tasks  # noqa: F401  (registers tasks and signal handlers)
-from worker.queue import app
 
 __all__ = ["app"]

@@ -1,7 +1,8 @@
 """The database says what to run; the broker only rings the bell. A broker can lose its
 bells (Redis restarted without persistence, a flushed database): then queued jobs would
 wait forever. The reconciler finds queued jobs whose message the broker no longer holds
-and rings again. Ringing twice is harmless: only one claim of a job wins (api.jobs.claim).
+and rings again. Ringing twice is harmless: only one claim of a job wins
+(mec_platform.jobs.claim).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import redis
 from celery.utils.log import get_logger
 from sqlalchemy import Engine, create_engine, select, text, update
 
-from api.db import session_scope
-from api.models import Job, utcnow
-from api.settings import get_settings
-from worker.queue import QUEUES, enqueue
+from mec_platform.db import session_scope
+from mec_platform.jobs import JobStatus, enqueue_again
+from mec_platform.queue import Queue
+from mec_platform.settings import get_settings
+from mec_platform.tables import Job, utcnow
 
 log = get_logger(__name__)
 
@@ -39,7 +41,7 @@ def _redis_messages(url: str) -> list[dict]:
     client = redis.Redis.from_url(url)
     try:
         messages = []
-        for queue in QUEUES:  # the priority strategy keeps one list per priority step
+        for queue in Queue:  # the priority strategy keeps one list per priority step
             for key in [queue.encode(), *client.scan_iter(match=f"{queue}\x06\x16*")]:
                 messages += [json.loads(m) for m in client.lrange(key, 0, -1)]
         # delivered, not yet acknowledged: [message, exchange, routing key]
@@ -78,25 +80,26 @@ def reconcile_once() -> list[int]:
     """Re-enqueue queued jobs, enqueued more than `reconcile_grace_seconds` ago, that the
     broker does not hold. Returns their ids."""
     settings = get_settings()
-    held = held_job_ids(settings.broker)
+    held = held_job_ids(settings.broker_url)
     if held is None:
         return []
     now = utcnow()
     cutoff = now - timedelta(seconds=settings.reconcile_grace_seconds)
     with session_scope() as s:
-        lost = s.execute(select(Job.id, Job.kind, Job.queue, Job.priority, Job.enqueued_at)
-                         .where(Job.status == "queued", Job.enqueued_at < cutoff)).all()
+        lost = s.execute(select(Job.id, Job.enqueued_at).where(
+            Job.status == JobStatus.QUEUED, Job.enqueued_at < cutoff)).all()
     rung = []
-    for job_id, kind, queue, priority, enqueued_at in lost:
+    for job_id, enqueued_at in lost:
         if job_id in held:
             continue
         with session_scope() as s:  # one reconciler wins per job, whoever else runs one
-            won = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued",
+            won = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED,
                                               Job.enqueued_at == enqueued_at)
                             .values(enqueued_at=now)).rowcount
         if won:
             log.warning("job %s: queued but the broker had no message for it; re-enqueued",
                         job_id)
-            enqueue(job_id, kind, queue, priority)
             rung.append(job_id)
+    with session_scope() as s:
+        enqueue_again(s, rung)
     return rung

@@ -9,36 +9,33 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from celery.utils.log import get_logger
 from sqlalchemy import delete, update
 
-from api import jobs
-from api.db import session_scope
-from api.models import Job, Worker, utcnow
-from api.settings import get_settings
+from mec_platform import jobs
+from mec_platform.db import session_scope
+from mec_platform.queue import Queue
+from mec_platform.settings import get_settings
+from mec_platform.tables import Worker, utcnow
 from worker.device import describe_device
-from worker.queue import enqueue
+from worker.process import shutting_down, worker_name
 from worker.reconcile import reconcile_once
-from worker.tasks import app_worker_name
 
 log = get_logger(__name__)
 _stop = threading.Event()
-shutting_down = threading.Event()  # SIGTERM: hand the running job over, don't finish it
 
 
 def reap_once() -> list[int]:
     """Re-queue (or fail, past max_attempts) jobs whose lease expired, and ring the bell
     for the re-queued ones; they resume from their last checkpoint."""
     with session_scope() as s:
-        requeued = jobs.reap(s, get_settings().max_attempts)
-        kinds = {j.id: (j.kind, j.queue, j.priority) for j in
-                 s.query(Job).filter(Job.id.in_(requeued))} if requeued else {}
+        requeued = jobs.reap(s, get_settings().max_attempts)  # committed
+        jobs.enqueue_again(s, requeued)
     for job_id in requeued:
         log.warning("job %s: lease expired, re-queued to resume from its checkpoint", job_id)
-        enqueue(job_id, *kinds[job_id])
     return requeued
 
 
 def _loop() -> None:
     settings = get_settings()
-    name = app_worker_name()
+    name = worker_name()
     since_reap = float("inf")
     while not _stop.wait(settings.heartbeat_seconds):
         try:
@@ -56,9 +53,9 @@ def _loop() -> None:
 @worker_ready.connect
 def _on_ready(sender, **_kw) -> None:
     queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values()) \
-        if sender.app.amqp.queues.consume_from else ["cpu", "gpu"]
+        if sender.app.amqp.queues.consume_from else sorted(Queue)
     with session_scope() as s:
-        s.merge(Worker(name=app_worker_name(), host=socket.gethostname(), queues=queues,
+        s.merge(Worker(name=worker_name(), host=socket.gethostname(), queues=queues,
                        device=describe_device(), current_job=None, started_at=utcnow(),
                        seen_at=utcnow()))
     reap_once()
@@ -77,4 +74,4 @@ def _on_shutting_down(**_kw) -> None:
 def _on_shutdown(**_kw) -> None:
     _stop.set()
     with session_scope() as s:
-        s.execute(delete(Worker).where(Worker.name == app_worker_name()))
+        s.execute(delete(Worker).where(Worker.name == worker_name()))

@@ -11,21 +11,21 @@ from sqlalchemy import String, cast, func, select
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import JobDep, SessionDep, current_key, submission_quota
-from api.jobs import cancel, public
-from api.models import Job, Metric, utcnow
 from api.schemas import (
-    ID_MAX,
     EvaluateJobCreate,
     JobCreate,
     JobPublic,
     JobsPublic,
-    JobStatus,
     MetricsPublic,
     Series,
     errors,
+    public,
 )
-from api.settings import get_settings
-from worker.queue import enqueue
+from mec_platform import jobs
+from mec_platform.jobs import JobKind, JobStatus
+from mec_platform.settings import get_settings
+from mec_platform.specs import ID_MAX
+from mec_platform.tables import Job, Metric
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(current_key)],
                    responses=errors(400, 401, 403, 422))
@@ -47,21 +47,15 @@ def submit_job(session: SessionDep, response: Response, spec: Annotated[JobCreat
     _check_data_dir(spec.config.data_dir)
     if isinstance(spec, EvaluateJobCreate):
         target = session.get(Job, spec.config.job_id)
-        if target is None or target.kind not in ("pretrain", "import"):
+        if target is None or target.kind not in (JobKind.PRETRAIN, JobKind.IMPORT):
             raise HTTPException(422, f"config.job_id: {spec.config.job_id} is not a "
                                      "pretraining or import job")
-    config = spec.config.model_dump(mode="json")
-    job = Job(kind=spec.kind, name=spec.name or f"{spec.kind}", tags=spec.tags,
-              priority=spec.priority, queue=spec.queue, config=config,
-              idempotency_key=idempotency_key, enqueued_at=utcnow())
-    session.add(job)
     try:
-        session.commit()  # commit first: the worker must find the row
+        job = jobs.submit(session, spec.kind, spec.config.model_dump(mode="json"), spec.queue,
+                          spec.name, spec.tags, spec.priority, idempotency_key)
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
-        session.rollback()
         response.status_code = 200
         return public(session.scalar(select(Job).where(Job.idempotency_key == idempotency_key)))
-    enqueue(job.id, job.kind, job.queue, job.priority)
     return public(job)
 
 
@@ -78,7 +72,7 @@ def _check_data_dir(data_dir: str | None) -> None:
 
 @router.get("", response_model=JobsPublic)
 def list_jobs(session: SessionDep, status: JobStatus | None = None,
-              kind: str | None = Query(None, pattern="^(pretrain|evaluate|deploy|import)$"),
+              kind: JobKind | None = None,
               tag: str | None = Query(None, max_length=64),
               limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=ID_MAX)):
     """Jobs, newest first, filtered by status, kind and tag."""
@@ -130,7 +124,7 @@ def get_metrics(job: JobDep, session: SessionDep,
 def cancel_job(job: JobDep, session: SessionDep):
     """Cancel a job: a queued one at once, a running one within seconds (it keeps its last
     checkpoint). 409 if it already finished."""
-    if cancel(session, job.id) is None:
+    if jobs.cancel(session, job.id) is None:
         session.refresh(job)
         raise HTTPException(409, f"job {job.id} is already {job.status}")
     session.refresh(job)

@@ -10,11 +10,13 @@ from fastapi import APIRouter, Body, Depends, Form, HTTPException, Query, Upload
 from sqlalchemy import func, select
 
 from api.deps import ModelDep, SessionDep, current_key, submission_quota
-from api.jobs import public
-from api.models import Job, Model, utcnow
-from api.schemas import ID_MAX, DeploySpec, JobPublic, ModelPublic, ModelsPublic, errors
-from api.settings import get_settings
-from worker.queue import enqueue
+from api.schemas import JobPublic, ModelPublic, ModelsPublic, errors, public
+from mec_platform import jobs
+from mec_platform.jobs import JobKind
+from mec_platform.queue import Queue
+from mec_platform.settings import get_settings
+from mec_platform.specs import ID_MAX, DeploySpec
+from mec_platform.tables import Model
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(current_key)],
                    responses=errors(400, 401, 403, 422))
@@ -37,7 +39,7 @@ def upload_model(session: SessionDep, checkpoint: UploadFile,
     weights_only (tensors and plain containers, never code), exports its encoder and adds
     it as a model. Returns the import job."""
     limit = get_settings().max_upload_mb * 2**20
-    folder = get_settings().artifacts / "uploads" / uuid.uuid4().hex
+    folder = get_settings().artifact_root / "uploads" / uuid.uuid4().hex
     folder.mkdir(parents=True)
     path = folder / "checkpoint.pt"
     with path.open("wb") as out:
@@ -50,13 +52,8 @@ def upload_model(session: SessionDep, checkpoint: UploadFile,
                 raise HTTPException(413, f"checkpoint: larger than the {limit // 2**20} MiB "
                                          "limit (MEC_MAX_UPLOAD_MB)")
             out.write(chunk)
-    job = Job(kind="import", name=name, tags=[], priority=0, queue="cpu",
-              config={"checkpoint": str(path), "filename": checkpoint.filename or ""},
-              enqueued_at=utcnow())
-    session.add(job)
-    session.commit()
-    enqueue(job.id, "import", "cpu", 0)
-    return public(job)
+    return public(jobs.submit(session, JobKind.IMPORT, {
+        "checkpoint": str(path), "filename": checkpoint.filename or ""}, Queue.CPU, name))
 
 
 @router.get("/{model_id}", response_model=ModelPublic, responses=errors(404))
@@ -66,13 +63,9 @@ def get_model(model: ModelDep):
 
 
 def _deploy_job(session, model: Model, action: str, spec: DeploySpec) -> JobPublic:
-    job = Job(kind="deploy", name=f"{action} model {model.id}", tags=[], priority=5,
-              queue="cpu", config={"model_id": model.id, "action": action,
-                                   **spec.model_dump(mode="json")}, enqueued_at=utcnow())
-    session.add(job)
-    session.commit()
-    enqueue(job.id, "deploy", "cpu", 5)
-    return public(job)
+    return public(jobs.submit(session, JobKind.DEPLOY, {
+        "model_id": model.id, "action": action, **spec.model_dump(mode="json")}, Queue.CPU,
+        f"{action} model {model.id}", priority=5))
 
 
 @router.post("/{model_id}/deploy", response_model=JobPublic, status_code=202,

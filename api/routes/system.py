@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, HTTPException
 from sqlalchemy import select, text
 
 from api.deps import SessionDep, current_key
-from api.models import Worker, utcnow
 from api.schemas import WorkerPublic, errors
-from api.settings import get_settings
-from worker.queue import broker_reachable
+from mec_platform.queue import broker_reachable
+from mec_platform.settings import get_settings
+from mec_platform.tables import Worker, utcnow
 
 router = APIRouter(tags=["system"])
 

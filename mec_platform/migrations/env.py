@@ -2,12 +2,12 @@
 
 from alembic import context
 
-from api.db import make_engine
-from api.models import Base
-from api.settings import get_settings
+from mec_platform.db import make_engine
+from mec_platform.settings import get_settings
+from mec_platform.tables import Base
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url") or get_settings().db_url
+url = config.get_main_option("sqlalchemy.url") or get_settings().database_url
 
 if context.is_offline_mode():
     context.configure(url=url, target_metadata=Base.metadata, literal_binds=True)

@@ -6,10 +6,10 @@ import psycopg
 import pytest
 from sqlalchemy.orm import Session
 
-from api import jobs
-from api.db import make_engine
-from api.migrate import upgrade
-from api.models import Job, utcnow
+from mec_platform import jobs
+from mec_platform.db import make_engine
+from mec_platform.migrate import upgrade
+from mec_platform.tables import Job, utcnow
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -35,7 +35,8 @@ def session(request, tmp_path):
 
 
 def new_job(session, **kw) -> Job:
-    job = Job(kind="pretrain", name="t", queue="gpu", config={}, **kw)
+    job = Job(**{"kind": "pretrain", "name": "t", "queue": "gpu", "config": {},
+                 "status": "queued", **kw})
     session.add(job)
     session.commit()
     return job

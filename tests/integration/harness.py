@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from serving.torchserve import free_port
+from serving.torchserve import unused_port
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_DB = 7
@@ -26,7 +26,7 @@ class Platform:
 
     def __init__(self, root: Path, env: dict[str, str]) -> None:
         self.root, self.env = root, env
-        self.port = free_port()
+        self.port = unused_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen] = []
         self.workers: dict[str, subprocess.Popen] = {}
@@ -35,7 +35,8 @@ class Platform:
 
     def new_key(self, name: str) -> str:
         """`mec keys create`, as an operator runs it."""
-        done = subprocess.run([sys.executable, "-m", "api.cli", "keys", "create", "--name", name],
+        done = subprocess.run([sys.executable, "-m", "mec_platform.cli", "keys", "create",
+                               "--name", name],
                               env=self.env, check=True, capture_output=True, text=True)
         return done.stdout.strip()
 
@@ -140,7 +141,7 @@ def base_env(root: Path) -> dict[str, str]:
 
 def open_platform(root: Path, env: dict[str, str], backend: str) -> Platform:
     """Migrate the database and create an API key; no process is started yet."""
-    subprocess.run([sys.executable, "-m", "api.cli", "db", "upgrade"], env=env, check=True,
+    subprocess.run([sys.executable, "-m", "mec_platform.cli", "db", "upgrade"], env=env, check=True,
                    capture_output=True)
     plat = Platform(root, env)
     plat.key = plat.new_key("tests")

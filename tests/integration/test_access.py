@@ -27,7 +27,7 @@ def test_a_revoked_key_gets_403(platform):
     client = httpx.Client(base_url=platform.url, timeout=30,
                           headers={"Authorization": f"Bearer {key}"})
     assert client.get("/v1/jobs").status_code == 200
-    subprocess.run([sys.executable, "-m", "api.cli", "keys", "revoke", key[:12]],
+    subprocess.run([sys.executable, "-m", "mec_platform.cli", "keys", "revoke", key[:12]],
                    env=platform.env, check=True, capture_output=True)
     r = client.get("/v1/jobs")
     assert r.status_code == 403 and "was revoked" in r.json()["detail"]

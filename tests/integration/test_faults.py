@@ -10,14 +10,14 @@ import time
 
 import pytest
 import redis
-from harness import _drop_database, _postgres_database, base_env, free_port, open_platform
+from harness import _drop_database, _postgres_database, base_env, open_platform, unused_port
 from tcp_proxy import TcpProxy
 from test_jobs import pretrain
 
 
 class RedisServer:
     def __init__(self, root) -> None:
-        self.root, self.port = root, free_port()
+        self.root, self.port = root, unused_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = None
 

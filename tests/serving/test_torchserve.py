@@ -17,7 +17,7 @@ from PIL import Image
 from mec_core.data import synthetic
 from serving.embedder import Embedder
 from serving.gallery import Gallery
-from serving.torchserve import LocalTorchServe, free_port
+from serving.torchserve import LocalTorchServe, unused_port
 
 
 def png_of(image: torch.Tensor) -> bytes:
@@ -36,7 +36,7 @@ def bomb() -> bytes:
 @pytest.fixture(scope="module")
 def served(trained, tmp_path_factory):
     _, export_dir, store = trained
-    ports = [free_port() for _ in range(3)]
+    ports = [unused_port() for _ in range(3)]
     ts = LocalTorchServe(tmp_path_factory.mktemp("ts"), store, *ports).start()
     try:
         management = ts.management()
@@ -144,7 +144,8 @@ def test_mec_embed__offline_equals_served(served, images, trained, tmp_path):
         (tmp_path / f"{i}.png").write_bytes(png_of(image))
     (tmp_path / "notes.txt").write_text("ignored")
     out = tmp_path / "emb.npy"
-    subprocess.run([sys.executable, "-m", "api.cli", "embed", "--checkpoint", str(checkpoint),
+    subprocess.run([sys.executable, "-m", "mec_platform.cli", "embed", "--checkpoint",
+                    str(checkpoint),
                     str(tmp_path), "--out", str(out), "--batch-size", "2"], check=True,
                    capture_output=True)
     offline = np.load(out)

@@ -8,7 +8,7 @@ Create Date: 2026-11-30 05:36:30.689524
 import sqlalchemy as sa
 from alembic import op
 
-import api.models
+import mec_platform.tables
 
 revision = '0001'
 down_revision = None
@@ -38,14 +38,14 @@ def upgrade() -> None:
     sa.Column('checkpoint', sa.Text(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('lease_owner', sa.String(length=200), nullable=True),
-    sa.Column('lease_expires', api.models.UTCDateTime(), nullable=True),
+    sa.Column('lease_expires', mec_platform.tables.UTCDateTime(), nullable=True),
     sa.Column('worker_host', sa.String(length=200), nullable=True),
     sa.Column('device', sa.String(length=200), nullable=True),
     sa.Column('idempotency_key', sa.String(length=200), nullable=True),
-    sa.Column('created_at', api.models.UTCDateTime(), nullable=False),
-    sa.Column('started_at', api.models.UTCDateTime(), nullable=True),
-    sa.Column('finished_at', api.models.UTCDateTime(), nullable=True),
-    sa.Column('enqueued_at', api.models.UTCDateTime(), nullable=True),
+    sa.Column('created_at', mec_platform.tables.UTCDateTime(), nullable=False),
+    sa.Column('started_at', mec_platform.tables.UTCDateTime(), nullable=True),
+    sa.Column('finished_at', mec_platform.tables.UTCDateTime(), nullable=True),
+    sa.Column('enqueued_at', mec_platform.tables.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('idempotency_key')
     )
@@ -59,8 +59,8 @@ def upgrade() -> None:
     sa.Column('queues', sa.JSON(), nullable=False),
     sa.Column('device', sa.String(length=200), nullable=False),
     sa.Column('current_job', sa.Integer(), nullable=True),
-    sa.Column('started_at', api.models.UTCDateTime(), nullable=False),
-    sa.Column('seen_at', api.models.UTCDateTime(), nullable=False),
+    sa.Column('started_at', mec_platform.tables.UTCDateTime(), nullable=False),
+    sa.Column('seen_at', mec_platform.tables.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('name')
     )
     op.create_table('metrics',
@@ -70,7 +70,7 @@ def upgrade() -> None:
     sa.Column('epoch', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=64), nullable=False),
     sa.Column('value', sa.Float(), nullable=False),
-    sa.Column('time', api.models.UTCDateTime(), nullable=False),
+    sa.Column('time', mec_platform.tables.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )
@@ -84,7 +84,7 @@ def upgrade() -> None:
     sa.Column('backbone', sa.String(length=32), nullable=False),
     sa.Column('dataset', sa.String(length=32), nullable=False),
     sa.Column('artifacts', sa.JSON(), nullable=False),
-    sa.Column('created_at', api.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', mec_platform.tables.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('job_id')
@@ -98,7 +98,7 @@ def upgrade() -> None:
     sa.Column('top1', sa.Double(), nullable=False),
     sa.Column('top5', sa.Double(), nullable=False),
     sa.Column('result', sa.JSON(), nullable=False),
-    sa.Column('created_at', api.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', mec_platform.tables.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ),
     sa.ForeignKeyConstraint(['model_id'], ['models.id'], ),
     sa.PrimaryKeyConstraint('id')

@@ -8,7 +8,7 @@ Create Date: 2026-11-30
 import sqlalchemy as sa
 from alembic import op
 
-import api.models
+import mec_platform.tables
 
 revision = "0003"
 down_revision = "0002"
@@ -23,8 +23,8 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("prefix", sa.String(length=16), nullable=False),
         sa.Column("hash", sa.String(length=64), nullable=False),
-        sa.Column("created_at", api.models.UTCDateTime(), nullable=False),
-        sa.Column("revoked_at", api.models.UTCDateTime(), nullable=True),
+        sa.Column("created_at", mec_platform.tables.UTCDateTime(), nullable=False),
+        sa.Column("revoked_at", mec_platform.tables.UTCDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("hash"),
     )

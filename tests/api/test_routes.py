@@ -1,0 +1,105 @@
+"""Routes in-process (FastAPI's TestClient on the embedded SQLite database and broker):
+fast checks that pin a failure to a line. tests/integration runs the same API as a
+real process on PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, insert, select
+
+from api.main import app
+from mec_platform import keys
+from mec_platform.db import session_scope
+from mec_platform.tables import Job, Metric
+
+TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
+        "train_limit": 64, "max_steps": 2}
+
+
+@pytest.fixture
+def client(embedded):
+    with session_scope() as s:
+        _, plain = keys.create(s, "routes")
+    with TestClient(app, headers={"Authorization": f"Bearer {plain}"}) as c:
+        c.key = plain
+        yield c
+
+
+def _jobs() -> int:
+    with session_scope() as s:
+        return s.scalar(select(func.count(Job.id)))
+
+
+def test_submit__commits_the_row_then_rings_its_queue(client, held):
+    r = client.post("/v1/jobs", json={"kind": "pretrain", "name": "r", "tags": ["in-process"],
+                                      "config": TINY})
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["status"] == "queued" and job["queue"] == "gpu" and job["kind"] == "pretrain"
+    assert job["config"]["recipe"] == "small"  # the stored config names its recipe
+    assert job["id"] in held()
+    listed = client.get("/v1/jobs", params={"status": "queued", "kind": "pretrain",
+                                            "tag": "in-process"}).json()
+    assert job["id"] in [j["id"] for j in listed["data"]]
+    assert client.get(f"/v1/jobs/{job['id']}").json()["progress"]["percent"] == 0.0
+
+
+def test_bad_input__422_names_the_field_and_creates_nothing(client):
+    before = _jobs()
+    r = client.post("/v1/jobs", json={"kind": "pretrain", "config": TINY | {"batch_size": 0}})
+    assert r.status_code == 422 and r.json()["detail"].startswith("config.batch_size:")
+    r = client.post("/v1/jobs", json={"kind": "pretrain",
+                                      "config": TINY | {"data_dir": "/etc"}})
+    assert r.status_code == 422 and r.json()["detail"].startswith("config.data_dir:")
+    r = client.post("/v1/jobs", json={"kind": "evaluate", "config": {"job_id": 10**9}})
+    assert r.status_code == 422 and r.json()["detail"].startswith("config.job_id:")
+    r = client.get("/v1/jobs", params={"kind": "train"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("kind:")
+    assert _jobs() == before
+
+
+def test_idempotency_key__second_submission_returns_the_first(client):
+    spec = {"kind": "pretrain", "config": TINY}
+    first = client.post("/v1/jobs", json=spec, headers={"Idempotency-Key": "k-routes-1"})
+    again = client.post("/v1/jobs", json=spec, headers={"Idempotency-Key": "k-routes-1"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+
+
+def test_cancel__queued_at_once_then_409(client):
+    job = client.post("/v1/jobs", json={"kind": "pretrain", "config": TINY}).json()
+    r = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    r = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 409 and "already cancelled" in r.json()["detail"]
+    assert client.post("/v1/jobs/999999999/cancel").status_code == 404
+
+
+def test_metrics__downsampled_with_the_newest_step(client):
+    job = client.post("/v1/jobs", json={"kind": "pretrain", "config": TINY}).json()
+    with session_scope() as s:
+        s.execute(insert(Metric), [{"job_id": job["id"], "step": i, "epoch": 0,
+                                    "name": "loss", "value": float(i)} for i in range(1, 101)])
+    r = client.get(f"/v1/jobs/{job['id']}/metrics", params={"max_points": 10}).json()
+    assert r["stride"] == 10 and r["last_step"] == 100
+    assert r["series"]["loss"]["steps"] == list(range(10, 101, 10))
+    later = client.get(f"/v1/jobs/{job['id']}/metrics", params={"since_step": 95}).json()
+    assert later["series"]["loss"]["steps"] == [96, 97, 98, 99, 100]
+
+
+def test_keys__missing_unknown_and_revoked(client):
+    anonymous = TestClient(app)
+    assert anonymous.get("/v1/jobs").status_code == 401
+    r = anonymous.get("/v1/jobs", headers={"Authorization": "Bearer mec_nope"})
+    assert r.status_code == 401 and r.json()["detail"] == "unknown API key"
+    with session_scope() as s:
+        keys.revoke(s, client.key[:12])
+    r = client.get("/v1/jobs")
+    assert r.status_code == 403 and "was revoked" in r.json()["detail"]
+
+
+def test_models__404_for_a_missing_model(client):
+    assert client.get("/v1/models/999999999").status_code == 404
+    r = client.post("/v1/models/999999999/deploy")
+    assert r.status_code == 404 and r.json()["detail"] == "model 999999999 not found"

@@ -1,0 +1,105 @@
+"""Task functions called directly, in this process, on the embedded database: the
+claim-run-end pattern of worker/tasks.py without a Celery worker in between. The real
+worker processes are tested in tests/integration."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from mec_platform import jobs
+from mec_platform.db import session_scope
+from mec_platform.jobs import JobKind
+from mec_platform.queue import Queue, app
+from mec_platform.tables import Evaluation, Job, Metric, Model
+from worker import tasks
+from worker.process import shutting_down
+
+TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
+        "pred_hidden_dim": 16, "train_limit": 64, "max_steps": 3, "monitor_every": 0,
+        "log_every": 1}
+
+
+def _submit(kind: JobKind, config: dict) -> int:
+    with session_scope() as s:
+        return jobs.submit(s, kind, config, Queue.CPU).id
+
+
+def _job(job_id: int) -> Job:
+    with session_scope() as s:
+        return s.get(Job, job_id)
+
+
+@pytest.fixture
+def pretrained(embedded) -> int:
+    job_id = _submit(JobKind.PRETRAIN, TINY)
+    tasks.pretrain(job_id)
+    return job_id
+
+
+def test_pretrain__succeeds_with_metrics_and_a_model(pretrained):
+    job = _job(pretrained)
+    assert job.status == "succeeded", job.error
+    assert job.result["steps"] == 3 and job.lease_owner is None and job.attempts == 1
+    with session_scope() as s:
+        model = s.scalar(select(Model).where(Model.job_id == pretrained))
+        steps = s.scalars(select(Metric.step).where(Metric.job_id == pretrained,
+                                                    Metric.name == "loss")).all()
+    assert sorted(steps) == [1, 2, 3]
+    assert model is not None and model.dataset == "synthetic"
+    assert set(model.artifacts) >= {"checkpoint", "backbone", "encoder", "meta"}
+
+
+def test_a_second_delivery_does_nothing(pretrained):
+    tasks.pretrain(pretrained)  # the job is no longer queued: the claim fails
+    assert _job(pretrained).attempts == 1
+    with session_scope() as s:
+        assert s.scalar(select(func.count(Model.id)).where(Model.job_id == pretrained)) == 1
+
+
+def test_evaluate__records_an_evaluation(pretrained):
+    job_id = _submit(JobKind.EVALUATE, {"job_id": pretrained, "protocol": "knn", "k": 5,
+                                        "train_limit": 64, "test_limit": 32})
+    tasks.evaluate_job(job_id)
+    job = _job(job_id)
+    assert job.status == "succeeded", job.error
+    with session_scope() as s:
+        evaluation = s.scalar(select(Evaluation).where(Evaluation.job_id == job_id))
+    assert evaluation.top1 == job.result["top1"] and 0 <= evaluation.top1 <= 100
+
+
+def test_failures_end_failed_with_the_reason(embedded):
+    bad_data = _submit(JobKind.PRETRAIN, TINY | {"dataset": "imagefolder",
+                                                 "data_dir": "/nonexistent/images"})
+    tasks.pretrain(bad_data)
+    job = _job(bad_data)
+    assert job.status == "failed" and "/nonexistent/images" in job.error
+    assert job.lease_owner is None and job.finished_at is not None
+
+    no_model = _submit(JobKind.EVALUATE, {"job_id": bad_data})
+    tasks.evaluate_job(no_model)
+    job = _job(no_model)
+    assert job.status == "failed"
+    assert job.error == f"job {bad_data} has no finished model (it is failed)"
+
+
+def test_a_cancelled_job_never_runs(embedded):
+    job_id = _submit(JobKind.PRETRAIN, TINY)
+    with session_scope() as s:
+        jobs.cancel(s, job_id)
+    tasks.pretrain(job_id)
+    job = _job(job_id)
+    assert job.status == "cancelled" and job.attempts == 0
+
+
+def test_a_message_taken_during_shutdown_is_passed_on(embedded, held):
+    job_id = _submit(JobKind.PRETRAIN, TINY)
+    app.control.purge()  # as if this worker had taken the job's message
+    assert job_id not in held()
+    shutting_down.set()
+    try:
+        tasks.pretrain(job_id)
+    finally:
+        shutting_down.clear()
+    assert _job(job_id).status == "queued" and _job(job_id).attempts == 0
+    assert job_id in held()
