@@ -36,8 +36,15 @@ class DeploySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    workers: int = Field(1, ge=1, le=16, description="TorchServe workers per endpoint.")
-    batch_size: int = Field(8, ge=1, le=256, description="Largest dynamic batch.")
+    workers: int | None = Field(None, ge=1, le=16, description="TorchServe workers per "
+                                "endpoint; default: one per core up to 4 on a CPU host (each "
+                                "with a share of the cores), one on a GPU host.")
+    torch_threads: int | None = Field(None, ge=1, le=256, description="torch threads of "
+                                      "each worker; default: the cores divided among the "
+                                      "workers.")
+    batch_size: int | None = Field(None, ge=1, le=256, description="Largest dynamic batch "
+                                   "of each worker; default: 8 images in flight over all "
+                                   "the workers (4 each for 2 workers).")
     max_batch_delay_ms: int = Field(20, ge=0, le=10_000, description="How long TorchServe "
                                     "waits to fill a batch.")
     gallery_dataset: DatasetName | None = Field(None, description="kNN gallery; default: "

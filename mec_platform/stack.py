@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from mec_platform.settings import Settings
-from serving.torchserve import unused_port
+from serving.torchserve import unused_ports
 
 
 def port_taken(port: int, host: str = "127.0.0.1") -> bool:
@@ -40,7 +40,7 @@ class Ports:
 
     @staticmethod
     def any_free() -> Ports:
-        return Ports(*(unused_port() for _ in range(4)))
+        return Ports(*unused_ports(4))
 
 
 class Stack:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from ts.torch_handler.base_handler import BaseHandler
 
 from serving.service import Service  # installed with the platform beside TorchServe
+
+log = logging.getLogger(__name__)
 
 
 class MECHandler(BaseHandler):
@@ -22,6 +25,13 @@ class MECHandler(BaseHandler):
         import torch
 
         device = f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu"
+        # each worker is a process: its intra-op threads times the workers should not
+        # exceed the cores (MEC_TORCH_THREADS on the TorchServe host overrides the archive)
+        threads = os.environ.get("MEC_TORCH_THREADS") or options.get("torch_threads")
+        if threads:
+            torch.set_num_threads(int(threads))
+        log.info("mec handler: %s on %s, %d torch threads", options["task"], device,
+                 torch.get_num_threads())
         self.service = Service(model_dir, task=options["task"], device=device,
                                gallery_dir=model_dir,
                                default_k=options.get("default_k", 10),

@@ -32,11 +32,13 @@ def build_gallery(export_dir: Path, dataset: str, data_dir: str | None, split: s
 def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str = "1.0",
             gallery_dataset: str | None = None, gallery_data_dir: str | None = None,
             gallery_split: str = "train", gallery_limit: int | None = None,
-            max_k: int = 100, projector: bool = False) -> dict[str, Path]:
+            max_k: int = 100, projector: bool = False,
+            torch_threads: int | None = None) -> dict[str, Path]:
     """Write `{name}.mar` (embedding) and `{name}-knn.mar` (retrieval) into `out_dir`.
 
     Embeddings are the backbone's features (what kNN evaluation measures), or the
-    projector's outputs with `projector`."""
+    projector's outputs with `projector`. `torch_threads`: the intra-op threads of each
+    TorchServe worker (default: torch's, one per core)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,8 +52,9 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
                       projector=projector).save(work / "gallery")
         archives = {}
         for task, suffix in (("embed", ""), ("knn", "-knn")):
-            (work / "serving.json").write_text(json.dumps({"task": task, "max_k": max_k,
-                                                           "projector": projector}))
+            (work / "serving.json").write_text(json.dumps({
+                "task": task, "max_k": max_k, "projector": projector,
+                "torch_threads": torch_threads}))
             # the archiver puts every file at the archive's root
             extra = [work / "export" / "encoder.pt", work / "export" / "model.json",
                      work / "serving.json"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,25 +20,66 @@ LOG4J = Path(__file__).with_name("log4j2.xml").resolve()  # lean production logg
 TORCHSERVE_VERSION = "0.12.0"  # the last release; TorchServe is in limited maintenance
 
 
+def unused_ports(n: int) -> list[int]:
+    """`n` distinct TCP ports on 127.0.0.1 that nothing listens on now (all bound at once,
+    so the system cannot hand out one of them twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
 def unused_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return unused_ports(1)[0]
+
+
+MAX_DEFAULT_WORKERS = 4
+
+
+IN_FLIGHT = 8  # images that the default batches of all the workers hold at once
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    workers: int
+    threads: int  # torch intra-op threads of each worker
+    batch_size: int  # largest dynamic batch of each worker
+
+
+def worker_plan(workers: int | None = None, threads: int | None = None,
+                batch_size: int | None = None, cores: int | None = None,
+                gpu: bool = False) -> WorkerPlan:
+    """Workers, threads and batches of an endpoint, for what the caller leaves unset.
+
+    Measured on 2 cores (docs/performance.md): two one-thread workers serve 32 clients
+    faster than one worker with both cores, whose second thread idles while it decodes and
+    answers; and with batches of 4 instead of 8, eight clients keep both workers busy
+    instead of filling one batch. So by default: one worker per core (at most
+    MAX_DEFAULT_WORKERS; one on a GPU host), the cores shared among them, and batches of
+    IN_FLIGHT / workers images (at least 2)."""
+    cores = cores or os.cpu_count() or 1
+    workers = workers or (1 if gpu else min(cores, MAX_DEFAULT_WORKERS))
+    return WorkerPlan(workers, threads or max(1, cores // workers),
+                      batch_size or max(2, IN_FLIGHT // workers))
 
 
 def write_config(home: Path, model_store: Path, inference_port: int, management_port: int,
                  metrics_port: int, max_request_bytes: int = 10 * 1024 * 1024,
-                 token_expiration_min: int = 60, inference_host: str = "127.0.0.1") -> Path:
+                 token_expiration_min: int = 60, inference_host: str = "127.0.0.1",
+                 extra: dict[str, str] | None = None) -> Path:
     """config.properties: management on loopback only, token authorization on, models
     only from our store, bounded request size. The gRPC APIs, which the platform does not
-    use, listen on loopback on free ports, so that several instances can share a host."""
+    use, listen on loopback on free ports, so that several instances can share a host.
+    `extra`: further config.properties entries (e.g. number_of_netty_threads)."""
     store = model_store.resolve()
+    grpc_inference, grpc_management = unused_ports(2)
     lines = {
         "grpc_inference_address": "127.0.0.1",
         "grpc_management_address": "127.0.0.1",
-        "grpc_inference_port": str(unused_port()),
-        "grpc_management_port": str(unused_port()),
+        "grpc_inference_port": str(grpc_inference),
+        "grpc_management_port": str(grpc_management),
         "inference_address": f"http://{inference_host}:{inference_port}",
         "management_address": f"http://127.0.0.1:{management_port}",
         "metrics_address": f"http://127.0.0.1:{metrics_port}",
@@ -52,7 +94,7 @@ def write_config(home: Path, model_store: Path, inference_port: int, management_
         "disable_system_metrics": "true",
         "async_logging": "true",
         "vmargs": f"-Dlog4j.configurationFile=file://{LOG4J}",
-    }
+    } | (extra or {})
     home.mkdir(parents=True, exist_ok=True)
     path = home / "config.properties"
     path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
@@ -83,7 +125,8 @@ class LocalTorchServe:
     """A TorchServe process in `home` (its working directory, logs and key file)."""
 
     def __init__(self, home: Path, model_store: Path, inference_port: int,
-                 management_port: int, metrics_port: int) -> None:
+                 management_port: int, metrics_port: int, extra: dict[str, str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         if shutil.which("java") is None:
             raise RuntimeError("TorchServe needs Java 17 or newer: install a JDK "
                                "(Debian: apt-get install openjdk-17-jre-headless)")
@@ -91,7 +134,8 @@ class LocalTorchServe:
         self.inference_url = f"http://127.0.0.1:{inference_port}"
         self.management_url = f"http://127.0.0.1:{management_port}"
         self.config = write_config(home, model_store, inference_port, management_port,
-                                   metrics_port)
+                                   metrics_port, extra=extra)
+        self.env = process_env(os.environ | (env or {}), home)
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90) -> LocalTorchServe:
@@ -102,7 +146,7 @@ class LocalTorchServe:
             [binary, "--start", "--foreground", "--ts-config", str(self.config),
              "--model-store", str(self.store), "--ncs"],
             cwd=self.home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=process_env(os.environ, self.home))
+            env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
 from mec_platform.settings import Settings
 from mec_platform.specs import DeploySpec
 from serving.package import package
-from serving.torchserve import Keys, Management
+from serving.torchserve import Keys, Management, worker_plan
 
 
 def _management(settings: Settings) -> Management:
@@ -24,15 +26,18 @@ def deploy(settings: Settings, model_id: int, checkpoint: str, previous: dict | 
     number = int((previous or {}).get("number", 0)) + 1
     version = f"{number}.0"
     staging = settings.model_store / f".staging-{name}-v{number}"
+    plan = worker_plan(spec.workers, spec.torch_threads, spec.batch_size,
+                       gpu=torch.cuda.is_available())
     archives = package(checkpoint, staging, name, version, spec.gallery_dataset,
-                       spec.gallery_data_dir, spec.gallery_split, spec.gallery_limit)
+                       spec.gallery_data_dir, spec.gallery_split, spec.gallery_limit,
+                       torch_threads=plan.threads)
     management = _management(settings)
     urls = {}
     for task, mar in archives.items():
         endpoint = name if task == "embed" else f"{name}-knn"
         # TorchServe loads archives from the top of its model store only
         versioned = Path(mar).replace(settings.model_store / f"{endpoint}-v{number}.mar")
-        management.register(versioned.name, endpoint, spec.workers, spec.batch_size,
+        management.register(versioned.name, endpoint, plan.workers, plan.batch_size,
                             spec.max_batch_delay_ms)
         management.set_default(endpoint, version)  # the new version takes new requests now
         time.sleep(spec.drain_seconds)  # requests already queued on the old one finish
@@ -42,7 +47,8 @@ def deploy(settings: Settings, model_id: int, checkpoint: str, previous: dict | 
         urls[task] = f"{settings.torchserve_inference_url}/predictions/{endpoint}"
     staging.rmdir()
     return {"status": "serving", "name": name, "version": version, "number": number,
-            "urls": urls, "workers": spec.workers, "batch_size": spec.batch_size,
+            "urls": urls, "workers": plan.workers, "torch_threads": plan.threads,
+            "batch_size": plan.batch_size,
             "max_batch_delay_ms": spec.max_batch_delay_ms}
 
 

@@ -13,7 +13,7 @@ from harness import (
     open_platform,
 )
 
-from serving.torchserve import LocalTorchServe, unused_port
+from serving.torchserve import LocalTorchServe, unused_ports
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def shared_platform(request, tmp_path_factory):
         env["MEC_DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
         env["MEC_BROKER_URL"] = f"redis://127.0.0.1:6379/{REDIS_DB}"
         redis.Redis(db=REDIS_DB).flushdb()
-    ts_ports = [unused_port() for _ in range(3)]
+    ts_ports = unused_ports(3)
     env |= {"MEC_TORCHSERVE_INFERENCE_URL": f"http://127.0.0.1:{ts_ports[0]}",
             "MEC_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{ts_ports[1]}",
             "MEC_TORCHSERVE_HOME": str(root / "torchserve"),

@@ -17,7 +17,13 @@ from PIL import Image
 from mec_core.data import synthetic
 from serving.embedder import Embedder
 from serving.gallery import Gallery
-from serving.torchserve import LocalTorchServe, unused_port
+from serving.torchserve import (
+    MAX_DEFAULT_WORKERS,
+    LocalTorchServe,
+    WorkerPlan,
+    unused_ports,
+    worker_plan,
+)
 
 
 def png_of(image: torch.Tensor) -> bytes:
@@ -36,7 +42,7 @@ def bomb() -> bytes:
 @pytest.fixture(scope="module")
 def served(trained, tmp_path_factory):
     _, export_dir, store = trained
-    ports = [unused_port() for _ in range(3)]
+    ports = unused_ports(3)
     ts = LocalTorchServe(tmp_path_factory.mktemp("ts"), store, *ports).start()
     try:
         management = ts.management()
@@ -154,3 +160,22 @@ def test_mec_embed__offline_equals_served(served, images, trained, tmp_path):
     for row, image in zip(offline, images[:3]):
         served_vec = client.post("/predictions/tiny", content=png_of(image)).json()
         assert np.abs(row - np.array(served_vec["embeddings"][0])).max() < 1e-4
+
+
+def test_workers_use_the_torch_threads_of_their_archive(served, images):
+    """package(torch_threads=1): each TorchServe worker computes on one thread, as
+    worker_plan() shares the cores among the workers (docs/performance.md)."""
+    ts, client, _ = served
+    assert client.post("/predictions/tiny", content=png_of(images[0])).status_code == 200
+    log = (ts.home / "logs" / "ts_log.log").read_text()
+    assert "mec handler: embed on cpu, 1 torch threads" in log
+    assert "mec handler: knn on cpu, 1 torch threads" in log
+
+
+def test_worker_plan__one_worker_per_core_up_to_four_sharing_the_cores():
+    assert worker_plan(cores=2) == WorkerPlan(workers=2, threads=1, batch_size=4)
+    assert worker_plan(cores=16) == WorkerPlan(MAX_DEFAULT_WORKERS, 16 // MAX_DEFAULT_WORKERS,
+                                               2)
+    assert worker_plan(cores=16, gpu=True) == WorkerPlan(1, 16, 8)
+    assert worker_plan(workers=3, cores=2) == WorkerPlan(3, 1, 2)
+    assert worker_plan(workers=1, threads=2, batch_size=16, cores=8) == WorkerPlan(1, 2, 16)
