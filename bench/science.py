@@ -72,9 +72,19 @@ GROUPS: dict[str, tuple[dict, list[tuple[str, dict]]]] = {
     # was run: `best_of_grid`), equal budget
     "methods": ({**FM, "epochs": 3}, [(m, {"method": m}) for m in METHODS] + [
         ("mec, EMA 0.99", {"method": "mec", "teacher_momentum": 0.99})]),
+    # one change each from the small recipe (momentum 0) on the 3-epoch proxy, to size
+    # the short runs: learning rate, weight decay, batch, crop scale
+    "tune": ({**FM, "epochs": 3}, [
+        ("small recipe", {}), ("base lr 1.0", {"base_lr": 1.0}),
+        ("weight decay 1e-4", {"weight_decay": 1e-4}), ("batch 128", {"batch_size": 128}),
+        ("crop scale 0.4", {"crop_min_scale": 0.4}),
+    ]),
     # the targets of the README
     "targets": (FM, [
         ("defaults, 8 epochs", {"epochs": 8}),
+        ("8 epochs, base lr 1.0", {"epochs": 8, "base_lr": 1.0}),
+        ("8 epochs, batch 128", {"epochs": 8, "batch_size": 128}),
+        ("8 epochs, batch 128, base lr 1.0", {"epochs": 8, "batch_size": 128, "base_lr": 1.0}),
         ("30 epochs (at most 30 minutes)", {"epochs": 30}),
     ]),
     "baselines": (FM, [("raw pixels", {"baseline": "pixels"}),
