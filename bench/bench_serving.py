@@ -88,8 +88,8 @@ class Served:
     that the CPU each takes while serving can be told apart."""
 
     def __init__(self, ts: LocalTorchServe) -> None:
-        every = [psutil.Process(ts.process.pid), *psutil.Process(ts.process.pid).children(
-            recursive=True)]
+        launcher = psutil.Process(ts.process.pid)
+        every = [launcher, *launcher.children(recursive=True)]
         self.frontend = [p for p in every if p.name().startswith("java")]
         self.workers = [p for p in every if "model_service_worker" in " ".join(p.cmdline())]
 

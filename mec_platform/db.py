@@ -22,11 +22,20 @@ REQUEST_SESSIONS = 40
 POOL = {"pool_size": 10, "max_overflow": 40}
 
 
+def make_sqlite_folder(url: str) -> None:
+    """Create the folder of an embedded SQLite file (the database's, or the broker's with
+    its `sqla+` prefix); it may be new. Other URLs need nothing."""
+    url = url.removeprefix("sqla+")
+    if not url.startswith("sqlite"):
+        return
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        database = make_url(url).database
-        if database and database != ":memory:":  # the embedded file's folder may be new
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        make_sqlite_folder(url)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
                                **POOL)
 

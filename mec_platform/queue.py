@@ -8,12 +8,11 @@ cheap (no torch).
 from __future__ import annotations
 
 from enum import StrEnum
-from pathlib import Path
 
 import kombu
 from celery import Celery
-from sqlalchemy import make_url
 
+from mec_platform.db import make_sqlite_folder
 from mec_platform.settings import get_settings
 
 
@@ -26,9 +25,7 @@ class Queue(StrEnum):
 
 def make_app() -> Celery:
     settings = get_settings()
-    if settings.broker_url.startswith("sqla+sqlite"):  # the embedded broker's folder may be new
-        database = make_url(settings.broker_url.removeprefix("sqla+")).database
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    make_sqlite_folder(settings.broker_url)
     app = Celery("mec", broker=settings.broker_url)
     app.conf.update(
         task_queues=[kombu.Queue(q, queue_arguments={"x-max-priority": 10}) for q in Queue],

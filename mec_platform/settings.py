@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     broker_url: str = Field(description="Celery broker URL (redis://...); default: "
                             "SQLite-backed kombu transport in data_dir.")
     artifact_root: Path = Field(description="Checkpoints, exports and .mar files; "
-                                       "default: data_dir/artifacts.")
+                                "default: data_dir/artifacts.")
     lease_seconds: float = Field(60.0, gt=0, description="A running job whose lease is not "
                                  "renewed for this long is presumed dead and re-queued.")
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker renews the "
@@ -53,11 +53,10 @@ class Settings(BaseSettings):
                                           "inference API, as clients reach it.")
     torchserve_management_url: str = Field("http://127.0.0.1:8081", description="TorchServe "
                                            "management API (loopback only).")
-    torchserve_home: Path = Field( description="TorchServe's working directory, "
-                                         "where it writes key_file.json; default: "
-                                         "data_dir/torchserve.")
-    model_store: Path = Field( description="Where .mar files go; TorchServe's "
-                                     "model store. Default: artifact_root/model-store.")
+    torchserve_home: Path = Field(description="TorchServe's working directory, where it "
+                                  "writes key_file.json; default: data_dir/torchserve.")
+    model_store: Path = Field(description="Where .mar files go; TorchServe's model store. "
+                              "Default: artifact_root/model-store.")
 
     @model_validator(mode="before")
     @classmethod

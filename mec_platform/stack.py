@@ -137,29 +137,31 @@ class Stack:
 
     def _worker_registered(self) -> bool:
         from sqlalchemy import func, select
-        from sqlalchemy.orm import Session
 
-        from mec_platform.db import make_engine
         from mec_platform.tables import Worker
 
-        engine = make_engine(self.settings.database_url)
-        try:
-            with Session(engine) as s:
-                return bool(s.scalar(select(func.count()).select_from(Worker)))
-        finally:
-            engine.dispose()
+        with self._session() as s:
+            return bool(s.scalar(select(func.count()).select_from(Worker)))
 
     def create_key(self, name: str) -> str:
         """A new API key for this stack's control plane (shown once)."""
+        from mec_platform import keys
+
+        with self._session() as s:
+            return keys.create(s, name)[1]
+
+    @contextlib.contextmanager
+    def _session(self):
+        """A session on this stack's database (not the process's settings), its engine
+        disposed afterwards."""
         from sqlalchemy.orm import Session
 
-        from mec_platform import keys
         from mec_platform.db import make_engine
 
         engine = make_engine(self.settings.database_url)
         try:
             with Session(engine) as s:
-                return keys.create(s, name)[1]
+                yield s
         finally:
             engine.dispose()
 
