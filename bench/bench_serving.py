@@ -201,8 +201,14 @@ def main() -> None:
                         "divided among the workers, as the handler sets them]")
     parser.add_argument("--netty-threads", type=int, default=None,
                         help="TorchServe frontend threads [default: TorchServe's]")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the run's JSON record")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
+                        help="print the tables of recorded runs (docs/performance/serving/) "
+                        "and run nothing")
     args = parser.parse_args()
+    if args.report:
+        print("\n\n".join(markdown(json.loads(p.read_text())) for p in args.report))
+        return
     cores = os.cpu_count() or 1
     torch.set_num_threads(cores)  # the in-process ceiling uses the whole machine
     plan = worker_plan(args.workers, args.handler_threads, args.batch_size, cores)
@@ -248,17 +254,23 @@ def main() -> None:
     if args.json:
         print(json.dumps({"setup": setup, "rows": rows}))
         return
-    print(f"resnet18 small stem, 32 px PNG; {setup}")
-    print("clients | TS img/s median [min-max] | in-process img/s | overhead median [min-max]"
-          " | TS p99 ms | errors | cores while serving")
-    for r in rows:
-        s, d, o = r["torchserve"], r["in_process"], r["overhead"]
-        print(f"{r['concurrency']:>7} | {s['median']:.1f} [{s['min']:.1f}-{s['max']:.1f}] | "
-              f"{d['median']:.1f} [{d['min']:.1f}-{d['max']:.1f}] | "
-              f"{100 * o['median']:.1f}% [{100 * o['min']:.1f}-{100 * o['max']:.1f}] | "
-              f"{r['p99_ms']['median']:.0f} | {r['errors']} | {r['served_cores']} "
-              f"(in-process {r['in_process_cores']})")
+    print(markdown({"setup": setup, "rows": rows}))
 
+
+def markdown(record: dict) -> str:
+    """The docs' table of one run's JSON record (what --json prints)."""
+    lines = [f"<!-- {record['setup']} -->",
+             "| clients | TorchServe img/s, median [range] | in-process img/s | overhead, median "
+             "[range] | TorchServe p99 ms | errors | cores: frontend / worker / clients |",
+             "|---|---|---|---|---|---|---|"]
+    for r in record["rows"]:
+        s, d, o, c = r["torchserve"], r["in_process"], r["overhead"], r["served_cores"]
+        lines.append(
+            f"| {r['concurrency']} | {s['median']:.1f} [{s['min']:.1f}–{s['max']:.1f}] | "
+            f"{d['median']:.1f} [{d['min']:.1f}–{d['max']:.1f}] | {100 * o['median']:.1f} % "
+            f"[{100 * o['min']:.1f}–{100 * o['max']:.1f}] | {r['p99_ms']['median']:.0f} | "
+            f"{r['errors']} | {c['frontend']} / {c['worker']} / {c['clients']} |")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()
