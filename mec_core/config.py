@@ -33,7 +33,8 @@ TAYLOR_RADIUS = 0.9  # default largest ||C||_2 that the MEC loss lets the Taylor
 RECIPES: dict[str, dict[str, object]] = {
     "imagenet": {},
     "small": {"proj_dim": 512, "eps_sq": 16.0, "teacher_momentum": 0.99,
-              "warmup_epochs": 1.0, "lambda_warmup_epochs": 1.0, "order": None},
+              "warmup_epochs": 1.0, "lambda_warmup_epochs": 1.0, "order": None,
+              "feature_grid": 2},
 }
 # What a recipe sets for one method only: on short runs MEC learns faster with the
 # teacher's weights shared (momentum 0, the paper's Table 5d), which BYOL cannot afford.
@@ -94,6 +95,13 @@ class TrainConfig(BaseModel):
     small_stem: bool | None = Field(
         None, description="ResNet stem for 28-64 px images (3x3 conv, stride 1, no max-pool); "
         "default: on when image_size <= 64.",
+    )
+    feature_grid: int = Field(
+        1, ge=1, le=8,
+        description="The backbone's last feature map is average-pooled to a grid of this "
+        "side and flattened, so the features are channels x grid^2 wide. 1: global average "
+        "pooling (the paper's); the small recipe: 2, which keeps the coarse layout of small "
+        "images (docs/science.md).",
     )
     proj_dim: int = Field(
         2048, ge=8, le=65_536, description="Output dimension d of the projector (paper: 2048)."
@@ -217,6 +225,12 @@ class TrainConfig(BaseModel):
         method = data.get("method", "mec")
         extra = METHOD_RECIPES.get((name, method), {}) if isinstance(method, str) else {}
         return {**RECIPES[name], **extra, **data, "recipe": name}
+
+
+def stored_config(data: dict) -> TrainConfig:
+    """A config as a checkpoint, an export, a job row or a science record stored it; those
+    written before `feature_grid` existed pooled the last feature map globally."""
+    return TrainConfig(**{"feature_grid": 1, **data})
 
 
 def image_size(config: TrainConfig) -> int:

@@ -34,10 +34,12 @@ def from_checkpoint(path: str, device: str = "cpu") -> FeatureSource:
                          f"{loaded.config.backbone} @ step {loaded.step}")
 
 
-def random_init(backbone: str, train: ImageSet, size: int, seed: int = 0) -> FeatureSource:
-    """The backbone at its torchvision initialisation (small stem when size <= 64)."""
+def random_init(backbone: str, train: ImageSet, size: int, seed: int = 0,
+                grid: int = 1) -> FeatureSource:
+    """The backbone at its torchvision initialisation (small stem when size <= 64), its
+    last map pooled to `grid` x `grid`."""
     torch.manual_seed(seed)
-    net, _ = build_backbone(backbone, small_stem=size <= SMALL_IMAGE_MAX)
+    net, _ = build_backbone(backbone, small_stem=size <= SMALL_IMAGE_MAX, grid=grid)
     return FeatureSource(net.eval(), Normalization.fit(train.images, size),
                          f"{backbone} (random init)")
 
@@ -135,7 +137,8 @@ def evaluate(protocol: str, dataset: str, checkpoint_path: str | None = None,
     else:
         probe = TrainConfig(dataset=dataset, image_size=size)
         side = image_size(probe)
-        source = random_init(backbone, train, side) if backbone else raw_pixels(train, side)
+        source = random_init(backbone, train, side, grid=probe.feature_grid) if backbone \
+            else raw_pixels(train, side)
     if train.channels != source.norm.channels:
         raise ValueError(f"{dataset} has {train.channels} channel(s) but the encoder was "
                          f"trained on {source.norm.channels}")

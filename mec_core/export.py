@@ -24,7 +24,8 @@ def export(checkpoint_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
     meta = {"format": "mec-encoder/1", "backbone": config.backbone,
             "small_stem": model.encoder.backbone.conv1.kernel_size == (3, 3)
             if hasattr(model.encoder.backbone, "conv1") else False,
-            "proj_dim": config.proj_dim, "step": loaded.step,
+            "feature_grid": config.feature_grid, "proj_dim": config.proj_dim,
+            "step": loaded.step,
             "config": loaded.checkpoint["config"],
             "normalization": loaded.checkpoint["normalization"]}
     paths["meta"].write_text(json.dumps(meta, indent=2))

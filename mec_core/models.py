@@ -17,24 +17,29 @@ from torch import nn
 
 from mec_core import checkpoint
 from mec_core.augment import Normalization
-from mec_core.config import BACKBONES, TrainConfig, small_stem
+from mec_core.config import BACKBONES, TrainConfig, small_stem, stored_config
 from mec_core.methods import get_method
 
 
-def _small_convnet() -> nn.Module:
-    """A 4-block convnet (about 0.4 M parameters) for CPU demos and tests; 256-d features."""
+def _small_convnet(grid: int) -> nn.Module:
+    """A 4-block convnet (about 0.4 M parameters) for CPU demos and tests; 256 channels
+    pooled to a grid x grid map."""
     layers: list[nn.Module] = []
     widths = [3, 32, 64, 128, 256]
     for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
         stride = 1 if i == 0 else 2
         layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
                    nn.ReLU(inplace=True)]
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    layers += [nn.AdaptiveAvgPool2d(grid), nn.Flatten()]
     return nn.Sequential(*layers)
 
 
-def build_backbone(name: str, small_stem: bool = False) -> tuple[nn.Module, int]:
+def build_backbone(name: str, small_stem: bool = False, grid: int = 1
+                   ) -> tuple[nn.Module, int]:
     """A backbone that maps (B, 3, H, W) images to (B, F) features, and F.
+
+    The last feature map is average-pooled to `grid` x `grid` and flattened (1: global
+    average pooling, F = its channels; 2 keeps the coarse layout of small images).
 
     ResNets are torchvision's own, with `fc` replaced by Identity, so their state dict has
     torchvision's key names and loads into `torchvision.models.resnet*` with strict=False
@@ -42,14 +47,15 @@ def build_backbone(name: str, small_stem: bool = False) -> tuple[nn.Module, int]
     the usual stem for 28-64 px images.
     """
     if name == "convnet":
-        return _small_convnet(), 256
+        return _small_convnet(grid), 256 * grid * grid
     if name not in ("resnet18", "resnet50"):
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     net = getattr(torchvision.models, name)(weights=None, zero_init_residual=True)
     if small_stem:
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
-    features = net.fc.in_features
+    net.avgpool = nn.AdaptiveAvgPool2d(grid)  # no parameters: the state dict is unchanged
+    features = net.fc.in_features * grid * grid
     net.fc = nn.Identity()
     return net, features
 
@@ -95,11 +101,11 @@ class MECModel(nn.Module):
 
     def __init__(self, backbone: str, proj_dim: int, proj_hidden_dim: int | None,
                  pred_hidden_dim: int, use_predictor: bool = True, small_stem: bool = False,
-                 teacher: str = "ema") -> None:
+                 teacher: str = "ema", grid: int = 1) -> None:
         super().__init__()
         if teacher not in ("ema", "stop_grad", "none"):
             raise ValueError(f"teacher must be 'ema', 'stop_grad' or 'none', got {teacher!r}")
-        net, features = build_backbone(backbone, small_stem)
+        net, features = build_backbone(backbone, small_stem, grid)
         self.encoder = Encoder(net, projector(features, proj_hidden_dim or features, proj_dim))
         self.predictor = predictor(proj_dim, pred_hidden_dim) if use_predictor else nn.Identity()
         self.targets = teacher
@@ -118,7 +124,7 @@ class MECModel(nn.Module):
         use_predictor = method.predictor if config.predictor is None else config.predictor
         return cls(config.backbone, config.proj_dim, config.proj_hidden_dim,
                    config.pred_hidden_dim, use_predictor=use_predictor,
-                   small_stem=small_stem(config), teacher=teacher)
+                   small_stem=small_stem(config), teacher=teacher, grid=config.feature_grid)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor):
         """Two views (B, 3, H, W) -> student outputs s1, s2 and targets t1, t2 (B, d).
@@ -163,7 +169,7 @@ class Loaded:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
     """The network of a training checkpoint (loaded with weights_only, format checked)."""
     state = checkpoint.load(path, device)
-    config = TrainConfig(**state["config"])
+    config = stored_config(state["config"])
     model = MECModel.from_config(config)
     model.load_state_dict(state["model"])
     return Loaded(model.to(device), config, Normalization.from_dict(state["normalization"]),

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mec_core.augment import Normalization, preprocess
-from mec_core.config import TrainConfig
+from mec_core.config import stored_config
 from mec_core.models import MECModel
 
 
@@ -23,7 +23,7 @@ class Embedder:
                  projector: bool = False) -> None:
         export_dir = Path(export_dir)
         meta = json.loads((export_dir / "model.json").read_text())
-        model = MECModel.from_config(TrainConfig(**meta["config"]))
+        model = MECModel.from_config(stored_config(meta["config"]))
         state = torch.load(export_dir / "encoder.pt", map_location="cpu", weights_only=True)
         model.encoder.load_state_dict(state)
         self.net = model.encoder if projector else model.encoder.backbone

@@ -16,7 +16,7 @@ from celery.utils.log import get_task_logger
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from mec_core.config import TrainConfig
+from mec_core.config import stored_config
 from mec_core.evaluate import evaluate
 from mec_core.export import export
 from mec_core.train import TrainingDiverged, train
@@ -118,7 +118,7 @@ def pretrain(job_id: int) -> None:
 
 def run_pretrain(job_id: int, owner: str) -> Outcome | None:
     settings = get_settings()
-    config, name = _load(lambda s: (TrainConfig(**s.get(Job, job_id).config),
+    config, name = _load(lambda s: (stored_config(s.get(Job, job_id).config),
                                     s.get(Job, job_id).name))
     out = settings.artifact_root / "jobs" / str(job_id)
     callbacks = DatabaseCallbacks(job_id, owner, settings.cancel_poll_seconds, shutting_down)
@@ -145,7 +145,7 @@ def _model_outcome(job_id: int, checkpoint: Path, out: Path, name: str,
     """Export the encoder of `checkpoint` (loaded with weights_only) under `out`; the job
     succeeds with a model of it."""
     paths = export(checkpoint, out / "export")
-    config = TrainConfig(**json.loads(paths["meta"].read_text())["config"])
+    config = stored_config(json.loads(paths["meta"].read_text())["config"])
     artifacts = {"checkpoint": str(checkpoint), **{k: str(v) for k, v in paths.items()}}
     return Outcome(JobStatus.SUCCEEDED, result=summary, record=lambda s: s.add(Model(
         job_id=job_id, name=name, backbone=config.backbone, dataset=config.dataset,

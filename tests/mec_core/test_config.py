@@ -3,7 +3,14 @@
 import pytest
 from pydantic import ValidationError
 
-from mec_core.config import METHOD_RECIPES, RECIPES, TrainConfig, image_size, small_stem
+from mec_core.config import (
+    METHOD_RECIPES,
+    RECIPES,
+    TrainConfig,
+    image_size,
+    small_stem,
+    stored_config,
+)
 
 
 def test_recipe__small_images_get_the_small_recipe():
@@ -37,6 +44,15 @@ def test_recipe__by_name_and_what_the_caller_sets_wins():
     given = TrainConfig(dataset="fashion-mnist", eps_sq=64.0, order=4)
     assert (given.eps_sq, given.order, given.proj_dim) == (64.0, 4, 512)
     assert TrainConfig(dataset="imagefolder", order=None).order is None  # an explicit null
+
+
+def test_recipe__small_images_keep_a_2x2_feature_grid_and_old_configs_pool_globally():
+    assert TrainConfig(dataset="fashion-mnist").feature_grid == 2
+    assert TrainConfig(dataset="imagefolder").feature_grid == 1
+    written_before = TrainConfig(dataset="fashion-mnist").model_dump(mode="json")
+    del written_before["feature_grid"]  # a checkpoint, export or job row of an older version
+    assert stored_config(written_before).feature_grid == 1
+    assert stored_config(written_before | {"feature_grid": 2}).feature_grid == 2
 
 
 def test_recipe__the_stored_config_reloads_unchanged():

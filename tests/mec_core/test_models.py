@@ -35,6 +35,20 @@ def test_backbone__weights_load_into_torchvision(name):
     assert not result.unexpected_keys
 
 
+@pytest.mark.parametrize("name,channels", [("convnet", 256), ("resnet18", 512)])
+def test_backbone__feature_grid_keeps_the_coarse_layout(name, channels):
+    """Grid g: the last map average-pooled to g x g and flattened, channel-major; grid 1
+    is the global average of the grid-2 features' four cells."""
+    torch.manual_seed(0)
+    net, features = build_backbone(name, small_stem=True, grid=2)
+    assert features == 4 * channels
+    x = torch.randn(3, 3, 28, 28)
+    cells = net.eval()(x).view(3, channels, 4)
+    pooled, _ = build_backbone(name, small_stem=True, grid=1)
+    pooled.load_state_dict(net.state_dict())  # the grid adds no parameter
+    torch.testing.assert_close(pooled.eval()(x), cells.mean(2), atol=1e-5, rtol=1e-4)
+
+
 def test_backbone__unknown_name_is_refused():
     with pytest.raises(ValueError, match="unknown backbone 'vit'"):
         build_backbone("vit")
