@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from api.rate_limit import limiter
 from mec_platform import keys
 from mec_platform.db import REQUEST_SESSIONS, end_read, get_session
+from mec_platform.keys import Scope
 from mec_platform.specs import ID_MAX
 from mec_platform.tables import ApiKey, Job, Model
 
@@ -19,10 +20,11 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function",
 _bearer = HTTPBearer(auto_error=False, description="An API key from `mec keys create`.")
 
 
-def current_key(session: SessionDep,
+def current_key(session: SessionDep, request: Request,
                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
                 ) -> ApiKey:
-    """The caller's API key: 401 when missing or unknown, 403 when revoked."""
+    """The caller's API key: 401 when missing or unknown, 403 when revoked. The audit log
+    reads who called from the request's state."""
     if credentials is None:
         raise HTTPException(401, "missing API key: send 'Authorization: Bearer <key>'",
                             headers={"WWW-Authenticate": "Bearer"})
@@ -30,6 +32,7 @@ def current_key(session: SessionDep,
     if key is None:
         raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
     end_read(session)
+    request.state.caller = (key.prefix, key.project)
     if key.revoked_at is not None:
         raise HTTPException(403, f"API key {key.prefix}... was revoked")
     return key
@@ -38,27 +41,50 @@ def current_key(session: SessionDep,
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
 
 
-def submission_quota(key: CurrentKey, request: Request) -> None:
-    """Per-key rate limit on job submissions: 429 with Retry-After when exceeded."""
+def needs(scope: Scope):
+    """A route's dependency: the caller's key, which must carry `scope` (or admin).
+    The scope is kept on the dependency, so the route table says what each route needs."""
+    def key_with_scope(key: CurrentKey) -> ApiKey:
+        if not keys.allows(key, scope):
+            raise HTTPException(403, f"API key {key.prefix}... lacks the scope '{scope}' "
+                                     f"(it has: {', '.join(key.scopes) or 'none'})")
+        return key
+    key_with_scope.scope = scope
+    return key_with_scope
+
+
+ReadKey = Annotated[ApiKey, Depends(needs(Scope.JOBS_READ))]
+WriteKey = Annotated[ApiKey, Depends(needs(Scope.JOBS_WRITE))]
+DeployKey = Annotated[ApiKey, Depends(needs(Scope.MODELS_DEPLOY))]
+AdminKey = Annotated[ApiKey, Depends(needs(Scope.ADMIN))]
+
+
+def submission_quota(key: WriteKey) -> None:
+    """Per-key rate limit on job submissions (by keys that may submit): 429 with
+    Retry-After when exceeded."""
     wait = limiter().acquire(f"submit:{key.id}")
     if wait > 0:
         raise HTTPException(429, f"too many submissions for key {key.prefix}...; retry in "
                                  f"{wait:.0f} s", headers={"Retry-After": str(int(wait) + 1)})
 
 
-def job_or_404(job_id: Annotated[int, Path(ge=1, le=ID_MAX)], session: SessionDep) -> Job:
+def job_or_404(job_id: Annotated[int, Path(ge=1, le=ID_MAX)], session: SessionDep,
+               key: CurrentKey) -> Job:
+    """The job, if it exists in a project the key sees (another project's job: 404 too,
+    so that its existence is not revealed)."""
     job = session.get(Job, job_id)
     end_read(session)
-    if job is None:
+    if job is None or not keys.sees(key, job.project):
         raise HTTPException(404, f"job {job_id} not found")
     return job
 
 
-def model_or_404(model_id: Annotated[int, Path(ge=1, le=ID_MAX)], session: SessionDep
-                 ) -> Model:
+def model_or_404(model_id: Annotated[int, Path(ge=1, le=ID_MAX)], session: SessionDep,
+                 key: CurrentKey) -> Model:
+    """The model, if it exists in a project the key sees (else 404)."""
     model = session.get(Model, model_id)
     end_read(session)
-    if model is None:
+    if model is None or not keys.sees(key, model.project):
         raise HTTPException(404, f"model {model_id} not found")
     return model
 

@@ -6,6 +6,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from api import audit
+from api.routes import audit as audit_routes
 from api.routes import jobs, models, system
 from mec_platform.jobs import JobKind
 
@@ -18,6 +20,8 @@ app = FastAPI(
 app.include_router(jobs.router)
 app.include_router(models.router)
 app.include_router(system.router)
+app.include_router(audit_routes.router)
+app.middleware("http")(audit.record)
 
 
 def _field(loc) -> str:

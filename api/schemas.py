@@ -169,6 +169,25 @@ class WorkerPublic(BaseModel):
     seen_at: datetime
 
 
+class AuditEntryPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    key_prefix: str | None = Field(description="First 12 characters of the caller's key "
+                                   "(none when the request had no valid key).")
+    project: str | None
+    action: str = Field(description="Method and route, e.g. 'POST /v1/jobs/{job_id}/cancel'.")
+    path: str
+    status: int = Field(description="The HTTP status the request ended with.")
+    address: str | None
+
+
+class AuditPublic(BaseModel):
+    data: list[AuditEntryPublic]
+    count: int
+
+
 class FieldError(BaseModel):
     field: str = Field(description="Dotted path of the offending field, e.g. config.batch_size.")
     message: str

@@ -26,7 +26,7 @@ NAMES = ("loss", "coding_length", "spectral_norm", "lr", "lambda_inv", "teacher_
 def measure(steps: int, log_every: int) -> float:
     """Seconds per training step spent writing metrics and progress."""
     with session_scope() as s:
-        job = Job(kind="pretrain", name="bench-metrics", queue="gpu", config={},
+        job = Job(kind="pretrain", project="bench", name="bench-metrics", queue="gpu", config={},
                   status="running", lease_owner="bench")
         s.add(job)
         s.flush()

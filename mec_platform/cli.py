@@ -8,6 +8,7 @@ import click
 
 import serving.cli  # noqa: F401  (registers `mec package` and `mec embed`)
 from mec_core.cli import main
+from mec_platform.keys import DEFAULT_PROJECT, Scope
 
 
 @main.group()
@@ -34,16 +35,26 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--name", required=True, help="Who or what uses the key.")
-def keys_create(name: str) -> None:
+@click.option("--scope", "scopes", multiple=True,
+              type=click.Choice([str(s) for s in Scope]),
+              help="What the key may do (repeat for several); default: every scope but "
+              "admin.")
+@click.option("--project", default=DEFAULT_PROJECT, show_default=True,
+              help="The project whose jobs and models the key sees and creates.")
+def keys_create(name: str, scopes: tuple[str, ...], project: str) -> None:
     """Create a key and print it once (only its hash is stored)."""
     from mec_platform import keys as api_keys
     from mec_platform.db import session_scope
 
+    try:
+        api_keys.check_project(project)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--project") from None
     with session_scope() as s:
-        row, plain = api_keys.create(s, name)
+        row, plain = api_keys.create(s, name, scopes, project)
         click.echo(f"{plain}")
-        click.echo(f"key {row.id} ({row.prefix}...) for {name!r}; it is not shown again",
-                   err=True)
+        click.echo(f"key {row.id} ({row.prefix}...) for {name!r} in project {row.project!r} "
+                   f"with {', '.join(row.scopes)}; it is not shown again", err=True)
 
 
 @keys.command("revoke")
@@ -61,7 +72,7 @@ def keys_revoke(ident: str) -> None:
 
 @keys.command("list")
 def keys_list() -> None:
-    """Keys with their id, prefix, name and state."""
+    """Keys with their id, prefix, state, project, scopes and name."""
     from sqlalchemy import select
 
     from mec_platform.db import session_scope
@@ -70,7 +81,8 @@ def keys_list() -> None:
     with session_scope() as s:
         for k in s.scalars(select(ApiKey).order_by(ApiKey.id)):
             state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
-            click.echo(f"{k.id:>4}  {k.prefix}...  {state:<24} {k.name}")
+            click.echo(f"{k.id:>4}  {k.prefix}...  {state:<24} {k.project:<16} "
+                       f"{','.join(k.scopes):<48} {k.name}")
 
 
 def _port_options(func):

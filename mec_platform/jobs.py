@@ -11,6 +11,7 @@ from enum import StrEnum
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from mec_platform.keys import DEFAULT_PROJECT
 from mec_platform.queue import Queue, enqueue
 from mec_platform.tables import Job, utcnow
 
@@ -37,13 +38,13 @@ FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 
 def submit(session: Session, kind: JobKind, config: dict, queue: Queue, name: str = "",
            tags: list[str] | None = None, priority: int = 0,
-           idempotency_key: str | None = None) -> Job:
-    """Add a queued job, commit, then ring its queue: a worker that takes the message
-    always finds the row. Raises IntegrityError (rolled back) for a reused
+           idempotency_key: str | None = None, project: str = DEFAULT_PROJECT) -> Job:
+    """Add a queued job of `project`, commit, then ring its queue: a worker that takes the
+    message always finds the row. Raises IntegrityError (rolled back) for a reused
     idempotency key."""
-    job = Job(kind=kind, name=name or kind, tags=tags or [], priority=priority, queue=queue,
-              status=JobStatus.QUEUED, config=config, idempotency_key=idempotency_key,
-              enqueued_at=utcnow())
+    job = Job(kind=kind, project=project, name=name or kind, tags=tags or [],
+              priority=priority, queue=queue, status=JobStatus.QUEUED, config=config,
+              idempotency_key=idempotency_key, enqueued_at=utcnow())
     session.add(job)
     try:
         session.commit()

@@ -1,5 +1,6 @@
 """Database schema (SQLAlchemy 2.0): jobs, their metrics, finished models, evaluations,
-and live workers."""
+live workers, API keys and the audit log. Jobs and models belong to the project of the
+key that created them."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # a jobs.JobKind
+    project: Mapped[str] = mapped_column(String(64), index=True)
     name: Mapped[str] = mapped_column(String(200))
     tags: Mapped[list[str]] = mapped_column(default=list)
     priority: Mapped[int] = mapped_column(default=0)
@@ -90,6 +92,7 @@ class Model(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    project: Mapped[str] = mapped_column(String(64), index=True)
     name: Mapped[str] = mapped_column(String(200))
     backbone: Mapped[str] = mapped_column(String(32))
     dataset: Mapped[str] = mapped_column(String(32))
@@ -141,5 +144,24 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(200))
     prefix: Mapped[str] = mapped_column(String(16), index=True)
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+    project: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]]  # keys.Scope values
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+
+
+class AuditEntry(Base):
+    """One state-changing request: who (key prefix), what, when, from where, and how it
+    ended (the HTTP status)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    key_prefix: Mapped[str | None] = mapped_column(String(16))
+    project: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(200))  # method and route, e.g. POST /v1/jobs
+    path: Mapped[str] = mapped_column(Text)
+    status: Mapped[int]
+    address: Mapped[str | None] = mapped_column(String(64))

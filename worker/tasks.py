@@ -148,8 +148,8 @@ def _model_outcome(job_id: int, checkpoint: Path, out: Path, name: str,
     config = stored_config(json.loads(paths["meta"].read_text())["config"])
     artifacts = {"checkpoint": str(checkpoint), **{k: str(v) for k, v in paths.items()}}
     return Outcome(JobStatus.SUCCEEDED, result=summary, record=lambda s: s.add(Model(
-        job_id=job_id, name=name, backbone=config.backbone, dataset=config.dataset,
-        artifacts=artifacts)))
+        job_id=job_id, project=s.get(Job, job_id).project, name=name,
+        backbone=config.backbone, dataset=config.dataset, artifacts=artifacts)))
 
 
 @app.task(name="mec.import")

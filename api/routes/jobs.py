@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Resp
 from sqlalchemy import String, cast, func, select
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import JobDep, SessionDep, current_key, submission_quota
+from api.deps import JobDep, ReadKey, SessionDep, WriteKey, submission_quota
 from api.schemas import (
     EvaluateJobCreate,
     JobCreate,
@@ -21,14 +21,13 @@ from api.schemas import (
     errors,
     public,
 )
-from mec_platform import jobs
+from mec_platform import jobs, keys
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.settings import get_settings
 from mec_platform.specs import ID_MAX
 from mec_platform.tables import Job, Metric
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(current_key)],
-                   responses=errors(400, 401, 403, 422))
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(400, 401, 403, 422))
 
 
 @router.post("", response_model=JobPublic, status_code=201,
@@ -36,26 +35,31 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(curre
              responses={200: {"model": JobPublic, "description": "The job submitted earlier "
                               "with this Idempotency-Key; nothing new was created."},
                         **errors(429)})
-def submit_job(session: SessionDep, response: Response, spec: Annotated[JobCreate, Body()],
+def submit_job(key: WriteKey, session: SessionDep, response: Response,
+               spec: Annotated[JobCreate, Body()],
                idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None):
-    """Submit a pretraining or evaluation job; it is queued and runs on a worker."""
-    if idempotency_key:
-        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+    """Submit a pretraining or evaluation job to the key's project; it is queued and runs
+    on a worker."""
+    # idempotency keys are per project: another project's use of the same key is not seen
+    stored_key = f"{key.project}:{idempotency_key}" if idempotency_key else None
+    if stored_key:
+        existing = session.scalar(select(Job).where(Job.idempotency_key == stored_key))
         if existing is not None:
             response.status_code = 200
             return public(existing)
     _check_data_dir(spec.config.data_dir)
     if isinstance(spec, EvaluateJobCreate):
         target = session.get(Job, spec.config.job_id)
-        if target is None or target.kind not in (JobKind.PRETRAIN, JobKind.IMPORT):
+        if target is None or not keys.sees(key, target.project) or \
+                target.kind not in (JobKind.PRETRAIN, JobKind.IMPORT):
             raise HTTPException(422, f"config.job_id: {spec.config.job_id} is not a "
                                      "pretraining or import job")
     try:
         job = jobs.submit(session, spec.kind, spec.config.model_dump(mode="json"), spec.queue,
-                          spec.name, spec.tags, spec.priority, idempotency_key)
+                          spec.name, spec.tags, spec.priority, stored_key, key.project)
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
         response.status_code = 200
-        return public(session.scalar(select(Job).where(Job.idempotency_key == idempotency_key)))
+        return public(session.scalar(select(Job).where(Job.idempotency_key == stored_key)))
     return public(job)
 
 
@@ -71,12 +75,15 @@ def _check_data_dir(data_dir: str | None) -> None:
 
 
 @router.get("", response_model=JobsPublic)
-def list_jobs(session: SessionDep, status: JobStatus | None = None,
+def list_jobs(key: ReadKey, session: SessionDep, status: JobStatus | None = None,
               kind: JobKind | None = None,
               tag: str | None = Query(None, max_length=64),
               limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=ID_MAX)):
-    """Jobs, newest first, filtered by status, kind and tag."""
+    """The key's project's jobs (an admin key: every project's), newest first, filtered by
+    status, kind and tag."""
     query = select(Job)
+    if not keys.sees_all(key):
+        query = query.where(Job.project == key.project)
     if status:
         query = query.where(Job.status == status)
     if kind:
@@ -90,13 +97,13 @@ def list_jobs(session: SessionDep, status: JobStatus | None = None,
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=errors(404))
-def get_job(job: JobDep):
+def get_job(_: ReadKey, job: JobDep):
     """One job: status, progress, ETA, last metrics, error, worker and times."""
     return public(job)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=errors(404))
-def get_metrics(job: JobDep, session: SessionDep,
+def get_metrics(_: ReadKey, job: JobDep, session: SessionDep,
                 name: Annotated[list[str] | None, Query(max_length=50)] = None,
                 since_step: int = Query(0, ge=0, le=ID_MAX),
                 max_points: int = Query(1000, ge=1, le=100_000)):
@@ -121,7 +128,7 @@ def get_metrics(job: JobDep, session: SessionDep,
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(404, 409))
-def cancel_job(job: JobDep, session: SessionDep):
+def cancel_job(_: WriteKey, job: JobDep, session: SessionDep):
     """Cancel a job: a queued one at once, a running one within seconds (it keeps its last
     checkpoint). 409 if it already finished."""
     if jobs.cancel(session, job.id) is None:

@@ -9,31 +9,33 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Form, HTTPException, Query, UploadFile
 from sqlalchemy import func, select
 
-from api.deps import ModelDep, SessionDep, current_key, submission_quota
+from api.deps import DeployKey, ModelDep, ReadKey, SessionDep, WriteKey, submission_quota
 from api.schemas import JobPublic, ModelPublic, ModelsPublic, errors, public
-from mec_platform import jobs
+from mec_platform import jobs, keys
 from mec_platform.jobs import JobKind
 from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
 from mec_platform.specs import ID_MAX, DeploySpec
 from mec_platform.tables import Model
 
-router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(current_key)],
-                   responses=errors(400, 401, 403, 422))
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=errors(400, 401, 403, 422))
 
 
 @router.get("", response_model=ModelsPublic)
-def list_models(session: SessionDep, limit: int = Query(50, ge=1, le=500),
+def list_models(key: ReadKey, session: SessionDep, limit: int = Query(50, ge=1, le=500),
                 offset: int = Query(0, ge=0, le=ID_MAX)):
-    """Finished encoders, newest first."""
-    count = session.scalar(select(func.count(Model.id)))
-    rows = session.scalars(select(Model).order_by(Model.id.desc()).limit(limit).offset(offset))
+    """The key's project's finished encoders (an admin key: every project's), newest first."""
+    query = select(Model)
+    if not keys.sees_all(key):
+        query = query.where(Model.project == key.project)
+    count = session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = session.scalars(query.order_by(Model.id.desc()).limit(limit).offset(offset))
     return ModelsPublic(data=list(rows), count=count)
 
 
 @router.post("", response_model=JobPublic, status_code=202,
              dependencies=[Depends(submission_quota)], responses=errors(413, 429))
-def upload_model(session: SessionDep, checkpoint: UploadFile,
+def upload_model(key: WriteKey, session: SessionDep, checkpoint: UploadFile,
                  name: Annotated[str, Form(min_length=1, max_length=200)]):
     """Upload a training checkpoint written by `mec train`; an import job loads it with
     weights_only (tensors and plain containers, never code), exports its encoder and adds
@@ -53,11 +55,12 @@ def upload_model(session: SessionDep, checkpoint: UploadFile,
                                          "limit (MEC_MAX_UPLOAD_MB)")
             out.write(chunk)
     return public(jobs.submit(session, JobKind.IMPORT, {
-        "checkpoint": str(path), "filename": checkpoint.filename or ""}, Queue.CPU, name))
+        "checkpoint": str(path), "filename": checkpoint.filename or ""}, Queue.CPU, name,
+        project=key.project))
 
 
 @router.get("/{model_id}", response_model=ModelPublic, responses=errors(404))
-def get_model(model: ModelDep):
+def get_model(_: ReadKey, model: ModelDep):
     """One encoder with its artifacts and evaluations."""
     return ModelPublic.model_validate(model)  # loads the evaluations while the session is open
 
@@ -65,12 +68,12 @@ def get_model(model: ModelDep):
 def _deploy_job(session, model: Model, action: str, spec: DeploySpec) -> JobPublic:
     return public(jobs.submit(session, JobKind.DEPLOY, {
         "model_id": model.id, "action": action, **spec.model_dump(mode="json")}, Queue.CPU,
-        f"{action} model {model.id}", priority=5))
+        f"{action} model {model.id}", priority=5, project=model.project))
 
 
 @router.post("/{model_id}/deploy", response_model=JobPublic, status_code=202,
              responses=errors(404))
-def deploy_model(model: ModelDep, session: SessionDep,
+def deploy_model(_: DeployKey, model: ModelDep, session: SessionDep,
                  spec: Annotated[DeploySpec | None, Body()] = None):
     """Package (if needed) and register the model with TorchServe, as a new version that
     replaces the serving one only once it is ready. Returns the deploy job."""
@@ -79,6 +82,6 @@ def deploy_model(model: ModelDep, session: SessionDep,
 
 @router.post("/{model_id}/undeploy", response_model=JobPublic, status_code=202,
              responses=errors(404))
-def undeploy_model(model: ModelDep, session: SessionDep):
+def undeploy_model(_: DeployKey, model: ModelDep, session: SessionDep):
     """Unregister every version of the model from TorchServe. Returns the undeploy job."""
     return _deploy_job(session, model, "undeploy", DeploySpec())

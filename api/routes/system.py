@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, HTTPException
 from sqlalchemy import select, text
 
-from api.deps import SessionDep, current_key
+from api.deps import ReadKey, SessionDep
 from api.schemas import WorkerPublic, errors
 from mec_platform.queue import broker_reachable
 from mec_platform.settings import get_settings
@@ -34,9 +34,8 @@ def readyz(session: SessionDep) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/v1/workers", response_model=list[WorkerPublic],
-            dependencies=[Depends(current_key)], responses=errors(401, 403))
-def list_workers(session: SessionDep):
+@router.get("/v1/workers", response_model=list[WorkerPublic], responses=errors(401, 403))
+def list_workers(session: SessionDep, _: ReadKey):
     """Workers whose heartbeat is recent, with their device and current job."""
     cutoff = utcnow() - timedelta(seconds=3 * get_settings().heartbeat_seconds)
     return list(session.scalars(select(Worker).where(Worker.seen_at >= cutoff)

@@ -35,8 +35,8 @@ def session(request, tmp_path):
 
 
 def new_job(session, **kw) -> Job:
-    job = Job(**{"kind": "pretrain", "name": "t", "queue": "gpu", "config": {},
-                 "status": "queued", **kw})
+    job = Job(**{"kind": "pretrain", "project": "default", "name": "t", "queue": "gpu",
+                 "config": {}, "status": "queued", **kw})
     session.add(job)
     session.commit()
     return job

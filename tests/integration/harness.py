@@ -33,10 +33,10 @@ class Platform:
         self.api: subprocess.Popen | None = None
         self.client = httpx.Client(base_url=self.url, timeout=30)
 
-    def new_key(self, name: str) -> str:
-        """`mec keys create`, as an operator runs it."""
+    def new_key(self, name: str, *options: str) -> str:
+        """`mec keys create` with `options` (--scope, --project), as an operator runs it."""
         done = subprocess.run([sys.executable, "-m", "mec_platform.cli", "keys", "create",
-                               "--name", name],
+                               "--name", name, *options],
                               env=self.env, check=True, capture_output=True, text=True)
         return done.stdout.strip()
 

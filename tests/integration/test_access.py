@@ -33,6 +33,39 @@ def test_a_revoked_key_gets_403(platform):
     assert r.status_code == 403 and "was revoked" in r.json()["detail"]
 
 
+def _as(platform, key: str) -> httpx.Client:
+    return httpx.Client(base_url=platform.url, timeout=30,
+                        headers={"Authorization": f"Bearer {key}"})
+
+
+def test_scoped_keys_and_projects_from_the_command_line(platform):
+    team = _as(platform, platform.new_key("team-a", "--project", "team-a"))
+    app_key = _as(platform, platform.new_key("shop", "--scope", "embed", "--project", "team-a"))
+    reader = _as(platform, platform.new_key("b-reader", "--scope", "jobs:read",
+                                            "--project", "team-b"))
+    admin = _as(platform, platform.new_key("ops", "--scope", "admin"))
+    job = team.post("/v1/jobs", json={"kind": "pretrain", "config": TINY | {"max_steps": 1},
+                                      "queue": "cpu", "name": "team-a run"}).json()
+    r = app_key.post(f"/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 403 and "lacks the scope 'jobs:write'" in r.json()["detail"]
+    assert app_key.get("/v1/jobs").status_code == 403
+    assert reader.get(f"/v1/jobs/{job['id']}").status_code == 404
+    assert reader.post("/v1/jobs", json={"kind": "pretrain", "config": TINY}).status_code == 403
+    assert admin.get(f"/v1/jobs/{job['id']}").json()["name"] == "team-a run"
+    assert team.post(f"/v1/jobs/{job['id']}/cancel").status_code in (200, 409)
+    audit = admin.get("/v1/audit", params={"project": "team-a"}).json()["data"]
+    assert {(e["action"], e["status"]) for e in audit} >= {
+        ("POST /v1/jobs", 201), ("POST /v1/jobs/{job_id}/cancel", 403)}
+    bad = subprocess.run([sys.executable, "-m", "mec_platform.cli", "keys", "create", "--name",
+                          "x", "--project", "Team A"], env=platform.env, capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "--project" in bad.stderr and "project name" in bad.stderr
+    listed = subprocess.run([sys.executable, "-m", "mec_platform.cli", "keys", "list"],
+                            env=platform.env, capture_output=True, text=True, check=True)
+    assert any("team-b" in line and "jobs:read" in line and "b-reader" in line
+               for line in listed.stdout.splitlines())
+
+
 def test_submissions_are_rate_limited_per_key_with_retry_after(platform):
     key = platform.new_key("burst")
     client = httpx.Client(base_url=platform.url, timeout=30,

@@ -1,0 +1,75 @@
+"""Migrations on a database with data in it (SQLite and PostgreSQL): rows written under the
+previous schema survive each upgrade with the values the new columns promise, and the
+migrated schema is the one the tables declare."""
+
+import json
+
+import psycopg
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+
+from mec_platform import keys
+from mec_platform.db import make_engine
+from mec_platform.migrate import alembic_config, upgrade
+from mec_platform.tables import Base
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mec.db'}"
+        return
+    name = f"mec_migrate_{tmp_path.name[-8:].replace('-', '_')}".lower()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_0004__existing_keys_jobs_and_models_join_default_with_every_scope(url):
+    upgrade(url, "0003")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO api_keys (name, prefix, hash, created_at) "
+            "VALUES ('old', 'mec_oldkey12', :hash, CURRENT_TIMESTAMP)"),
+            {"hash": keys.digest("mec_oldkey12-and-the-rest")})
+        conn.execute(text(
+            "INSERT INTO jobs (kind, name, tags, priority, queue, config, status, "
+            "cancel_requested, step, epoch, attempts, idempotency_key, created_at) VALUES "
+            "('pretrain', 'old job', '[]', 0, 'gpu', '{}', 'succeeded', false, 0, 0, 1, "
+            "'retry-1', CURRENT_TIMESTAMP)"))
+        conn.execute(text(
+            "INSERT INTO models (job_id, name, backbone, dataset, artifacts, created_at) "
+            "SELECT id, 'old model', 'convnet', 'digits', '{}', CURRENT_TIMESTAMP FROM jobs"))
+    upgrade(url)
+    with engine.connect() as conn:
+        key = conn.execute(text("SELECT project, scopes FROM api_keys")).one()
+        job = conn.execute(text("SELECT project, idempotency_key FROM jobs")).one()
+        model = conn.execute(text("SELECT project FROM models")).one()
+        audit = conn.execute(text("SELECT count(*) FROM audit_log")).scalar()
+    scopes = key.scopes if isinstance(key.scopes, list) else json.loads(key.scopes)
+    assert key.project == "default" and sorted(scopes) == sorted(keys.ALL_SCOPES)
+    assert tuple(job) == ("default", "default:retry-1")  # idempotency keys are per project
+    assert model.project == "default" and audit == 0
+    command.downgrade(alembic_config(url), "0003")  # and back, as it was
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT idempotency_key FROM jobs")).scalar() == "retry-1"
+    upgrade(url)
+    engine.dispose()
+
+
+def test_the_migrated_schema_is_the_one_the_tables_declare(url):
+    upgrade(url)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        drift = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert drift == []
