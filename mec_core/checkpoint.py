@@ -3,6 +3,7 @@ and checked to be of the one format this version writes."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -17,15 +18,24 @@ PATTERN = re.compile(r"^step_(\d{8})\.pt$")
 def save_atomic(obj: Any, path: Path) -> Path:
     """torch.save to a temporary file in the same directory, fsync, then rename.
 
-    A crash mid-write leaves only the temporary file, which `latest` never picks.
+    The bytes are serialised in memory first, so that a full disk surfaces as an OSError
+    that names the file (torch's own writer reports it as an opaque RuntimeError); the
+    temporary file is then removed. A crash mid-write leaves only the temporary file,
+    which `latest` never picks and `Checkpointer.save` removes.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"{exc.strerror} (writing {path})") from exc
     return path
 
 
@@ -76,6 +86,9 @@ class Checkpointer:
     def save(self, state: dict[str, Any], step: int) -> Path:
         path = save_atomic({"format": FORMAT, "step": step, **state},
                            step_path(self.directory, step))
+        # temporary files of writers that crashed (a job's lease allows one at a time)
+        for stale in self.directory.glob(".step_*.tmp"):
+            stale.unlink(missing_ok=True)
         for old in _complete(self.directory)[:-self.keep]:
             old.unlink(missing_ok=True)
         return path

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
+from mec_core.checkpoint import save_atomic
 from mec_core.models import load_model
 
 
@@ -19,8 +18,8 @@ def export(checkpoint_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"backbone": out / "backbone.pt", "encoder": out / "encoder.pt",
              "meta": out / "model.json"}
-    torch.save(model.encoder.backbone.state_dict(), paths["backbone"])
-    torch.save(model.encoder.state_dict(), paths["encoder"])
+    save_atomic(model.encoder.backbone.state_dict(), paths["backbone"])
+    save_atomic(model.encoder.state_dict(), paths["encoder"])
     meta = {"format": "mec-encoder/1", "backbone": config.backbone,
             "small_stem": model.encoder.backbone.conv1.kernel_size == (3, 3)
             if hasattr(model.encoder.backbone, "conv1") else False,

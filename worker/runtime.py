@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 from celery.utils.log import get_logger
 from sqlalchemy import delete, update
 
@@ -48,6 +49,26 @@ def _loop() -> None:
                 reconcile_once()
         except Exception as exc:  # keep beating through a database outage
             log.warning("heartbeat failed: %s", exc)
+
+
+def check_artifact_root() -> None:
+    """Refuse to start on an artifact root this process cannot write: every job would
+    otherwise fail, one after the other, at its first checkpoint."""
+    root = get_settings().artifact_root
+    probe = root / f".mec-write-test-{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SystemExit(f"mec worker: cannot start: the artifact root {root} is not "
+                         f"writable ({exc.strerror}); give MEC_ARTIFACT_ROOT a writable "
+                         "directory") from None
+
+
+@worker_init.connect
+def _on_init(**_kw) -> None:
+    check_artifact_root()
 
 
 @worker_ready.connect

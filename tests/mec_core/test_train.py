@@ -146,8 +146,9 @@ def test_train__two_gloo_processes_match_one_process_with_the_same_global_batch(
     _torchrun(2, tmp_path / "two", config)
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert [r["step"] for r in two] == [1, 2, 3, 4]
-    # identical up to float32 rounding: the loss is a difference of O(1) cosine terms
-    assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-5)
+    # identical up to float32 rounding: the loss is a difference of O(1) cosine terms, so
+    # the rounding is absolute (about 1e-7), whatever the size of the difference
+    assert two[0]["loss"] == pytest.approx(one[0]["loss"], abs=1e-6)
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-4)
         assert b["coding_length"] == pytest.approx(a["coding_length"], abs=1e-4)
