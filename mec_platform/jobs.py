@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from mec_platform.keys import DEFAULT_PROJECT
 from mec_platform.queue import Queue, enqueue
-from mec_platform.tables import Job, utcnow
+from mec_platform.tables import Job, Lease, utcnow
 
 
 class JobStatus(StrEnum):
@@ -84,25 +84,37 @@ def cancel(session: Session, job_id: int) -> JobStatus | None:
 
 def claim(session: Session, job_id: int, owner: str, host: str, device: str,
           lease_seconds: float) -> bool:
-    """Take a queued job for `owner` with a lease; False if someone else has it or it is
-    no longer queued. A second delivery of the same message therefore does nothing."""
+    """Take a queued job for `owner` with a lease (recorded in the lease history); False if
+    someone else has it or it is no longer queued. A second delivery of the same message
+    therefore does nothing."""
     now = utcnow()
+    expires = now + timedelta(seconds=lease_seconds)
     done = session.execute(
         update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED,
                           Job.cancel_requested.is_(False))
         .values(status=JobStatus.RUNNING, lease_owner=owner, worker_host=host, device=device,
-                lease_expires=now + timedelta(seconds=lease_seconds),
-                attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now)))
+                lease_expires=expires, attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, now)))
+    if done.rowcount:
+        session.add(Lease(job_id=job_id, owner=owner, claimed_at=now, expires=expires))
     session.commit()
     return bool(done.rowcount)
 
 
+def _end_lease(session: Session, job_id: int, owner: str, at) -> None:
+    session.execute(update(Lease).where(Lease.job_id == job_id, Lease.owner == owner,
+                                        Lease.ended_at.is_(None)).values(ended_at=at))
+
+
 def renew(session: Session, job_id: int, owner: str, lease_seconds: float) -> bool:
     """Extend the lease; False if the job is no longer ours (reaped, or finished)."""
+    expires = utcnow() + timedelta(seconds=lease_seconds)
     done = session.execute(
         update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING,
-                          Job.lease_owner == owner)
-        .values(lease_expires=utcnow() + timedelta(seconds=lease_seconds)))
+                          Job.lease_owner == owner).values(lease_expires=expires))
+    if done.rowcount:
+        session.execute(update(Lease).where(Lease.job_id == job_id, Lease.owner == owner,
+                                            Lease.ended_at.is_(None)).values(expires=expires))
     session.commit()
     return bool(done.rowcount)
 
@@ -117,6 +129,8 @@ def finish(session: Session, job_id: int, owner: str, status: JobStatus, error: 
         values["finished_at"] = utcnow()
     done = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING,
                                              Job.lease_owner == owner).values(**values))
+    if done.rowcount:
+        _end_lease(session, job_id, owner, utcnow())
     session.commit()
     return bool(done.rowcount)
 
@@ -129,7 +143,8 @@ def reap(session: Session, max_attempts: int) -> list[int]:
                                                 Job.lease_expires < now)).all()
     requeued = []
     for job in expired:
-        cause = f"worker {job.lease_owner} on {job.worker_host} stopped renewing its lease"
+        owner, ran_out = job.lease_owner, job.lease_expires  # before the update clears them
+        cause = f"worker {owner} on {job.worker_host} stopped renewing its lease"
         give_up = job.attempts >= max_attempts
         values = dict(lease_owner=None, lease_expires=None, error=cause)
         if give_up:
@@ -141,6 +156,8 @@ def reap(session: Session, max_attempts: int) -> list[int]:
             values |= dict(status=JobStatus.QUEUED, enqueued_at=now)
         done = session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING,
                                                  Job.lease_expires < now).values(**values))
+        if done.rowcount:
+            _end_lease(session, job.id, owner, ran_out)
         if done.rowcount and values["status"] == JobStatus.QUEUED:
             requeued.append(job.id)
     session.commit()

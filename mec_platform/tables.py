@@ -69,6 +69,20 @@ class Job(Base):
                                                  passive_deletes=True)
 
 
+class Lease(Base):
+    """One run of a job by one owner (a worker's attempt): from its claim until it ended
+    (finished, handed back, or reaped at `expires`). Two leases of a job never overlap."""
+
+    __tablename__ = "job_leases"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    claimed_at: Mapped[datetime]
+    expires: Mapped[datetime]  # renewed with the job's lease
+    ended_at: Mapped[datetime | None]
+
+
 class Metric(Base):
     __tablename__ = "metrics"
     __table_args__ = (Index("ix_metrics_job_name_step", "job_id", "name", "step", unique=True),)

@@ -4,12 +4,13 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mec_platform import jobs
 from mec_platform.db import make_engine
 from mec_platform.migrate import upgrade
-from mec_platform.tables import Job, utcnow
+from mec_platform.tables import Job, Lease, utcnow
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -59,6 +60,8 @@ def test_renew_and_finish__only_by_the_lease_owner(session):
     assert jobs.finish(session, job.id, "a", "succeeded", result={"steps": 3})
     session.refresh(job)
     assert job.status == "succeeded" and job.finished_at and job.result == {"steps": 3}
+    (lease,) = _leases(session, job.id)  # claimed, renewed, ended by its owner's finish
+    assert lease.owner == "a" and lease.claimed_at <= lease.ended_at <= lease.expires
 
 
 def test_reap__requeues_expired_leases_and_gives_up_after_max_attempts(session):
@@ -75,6 +78,15 @@ def test_reap__requeues_expired_leases_and_gives_up_after_max_attempts(session):
     assert requeued == [] and job.status == "failed"
     assert "gave up after 3 attempts" in job.error and "w3" in job.error
     assert not jobs.claim(session, job.id, "w4", "host", "cpu", 60)
+    history = _leases(session, job.id)  # each attempt ended when its lease ran out
+    assert [lease.owner for lease in history] == ["w1", "w2", "w3"]
+    assert all(lease.ended_at < lease.claimed_at + timedelta(seconds=1) for lease in history)
+    assert all(a.ended_at <= b.claimed_at for a, b in zip(history, history[1:]))
+
+
+def _leases(session, job_id: int) -> list[Lease]:
+    return list(session.scalars(select(Lease).where(Lease.job_id == job_id)
+                                .order_by(Lease.id)))
 
 
 def test_cancel__queued_at_once_running_by_flag_finished_refused(session):
