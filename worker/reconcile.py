@@ -44,8 +44,10 @@ def _redis_messages(url: str) -> list[dict]:
         for queue in Queue:  # the priority strategy keeps one list per priority step
             for key in [queue.encode(), *client.scan_iter(match=f"{queue}\x06\x16*")]:
                 messages += [json.loads(m) for m in client.lrange(key, 0, -1)]
-        # delivered, not yet acknowledged: [message, exchange, routing key]
-        return messages + [json.loads(v)[0] for v in client.hvals("unacked")]
+        # not the delivered, unacknowledged ones ("unacked"): a queued job's message there
+        # went to a worker that died before its claim, and Redis gives it back only after
+        # the visibility timeout (12 h)
+        return messages
     finally:
         client.close()
 
@@ -65,8 +67,8 @@ def _sqla_messages(url: str) -> list[dict]:
 
 
 def held_job_ids(url: str) -> set[int] | None:
-    """Ids of the jobs the broker holds a message for (waiting, or delivered and not yet
-    acknowledged); None when this kind of broker cannot be inspected."""
+    """Ids of the jobs the broker holds a waiting message for; None when this kind of
+    broker cannot be inspected."""
     if url.startswith(("redis://", "rediss://")):
         messages = _redis_messages(url)
     elif url.startswith("sqla+"):
