@@ -4,16 +4,7 @@ embedded defaults (SQLite + SQLite broker) and on production parts (PostgreSQL +
 from __future__ import annotations
 
 import pytest
-import redis
-from harness import (
-    REDIS_DB,
-    _drop_database,
-    _postgres_database,
-    base_env,
-    open_platform,
-)
-
-from serving.torchserve import LocalTorchServe, unused_ports
+from harness import _drop_database, _postgres_database, full_platform
 
 
 @pytest.fixture
@@ -27,32 +18,9 @@ def postgres_url():
 @pytest.fixture(params=["embedded", "postgres+redis"], scope="session")
 def shared_platform(request, tmp_path_factory):
     """One platform per backend for the whole run (starting one takes ~20 s)."""
-    root = tmp_path_factory.mktemp(request.param.replace("+", "_"))
-    env = base_env(root)
-    database = None
-    if request.param == "postgres+redis":
-        database = _postgres_database()
-        env["MEC_DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
-        env["MEC_BROKER_URL"] = f"redis://127.0.0.1:6379/{REDIS_DB}"
-        redis.Redis(db=REDIS_DB).flushdb()
-    ts_ports = unused_ports(3)
-    env |= {"MEC_TORCHSERVE_INFERENCE_URL": f"http://127.0.0.1:{ts_ports[0]}",
-            "MEC_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{ts_ports[1]}",
-            "MEC_TORCHSERVE_HOME": str(root / "torchserve"),
-            "MEC_MODEL_STORE": str(root / "model-store")}
-    plat = open_platform(root, env, request.param)
-    plat.torchserve = LocalTorchServe(root / "torchserve", root / "model-store", *ts_ports)
-    try:
-        plat.torchserve.start()
-        plat.start_api()
-        plat.start_worker("w1")
+    with full_platform(tmp_path_factory.mktemp(request.param.replace("+", "_")),
+                       request.param) as plat:
         yield plat
-    finally:
-        plat.stop()
-        plat.torchserve.stop()
-        if database:
-            _drop_database(database)
-            redis.Redis(db=REDIS_DB).flushdb()
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import psycopg
+import redis
 
-from serving.torchserve import unused_port
+from serving.torchserve import LocalTorchServe, unused_port, unused_ports
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_DB = 7
@@ -148,3 +150,35 @@ def open_platform(root: Path, env: dict[str, str], backend: str) -> Platform:
     plat.client.headers["Authorization"] = f"Bearer {plat.key}"
     plat.backend = backend
     return plat
+
+
+@contextmanager
+def full_platform(root: Path, backend: str, **env_overrides: str):
+    """API, one worker (w1) and TorchServe on `backend` ("embedded" or "postgres+redis",
+    a database of its own, dropped afterwards), all stopped on exit."""
+    env = base_env(root) | env_overrides
+    database = None
+    if backend == "postgres+redis":
+        database = _postgres_database()
+        env["MEC_DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
+        env["MEC_BROKER_URL"] = f"redis://127.0.0.1:6379/{REDIS_DB}"
+        redis.Redis(db=REDIS_DB).flushdb()
+    ts_ports = unused_ports(3)
+    env |= {"MEC_TORCHSERVE_INFERENCE_URL": f"http://127.0.0.1:{ts_ports[0]}",
+            "MEC_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{ts_ports[1]}",
+            "MEC_TORCHSERVE_HOME": str(root / "torchserve"),
+            "MEC_MODEL_STORE": str(root / "model-store")}
+    plat = open_platform(root, env, backend)
+    plat.database = database
+    plat.torchserve = LocalTorchServe(root / "torchserve", root / "model-store", *ts_ports)
+    try:
+        plat.torchserve.start()
+        plat.start_api()
+        plat.start_worker("w1")
+        yield plat
+    finally:
+        plat.stop()
+        plat.torchserve.stop()
+        if database:
+            _drop_database(database)
+            redis.Redis(db=REDIS_DB).flushdb()

@@ -38,7 +38,7 @@ def test_deploy_redeploy_and_undeploy(platform):
     assert served["status"] == "serving" and served["version"] == "1.0"
     auth = {"Authorization": f"Bearer {Keys.read(platform.torchserve.home).inference}"}
     r = httpx.post(served["urls"]["embed"], content=png(0), headers=auth, timeout=30)
-    assert r.status_code == 200 and r.json()["dim"] == 256
+    assert r.status_code == 200 and r.json()["dim"] == 1024  # 256 channels on a 2x2 grid
     r = httpx.post(served["urls"]["knn"], files={"image": png(1)}, data={"k": "3"},
                    headers=auth, timeout=30)
     assert r.status_code == 200 and len(r.json()["neighbours"][0]) == 3

@@ -5,8 +5,8 @@ import os
 import signal
 
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
-        "pred_hidden_dim": 16, "train_limit": 256, "epochs": 1, "log_every": 2,
-        "checkpoint_every": 4, "warmup_epochs": 0.2, "lambda_warmup_epochs": 0.2}
+        "proj_hidden_dim": 64, "pred_hidden_dim": 16, "train_limit": 256, "epochs": 1,
+        "log_every": 2, "checkpoint_every": 4, "warmup_epochs": 0.2, "lambda_warmup_epochs": 0.2}
 
 
 def pretrain(platform, steps, **extra):

@@ -35,7 +35,7 @@ def test_demo__whole_loop_and_clean_exit(tmp_path):
     assert "raw pixels" in log
     assert set(summary["endpoints"]) == {"embed", "knn"}
     assert len(summary["retrievals"]) == 3
-    assert all(len(r["neighbours"]) == 5 and r["dim"] == 256 for r in summary["retrievals"])
+    assert all(len(r["neighbours"]) == 5 and r["dim"] == 1024 for r in summary["retrievals"])
     assert sorted(summary["stopped"]) == ["api", "torchserve", "worker"]
     assert "kNN top-1" in log and "summary:" in log
     assert processes_mentioning(str(workdir)) == []
