@@ -35,7 +35,7 @@ from mec_core.train import train
 RUNS = Path(__file__).resolve().parents[1] / "docs" / "science" / "runs.jsonl"
 FM = {"dataset": "fashion-mnist", "backbone": "convnet", "batch_size": 256}
 METHODS = ("mec", "simclr", "byol", "simsiam", "barlow_twins", "vicreg")
-GRID = [(lr, wd) for lr in (0.2, 0.5, 1.0) for wd in (1e-5, 1e-4)]  # same for every method
+GRID = [(lr, 1e-5) for lr in (0.2, 0.5, 1.0)]  # the same for every method
 
 # group -> (base config, rows); a row: (label, fields over the base)
 GROUPS: dict[str, tuple[dict, list[tuple[str, dict]]]] = {
@@ -64,8 +64,9 @@ GROUPS: dict[str, tuple[dict, list[tuple[str, dict]]]] = {
         ("teacher momentum 0", {"teacher_momentum": 0.0}),
         ("no predictor", {"predictor": False}),
     ]),
-    # the same lr x wd grid for every method, on a 1-epoch proxy
-    "grid": ({**FM, "epochs": 1, "feature_grid": 1}, [
+    # the same learning-rate grid for every method (weight decay at the recipe's), on a
+    # 1-epoch proxy
+    "grid": ({**FM, "epochs": 1}, [
         (f"{m} lr {lr} wd {wd}", {"method": m, "base_lr": lr, "weight_decay": wd})
         for m in METHODS for lr, wd in GRID]),
     # every method at the small recipe's lr and wd (at its best grid point where the grid
