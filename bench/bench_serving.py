@@ -63,9 +63,11 @@ def pngs(n: int) -> list[bytes]:
 
 
 def build(root: Path) -> tuple[Path, Path]:
-    """A resnet18 checkpoint (one step on synthetic 32 px images) and its .mar files."""
+    """A resnet18 checkpoint (one step on synthetic 32 px images) and its .mar files.
+    Global pooling (512-d embeddings), as in the recorded runs of docs/performance.md."""
     config = TrainConfig(dataset="synthetic", image_size=32, backbone="resnet18", batch_size=16,
-                         max_steps=1, epochs=1, train_limit=64, proj_dim=256, log_every=1)
+                         max_steps=1, epochs=1, train_limit=64, proj_dim=256, log_every=1,
+                         feature_grid=1)
     train(config, root / "run")
     ckpt = checkpoint.latest(root / "run" / "checkpoints")
     package(ckpt, root / "store", "bench", gallery_limit=256)
