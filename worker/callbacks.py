@@ -6,7 +6,8 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from mec_core.train import Callbacks, StepMetrics
 from mec_platform.db import retrying, session_scope
@@ -45,7 +46,12 @@ class DatabaseCallbacks(Callbacks):
 
         def write():
             with session_scope() as s:
-                s.execute(insert(Metric), rows)
+                # idempotent: a commit whose acknowledgement a database outage lost is
+                # retried, and must not fail on the rows it already wrote
+                dialect = s.get_bind().dialect.name
+                stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Metric)
+                s.execute(stmt.on_conflict_do_nothing(
+                    index_elements=["job_id", "name", "step"]), rows)
                 s.execute(update(Job).where(Job.id == self.job_id).values(
                     step=last.step, epoch=last.epoch, last_metrics=last.values))
         retrying(write)

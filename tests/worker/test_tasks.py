@@ -103,3 +103,20 @@ def test_a_message_taken_during_shutdown_is_passed_on(embedded, held):
         shutting_down.clear()
     assert _job(job_id).status == "queued" and _job(job_id).attempts == 0
     assert job_id in held()
+
+
+def test_metrics_written_twice__the_retry_of_a_lost_commit_adds_nothing(embedded):
+    """A metrics write whose commit went through but whose acknowledgement was lost (the
+    database connection cut) is retried: the second write must neither fail nor add rows."""
+    from mec_core.train import StepMetrics
+    from worker.callbacks import DatabaseCallbacks
+
+    job_id = _submit(JobKind.PRETRAIN, TINY)
+    callbacks = DatabaseCallbacks(job_id, "owner", 1.0)
+    records = [StepMetrics(step=s, epoch=0, values={"loss": -0.1 * s}) for s in (1, 2)]
+    callbacks.on_metrics(records)
+    callbacks.on_metrics(records)
+    with session_scope() as s:
+        steps = s.scalars(select(Metric.step).where(Metric.job_id == job_id)
+                          .order_by(Metric.step)).all()
+    assert steps == [1, 2]
