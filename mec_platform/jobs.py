@@ -101,9 +101,10 @@ def claim(session: Session, job_id: int, owner: str, host: str, device: str,
     return bool(done.rowcount)
 
 
-def _end_lease(session: Session, job_id: int, owner: str, at) -> None:
+def _set_open_lease(session: Session, job_id: int, owner: str, **values) -> None:
+    """Update the history row of `owner`'s current lease of the job (renewed or ended)."""
     session.execute(update(Lease).where(Lease.job_id == job_id, Lease.owner == owner,
-                                        Lease.ended_at.is_(None)).values(ended_at=at))
+                                        Lease.ended_at.is_(None)).values(**values))
 
 
 def renew(session: Session, job_id: int, owner: str, lease_seconds: float) -> bool:
@@ -113,8 +114,7 @@ def renew(session: Session, job_id: int, owner: str, lease_seconds: float) -> bo
         update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING,
                           Job.lease_owner == owner).values(lease_expires=expires))
     if done.rowcount:
-        session.execute(update(Lease).where(Lease.job_id == job_id, Lease.owner == owner,
-                                            Lease.ended_at.is_(None)).values(expires=expires))
+        _set_open_lease(session, job_id, owner, expires=expires)
     session.commit()
     return bool(done.rowcount)
 
@@ -130,7 +130,7 @@ def finish(session: Session, job_id: int, owner: str, status: JobStatus, error: 
     done = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING,
                                              Job.lease_owner == owner).values(**values))
     if done.rowcount:
-        _end_lease(session, job_id, owner, utcnow())
+        _set_open_lease(session, job_id, owner, ended_at=utcnow())
     session.commit()
     return bool(done.rowcount)
 
@@ -157,7 +157,7 @@ def reap(session: Session, max_attempts: int) -> list[int]:
         done = session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING,
                                                  Job.lease_expires < now).values(**values))
         if done.rowcount:
-            _end_lease(session, job.id, owner, ran_out)
+            _set_open_lease(session, job.id, owner, ended_at=ran_out)
         if done.rowcount and values["status"] == JobStatus.QUEUED:
             requeued.append(job.id)
     session.commit()
