@@ -28,6 +28,7 @@ from torch.profiler import record_function
 from mec_core import distributed, schedule
 from mec_core.augment import Normalization, ViewRecipe, augment, recipe_for
 from mec_core.checkpoint import Checkpointer, load
+from mec_core.clock import StepClock
 from mec_core.config import (
     TrainConfig,
     image_size,
@@ -76,7 +77,7 @@ class TrainResult:
     total_steps: int
     stopped: bool
     checkpoint: Path | None
-    images_per_sec: float
+    images_per_sec: float  # over the steps past the warm-up (all of them if none are)
     last: dict[str, float] = field(default_factory=dict)
 
 
@@ -215,10 +216,10 @@ def batch_views(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x1, x2
 
 
-def train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor,
-               step: int) -> dict[str, torch.Tensor | float]:
+def train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, step: int,
+               clock: StepClock) -> dict[str, torch.Tensor | float]:
     """One optimizer step at `step` (steps done so far); returns its metrics, tensors
-    left on the device."""
+    left on the device. Marks the end of its forward, backward and optimizer phases."""
     config = run.config
     lr = schedule.learning_rate(step, run.total, run.warm_lr, run.peak_lr)
     lam_inv = schedule.lambda_inv(step, run.warm_lam, run.lam, config.lambda_warmup_factor)
@@ -230,9 +231,11 @@ def train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor,
     with record_function("mec.loss"):
         out = run.method.objective(*(distributed.gather(t) for t in (s1, s2, t1, t2)),
                                    Hyper(1.0 / lam_inv, config.order, config.taylor_radius))
+    clock.mark()
     run.optimizer.zero_grad(set_to_none=True)
     with record_function("mec.backward"):
         (out["loss"] if run.scaler is None else run.scaler.scale(out["loss"])).backward()
+    clock.mark()
     with record_function("mec.optimizer"):
         if run.scaler is None:
             run.optimizer.step()
@@ -242,6 +245,7 @@ def train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor,
     if run.model.teacher is not None:
         with record_function("mec.ema"):
             ema_update(run.model.teacher, run.model.encoder, tau)
+    clock.mark()
     return {k: v.detach() for k, v in out.items()} | {"lr": lr} \
         | ({"lambda_inv": lam_inv} if config.method == "mec" else {}) \
         | ({"teacher_momentum": tau} if run.model.teacher is not None else {})
@@ -250,13 +254,18 @@ def train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor,
 class MetricsBuffer:
     """Metrics of the steps since the last flush, kept on the device; `flush` moves them
     to the host in one sync, checks that they are finite, appends them to metrics.jsonl
-    and hands them to the callbacks (rank 0). On resume, lines past the checkpoint go."""
+    and hands them to the callbacks (rank 0). On resume, lines past the checkpoint go.
 
-    def __init__(self, path: Path, keep_through: int, run: Run, callbacks: Callbacks) -> None:
-        self.path, self.run, self.callbacks = path, run, callbacks
+    The last record of a flush also carries the window's speed, from the clock's steps
+    past the warm-up since the previous flush: `images_per_sec` (training steps only: the
+    monitor, metric writes and checkpoints are not counted) and the mean seconds per step
+    of each phase, `time_data`, `time_forward`, `time_backward`, `time_optimizer`."""
+
+    def __init__(self, path: Path, keep_through: int, run: Run, callbacks: Callbacks,
+                 clock: StepClock) -> None:
+        self.path, self.run, self.callbacks, self.clock = path, run, callbacks, clock
         self.pending: list[tuple[int, int, dict[str, torch.Tensor | float], dict]] = []
         self.last: dict[str, float] = {}
-        self.tick, self.tick_step = time.perf_counter(), keep_through
         if run.world.is_main:
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.exists():
@@ -276,14 +285,13 @@ class MetricsBuffer:
         table = torch.stack([torch.stack([torch.as_tensor(p[2][k], dtype=torch.float32,
                                                           device=device) for k in names])
                              for p in self.pending]).tolist()
-        now = time.perf_counter()
-        last_step = self.pending[-1][0]
-        speed = (last_step - self.tick_step) * self.run.config.batch_size / max(now - self.tick,
-                                                                                1e-9)
-        self.tick, self.tick_step = now, last_step
         records = [StepMetrics(s, e, dict(zip(names, row)) | extra)
                    for (s, e, _, extra), row in zip(self.pending, table)]
-        records[-1].values["images_per_sec"] = speed
+        steps, phases = self.clock.window()
+        if steps:
+            records[-1].values["images_per_sec"] = \
+                self.run.config.batch_size / max(sum(phases.values()), 1e-9)
+            records[-1].values.update({f"time_{p}": v for p, v in phases.items()})
         self.pending.clear()
         for r in records:
             if not all(math.isfinite(v) for v in r.values.values()):
@@ -333,7 +341,8 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
     callbacks = callbacks or Callbacks()
     out = Path(out_dir)
     run = setup(config, out, resume, keep_checkpoints)
-    metrics = MetricsBuffer(out / "metrics.jsonl", run.start, run, callbacks)
+    clock = StepClock(run.world.device)
+    metrics = MetricsBuffer(out / "metrics.jsonl", run.start, run, callbacks, clock)
     if run.world.is_main:
         callbacks.on_start(run.start, run.total, run.steps_per_epoch)
     saved = run.resumed_from
@@ -342,8 +351,10 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
     started = time.perf_counter()
     while step < run.total:
         epoch = step // run.steps_per_epoch
+        clock.start()
         x1, x2 = batch_views(run, step)
-        values = train_step(run, x1, x2, step)
+        clock.mark()
+        values = train_step(run, x1, x2, step, clock)
         step += 1
         observed = {}
         if run.monitor is not None and run.world.is_main and (
@@ -361,6 +372,6 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
         if stop:
             stopped = True
             break
-    seconds = max(time.perf_counter() - started, 1e-9)
-    return TrainResult(step, run.total, stopped, saved,
-                       (step - run.start) * config.batch_size / seconds, metrics.last)
+    clock.window()
+    speed = config.batch_size / max(clock.seconds_per_step(), 1e-9) if step > run.start else 0.0
+    return TrainResult(step, run.total, stopped, saved, speed, metrics.last)
