@@ -26,6 +26,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from mec_core import distributed, schedule
+from mec_core.allocator import keep_freed_memory
 from mec_core.augment import Normalization, ViewRecipe, augment, recipe_for
 from mec_core.checkpoint import Checkpointer, load
 from mec_core.clock import StepClock
@@ -146,6 +147,8 @@ def setup(config: TrainConfig, out: Path, resume: bool, keep_checkpoints: int = 
     checkpoint under `out/checkpoints` when `resume`."""
     world = distributed.setup(resolve_device(config))
     device = world.device
+    if device.type == "cpu":
+        keep_freed_memory()
     if config.batch_size % world.size:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
                          f"{world.size} processes")
