@@ -5,6 +5,7 @@ with the same model, batch and objective, written the way the reference code doe
                                 [--batch-size 256] [--steps 6] [--precision auto]
     python bench/bench_train.py --profile     # where the time of one step goes
     python bench/bench_train.py --scaling 64 128 256 512 1024   # images/s and peak memory
+    python bench/bench_train.py --knobs 3    # the step's main cost under each variant
 
 Baseline: torchvision PIL transforms per image in DataLoader worker processes (the MoCo v3
 recipe), float32, no channels_last, the loss as a sum of explicit matrix powers (Eq. 3),
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -188,6 +190,49 @@ def profile_ours(config: TrainConfig, steps: int) -> str:
     return "\n".join(lines) + "\n" + table.table(sort_by="self_cpu_time_total", row_limit=12)
 
 
+def knobs(config: TrainConfig, repeats: int) -> dict[str, dict]:
+    """Images/s of the step's dominant part, the student's forward + backward over both
+    views, under each variant of how it could run; the variants interleaved per repeat,
+    each after one untimed warm-up step (whose seconds are reported: compile time)."""
+    from mec_core.models import build_backbone
+
+    m, size = config.batch_size, config.image_size
+    variants = {
+        "two views, channels_last, fp32 (ours)": dict(),
+        "NCHW (contiguous) layout": dict(layout=torch.contiguous_format),
+        "the two views as one batch of 2m": dict(joined=True),
+        "bf16 autocast": dict(dtype=torch.bfloat16),
+        "torch.compile (inductor)": dict(compiled=True),
+    }
+    nets, warm, rates = {}, {}, {name: [] for name in variants}
+    views = [torch.randn(m, 3, size, size) for _ in range(2)]
+
+    def step(name: str) -> float:
+        v = variants[name]
+        layout = v.get("layout", torch.channels_last)
+        xs = [x.contiguous(memory_format=layout) for x in views]
+        if v.get("joined"):
+            xs = [torch.cat(xs)]
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=v.get("dtype", torch.float32),
+                            enabled="dtype" in v):
+            for x in xs:
+                nets[name](x).float().square().mean().backward()
+        return time.perf_counter() - start
+
+    for name, v in variants.items():
+        torch.manual_seed(0)
+        net = build_backbone(config.backbone, small_stem=size <= 64)[0].to(
+            memory_format=v.get("layout", torch.channels_last))
+        nets[name] = torch.compile(net) if v.get("compiled") else net
+        warm[name] = step(name)
+    for r in range(repeats):
+        for name in variants if r % 2 == 0 else reversed(list(variants)):
+            rates[name].append(m / step(name))
+    return {name: {"median": statistics.median(v), "min": min(v), "max": max(v),
+                   "warmup_seconds": warm[name]} for name, v in rates.items()}
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
@@ -217,6 +262,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--scaling", type=int, nargs="*")
+    parser.add_argument("--knobs", type=int, metavar="REPEATS",
+                        help="time the student's forward + backward under each variant "
+                             "(layout, batching of the views, bf16, torch.compile)")
     parser.add_argument("--only-ours", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -233,6 +281,13 @@ def main() -> None:
         print(f"{'batch':>6} {'img/s':>8} {'peak MB':>9}")
         for r in scaling(args, args.scaling):
             print(f"{r['batch']:>6} {r['ours']:>8.1f} {r['peak_mb']:>9.0f}")
+        return
+    if args.knobs:
+        print(head)
+        print(f"{'variant':<40} {'img/s':>7} {'range':>13} {'warm-up s':>9}")
+        for name, r in knobs(config, args.knobs).items():
+            print(f"{name:<40} {r['median']:>7.1f} {r['min']:>6.1f}–{r['max']:<6.1f} "
+                  f"{r['warmup_seconds']:>9.1f}")
         return
     if args.profile:
         print(head)
@@ -252,8 +307,11 @@ def main() -> None:
         return
     print(head)
     print(f"{'loop':<10} {'img/s':>8}")
-    print(f"{'baseline':<10} {result['baseline']:>8.1f}\n{'ours':<10} {rate:>8.1f}\n"
-          f"speed-up {rate / result['baseline']:.2f}x")
+    if "baseline" in result:
+        print(f"{'baseline':<10} {result['baseline']:>8.1f}")
+    print(f"{'ours':<10} {rate:>8.1f}")
+    if "baseline" in result:
+        print(f"speed-up {rate / result['baseline']:.2f}x")
 
 
 if __name__ == "__main__":
