@@ -6,7 +6,7 @@ from mec_core.train import train
 
 
 def test_real_run__digits_knn_beats_the_same_backbone_at_random_init(tmp_path):
-    config = TrainConfig(dataset="digits", backbone="convnet", epochs=20, batch_size=128,
+    config = TrainConfig(dataset="digits", backbone="convnet", epochs=30, batch_size=128,
                          proj_dim=256, warmup_epochs=2, lambda_warmup_epochs=2)
     result = train(config, tmp_path)
     trained = evaluate("knn", "digits", checkpoint_path=str(result.checkpoint))
