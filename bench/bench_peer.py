@@ -3,6 +3,7 @@
     python bench/bench_peer.py [--size 32] [--backbone resnet18] [--batch-size 256]
                                [--steps 5] [--repeats 3] [--precision auto]
                                [--loops mec byol lightly lightly-tuned] [--json]
+    python bench/bench_peer.py --profile lightly-tuned   # its top operators (torch.profiler)
 
 Loops, each at the same backbone (torchvision's ResNet, the small-image stem at 64 px and
 below), image size, batch, precision and torch thread count:
@@ -203,11 +204,21 @@ def main() -> None:
                         help="lightly's DataLoader workers (default: one per CPU)")
     parser.add_argument("--loops", nargs="+", default=list(LOOPS), choices=LOOPS)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--profile", choices=LOOPS,
+                        help="run this loop once under torch.profiler; print its top operators")
     parser.add_argument("--one", choices=LOOPS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warmup + args.steps <= WARMUP_STEPS:
         parser.error(f"--warmup + --steps must exceed the trainer's {WARMUP_STEPS} warm-up "
                      "steps, which its phase times leave out")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        args.one = args.profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run_one(args)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+        return
     if args.one:
         rate, phases = run_one(args)
         print(json.dumps({"loop": args.one, "images_per_sec": rate, "phases": phases}))
