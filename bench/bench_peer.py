@@ -4,6 +4,7 @@
                                [--steps 5] [--repeats 3] [--precision auto]
                                [--loops mec byol lightly lightly-tuned] [--json]
     python bench/bench_peer.py --profile lightly-tuned   # its top operators (torch.profiler)
+    python bench/bench_peer.py --report docs/performance/training/peer_*.json   # recorded runs
 
 Loops, each at the same backbone (torchvision's ResNet, the small-image stem at 64 px and
 below), image size, batch, precision and torch thread count:
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -206,8 +208,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--profile", choices=LOOPS,
                         help="run this loop once under torch.profiler; print its top operators")
+    parser.add_argument("--report", nargs="+", metavar="JSON",
+                        help="print the tables of recorded runs (--json output) and exit")
     parser.add_argument("--one", choices=LOOPS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.report:
+        print("\n\n".join(report(json.loads(Path(f).read_text())) for f in args.report))
+        return
     if args.warmup + args.steps <= WARMUP_STEPS:
         parser.error(f"--warmup + --steps must exceed the trainer's {WARMUP_STEPS} warm-up "
                      "steps, which its phase times leave out")
@@ -250,17 +257,28 @@ def main() -> None:
     if args.json:
         print(json.dumps(summary))
         return
-    print(f"{args.backbone}, {args.size} px, batch {args.batch_size}, precision "
-          f"{summary['precision']}, {summary['threads']} torch threads, {os.cpu_count()} CPUs, "
-          f"{args.steps} timed steps after {args.warmup}, {args.repeats} repeats")
-    print(f"{'loop':<14} {'median img/s':>12} {'range':>15}   seconds per step: "
-          + " ".join(f"{p:>9}" for p in PHASES))
-    for loop, s in summary["loops"].items():
-        print(f"{loop:<14} {s['median']:>12.1f} {s['min']:>7.1f}–{s['max']:<7.1f}"
-              + " " * 21 + " ".join(f"{s['phase_seconds'][p]:>9.3f}" for p in PHASES))
-    peer = summary["loops"].get("lightly-tuned")
-    if peer and "mec" in summary["loops"]:
-        print(f"mec / lightly-tuned: {summary['loops']['mec']['median'] / peer['median']:.2f}x")
+    print(report(summary))
+
+
+def report(summary: dict) -> str:
+    """The table of a run's summary (what --json prints); runs recorded before the phase
+    split have no phase columns."""
+    loops = summary["loops"]
+    repeats = max(len(s["runs"]) for s in loops.values())
+    lines = [f"{summary['backbone']}, {summary['size']} px, batch {summary['batch']}, precision "
+             f"{summary['precision']}, {summary['threads']} torch threads, {summary['cpus']} "
+             f"CPUs, {summary['steps']} timed steps after {summary['warmup']}, {repeats} repeats",
+             f"{'loop':<14} {'median img/s':>12} {'range':>15}   seconds per step: "
+             + " ".join(f"{p:>9}" for p in PHASES)]
+    for loop, s in loops.items():
+        split = s.get("phase_seconds")
+        lines.append(f"{loop:<14} {s['median']:>12.1f} {s['min']:>7.1f}–{s['max']:<7.1f}"
+                     + (" " * 21 + " ".join(f"{split[p]:>9.3f}" for p in PHASES) if split
+                        else ""))
+    if "lightly-tuned" in loops and "mec" in loops:
+        lines.append(f"mec / lightly-tuned: "
+                     f"{loops['mec']['median'] / loops['lightly-tuned']['median']:.2f}x")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

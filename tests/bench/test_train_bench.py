@@ -29,3 +29,15 @@ def test_bench_peer__every_loop_is_timed_and_summarised():
         assert len(loop["runs"]) == 2 and all(r > 0 for r in loop["runs"])
         assert loop["min"] <= loop["median"] <= loop["max"]
     assert summary["threads"] >= 1 and summary["batch"] == 32
+
+
+def test_bench_peer__report_prints_the_recorded_runs_again():
+    recorded = sorted((BENCH.parent / "docs" / "performance" / "training").glob("peer_*.json"))
+    out = subprocess.run([sys.executable, str(BENCH / "bench_peer.py"), "--report",
+                          *map(str, recorded)], capture_output=True, text=True, timeout=300,
+                         check=True).stdout
+    assert len(recorded) == 3
+    assert "mec / lightly-tuned: 1.58x" in out  # the doc's figure at resnet18, 32 px, batch 256
+    assert any(line.split()[:3] == ["lightly-tuned", "11.3", "11.1–12.0"]
+               for line in out.splitlines() if line)
+    assert "mec / lightly-tuned: 1.18x" in out and "mec / lightly-tuned: 1.55x" in out
