@@ -4,6 +4,7 @@ in-process, interleaved in rounds, with median and spread, and where the CPU wen
     python bench/bench_serving.py [--concurrency 1 8 32] [--rounds 5] [--seconds 6]
         [--workers N] [--batch-size N] [--max-batch-delay-ms 20]
         [--handler-threads N] [--netty-threads N] [--json]
+    python bench/bench_serving.py --profile 8 [--concurrency 32]   # where the time goes
 
 The model is resnet18 with the small-image stem on 32 px RGB images (as `mec train
 --dataset cifar10`), packaged by `serving.package` and served by a real TorchServe with
@@ -20,6 +21,12 @@ gets slower or faster during the run moves both. The overhead of a round is
 torch threads of both sides are pinned to the same number and recorded, and so is the CPU
 each process used while serving (TorchServe's Java frontend, its Python worker, the
 clients), in cores.
+
+--profile SECONDS measures instead where each side's time goes, per concurrency: py-spy
+samples the Python stacks of the in-process loop and of each TorchServe worker (phases
+below; "idle" is a worker waiting for its next batch), and TorchServe's own counters
+(its metrics API, in Prometheus mode for this run) give each request's time in the queue
+and end to end. py-spy reads other processes' memory: it needs root or CAP_SYS_PTRACE.
 """
 
 from __future__ import annotations
@@ -32,11 +39,13 @@ import re
 import resource
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
 
+import httpx
 import numpy as np
 import psutil
 import torch
@@ -51,6 +60,19 @@ from serving.service import Service
 from serving.torchserve import LocalTorchServe, unused_ports, worker_plan
 
 IN_PROCESS_BATCH = 8
+SAMPLE_HZ = 100
+PHASES = (  # a sampled stack's phase: the first whose frame it holds
+    ("forward", "Embedder.embed"),
+    ("decode PNG", "serving/images.py"),
+    ("answer as lists", "Service._answer"),
+    ("encode JSON", "json/"),
+    ("read batch", "retrieve_msg"),
+    ("log metrics", "logging/"),
+)
+OTHER = "other"  # the worker's loop, socket writes, TorchServe's bookkeeping
+IDLE = "idle"
+COUNTERS = ("ts_inference_requests_total", "ts_queue_latency_microseconds",
+            "ts_inference_latency_microseconds")
 
 
 def pngs(n: int) -> list[bytes]:
@@ -168,6 +190,62 @@ def in_process(service: Service, images: list[bytes], batch: int, seconds: float
             "cores": {"in_process": round((_cpu([me]) - cpu_before) / wall, 2)}}
 
 
+class Sampler:
+    """py-spy sampling the Python stacks of some processes for `seconds`."""
+
+    def __init__(self, pids: list[int], seconds: float, folder: Path) -> None:
+        spy = Path(sys.executable).with_name("py-spy")
+        self.seconds, self.files = seconds, [folder / f"{pid}.txt" for pid in pids]
+        self.spies = [subprocess.Popen(
+            [str(spy), "record", "--pid", str(pid), "--duration", str(round(seconds)),
+             "--rate", str(SAMPLE_HZ), "--format", "raw", "--nonblocking", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for pid, out in zip(pids, self.files)]
+
+    def shares(self) -> dict[str, float]:
+        """Each phase's share of the sampled processes' time; IDLE where no stack was
+        active (py-spy leaves out threads that wait in a system call)."""
+        counts = dict.fromkeys([name for name, _ in PHASES] + [OTHER, IDLE], 0)
+        for spy, out in zip(self.spies, self.files):
+            _, err = spy.communicate()
+            if spy.returncode != 0:
+                raise RuntimeError(f"py-spy failed (it needs root or CAP_SYS_PTRACE): {err}")
+            for line in out.read_text().splitlines():
+                stack, n = line.rsplit(" ", 1)
+                name = next((name for name, frame in PHASES if frame in stack), OTHER)
+                counts[name] += int(n)
+        total = len(self.files) * round(self.seconds) * SAMPLE_HZ
+        counts[IDLE] = max(0, total - sum(counts.values()))
+        return {k: round(v / max(total, sum(counts.values())), 3) for k, v in counts.items()}
+
+
+def counters(url: str) -> dict[str, float]:
+    """TorchServe's request counters from its metrics API (Prometheus text)."""
+    found = dict.fromkeys(COUNTERS, 0.0)
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        name = line.split("{", 1)[0]
+        if name in found:
+            found[name] += float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def profile(concurrency: int, seconds: float, service: Service, images: list[bytes],
+            ts: LocalTorchServe, served: Served, key: str, image: Path, folder: Path) -> dict:
+    """Where each side's time goes at one concurrency (see --profile)."""
+    sampler = Sampler([os.getpid()], seconds, folder)
+    direct = in_process(service, images, min(concurrency, IN_PROCESS_BATCH), seconds)
+    direct["phases"] = sampler.shares()
+    before = counters(ts.metrics_url)
+    sampler = Sampler([p.pid for p in served.workers], seconds, folder)
+    remote = clients(ts.inference_url, key, image, concurrency, seconds, served)
+    remote["phases"] = sampler.shares()
+    after = counters(ts.metrics_url)
+    requests = max(1.0, after[COUNTERS[0]] - before[COUNTERS[0]])
+    remote["queue_ms"] = round((after[COUNTERS[1]] - before[COUNTERS[1]]) / requests / 1e3, 1)
+    remote["latency_ms"] = round((after[COUNTERS[2]] - before[COUNTERS[2]]) / requests / 1e3, 1)
+    return {"concurrency": concurrency, "in_process": direct, "torchserve": remote}
+
+
 def summarize(concurrency: int, rounds: list[dict]) -> dict:
     """Median and range over the rounds of one concurrency."""
     def spread(values: list[float]) -> dict:
@@ -203,6 +281,9 @@ def main() -> None:
                         "divided among the workers, as the handler sets them]")
     parser.add_argument("--netty-threads", type=int, default=None,
                         help="TorchServe frontend threads [default: TorchServe's]")
+    parser.add_argument("--profile", type=float, metavar="SECONDS",
+                        help="instead of the rounds: where each side's time goes, sampled "
+                        "for SECONDS per side and concurrency")
     parser.add_argument("--json", action="store_true", help="print the run's JSON record")
     parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
                         help="print the tables of recorded runs (docs/performance/serving/) "
@@ -223,10 +304,13 @@ def main() -> None:
     service = Service(export, "embed")
     extra = {"number_of_netty_threads": str(args.netty_threads),
              "netty_client_threads": str(args.netty_threads)} if args.netty_threads else {}
+    if args.profile:
+        extra["metrics_mode"] = "prometheus"  # TorchServe's request counters
     ts = LocalTorchServe(root / "ts", store, *unused_ports(3), extra=extra,
                          env={"MEC_TORCH_THREADS": str(plan.threads)})
     ts.start()
     results: dict[int, list[dict]] = {c: [] for c in args.concurrency}
+    profiles = []
     try:
         ts.management().register("bench.mar", workers=plan.workers, batch_size=plan.batch_size,
                                  max_batch_delay_ms=args.max_batch_delay_ms)
@@ -237,7 +321,10 @@ def main() -> None:
         for c in args.concurrency:  # warm-up, alike on both sides
             in_process(service, images, min(c, IN_PROCESS_BATCH), 2)
             clients(ts.inference_url, key, image, c, 2)
-        for r in range(args.rounds):
+        for c in args.concurrency if args.profile else []:
+            profiles.append(profile(c, args.profile, service, images, ts, served, key, image,
+                                    root))
+        for r in range(0 if args.profile else args.rounds):
             for c in args.concurrency:
                 sides = [("in_process", lambda c=c: in_process(
                               service, images, min(c, IN_PROCESS_BATCH), args.seconds)),
@@ -247,20 +334,21 @@ def main() -> None:
                                    (sides if r % 2 == 0 else sides[::-1])})
     finally:
         ts.stop()
-    rows = [summarize(c, results[c]) for c in args.concurrency]
     setup = {"in_process_threads": cores, "worker_threads": plan.threads,
              "workers": plan.workers, "batch_size": plan.batch_size,
              "max_batch_delay_ms": args.max_batch_delay_ms,
              "netty_threads": args.netty_threads or "default", "cores": cores,
              "rounds": args.rounds, "seconds": args.seconds}
-    if args.json:
-        print(json.dumps({"setup": setup, "rows": rows}))
-        return
-    print(markdown({"setup": setup, "rows": rows}))
+    record = {"setup": setup | {"profile_seconds": args.profile}, "profile": profiles} \
+        if args.profile else {"setup": setup,
+                              "rows": [summarize(c, results[c]) for c in args.concurrency]}
+    print(json.dumps(record) if args.json else markdown(record))
 
 
 def markdown(record: dict) -> str:
     """The docs' table of one run's JSON record (what --json prints)."""
+    if "profile" in record:
+        return profile_markdown(record)
     lines = [f"<!-- {record['setup']} -->",
              "| clients | TorchServe img/s, median [range] | in-process img/s | overhead, median "
              "[range] | TorchServe p99 ms | errors | cores: frontend / worker / clients |",
@@ -273,6 +361,23 @@ def markdown(record: dict) -> str:
             f"[{100 * o['min']:.1f}–{100 * o['max']:.1f}] | {r['p99_ms']['median']:.0f} | "
             f"{r['errors']} | {c['frontend']} / {c['worker']} / {c['clients']} |")
     return "\n".join(lines)
+
+
+def profile_markdown(record: dict) -> str:
+    """Each side's share of time by phase, and TorchServe's per-request queue and latency."""
+    phases = list(record["profile"][0]["in_process"]["phases"])
+    lines = [f"<!-- {record['setup']} -->",
+             "| clients | side | img/s | " + " | ".join(phases) + " | queue ms | latency ms |",
+             "|---|---|---|" + "---|" * len(phases) + "---|---|"]
+    for point in record["profile"]:
+        for side in ("in_process", "torchserve"):
+            r = point[side]
+            shares = " | ".join(f"{100 * r['phases'][k]:.1f} %" for k in phases)
+            lines.append(f"| {point['concurrency']} | {side.replace('_', '-')} | "
+                         f"{r['throughput']:.1f} | {shares} | {r.get('queue_ms', '–')} | "
+                         f"{r.get('latency_ms', '–')} |")
+    return "\n".join(lines)
+
 
 if __name__ == "__main__":
     main()

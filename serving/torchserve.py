@@ -133,6 +133,7 @@ class LocalTorchServe:
         self.home, self.store = home, model_store
         self.inference_url = f"http://127.0.0.1:{inference_port}"
         self.management_url = f"http://127.0.0.1:{management_port}"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}"
         self.config = write_config(home, model_store, inference_port, management_port,
                                    metrics_port, extra=extra)
         self.env = process_env(os.environ | (env or {}), home)

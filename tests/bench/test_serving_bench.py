@@ -2,6 +2,8 @@
 measured in that round, and the reported figure is the median over rounds, with its range."""
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "bench_serving.py"
@@ -27,3 +29,40 @@ def test_summarize__pairs_each_round_then_takes_medians():
     assert row["p99_ms"] == {"median": 300.0, "min": 200.0, "max": 500.0}
     assert row["served_cores"] == {"clients": 0.0, "frontend": 0.1, "worker": 1.8}
     assert row["rounds"] == 3 and row["errors"] == 0
+
+
+BUSY = """
+import json, time
+def encode():  # about half the time in json's encoder, the rest asleep (idle)
+    end = time.monotonic() + 0.05
+    while time.monotonic() < end:
+        json.dumps({"x": [0.1] * 512}, indent=2)
+print("ready", flush=True)
+while True:
+    encode()
+    time.sleep(0.05)
+"""
+
+
+def test_sampler__splits_a_process_time_into_phases_and_idle(tmp_path):
+    worker = subprocess.Popen([sys.executable, "-c", BUSY], stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline().strip() == "ready"
+        shares = bench.Sampler([worker.pid], 3, tmp_path).shares()
+    finally:
+        worker.kill()
+    assert set(shares) == {name for name, _ in bench.PHASES} | {bench.OTHER, bench.IDLE}
+    assert 0.3 < shares["encode JSON"] < 0.7 and 0.3 < shares[bench.IDLE] < 0.7
+    assert shares["forward"] == 0 and abs(sum(shares.values()) - 1) < 0.01
+
+
+def test_profile_markdown__one_row_per_side_and_point():
+    phases = dict.fromkeys([name for name, _ in bench.PHASES] + [bench.OTHER, bench.IDLE], 0.0)
+    side = {"throughput": 100.0, "phases": phases | {"forward": 0.9, bench.IDLE: 0.1}}
+    record = {"setup": {}, "profile": [{"concurrency": 32, "in_process": side,
+                                        "torchserve": side | {"queue_ms": 150.0,
+                                                              "latency_ms": 220.0}}]}
+    rows = bench.markdown(record).splitlines()[3:]
+    assert rows[0].startswith("| 32 | in-process | 100.0 | 90.0 % |")
+    assert rows[0].endswith("| – | – |")
+    assert rows[1].startswith("| 32 | torchserve |") and rows[1].endswith("| 150.0 | 220.0 |")
