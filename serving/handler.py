@@ -6,6 +6,7 @@ import json
 import logging
 import os
 
+import orjson
 from ts.torch_handler.base_handler import BaseHandler
 
 from serving.service import Service  # installed with the platform beside TorchServe
@@ -46,7 +47,11 @@ class MECHandler(BaseHandler):
         return self.service.run(data)
 
     def postprocess(self, data):
+        """Each answer as compact JSON, written here: a dict left to TorchServe goes through
+        json.dumps(indent=2), the pure-Python encoder, 0.39 ms per 512-d answer against
+        0.01 ms for orjson's float32 arrays (docs/performance.md, "Where the time goes")."""
         for i, answer in enumerate(data):
             if "error" in answer:
                 self.context.set_response_status(400, answer["error"], idx=i)
-        return data
+            self.context.set_response_content_type(i, "application/json")
+        return [orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY) for answer in data]

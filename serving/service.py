@@ -113,9 +113,11 @@ class Service:
         return answers
 
     def _answer(self, p: Parsed, vectors, batch: int) -> dict:
+        """The answer to one request; embeddings stay a float32 array (the handler encodes
+        them)."""
         head = {"model_version": self.embedder.version, "batch_size": batch}
         if self.task == "embed":
-            return head | {"dim": int(vectors.shape[1]), "embeddings": vectors.tolist()}
+            return head | {"dim": int(vectors.shape[1]), "embeddings": vectors}
         found = self.gallery.search(vectors, p.k)
         answer = head | {"k": p.k, "neighbours": found}
         if p.vote:

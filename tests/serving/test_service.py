@@ -40,7 +40,7 @@ def test_service__embedding_equals_the_embedder_on_the_same_pixels(trained, imag
     service = Service(export_dir)
     answers = service.run([service.parse({"body": png_of(img)}) for img in images[:3]])
     direct = Embedder(export_dir).embed(images[:3])
-    got = torch.tensor([a["embeddings"][0] for a in answers])
+    got = torch.from_numpy(np.stack([a["embeddings"][0] for a in answers]))
     assert (got - direct).abs().max() < 1e-5
     assert torch.allclose(got.norm(dim=1), torch.ones(3), atol=1e-5)
     assert answers[0]["dim"] == direct.shape[1] and answers[0]["batch_size"] == 3

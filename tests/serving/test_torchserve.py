@@ -67,6 +67,7 @@ def test_embedding__equals_mec_core_on_the_same_image(served, images):
     for image, expected in zip(images[:4], direct):
         r = client.post("/predictions/tiny", content=png_of(image))
         assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/json"
         got = torch.tensor(r.json()["embeddings"][0])
         assert (got - expected).abs().max() < 1e-4
         assert r.json()["dim"] == len(expected)
