@@ -1,0 +1,299 @@
+"""`mec login`, `mec jobs …` and `mec models …`: the platform from a terminal, through
+api.client. The `mec` console script is mec_core's and mec_platform's commands plus these."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+import yaml
+from pydantic import BaseModel
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from api.client import FINISHED, APIError, Client, save_login
+from mec_core.cli import NONE, config_options
+from mec_platform.cli import main
+from mec_platform.jobs import JobKind, JobStatus
+from mec_platform.queue import Queue
+
+console = Console()
+as_json = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+COLOURS = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red",
+           "cancelled": "magenta"}
+
+
+def _client() -> Client:
+    try:
+        return Client()
+    except APIError as exc:
+        raise click.ClickException(exc.detail) from None
+
+
+def _api(call, *args, **kw):
+    """Run a client call; the API's errors and an unreachable API become CLI messages."""
+    try:
+        return call(*args, **kw)
+    except APIError as exc:
+        raise click.ClickException(f"the API answered {exc.status}: {exc.detail}") from None
+    except httpx.TransportError as exc:
+        raise click.ClickException(f"cannot reach the API ({exc}); is MEC_API_URL right?") \
+            from None
+
+
+def _echo_json(value: BaseModel | list | dict) -> None:
+    if isinstance(value, BaseModel):
+        click.echo(value.model_dump_json(indent=2))
+    else:
+        click.echo(json.dumps(value, indent=2, default=str))
+
+
+def _status(status: str) -> str:
+    return f"[{COLOURS.get(status, 'white')}]{status}[/]"
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True,
+              help="The API's address.")
+@click.option("--key", prompt=True, hide_input=True, help="An API key (`mec keys create`).")
+def login(url: str, key: str) -> None:
+    """Check a key against the API and keep it (with the URL) for later commands."""
+    _api(Client(url, key, retries=0).jobs, limit=1)
+    path = save_login(url, key)
+    click.echo(f"logged in to {url}; key kept in {path} (readable by you only)")
+
+
+@main.group()
+def jobs() -> None:
+    """Submit, list, follow and cancel jobs on the platform (MEC_API_URL, MEC_API_KEY)."""
+
+
+def _spec(spec_file: str | None, kind: str | None, name: str | None, tags: tuple[str, ...],
+          priority: int | None, queue: str | None, values: dict[str, Any]) -> dict:
+    """The job spec: the file's, then the flags on top of it."""
+    spec: dict[str, Any] = {}
+    if spec_file:
+        text = sys.stdin.read() if spec_file == "-" else Path(spec_file).read_text()
+        try:
+            spec = yaml.safe_load(text) or {}  # YAML, and so JSON too
+        except yaml.YAMLError as exc:
+            raise click.BadParameter(f"not YAML or JSON: {exc}", param_hint="-f") from None
+        if not isinstance(spec, dict):
+            raise click.BadParameter("the spec must be a mapping", param_hint="-f")
+    given = {k: None if v == NONE else v for k, v in values.items() if v is not None}
+    spec["kind"] = kind or spec.get("kind", JobKind.PRETRAIN.value)
+    spec["config"] = {**spec.get("config", {}), **given}
+    for field, value in (("name", name), ("tags", list(tags) or None), ("priority", priority),
+                         ("queue", queue)):
+        if value is not None:
+            spec[field] = value
+    return spec
+
+
+@jobs.command("submit")
+@click.option("-f", "--file", "spec_file", help="A job spec in YAML or JSON (the body of POST "
+              "/v1/jobs; '-' reads stdin); flags override its fields.")
+@click.option("--kind", type=click.Choice([JobKind.PRETRAIN.value, JobKind.EVALUATE.value]),
+              help="[default: the file's, else pretrain]")
+@click.option("--name", help="The job's name.")
+@click.option("--tag", "tags", multiple=True, help="A label (repeat for several).")
+@click.option("--priority", type=click.IntRange(0, 9), help="9 = most urgent.")
+@click.option("--queue", type=click.Choice([q.value for q in Queue]))
+@click.option("--watch", is_flag=True, help="Follow the job until it finishes.")
+@config_options
+@as_json
+def jobs_submit(spec_file, kind, name, tags, priority, queue, watch, as_json, **values) -> None:
+    """Submit a job: flags with the fields of `mec train`, or a spec file (-f spec.yaml)."""
+    client = _client()
+    job = _api(client.submit, _spec(spec_file, kind, name, tags, priority, queue, values))
+    if as_json and not watch:
+        return _echo_json(job)
+    if not as_json:
+        console.print(f"job {job.id} submitted ({job.kind}, {_status(job.status)})")
+    if watch:
+        _watch(client, job.id, as_json)
+
+
+@jobs.command("list")
+@click.option("--status", type=click.Choice([s.value for s in JobStatus]))
+@click.option("--kind", type=click.Choice([k.value for k in JobKind]))
+@click.option("--tag")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@as_json
+def jobs_list(status, kind, tag, limit, as_json) -> None:
+    """The newest jobs, with status, progress and the latest loss and kNN."""
+    page = _api(_client().jobs, status=status, kind=kind, tag=tag, limit=limit)
+    if as_json:
+        return _echo_json(page)
+    table = Table("id", "kind", "name", "status", "progress", "loss", "knn top-1", "created",
+                  title=f"{len(page.data)} of {page.count} jobs", title_justify="left")
+    for j in page.data:
+        metrics = j.last_metrics or {}
+        knn = (j.result or {}).get("top1", metrics.get("knn_top1"))
+        table.add_row(str(j.id), j.kind, j.name, _status(j.status),
+                      f"{j.progress.percent:.0f} %", _num(metrics.get("loss")), _num(knn),
+                      j.created_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+def _num(value) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
+@jobs.command("show")
+@click.argument("job_id", type=int)
+@as_json
+def jobs_show(job_id: int, as_json: bool) -> None:
+    """One job: status, progress, times, worker, the latest metrics, result or error."""
+    job = _api(_client().job, job_id)
+    if as_json:
+        return _echo_json(job)
+    table = Table(show_header=False, box=None, title=f"job {job.id} {job.name}",
+                  title_justify="left")
+    eta = f"{job.eta_seconds:.0f} s" if job.eta_seconds is not None else ""
+    rows = [("kind", job.kind), ("status", _status(job.status)),
+            ("progress", f"step {job.progress.step}/{job.progress.total_steps or '?'} "
+                         f"({job.progress.percent:.1f} %) {eta}"),
+            ("worker", f"{job.worker_host or ''} {job.device or ''}"),
+            ("attempts", str(job.attempts)), ("created", str(job.created_at)),
+            ("started", str(job.started_at or "")), ("finished", str(job.finished_at or "")),
+            ("metrics", ", ".join(f"{k} {v:.4g}" for k, v in (job.last_metrics or {}).items())),
+            ("result", json.dumps(job.result) if job.result else ""),
+            ("error", f"[red]{job.error}[/]" if job.error else "")]
+    for field, value in rows:
+        if value.strip():
+            table.add_row(f"[bold]{field}", value)
+    console.print(table)
+
+
+def _watch(client: Client, job_id: int, as_json: bool) -> None:
+    """A live progress bar with the latest metrics until the job finishes; exit status 1
+    unless it succeeded."""
+    if as_json:
+        job = _api(client.wait, job_id)
+        _echo_json(job)
+    else:
+        columns = (TextColumn("job {task.fields[job]}"), BarColumn(),
+                   TextColumn("{task.percentage:>5.1f} %"), TimeRemainingColumn(),
+                   TextColumn("{task.fields[status]} {task.fields[metrics]}"))
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("", total=100, job=job_id, status="", metrics="")
+
+            def show(j) -> None:
+                shown = {k: v for k, v in (j.last_metrics or {}).items()
+                         if k in ("loss", "coding_length", "knn_top1", "lr")}
+                bar.update(task, completed=j.progress.percent, status=_status(j.status),
+                           metrics="  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+
+            job = _api(client.wait, job_id, on_progress=show)
+        console.print(f"job {job.id} {_status(job.status)}" +
+                      (f": {job.error}" if job.error else ""))
+    if job.status != JobStatus.SUCCEEDED:
+        sys.exit(1)
+
+
+@jobs.command("watch")
+@click.argument("job_id", type=int)
+@as_json
+def jobs_watch(job_id: int, as_json: bool) -> None:
+    """Follow a job until it finishes: progress bar and latest metrics."""
+    _watch(_client(), job_id, as_json)
+
+
+@jobs.command("cancel")
+@click.argument("job_id", type=int)
+@as_json
+def jobs_cancel(job_id: int, as_json: bool) -> None:
+    """Cancel a job: a queued one at once, a running one within seconds."""
+    job = _api(_client().cancel, job_id)
+    if as_json:
+        return _echo_json(job)
+    console.print(f"job {job.id}: {_status(job.status)}"
+                  + (" (cancel requested)" if job.status not in FINISHED else ""))
+
+
+@jobs.command("metrics")
+@click.argument("job_id", type=int)
+@click.option("--name", "names", multiple=True, help="Only this series (repeat for several).")
+@click.option("--max-points", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@as_json
+def jobs_metrics(job_id: int, names: tuple[str, ...], max_points: int, as_json: bool) -> None:
+    """A job's metric series: each one's points, first, last, min and max (--json: all)."""
+    found = _api(_client().metrics, job_id, list(names) or None, max_points=max_points)
+    if as_json:
+        return _echo_json(found)
+    table = Table("metric", "points", "first", "last", "min", "max",
+                  title=f"job {job_id}, up to step {found.last_step} (every "
+                        f"{found.stride} step)", title_justify="left")
+    for name, s in sorted(found.series.items()):
+        table.add_row(name, str(len(s.values)), _num(s.values[0]), _num(s.values[-1]),
+                      _num(min(s.values)), _num(max(s.values)))
+    console.print(table)
+
+
+@main.group()
+def models() -> None:
+    """Finished encoders: list, deploy to TorchServe, undeploy."""
+
+
+@models.command("list")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@as_json
+def models_list(limit: int, as_json: bool) -> None:
+    """Models with their best evaluation and where they are served."""
+    page = _api(_client().models, limit=limit)
+    if as_json:
+        return _echo_json(page)
+    table = Table("id", "job", "name", "backbone", "dataset", "best top-1", "served",
+                  title=f"{len(page.data)} of {page.count} models", title_justify="left")
+    for m in page.data:
+        best = max((e.top1 for e in m.evaluations), default=None)
+        served = (m.deployment or {}).get("status", "")
+        table.add_row(str(m.id), str(m.job_id), m.name, m.backbone, m.dataset, _num(best),
+                      served)
+    console.print(table)
+
+
+@models.command("deploy")
+@click.argument("model_id", type=int)
+@click.option("--workers", type=click.IntRange(1, 16), help="[default: one per core, up to 4]")
+@click.option("--batch-size", type=click.IntRange(1, 256))
+@click.option("--max-batch-delay-ms", type=click.IntRange(0, 10_000))
+@click.option("--wait", "wait", is_flag=True, help="Wait until it is served.")
+@as_json
+def models_deploy(model_id, workers, batch_size, max_batch_delay_ms, wait, as_json) -> None:
+    """Serve a model with TorchServe (a deploy job)."""
+    spec = {k: v for k, v in (("workers", workers), ("batch_size", batch_size),
+                              ("max_batch_delay_ms", max_batch_delay_ms)) if v is not None}
+    _deploy_job(_client(), "deploy", model_id, spec, wait, as_json)
+
+
+@models.command("undeploy")
+@click.argument("model_id", type=int)
+@click.option("--wait", "wait", is_flag=True, help="Wait until it is no longer served.")
+@as_json
+def models_undeploy(model_id: int, wait: bool, as_json: bool) -> None:
+    """Stop serving a model (an undeploy job)."""
+    _deploy_job(_client(), "undeploy", model_id, {}, wait, as_json)
+
+
+def _deploy_job(client: Client, action: str, model_id: int, spec: dict, wait: bool,
+                as_json: bool) -> None:
+    job = _api(client.deploy if action == "deploy" else client.undeploy, model_id, **spec)
+    if wait:
+        job = _api(client.wait, job.id, poll=1.0)
+    if as_json:
+        return _echo_json(job)
+    console.print(f"{action} job {job.id}: {_status(job.status)}"
+                  + (f": {job.error}" if job.error else ""))
+    if wait and job.status != JobStatus.SUCCEEDED:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

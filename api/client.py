@@ -1,0 +1,185 @@
+"""Python client of the platform's REST API, for downstream code and the `mec jobs` commands.
+
+    from api.client import Client
+    client = Client()                      # MEC_API_URL / MEC_API_KEY, or `mec login`'s file
+    job = client.submit({"kind": "pretrain", "config": {"dataset": "fashion-mnist"}})
+    job = client.wait(job.id, on_progress=lambda j: print(j.progress.percent))
+    frame = client.metrics(job.id, frame=True)  # a pandas DataFrame, when pandas is installed
+
+Answers are the API's own pydantic models (api.schemas); an error answer raises APIError
+with the API's `detail`. Imports neither torch nor the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from api.schemas import JobPublic, JobsPublic, MetricsPublic, ModelPublic, ModelsPublic
+from mec_platform.jobs import JobStatus
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+def config_path() -> Path:
+    """Where `mec login` keeps the URL and key (MEC_CLIENT_CONFIG overrides)."""
+    default = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "mec" / \
+        "client.json"
+    return Path(os.environ.get("MEC_CLIENT_CONFIG", default))
+
+
+def save_login(url: str, key: str) -> Path:
+    """Write the URL and key for later commands, readable by the user only."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": url, "key": key}, f)
+    return path
+
+
+class APIError(Exception):
+    """An error answer from the API: its HTTP status and `detail`."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+class Client:
+    """The platform's REST API. url and key: arguments, else MEC_API_URL and MEC_API_KEY,
+    else the file `mec login` wrote. `retries`: attempts after a 429 (waiting its
+    Retry-After) and after a connection error on a call that is safe to repeat."""
+
+    def __init__(self, url: str | None = None, key: str | None = None, timeout: float = 30,
+                 retries: int = 3, backoff: float = 0.5) -> None:
+        saved = json.loads(config_path().read_text()) if config_path().exists() else {}
+        url = url or os.environ.get("MEC_API_URL") or saved.get("url") or DEFAULT_URL
+        key = key or os.environ.get("MEC_API_KEY") or saved.get("key")
+        if not key:
+            raise APIError(401, "no API key: pass key=, set MEC_API_KEY or run `mec login`")
+        self.url, self.retries, self.backoff = url.rstrip("/"), retries, backoff
+        self.http = httpx.Client(base_url=self.url, timeout=timeout,
+                                 headers={"Authorization": f"Bearer {key}"})
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- jobs --------------------------------------------------------------------------
+    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> JobPublic:
+        """Submit a job spec (the body of POST /v1/jobs). Each call carries an
+        Idempotency-Key, so a retry after a lost answer never submits twice."""
+        key = idempotency_key or uuid.uuid4().hex
+        return JobPublic.model_validate(self._call(
+            "POST", "/v1/jobs", json=spec, headers={"Idempotency-Key": key}, repeatable=True))
+
+    def job(self, job_id: int) -> JobPublic:
+        return JobPublic.model_validate(self._call("GET", f"/v1/jobs/{job_id}"))
+
+    def jobs(self, status: str | None = None, kind: str | None = None, tag: str | None = None,
+             limit: int = 50, offset: int = 0) -> JobsPublic:
+        params = {"status": status, "kind": kind, "tag": tag, "limit": limit, "offset": offset}
+        return JobsPublic.model_validate(self._call(
+            "GET", "/v1/jobs", params={k: v for k, v in params.items() if v is not None}))
+
+    def wait(self, job_id: int, timeout: float | None = None, poll: float = 2.0,
+             on_progress: Callable[[JobPublic], None] | None = None) -> JobPublic:
+        """Poll until the job has finished (succeeded, failed or cancelled); `on_progress`
+        sees every poll's view. TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_progress:
+                on_progress(job)
+            if job.status in FINISHED:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {job.status} after {timeout} s")
+            time.sleep(poll)
+
+    def metrics(self, job_id: int, names: list[str] | None = None, since_step: int = 0,
+                max_points: int = 1000, frame: bool = False):
+        """The job's metric series (downsampled to `max_points`); with frame=True a pandas
+        DataFrame indexed by step, one column per metric."""
+        params: dict[str, Any] = {"since_step": since_step, "max_points": max_points}
+        if names:
+            params["name"] = names
+        found = MetricsPublic.model_validate(self._call(
+            "GET", f"/v1/jobs/{job_id}/metrics", params=params))
+        if not frame:
+            return found
+        import pandas as pd  # optional: only for frame=True
+
+        columns = {name: pd.Series(s.values, index=s.steps) for name, s in found.series.items()}
+        table = pd.DataFrame(columns)
+        table.index.name = "step"
+        return table
+
+    def cancel(self, job_id: int) -> JobPublic:
+        return JobPublic.model_validate(self._call("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def evaluate(self, job_id: int, protocol: str = "knn", **config: Any) -> JobPublic:
+        """Submit an evaluation of a finished pretraining job (fields of EvaluateSpec)."""
+        return self.submit({"kind": "evaluate",
+                            "config": {"job_id": job_id, "protocol": protocol, **config}})
+
+    # --- models ------------------------------------------------------------------------
+    def models(self, limit: int = 50, offset: int = 0) -> ModelsPublic:
+        return ModelsPublic.model_validate(self._call(
+            "GET", "/v1/models", params={"limit": limit, "offset": offset}))
+
+    def model(self, model_id: int) -> ModelPublic:
+        return ModelPublic.model_validate(self._call("GET", f"/v1/models/{model_id}"))
+
+    def deploy(self, model_id: int, **spec: Any) -> JobPublic:
+        """Deploy a model to TorchServe (fields of DeploySpec); returns the deploy job."""
+        return JobPublic.model_validate(self._call(
+            "POST", f"/v1/models/{model_id}/deploy", json=spec or None))
+
+    def undeploy(self, model_id: int) -> JobPublic:
+        return JobPublic.model_validate(self._call("POST", f"/v1/models/{model_id}/undeploy"))
+
+    # --- transport ---------------------------------------------------------------------
+    def _call(self, method: str, path: str, repeatable: bool | None = None, **kw) -> Any:
+        """One API call with retries: after a 429 (any call: it was refused, not done) and
+        after a connection error, when the call is safe to repeat (GETs, and calls marked
+        `repeatable`) or when the connection never opened."""
+        repeatable = method == "GET" if repeatable is None else repeatable
+        attempt = 0
+        while True:
+            try:
+                response = self.http.request(method, path, **kw)
+            except httpx.TransportError as exc:
+                unsent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+                if attempt >= self.retries or not (unsent or repeatable):
+                    raise
+                time.sleep(self.backoff * 2 ** attempt)
+            else:
+                if response.status_code != 429 or attempt >= self.retries:
+                    break
+                time.sleep(float(response.headers.get("Retry-After", 1)))
+            attempt += 1
+        if response.status_code >= 400:
+            raise APIError(response.status_code, _detail(response))
+        return response.json()
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["detail"])
+    except (ValueError, KeyError, TypeError):
+        return response.text or response.reason_phrase

@@ -1,0 +1,195 @@
+"""api.client and the `mec jobs|models|login` commands against the real API and Celery
+worker (embedded backend; the routes under them are tested on PostgreSQL + Redis too)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from tcp_proxy import TcpProxy
+
+from api.client import APIError, Client
+from api.schemas import JobPublic
+
+pytestmark = pytest.mark.parametrize("shared_platform", ["embedded"], indirect=True)
+TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
+        "proj_hidden_dim": 64, "pred_hidden_dim": 16, "train_limit": 256, "epochs": 1,
+        "log_every": 2, "checkpoint_every": 4, "warmup_epochs": 0.2,
+        "lambda_warmup_epochs": 0.2}
+
+
+def pretrain(steps: int, **extra) -> dict:
+    return {"kind": "pretrain", "name": f"client-{steps}", "tags": ["client"],
+            "config": TINY | {"max_steps": steps, "epochs": steps // 8 + 1} | extra}
+
+
+def mec(platform, *args: str, key: str | None = None, config: str | None = None,
+        check: bool = True) -> subprocess.CompletedProcess:
+    env = platform.env | {"MEC_API_URL": platform.url, "MEC_API_KEY": key or platform.key,
+                          "COLUMNS": "160"}  # a wide terminal: rich folds cells at 80
+    if config:
+        env = {k: v for k, v in env.items() if k not in ("MEC_API_URL", "MEC_API_KEY")}
+        env["MEC_CLIENT_CONFIG"] = config
+    done = subprocess.run([sys.executable, "-m", "api.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    if check:
+        assert done.returncode == 0, done.stderr + done.stdout
+    return done
+
+
+def test_client__submit_wait_metrics_evaluate_and_models(platform):
+    client = Client(platform.url, platform.key)
+    job = client.submit(pretrain(8))
+    assert isinstance(job, JobPublic) and job.status == "queued"
+    seen = []
+    done = client.wait(job.id, timeout=240, poll=0.5, on_progress=seen.append)
+    assert done.status == "succeeded", done.error
+    assert seen[-1] == done and {j.status for j in seen} <= {"queued", "running", "succeeded"}
+    assert client.job(job.id).progress.step == 8
+
+    metrics = client.metrics(job.id, names=["loss", "lr"])
+    assert set(metrics.series) == {"loss", "lr"} and metrics.series["loss"].steps == list(
+        range(1, 9))
+    frame = client.metrics(job.id, frame=True)
+    assert list(frame.index) == list(range(1, 9)) and frame.index.name == "step"
+    assert frame["loss"].tolist() == metrics.series["loss"].values
+
+    listed = client.jobs(tag="client", status="succeeded")
+    assert job.id in [j.id for j in listed.data] and listed.count >= 1
+    evaluation = client.wait(client.evaluate(job.id, test_limit=64, train_limit=128).id,
+                             timeout=240, poll=0.5)
+    assert evaluation.status == "succeeded", evaluation.error
+    model = next(m for m in client.models().data if m.job_id == job.id)
+    assert client.model(model.id).evaluations[0].protocol == "knn"
+
+
+def test_client__errors_carry_the_api_detail(platform):
+    client = Client(platform.url, platform.key)
+    with pytest.raises(APIError) as bad:
+        client.submit(pretrain(8, batch_size=0))
+    assert bad.value.status == 422 and "config.batch_size" in bad.value.detail
+    with pytest.raises(APIError) as missing:
+        client.job(10**9)
+    assert missing.value.status == 404 and "job" in missing.value.detail
+    with pytest.raises(APIError) as unauthorized:
+        Client(platform.url, "mec_not_a_key").jobs()
+    assert unauthorized.value.status == 401
+
+
+def test_client__cancel_and_idempotent_submit(platform):
+    client = Client(platform.url, platform.key)
+    first = client.submit(pretrain(400), idempotency_key="client-cancel-1")
+    again = client.submit(pretrain(400), idempotency_key="client-cancel-1")
+    assert again.id == first.id  # the retry of a lost answer submits nothing new
+    cancelled = client.cancel(first.id)
+    assert cancelled.cancel_requested or cancelled.status == "cancelled"
+    assert client.wait(first.id, timeout=60, poll=0.5).status == "cancelled"
+    with pytest.raises(APIError) as finished:
+        client.cancel(first.id)
+    assert finished.value.status == 409
+
+
+def test_client__retries_429_after_retry_after(platform):
+    """The burst of submissions is 20 per key here (MEC_SUBMIT_BURST): the 21st is refused
+    with Retry-After, and a client with retries waits it out and succeeds."""
+    key = platform.new_key("client-429")
+    eager, patient = Client(platform.url, key, retries=0), Client(platform.url, key, retries=2)
+    target = eager.submit(pretrain(400))
+    eager.cancel(target.id)
+    refused = None
+    for _ in range(25):
+        try:
+            eager.cancel(eager.evaluate(target.id).id)
+        except APIError as exc:
+            refused = exc
+            break
+    assert refused is not None and refused.status == 429 and "retry in" in refused.detail
+    started = time.monotonic()
+    job = patient.evaluate(target.id)
+    assert job.status == "queued" and time.monotonic() - started >= 1
+    patient.cancel(job.id)
+
+
+def test_client__retries_reads_not_writes_over_a_broken_connection(platform):
+    proxy = TcpProxy(("127.0.0.1", platform.port))
+    try:
+        client = Client(f"http://127.0.0.1:{proxy.port}", platform.key, retries=5,
+                        backoff=0.2)
+        job = client.submit(pretrain(400))
+        proxy.cut()
+        with pytest.raises(httpx.TransportError):
+            client.cancel(job.id)  # not repeatable: it may have been done; not retried
+        threading.Timer(0.5, proxy.restore).start()
+        assert client.job(job.id).id == job.id  # a read: retried until the link is back
+        assert proxy.refused >= 2
+        client.cancel(job.id)
+    finally:
+        proxy.close()
+
+
+def test_cli__submit_watch_show_list_metrics(platform, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("kind: pretrain\nname: from-yaml\ntags: [cli]\nconfig:\n"
+                    + "".join(f"  {k}: {v}\n" for k, v in TINY.items()) + "  max_steps: 400\n")
+    # the file's epochs: 1 (8 steps of 32 of 256 images); --max-steps 6 stops before
+    submitted = json.loads(mec(platform, "jobs", "submit", "-f", str(spec), "--max-steps", "6",
+                               "--name", "cli-job", "--json").stdout)
+    assert submitted["name"] == "cli-job" and submitted["tags"] == ["cli"]
+    assert submitted["config"]["max_steps"] == 6  # the flag over the file's field
+
+    watched = mec(platform, "jobs", "watch", str(submitted["id"]))
+    assert f"job {submitted['id']} succeeded" in watched.stdout
+    shown = mec(platform, "jobs", "show", str(submitted["id"])).stdout
+    assert "succeeded" in shown and "step 6/6" in shown
+    listed = json.loads(mec(platform, "jobs", "list", "--tag", "cli", "--json").stdout)
+    assert [j["id"] for j in listed["data"]] == [submitted["id"]]
+    table = mec(platform, "jobs", "list", "--tag", "cli").stdout
+    assert "cli-job" in table and "succeeded" in table
+    metrics = json.loads(mec(platform, "jobs", "metrics", str(submitted["id"]), "--name",
+                             "loss", "--json").stdout)
+    assert metrics["series"]["loss"]["steps"] == list(range(1, 7))
+    assert "loss" in mec(platform, "jobs", "metrics", str(submitted["id"])).stdout
+
+
+def test_cli__bad_field_cancel_and_login(platform, tmp_path):
+    bad = mec(platform, "jobs", "submit", "--batch-size", "0", check=False)
+    assert bad.returncode == 1 and "422" in bad.stderr and "config.batch_size" in bad.stderr
+    job = json.loads(mec(platform, "jobs", "submit", "--dataset", "synthetic", "--backbone",
+                         "convnet", "--max-steps", "400", "--json").stdout)
+    assert "cancel" in mec(platform, "jobs", "cancel", str(job["id"])).stdout
+
+    config = tmp_path / "client.json"
+    wrong = mec(platform, "login", "--url", platform.url, "--key", "mec_wrong",
+                config=str(config), check=False)
+    assert wrong.returncode == 1 and "401" in wrong.stderr and not config.exists()
+    mec(platform, "login", "--url", platform.url, "--key", platform.key, config=str(config))
+    assert oct(os.stat(config).st_mode & 0o777) == "0o600"
+    listed = json.loads(mec(platform, "jobs", "list", "--limit", "1", "--json",
+                            config=str(config)).stdout)
+    assert listed["count"] >= 1
+    unreachable = subprocess.run([sys.executable, "-m", "api.cli", "jobs", "list"],
+                                 env=platform.env | {"MEC_API_URL": "http://127.0.0.1:9",
+                                                     "MEC_API_KEY": "k"},
+                                 capture_output=True, text=True, timeout=120)
+    assert unreachable.returncode == 1 and "cannot reach the API" in unreachable.stderr
+
+
+def test_cli__models_list_deploy_undeploy(platform):
+    client = Client(platform.url, platform.key)
+    job = client.wait(client.submit(pretrain(4)).id, timeout=240, poll=0.5)
+    model = next(m for m in client.models().data if m.job_id == job.id)
+    listed = json.loads(mec(platform, "models", "list", "--json").stdout)
+    assert model.id in [m["id"] for m in listed["data"]]
+    deployed = mec(platform, "models", "deploy", str(model.id), "--workers", "1", "--wait")
+    assert "succeeded" in deployed.stdout
+    assert client.model(model.id).deployment["status"] == "serving"
+    assert "serving" in mec(platform, "models", "list").stdout
+    undeployed = json.loads(mec(platform, "models", "undeploy", str(model.id), "--wait",
+                                "--json").stdout)
+    assert undeployed["status"] == "succeeded"
