@@ -14,6 +14,7 @@ from mec_platform.tables import AuditEntry
 
 log = logging.getLogger(__name__)
 CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+QUERIES = frozenset({"/v1/models/{model_id}/embed"})  # POSTs that change nothing
 
 
 def _write(entry: AuditEntry) -> None:
@@ -24,8 +25,9 @@ def _write(entry: AuditEntry) -> None:
 async def record(request: Request, call_next):
     """HTTP middleware: pass the request on, then log it if it could change state."""
     response = await call_next(request)
-    if request.method in CHANGES and request.url.path.startswith("/v1/"):
-        route = request.scope.get("route")
+    route = request.scope.get("route")
+    if request.method in CHANGES and request.url.path.startswith("/v1/") and \
+            getattr(route, "path", None) not in QUERIES:
         prefix, project = getattr(request.state, "caller", (None, None))
         entry = AuditEntry(
             key_prefix=prefix, project=project, path=request.url.path[:2000],

@@ -12,6 +12,7 @@ with the API's `detail`. Imports neither torch nor the server.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -22,7 +23,14 @@ from typing import Any
 
 import httpx
 
-from api.schemas import JobPublic, JobsPublic, MetricsPublic, ModelPublic, ModelsPublic
+from api.schemas import (
+    EmbeddingsPublic,
+    JobPublic,
+    JobsPublic,
+    MetricsPublic,
+    ModelPublic,
+    ModelsPublic,
+)
 from mec_platform.jobs import JobStatus
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -152,6 +160,13 @@ class Client:
 
     def undeploy(self, model_id: int) -> JobPublic:
         return JobPublic.model_validate(self._call("POST", f"/v1/models/{model_id}/undeploy"))
+
+    def embed(self, model_id: int, images: list[bytes]) -> EmbeddingsPublic:
+        """l2-normalised embeddings of image files (PNG, JPEG, ...) from the deployed model,
+        in order (up to 64 per call)."""
+        body = {"images": [base64.b64encode(image).decode() for image in images]}
+        return EmbeddingsPublic.model_validate(self._call(
+            "POST", f"/v1/models/{model_id}/embed", json=body, repeatable=True))
 
     # --- transport ---------------------------------------------------------------------
     def _call(self, method: str, path: str, repeatable: bool | None = None, **kw) -> Any:

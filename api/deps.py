@@ -57,6 +57,7 @@ ReadKey = Annotated[ApiKey, Depends(needs(Scope.JOBS_READ))]
 WriteKey = Annotated[ApiKey, Depends(needs(Scope.JOBS_WRITE))]
 DeployKey = Annotated[ApiKey, Depends(needs(Scope.MODELS_DEPLOY))]
 AdminKey = Annotated[ApiKey, Depends(needs(Scope.ADMIN))]
+EmbedKey = Annotated[ApiKey, Depends(needs(Scope.EMBED))]
 
 
 def submission_quota(key: WriteKey) -> None:

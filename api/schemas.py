@@ -157,6 +157,14 @@ class ModelsPublic(BaseModel):
     count: int
 
 
+class EmbeddingsPublic(BaseModel):
+    model_version: str = Field(description="The served version of the model.")
+    batch_size: int = Field(description="Images in the server's batch this request joined.")
+    dim: int
+    embeddings: list[list[float]] = Field(description="One l2-normalised vector per image, "
+                                          "in the request's order.")
+
+
 class WorkerPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -207,6 +215,8 @@ def errors(*codes: int) -> dict[int | str, dict]:
             403: "The API key was revoked.",
             404: "No such job or model.", 409: "The job has already finished.",
             413: "The upload is over the size limit.",
+            415: "The body is of a type the route does not take.",
+            502: "The model server failed or is unreachable.",
             422: "Invalid input; `detail` names the field. Nothing was created.",
             429: "Too many submissions for this key; see Retry-After.",
             503: "The database or the broker is unreachable."}

@@ -11,7 +11,8 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -108,17 +109,51 @@ def process_env(env: dict[str, str], home: Path) -> dict[str, str]:
                         "TMPDIR": str(home)}
 
 
+RENEW_BEFORE_S = 300  # renew a TorchServe key this long before it expires
+
+
+def _expiry(entry: dict) -> datetime:
+    """'2026-12-01T05:26:19.595757103Z' (nanoseconds, which datetime does not read)."""
+    return datetime.fromisoformat(entry["expiration time"][:19]).replace(tzinfo=timezone.utc)
+
+
 @dataclass
 class Keys:
-    """TorchServe's token-authorization keys, read from the key_file.json it writes."""
+    """TorchServe's token-authorization keys, read from the key_file.json it writes:
+    the management and inference keys (which expire) and the API key that renews them."""
 
     management: str
     inference: str
+    api: str = ""
+    expires: dict[str, datetime] = field(default_factory=dict)
 
     @staticmethod
     def read(home: Path) -> Keys:
         data = json.loads((home / "key_file.json").read_text())
-        return Keys(data["management"]["key"], data["inference"]["key"])
+        return Keys(data["management"]["key"], data["inference"]["key"],
+                    data.get("API", {}).get("key", ""),
+                    {kind: _expiry(data[kind]) for kind in ("management", "inference")
+                     if "expiration time" in data[kind]})
+
+    def expiring(self, within_s: float = RENEW_BEFORE_S) -> list[str]:
+        """The kinds of key that expire within `within_s` seconds."""
+        soon = datetime.now(timezone.utc) + timedelta(seconds=within_s)
+        return [kind for kind, at in self.expires.items() if at <= soon]
+
+
+def fresh_keys(home: Path, management_url: str, force: tuple[str, ...] = ()) -> Keys:
+    """The keys in `home`'s key_file.json, each renewed first (TorchServe's token API, with
+    the API key; TorchServe rewrites the file) when it expires within RENEW_BEFORE_S, or
+    when listed in `force` (a key TorchServe just refused)."""
+    keys = Keys.read(home)
+    stale = sorted(set(keys.expiring()) | set(force))
+    for kind in stale:
+        response = httpx.post(f"{management_url}/token", params={"type": kind}, timeout=30,
+                              headers={"Authorization": f"Bearer {keys.api}"})
+        if response.status_code != 200:
+            raise RuntimeError(f"TorchServe did not renew its {kind} key: "
+                               f"{response.status_code} {response.text}")
+    return Keys.read(home) if stale else keys
 
 
 class LocalTorchServe:

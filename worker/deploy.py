@@ -10,12 +10,12 @@ import torch
 from mec_platform.settings import Settings
 from mec_platform.specs import DeploySpec
 from serving.package import package
-from serving.torchserve import Keys, Management, worker_plan
+from serving.torchserve import Management, fresh_keys, worker_plan
 
 
 def _management(settings: Settings) -> Management:
-    return Management(settings.torchserve_management_url,
-                      Keys.read(settings.torchserve_home).management)
+    url = settings.torchserve_management_url
+    return Management(url, fresh_keys(settings.torchserve_home, url).management)
 
 
 def deploy(settings: Settings, model_id: int, checkpoint: str, previous: dict | None,

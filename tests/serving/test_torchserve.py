@@ -19,8 +19,10 @@ from serving.embedder import Embedder
 from serving.gallery import Gallery
 from serving.torchserve import (
     MAX_DEFAULT_WORKERS,
+    Keys,
     LocalTorchServe,
     WorkerPlan,
+    fresh_keys,
     unused_ports,
     worker_plan,
 )
@@ -180,3 +182,24 @@ def test_worker_plan__one_worker_per_core_up_to_four_sharing_the_cores():
     assert worker_plan(cores=16, gpu=True) == WorkerPlan(1, 16, 8)
     assert worker_plan(workers=3, cores=2) == WorkerPlan(3, 1, 2)
     assert worker_plan(workers=1, threads=2, batch_size=16, cores=8) == WorkerPlan(1, 2, 16)
+
+
+def test_fresh_keys__renews_keys_that_expire_soon(tmp_path):
+    """Keys of 1 minute expire within the renewal margin: fresh_keys asks TorchServe for new
+    ones, which it writes to key_file.json; the new inference key is accepted."""
+    ts = LocalTorchServe(tmp_path / "ts", tmp_path / "store", *unused_ports(3),
+                         extra={"token_expiration_min": "1"}).start()
+    try:
+        before = Keys.read(ts.home)
+        assert set(before.expiring()) == {"management", "inference"}
+        assert before.expiring(within_s=-120) == []  # not expired yet
+        after = fresh_keys(ts.home, ts.management_url)
+        assert after.inference != before.inference and after.management != before.management
+        assert after.expires["inference"] >= before.expires["inference"]
+        ping = httpx.get(f"{ts.inference_url}/ping",
+                         headers={"Authorization": f"Bearer {after.inference}"})
+        assert ping.status_code == 200
+        forced = fresh_keys(ts.home, ts.management_url, force=("inference",))
+        assert forced.inference != after.inference
+    finally:
+        ts.stop()
