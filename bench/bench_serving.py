@@ -134,7 +134,7 @@ class Served:
 
 
 def clients(url: str, key: str, image: Path, concurrency: int, seconds: float,
-            served: Served | None = None) -> dict:
+            served: Served | None = None, path: str = "predictions/bench") -> dict:
     """ApacheBench: `concurrency` keep-alive clients posting `image` for `seconds`; with
     `served`, also the cores each side used meanwhile (and it waits for the workers to be
     idle again before returning)."""
@@ -144,7 +144,7 @@ def clients(url: str, key: str, image: Path, concurrency: int, seconds: float,
     out = subprocess.run(
         ["ab", "-k", "-q", "-s", "60", "-t", str(seconds), "-n", "10000000", "-c",
          str(concurrency), "-p", str(image), "-T", "image/png", "-H",
-         f"Authorization: Bearer {key}", f"{url}/predictions/bench"],
+         f"Authorization: Bearer {key}", f"{url}/{path}"],
         capture_output=True, text=True, check=True).stdout
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
