@@ -19,6 +19,7 @@ install: $(VENV)/.installed
 # (Fashion-MNIST when installed, else digits), kNN next to random init, deploy, embed and
 # retrieve test images, stop everything.
 demo: install
+	@echo "while the demo runs, its dashboard is the 'dashboard' URL it prints (log in with an API key); 'mec up' keeps one at http://127.0.0.1:8000/ui/"
 	$(VENV)/bin/mec demo
 
 lint: install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
@@ -20,15 +21,35 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function",
 _bearer = HTTPBearer(auto_error=False, description="An API key from `mec keys create`.")
 
 
+SESSION_COOKIE = "mec_key"  # the dashboard's login: HttpOnly, SameSite=Strict
+CSRF_COOKIE, CSRF_HEADER = "mec_csrf", "X-CSRF-Token"  # double submit, for cookie logins
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def csrf_ok(request: Request, sent: str | None) -> bool:
+    """Whether `sent` (a header or form field) matches the CSRF cookie."""
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    return bool(cookie) and sent is not None and secrets.compare_digest(cookie, sent)
+
+
 def current_key(session: SessionDep, request: Request,
                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
                 ) -> ApiKey:
-    """The caller's API key: 401 when missing or unknown, 403 when revoked. The audit log
-    reads who called from the request's state."""
-    if credentials is None:
+    """The caller's API key, from the Authorization header or the dashboard's cookie: 401
+    when missing or unknown, 403 when revoked, or when a state-changing request with the
+    cookie lacks the CSRF header. The audit log reads who called from the request's state."""
+    plain = credentials.credentials if credentials is not None else None
+    by_cookie = plain is None and SESSION_COOKIE in request.cookies
+    if by_cookie:
+        plain = request.cookies[SESSION_COOKIE]
+        if request.method not in SAFE_METHODS and \
+                not csrf_ok(request, request.headers.get(CSRF_HEADER)):
+            raise HTTPException(403, f"{CSRF_HEADER}: missing or wrong (a request with the "
+                                     "dashboard's cookie must send it)")
+    if not plain:
         raise HTTPException(401, "missing API key: send 'Authorization: Bearer <key>'",
                             headers={"WWW-Authenticate": "Bearer"})
-    key = keys.lookup(session, credentials.credentials)
+    key = keys.lookup(session, plain)
     if key is None:
         raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
     end_read(session)

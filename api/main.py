@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from api import audit
 from api.routes import audit as audit_routes
-from api.routes import jobs, models, system
+from api.routes import jobs, models, system, ui
 from mec_platform.jobs import JobKind
 
 app = FastAPI(
@@ -21,7 +22,15 @@ app.include_router(jobs.router)
 app.include_router(models.router)
 app.include_router(system.router)
 app.include_router(audit_routes.router)
+app.include_router(ui.router)
+app.mount("/ui/static", StaticFiles(directory=ui.UI / "static"), name="ui-static")
 app.middleware("http")(audit.record)
+
+
+@app.get("/", include_in_schema=False)
+def home() -> RedirectResponse:
+    """The dashboard."""
+    return RedirectResponse("/ui/")
 
 
 def _field(loc) -> str:

@@ -111,7 +111,8 @@ class Stack:
         return self.urls()
 
     def urls(self) -> dict[str, str]:
-        return {"api": self.api_url, "docs": f"{self.api_url}/docs",
+        return {"dashboard": f"{self.api_url}/ui/", "api": self.api_url,
+                "docs": f"{self.api_url}/docs",
                 "torchserve_inference": self.env["MEC_TORCHSERVE_INFERENCE_URL"],
                 "torchserve_management": self.env["MEC_TORCHSERVE_MANAGEMENT_URL"],
                 "logs": str(self.log_dir)}

@@ -1,0 +1,128 @@
+"use strict";
+// Shared by every page: the API (same origin, the login cookie, the CSRF header on writes),
+// element building, status badges, numbers, toasts and charts.
+
+function cookie(name) {
+  const found = document.cookie.split("; ").find((c) => c.startsWith(name + "="));
+  return found ? decodeURIComponent(found.slice(name.length + 1)) : "";
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body.detail || `HTTP ${status}`);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+async function api(path, options = {}) {
+  const headers = { Accept: "application/json", ...(options.headers || {}) };
+  if (options.method && options.method !== "GET") headers["X-CSRF-Token"] = cookie("mec_csrf");
+  if (options.json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(options.json);
+  }
+  const response = await fetch(path, { ...options, headers, credentials: "same-origin" });
+  if (response.status === 401) { window.location = "/ui/login"; throw new ApiError(401, {}); }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new ApiError(response.status, body);
+  return body;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) {
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+  }
+  return node;
+}
+
+const badge = (status) => el("span", { class: `badge ${status}`, text: status });
+const num = (v, digits = 4) => (v === null || v === undefined ? "—" : Number(v).toPrecision(digits));
+const pct = (v) => (v === null || v === undefined ? "—" : `${Number(v).toFixed(2)} %`);
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  const s = Math.round(seconds);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
+const when = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
+
+function progressBar(job) {
+  const outer = el("div", { class: "progress" });
+  const inner = el("div", { class: job.status });
+  inner.style.width = `${Math.min(100, job.progress.percent)}%`;
+  outer.append(inner);
+  const eta = job.eta_seconds ? ` · ${duration(job.eta_seconds)} left` : "";
+  return el("div", { class: "progress-cell" }, outer,
+            el("span", { class: "small muted", text: `${job.progress.percent.toFixed(0)} %${eta}` }));
+}
+
+function knnOf(job) {
+  if (job.result && job.result.top1 !== undefined) return job.result.top1;
+  return job.last_metrics ? job.last_metrics.knn_top1 : undefined;
+}
+
+function toast(message, kind = "info") {
+  const box = document.getElementById("toast");
+  box.textContent = message;
+  box.className = `toast ${kind}`;
+  box.hidden = false;
+  clearTimeout(box.timer);
+  box.timer = setTimeout(() => { box.hidden = true; }, 5000);
+}
+
+// Poll `fn` every `ms` while the page is visible; errors are shown, polling goes on.
+function every(ms, fn) {
+  let timer = null;
+  const tick = async () => {
+    try { await fn(); } catch (e) { if (e.status !== 401) toast(e.message, "error"); }
+    timer = setTimeout(tick, document.hidden ? ms * 5 : ms);
+  };
+  tick();
+  return () => clearTimeout(timer);
+}
+
+const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
+
+// One uPlot chart of several series that share the x axis (steps).
+function lineChart(container, title, xs, series) {
+  const wrap = el("div", { class: "chart", "data-metric": title });
+  container.append(wrap);
+  const width = Math.max(280, wrap.clientWidth - 16);
+  const options = {
+    title, width, height: 220,
+    scales: { x: { time: false } },
+    axes: [{ label: "step" }, { size: 60 }],
+    cursor: { drag: { x: true, y: false } },
+    series: [{ label: "step" }, ...series.map((s, i) => ({
+      label: s.label, stroke: s.color || PALETTE[i % PALETTE.length], width: 1.5, spanGaps: true,
+    }))],
+  };
+  const data = [xs, ...series.map((s) => s.values)];
+  return new uPlot(options, data, wrap);
+}
+
+// The curves people judge a run by first, then the rest (timings last).
+const FIRST = ["loss", "coding_length", "spectral_norm", "knn_top1", "effective_rank", "lr"];
+function metricOrder(names) {
+  const rank = (n) => (FIRST.includes(n) ? FIRST.indexOf(n) : n.startsWith("time_") ? 200 : 100);
+  return [...names].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const logout = document.getElementById("logout-csrf");
+  if (logout) logout.value = cookie("mec_csrf");
+});

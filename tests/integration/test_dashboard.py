@@ -1,0 +1,202 @@
+"""The dashboard in a real browser (Debian's headless Chromium through Selenium) against
+the real API, worker, TorchServe and database: log in, submit from the form (and see the
+API's 422 next to the field), watch the curves grow, cancel, compare, deploy. Each page's
+screenshot is kept in test-artifacts/dashboard/ (MEC_TEST_ARTIFACTS overrides)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from api.client import Client
+
+pytestmark = [pytest.mark.parametrize("shared_platform", ["embedded"], indirect=True),
+              pytest.mark.skipif(shutil.which("chromedriver") is None,
+                                 reason="needs chromium and chromium-driver (apt)")]
+ARTIFACTS = Path(os.environ.get("MEC_TEST_ARTIFACTS",
+                                Path(__file__).resolve().parents[2] / "test-artifacts"))
+TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
+        "train_limit": 256, "log_every": 2}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--window-size=1440,1000", "--force-device-scale-factor=1"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+def shot(browser, name: str) -> Path:
+    """A full-page screenshot of what the browser shows now."""
+    folder = ARTIFACTS / "dashboard"
+    folder.mkdir(parents=True, exist_ok=True)
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1440, max(900, min(height + 40, 4000)))
+    path = folder / f"{name}.png"
+    browser.save_screenshot(str(path))
+    browser.set_window_size(1440, 1000)
+    return path
+
+
+def until(browser, predicate, timeout: float = 60, what: str = ""):
+    """Wait for `predicate`; pages re-render as they poll, so an element that went stale
+    meanwhile is looked up again."""
+    return WebDriverWait(browser, timeout, poll_frequency=0.25,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: predicate(d), message=what)
+
+
+def find(browser, css: str):
+    return browser.find_element(By.CSS_SELECTOR, css)
+
+
+def login(browser, platform, key: str) -> None:
+    browser.get(f"{platform.url}/ui/login")
+    field = find(browser, "#key")
+    field.clear()
+    field.send_keys(key)
+    find(browser, "form button[type=submit]").click()
+
+
+def test_dashboard__login_submit_watch_cancel_compare_deploy(browser, platform):
+    # login: a wrong key is refused on the page; the right one opens the jobs table
+    browser.get(platform.url)
+    until(browser, lambda d: d.current_url.endswith("/ui/login"), 10, "redirect to login")
+    shot(browser, "01-login")
+    login(browser, platform, "mec_wrong")
+    assert "unknown or revoked" in find(browser, "#login-error").text
+    login(browser, platform, platform.key)
+    until(browser, lambda d: d.current_url.rstrip("/").endswith("/ui"), 10, "jobs page")
+    session = browser.get_cookie("mec_key")
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
+    assert platform.key not in browser.current_url
+
+    # submit: a bad field gets the API's message next to it, nothing is created
+    browser.get(f"{platform.url}/ui/submit")
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-field=batch_size]"), 20,
+          "the form generated from the schema")
+    fill(browser, TINY | {"batch_size": 0, "max_steps": 40, "epochs": 10})
+    find(browser, "#job-name").send_keys("from-the-form")
+    find(browser, "#submit button[type=submit]").click()
+    error = until(browser, lambda d: find(d, '.field-error[data-for="config.batch_size"]').text,
+                  10, "the 422 message beside batch_size")
+    assert "greater than or equal to 2" in error
+    assert "invalid" in find(browser, "[data-field=batch_size]").get_attribute("class")
+    shot(browser, "02-submit-422")
+    fill(browser, {"batch_size": 32})
+    find(browser, "#submit button[type=submit]").click()
+    until(browser, lambda d: "/ui/jobs/" in d.current_url, 10, "the new job's page")
+    job_id = int(browser.current_url.rsplit("/", 1)[1])
+
+    # its curves grow while it runs, then it succeeds
+    points = []
+    def grown(d):
+        charts = d.find_elements(By.CSS_SELECTOR, '.chart[data-metric="loss"]')
+        if charts and charts[0].get_attribute("data-points"):
+            points.append(int(charts[0].get_attribute("data-points")))
+        return len(set(points)) >= 2
+    until(browser, grown, 180, "the loss curve to grow")
+    shot(browser, "03-job-running")
+    until(browser, lambda d: "succeeded" in find(d, "#status").text, 240, "the job to succeed")
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".chart")) >= 4  # loss, coding length...
+    shot(browser, "04-job-succeeded")
+
+    # cancel a long job from its page
+    client = Client(platform.url, platform.key)
+    long = client.submit({"kind": "pretrain", "name": "to-cancel",
+                          "config": TINY | {"max_steps": 4000, "epochs": 500}})
+    browser.get(f"{platform.url}/ui/jobs/{long.id}")
+    until(browser, lambda d: d.find_element(By.ID, "cancel").is_displayed(), 20, "cancel")
+    find(browser, "#cancel").click()
+    accept_confirm(browser)
+    until(browser, lambda d: "cancelled" in find(d, "#status").text, 60, "cancelled")
+    shot(browser, "05-job-cancelled")
+
+    # the jobs table: filters, then pick two runs and compare them
+    browser.get(f"{platform.url}/ui/")
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-id="{job_id}"]'), 20,
+          "the jobs table")
+    shot(browser, "06-jobs")
+    Select(find(browser, "#f-status")).select_by_visible_text("cancelled")
+    until(browser, lambda d: all("cancelled" in r.text for r in
+                                 d.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")), 10,
+          "the status filter")
+    Select(find(browser, "#f-status")).select_by_visible_text("any status")
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-id="{job_id}"]'), 10)
+    for ident in (job_id, long.id):
+        find(browser, f'tr[data-id="{ident}"] input[type=checkbox]').click()
+    find(browser, "#compare").click()
+    until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".legend .key")) == 2, 20,
+          "the compare legend")
+    diff = until(browser, lambda d: find(d, "#diff tbody").text, 20, "the config diff")
+    assert "max_steps" in diff and "40" in diff and "4000" in diff
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '.chart[data-metric="loss"]'), 20)
+    shot(browser, "07-compare")
+
+    # models: deploy the finished job's model from the page
+    model = next(m for m in client.models().data if m.job_id == job_id)
+    browser.get(f"{platform.url}/ui/models")
+    button = until(browser, lambda d: d.find_elements(
+        By.CSS_SELECTOR, f'tr[data-id="{model.id}"] button.primary'), 20, "the models table")
+    button[0].click()
+    until(browser, lambda d: "serving" in find(d, f'tr[data-id="{model.id}"]').text, 240,
+          "the model to be served")
+    assert f"/v1/models/{model.id}/embed" in find(browser, f'tr[data-id="{model.id}"]').text
+    shot(browser, "08-models")
+    client.wait(client.undeploy(model.id).id, timeout=120, poll=0.5)
+
+
+def test_dashboard__pages_send_csp_and_writes_need_the_csrf_header(platform):
+    import httpx
+
+    page = httpx.get(f"{platform.url}/ui/login")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    # the login cookie without the CSRF header cannot change anything
+    cookies = {"mec_key": platform.key, "mec_csrf": "token"}
+    job = httpx.post(f"{platform.url}/v1/jobs", cookies=cookies,
+                     json={"kind": "pretrain", "config": TINY | {"max_steps": 2}})
+    assert job.status_code == 403 and "X-CSRF-Token" in job.json()["detail"]
+    read = httpx.get(f"{platform.url}/v1/jobs", cookies=cookies)
+    assert read.status_code == 200  # reads need no token
+    with_token = httpx.post(f"{platform.url}/v1/jobs/999999/cancel", cookies=cookies,
+                            headers={"X-CSRF-Token": "token"})
+    assert with_token.status_code == 404  # past the CSRF check, to the route
+    assert httpx.get(f"{platform.url}/ui/", follow_redirects=False).headers["location"] \
+        == "/ui/login"
+
+
+def fill(browser, values: dict) -> None:
+    for name, value in values.items():
+        field = find(browser, f"[data-field={name}]")
+        if field.tag_name == "select":
+            Select(field).select_by_value(str(value))
+        else:
+            field.clear()
+            field.send_keys(str(value))
+
+
+def accept_confirm(browser, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            browser.switch_to.alert.accept()
+            return
+        except NoAlertPresentException:
+            time.sleep(0.1)
+    raise AssertionError("no confirmation dialog")
