@@ -14,7 +14,8 @@ from mec_platform.tables import AuditEntry
 
 log = logging.getLogger(__name__)
 CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-QUERIES = frozenset({"/v1/models/{model_id}/embed"})  # POSTs that change nothing
+QUERIES = frozenset({"/v1/models/{model_id}/embed",  # POSTs that change nothing
+                     "/v1/models/{model_id}/search"})
 
 
 def _write(entry: AuditEntry) -> None:

@@ -295,5 +295,23 @@ def _deploy_job(client: Client, action: str, model_id: int, spec: dict, wait: bo
         sys.exit(1)
 
 
+@main.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", "model_id", type=int, required=True, help="A deployed model's id.")
+@click.option("-k", "--k", type=click.IntRange(1, 100), default=10, show_default=True)
+@as_json
+def search(image: str, model_id: int, k: int, as_json: bool) -> None:
+    """The nearest items of a deployed model's kNN gallery to IMAGE, with their labels."""
+    found = _api(_client().search, model_id, [Path(image).read_bytes()], k, vote=True)
+    if as_json:
+        return _echo_json(found)
+    table = Table("rank", "item", "label", "score", title=f"{Path(image).name}: model "
+                  f"{model_id} v{found.model_version}, majority label {found.vote[0]!r}",
+                  title_justify="left")
+    for rank, n in enumerate(found.neighbours[0], 1):
+        table.add_row(str(rank), str(n.id), str(n.label), f"{n.score:.4f}")
+    console.print(table)
+
+
 if __name__ == "__main__":
     main()

@@ -30,6 +30,7 @@ from api.schemas import (
     MetricsPublic,
     ModelPublic,
     ModelsPublic,
+    SearchPublic,
 )
 from mec_platform.jobs import JobStatus
 
@@ -167,6 +168,15 @@ class Client:
         body = {"images": [base64.b64encode(image).decode() for image in images]}
         return EmbeddingsPublic.model_validate(self._call(
             "POST", f"/v1/models/{model_id}/embed", json=body, repeatable=True))
+
+    def search(self, model_id: int, images: list[bytes], k: int | None = None,
+               vote: bool = False) -> SearchPublic:
+        """The k nearest items of the deployed model's kNN gallery for each image file."""
+        body = {"images": [base64.b64encode(image).decode() for image in images]}
+        params = {"vote": str(vote).lower()} | ({"k": k} if k is not None else {})
+        return SearchPublic.model_validate(self._call(
+            "POST", f"/v1/models/{model_id}/search", json=body, params=params,
+            repeatable=True))
 
     # --- transport ---------------------------------------------------------------------
     def _call(self, method: str, path: str, repeatable: bool | None = None, **kw) -> Any:

@@ -165,6 +165,21 @@ class EmbeddingsPublic(BaseModel):
                                           "in the request's order.")
 
 
+class Neighbour(BaseModel):
+    id: str = Field(description="The gallery item: its split and index, e.g. 'train/1929'.")
+    label: str | int | None
+    score: float = Field(description="Cosine similarity to the query.")
+
+
+class SearchPublic(BaseModel):
+    model_version: str
+    batch_size: int
+    k: int
+    neighbours: list[list[Neighbour]] = Field(description="Per image, best first.")
+    vote: list[str | int | None] | None = Field(None, description="Per image, the majority "
+                                                "label of its neighbours (with vote=true).")
+
+
 class WorkerPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

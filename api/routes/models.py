@@ -6,22 +6,11 @@ import shutil
 import uuid
 from typing import Annotated
 
-import httpx
-from fastapi import APIRouter, Body, Depends, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import Response
+from fastapi import APIRouter, Body, Depends, Form, HTTPException, Query, UploadFile
 from sqlalchemy import func, select
 
-from api.deps import (
-    DeployKey,
-    EmbedKey,
-    ModelDep,
-    ReadKey,
-    SessionDep,
-    WriteKey,
-    submission_quota,
-)
-from api.inference import torchserve
-from api.schemas import EmbeddingsPublic, JobPublic, ModelPublic, ModelsPublic, errors, public
+from api.deps import DeployKey, ModelDep, ReadKey, SessionDep, WriteKey, submission_quota
+from api.schemas import JobPublic, ModelPublic, ModelsPublic, errors, public
 from mec_platform import jobs, keys
 from mec_platform.jobs import JobKind
 from mec_platform.queue import Queue
@@ -96,48 +85,3 @@ def deploy_model(_: DeployKey, model: ModelDep, session: SessionDep,
 def undeploy_model(_: DeployKey, model: ModelDep, session: SessionDep):
     """Unregister every version of the model from TorchServe. Returns the undeploy job."""
     return _deploy_job(session, model, "undeploy", DeploySpec())
-
-
-EMBED_TYPES = ("image/", "application/octet-stream", "multipart/form-data", "application/json")
-MAX_EMBED_BYTES = 10 * 2**20  # TorchServe's max_request_size (serving.torchserve)
-
-
-@router.post("/{model_id}/embed", responses={
-    200: {"model": EmbeddingsPublic, "description": "One l2-normalised vector per image."},
-    **errors(404, 409, 413, 415, 502)})
-async def embed(_: EmbedKey, model: ModelDep, request: Request):
-    """Embeddings of images from the deployed model: a raw image body, a multipart field
-    `image`, or JSON `{"images": [base64, ...]}` (up to 64 images). The
-    platform forwards them to TorchServe with its own key; apps need only theirs."""
-    deployment = model.deployment or {}
-    if deployment.get("status") != "serving":
-        raise HTTPException(409, f"model {model.id} is not deployed; deploy it first "
-                                 f"(POST /v1/models/{model.id}/deploy)")
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith(EMBED_TYPES):
-        raise HTTPException(415, f"body: send an image (image/*), multipart/form-data with "
-                                 f"'image' fields or JSON {{\"images\": [base64]}}, not "
-                                 f"{content_type or 'no Content-Type'}")
-    body = await request.body()
-    if len(body) > MAX_EMBED_BYTES:
-        raise HTTPException(413, f"body: {len(body)} bytes, over the limit of "
-                                 f"{MAX_EMBED_BYTES} bytes")
-    try:
-        answer = await torchserve().predict(deployment["name"], body, content_type)
-    except httpx.TransportError as exc:
-        raise HTTPException(502, f"the model server is unreachable ({exc})") from None
-    if answer.status_code == 200:
-        return Response(answer.content, media_type="application/json")
-    if answer.status_code in (400, 413):
-        raise HTTPException(answer.status_code, f"image: {_served_error(answer)}")
-    raise HTTPException(502, f"the model server answered {answer.status_code}: "
-                             f"{_served_error(answer)}")
-
-
-def _served_error(answer: httpx.Response) -> str:
-    """TorchServe's message: {"error": ...} from our handler, or its own {"message": ...}."""
-    try:
-        body = answer.json()
-        return str(body.get("error") or body.get("message") or body)
-    except ValueError:
-        return answer.text[:500]

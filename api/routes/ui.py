@@ -19,7 +19,8 @@ UI = Path(__file__).resolve().parents[1] / "ui"
 templates = Jinja2Templates(directory=UI / "templates")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-PAGES = {"jobs": "Jobs", "compare": "Compare", "submit": "Submit", "models": "Models"}
+PAGES = {"jobs": "Jobs", "compare": "Compare", "submit": "Submit", "models": "Models",
+         "search": "Search"}
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -111,3 +112,8 @@ def submit_page(request: Request, session: SessionDep):
 @router.get("/models", response_class=HTMLResponse)
 def models_page(request: Request, session: SessionDep):
     return _page(request, session, "models")
+
+
+@router.get("/search", response_class=HTMLResponse)
+def search_page(request: Request, session: SessionDep):
+    return _page(request, session, "search")

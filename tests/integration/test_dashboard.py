@@ -5,12 +5,15 @@ screenshot is kept in test-artifacts/dashboard/ (MEC_TEST_ARTIFACTS overrides)."
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -158,6 +161,25 @@ def test_dashboard__login_submit_watch_cancel_compare_deploy(browser, platform):
           "the model to be served")
     assert f"/v1/models/{model.id}/embed" in find(browser, f'tr[data-id="{model.id}"]').text
     shot(browser, "08-models")
+
+    # search: upload an image, see its neighbours with labels and scores
+    image = ARTIFACTS / "query.png"
+    image.write_bytes(png(seed=3))
+    browser.get(f"{platform.url}/ui/search")
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'#model option[value="{model.id}"]'),
+          20, "the served model in the list")
+    find(browser, "#image").send_keys(str(image))
+    k = find(browser, "#k")
+    k.clear()
+    k.send_keys("5")
+    find(browser, "#search button[type=submit]").click()
+    rows = until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#neighbours tbody tr"),
+                 30, "the neighbours")
+    assert len(rows) == 5 and "majority label" in find(browser, "#vote").text
+    expected = client.search(model.id, [image.read_bytes()], k=5).neighbours[0]
+    assert [r.find_element(By.CSS_SELECTOR, "code").text for r in rows] == \
+        [n.id for n in expected]
+    shot(browser, "09-search")
     client.wait(client.undeploy(model.id).id, timeout=120, poll=0.5)
 
 
@@ -179,6 +201,13 @@ def test_dashboard__pages_send_csp_and_writes_need_the_csrf_header(platform):
     assert with_token.status_code == 404  # past the CSRF check, to the route
     assert httpx.get(f"{platform.url}/ui/", follow_redirects=False).headers["location"] \
         == "/ui/login"
+
+
+def png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def fill(browser, values: dict) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import subprocess
+import sys
 
 import httpx
 import numpy as np
@@ -26,7 +29,7 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def test_embed__one_key_one_url(platform):
+def test_embed_and_search__one_key_one_url(platform, tmp_path):
     client = Client(platform.url, platform.key)
     job = client.wait(client.submit({"kind": "pretrain", "config": TINY}).id, timeout=240,
                       poll=0.5)
@@ -83,6 +86,38 @@ def test_embed__one_key_one_url(platform):
     assert again.status_code == 200 and np.allclose(again.json()["embeddings"][0], direct[1],
                                                     atol=1e-6)
     assert served not in again.text and keys.inference not in again.text
+
+    # search: the model's kNN gallery, the same neighbours as TorchServe's own endpoint
+    served = Keys.read(platform.torchserve.home).inference
+    direct_knn = httpx.post(
+        f"{platform.torchserve.inference_url}/predictions/mec-{model.id}-knn",
+        files={"image": ("a.png", images[0], "image/png")}, data={"k": "5"},
+        headers={"Authorization": f"Bearer {served}"}).json()["neighbours"][0]
+    raw = app.post(f"/v1/models/{model.id}/search", params={"k": 5, "vote": "true"},
+                   content=images[0], headers={"Content-Type": "image/png"})
+    assert raw.status_code == 200, raw.text
+    assert [n["id"] for n in raw.json()["neighbours"][0]] == [n["id"] for n in direct_knn]
+    assert raw.json()["k"] == 5 and raw.json()["vote"][0] is not None
+    found = Client(platform.url, app_key).search(model.id, images[:2], k=3)
+    assert [len(n) for n in found.neighbours] == [3, 3]
+    assert [n.id for n in found.neighbours[0]] == [n["id"] for n in direct_knn[:3]]
+    too_many = app.post(f"/v1/models/{model.id}/search", params={"k": 1000},
+                        content=images[0], headers={"Content-Type": "image/png"})
+    assert too_many.status_code == 422 and "k" in too_many.json()["detail"]
+    path = tmp_path / "query.png"
+    path.write_bytes(images[0])
+    env = platform.env | {"MEC_API_URL": platform.url, "MEC_API_KEY": app_key,
+                          "COLUMNS": "160"}
+    cli = subprocess.run([sys.executable, "-m", "api.cli", "search", str(path), "--model",
+                          str(model.id), "-k", "4", "--json"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert [n["id"] for n in json.loads(cli.stdout)["neighbours"][0]] == \
+        [n["id"] for n in direct_knn[:4]]
+    table = subprocess.run([sys.executable, "-m", "api.cli", "search", str(path), "--model",
+                            str(model.id)], env=env, capture_output=True, text=True,
+                           timeout=120).stdout
+    assert "majority label" in table and str(direct_knn[0]["id"]) in table
     client.wait(client.undeploy(model.id).id, timeout=120, poll=0.5)
 
 

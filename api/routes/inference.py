@@ -1,0 +1,98 @@
+"""/v1/models/{id}/embed and /search: a deployed model's embeddings and its kNN gallery
+for apps, with their API key; the platform forwards to TorchServe with its own."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import httpx
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import Response
+
+from api.deps import EmbedKey, ModelDep
+from api.inference import torchserve
+from api.schemas import EmbeddingsPublic, SearchPublic, errors
+from mec_platform.tables import Model
+
+router = APIRouter(prefix="/v1/models", tags=["inference"],
+                   responses=errors(400, 401, 403, 404, 409, 413, 415, 422, 502))
+TYPES = ("image/", "application/octet-stream", "multipart/form-data", "application/json")
+MAX_BYTES = 10 * 2**20  # TorchServe's max_request_size (serving.torchserve)
+
+
+@router.post("/{model_id}/embed", responses={
+    200: {"model": EmbeddingsPublic, "description": "One l2-normalised vector per image."}})
+async def embed(_: EmbedKey, model: ModelDep, request: Request):
+    """Embeddings of images from the deployed model: a raw image body, a multipart field
+    `image`, or JSON `{"images": [base64, ...]}` (up to 64 images)."""
+    body, content_type = await _body(model, request)
+    return await _forward(_endpoint(model), body, content_type)
+
+
+@router.post("/{model_id}/search", responses={
+    200: {"model": SearchPublic, "description": "The k nearest gallery items per image."}})
+async def search(_: EmbedKey, model: ModelDep, request: Request,
+                 k: int | None = Query(None, ge=1, le=100, description="Neighbours per image "
+                                       "[default: the deployment's, 10]."),
+                 vote: bool = Query(False, description="Also the majority label.")):
+    """Nearest neighbours of images in the model's kNN gallery (the one packaged at
+    deployment, from its training set unless the deploy said otherwise); the same bodies
+    as /embed (multipart may carry `k` and `vote` fields instead)."""
+    body, content_type = await _body(model, request)
+    if not content_type.startswith("multipart/"):  # options travel inside the body
+        payload = json.loads(body) if content_type.startswith("application/json") else \
+            {"images": [base64.b64encode(body).decode()]}
+        if not isinstance(payload, dict):
+            raise HTTPException(422, "body: JSON must be an object {\"images\": [...]}")
+        payload |= {"vote": vote} | ({"k": k} if k is not None else {})
+        body, content_type = json.dumps(payload).encode(), "application/json"
+    return await _forward(f"{_endpoint(model)}-knn", body, content_type)
+
+
+def _endpoint(model: Model) -> str:
+    return model.deployment["name"]
+
+
+async def _body(model: Model, request: Request) -> tuple[bytes, str]:
+    """The request's body and type, once the model is known to be served."""
+    if (model.deployment or {}).get("status") != "serving":
+        raise HTTPException(409, f"model {model.id} is not deployed; deploy it first "
+                                 f"(POST /v1/models/{model.id}/deploy)")
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith(TYPES):
+        raise HTTPException(415, f"body: send an image (image/*), multipart/form-data with an "
+                                 f"'image' field or JSON {{\"images\": [base64]}}, not "
+                                 f"{content_type or 'no Content-Type'}")
+    body = await request.body()
+    if len(body) > MAX_BYTES:
+        raise HTTPException(413, f"body: {len(body)} bytes, over the limit of {MAX_BYTES}")
+    if content_type.startswith("application/json"):
+        try:
+            json.loads(body)
+        except ValueError as exc:
+            raise HTTPException(400, f"body: not JSON ({exc})") from None
+    return body, content_type
+
+
+async def _forward(endpoint: str, body: bytes, content_type: str) -> Response:
+    """TorchServe's answer as it came, or its refusal as our error format."""
+    try:
+        answer = await torchserve().predict(endpoint, body, content_type)
+    except httpx.TransportError as exc:
+        raise HTTPException(502, f"the model server is unreachable ({exc})") from None
+    if answer.status_code == 200:
+        return Response(answer.content, media_type="application/json")
+    if answer.status_code in (400, 413):
+        raise HTTPException(answer.status_code, f"image: {_served_error(answer)}")
+    raise HTTPException(502, f"the model server answered {answer.status_code}: "
+                             f"{_served_error(answer)}")
+
+
+def _served_error(answer: httpx.Response) -> str:
+    """TorchServe's message: {"error": ...} from our handler, or its own {"message": ...}."""
+    try:
+        body = answer.json()
+        return str(body.get("error") or body.get("message") or body)
+    except ValueError:
+        return answer.text[:500]
