@@ -137,6 +137,8 @@ def main() -> None:
                                               count("#evals tbody tr", 2)),
             "submit (form from the schema)": (f"{base}/ui/submit", count("[data-field]", 30)),
             "models": (f"{base}/ui/models", count("#models tbody tr")),
+            "search (served models)": (f"{base}/ui/search", lambda d: d.find_element(
+                By.ID, "no-models").is_displayed()),
         }
         results = {}
         for name, (page, ready) in pages.items():
