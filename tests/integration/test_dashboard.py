@@ -17,6 +17,7 @@ from PIL import Image
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -74,6 +75,8 @@ def login(browser, platform, key: str) -> None:
     field.clear()
     field.send_keys(key)
     find(browser, "form button[type=submit]").click()
+    until(browser, lambda d: d.find_elements(By.ID, "login-error")
+          or d.current_url.rstrip("/").endswith("/ui"), 20, "the login's answer")
 
 
 def test_dashboard__login_submit_watch_cancel_compare_deploy(browser, platform):
@@ -229,3 +232,40 @@ def accept_confirm(browser, timeout: float = 5) -> None:
         except NoAlertPresentException:
             time.sleep(0.1)
     raise AssertionError("no confirmation dialog")
+
+
+def test_dashboard__zoom_reads_the_range_again_at_full_resolution(browser, platform):
+    """A series of 6,000 steps arrives downsampled (every 3rd step); dragging over a tenth
+    of the chart asks the metrics API for that range again, at every step."""
+    from sqlalchemy import insert
+    from sqlalchemy.orm import Session
+
+    from mec_platform.db import make_engine
+    from mec_platform.tables import Job, Metric
+
+    engine = make_engine(f"sqlite:///{platform.env['MEC_DATA_DIR']}/mec.db")
+    with Session(engine) as s:
+        job = Job(kind="pretrain", project="default", name="long", tags=[], queue="gpu",
+                  config={"dataset": "synthetic"}, status="succeeded", step=6000,
+                  total_steps=6000, attempts=1)
+        s.add(job)
+        s.flush()
+        s.execute(insert(Metric), [{"job_id": job.id, "step": step, "epoch": 0,
+                                    "name": "loss", "value": (step % 50) / 50}
+                                   for step in range(1, 6001)])
+        s.commit()
+        job_id = job.id
+    engine.dispose()
+    login(browser, platform, platform.key)
+    browser.get(f"{platform.url}/ui/jobs/{job_id}")
+    chart = until(browser, lambda d: d.find_elements(
+        By.CSS_SELECTOR, '.chart[data-metric="loss"][data-points]'), 20, "the loss chart")[0]
+    coarse = int(chart.get_attribute("data-points"))
+    assert 1900 <= coarse <= 2100  # 6,000 steps at stride 3
+    over = chart.find_element(By.CSS_SELECTOR, ".u-over")
+    width = over.size["width"]
+    ActionChains(browser).move_to_element_with_offset(over, -width // 2 + width // 10, 0) \
+        .click_and_hold().move_by_offset(width // 10, 0).release().perform()
+    until(browser, lambda d: chart.get_attribute("data-zoom-stride") == "1", 20, "the detail")
+    assert int(chart.get_attribute("data-points")) > coarse + 300  # ~600 steps where ~200 were
+    shot(browser, "10-job-zoomed")

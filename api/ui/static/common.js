@@ -97,8 +97,9 @@ function every(ms, fn) {
 
 const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
 
-// One uPlot chart of several series that share the x axis (steps).
-function lineChart(container, title, xs, series) {
+// One uPlot chart of several series that share the x axis (steps). `onZoom(min, max)`:
+// called with the step range the user dragged over (the chart zooms to it).
+function lineChart(container, title, xs, series, onZoom = null) {
   const wrap = el("div", { class: "chart", "data-metric": title });
   container.append(wrap);
   const width = Math.max(280, wrap.clientWidth - 16);
@@ -107,6 +108,10 @@ function lineChart(container, title, xs, series) {
     scales: { x: { time: false } },
     axes: [{ label: "step" }, { size: 60 }],
     cursor: { drag: { x: true, y: false } },
+    hooks: onZoom ? { setSelect: [(u) => {
+      if (u.select.width < 2) return;
+      onZoom(u.posToVal(u.select.left, "x"), u.posToVal(u.select.left + u.select.width, "x"));
+    }] } : {},
     series: [{ label: "step" }, ...series.map((s, i) => ({
       label: s.label, stroke: s.color || PALETTE[i % PALETTE.length], width: 1.5, spanGaps: true,
     }))],
