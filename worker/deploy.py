@@ -28,9 +28,10 @@ def deploy(settings: Settings, model_id: int, checkpoint: str, previous: dict | 
     staging = settings.model_store / f".staging-{name}-v{number}"
     plan = worker_plan(spec.workers, spec.torch_threads, spec.batch_size,
                        gpu=torch.cuda.is_available())
+    images = settings.artifact_root / "galleries" / f"{name}-v{number}.npy"
     archives = package(checkpoint, staging, name, version, spec.gallery_dataset,
                        spec.gallery_data_dir, spec.gallery_split, spec.gallery_limit,
-                       torch_threads=plan.threads)
+                       torch_threads=plan.threads, gallery_images=images)
     management = _management(settings)
     urls = {}
     for task, mar in archives.items():
@@ -46,10 +47,11 @@ def deploy(settings: Settings, model_id: int, checkpoint: str, previous: dict | 
                 management.unregister(endpoint, old["modelVersion"])
         urls[task] = f"{settings.torchserve_inference_url}/predictions/{endpoint}"
     staging.rmdir()
+    _remove_gallery_images(previous)
     return {"status": "serving", "name": name, "version": version, "number": number,
             "urls": urls, "workers": plan.workers, "torch_threads": plan.threads,
             "batch_size": plan.batch_size,
-            "max_batch_delay_ms": spec.max_batch_delay_ms}
+            "max_batch_delay_ms": spec.max_batch_delay_ms, "gallery_images": str(images)}
 
 
 def undeploy(settings: Settings, model_id: int, previous: dict | None) -> dict:
@@ -58,4 +60,11 @@ def undeploy(settings: Settings, model_id: int, previous: dict | None) -> dict:
     for endpoint in (f"mec-{model_id}", f"mec-{model_id}-knn"):
         for old in management.describe(endpoint) or []:
             management.unregister(endpoint, old["modelVersion"])
+    _remove_gallery_images(previous)
     return {"status": "undeployed", "number": int((previous or {}).get("number", 0))}
+
+
+def _remove_gallery_images(record: dict | None) -> None:
+    """The pixels kept for a retired version's search results."""
+    if record and record.get("gallery_images"):
+        Path(record["gallery_images"]).unlink(missing_ok=True)

@@ -4,11 +4,14 @@ for apps, with their API key; the platform forwards to TorchServe with its own."
 from __future__ import annotations
 
 import base64
+import io
 import json
 
 import httpx
+import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
+from PIL import Image
 
 from api.deps import EmbedKey, ModelDep
 from api.inference import torchserve
@@ -48,6 +51,27 @@ async def search(_: EmbedKey, model: ModelDep, request: Request,
         payload |= {"vote": vote} | ({"k": k} if k is not None else {})
         body, content_type = json.dumps(payload).encode(), "application/json"
     return await _forward(f"{_endpoint(model)}-knn", body, content_type)
+
+
+@router.get("/{model_id}/gallery/{item_id:path}/image", response_class=Response, responses={
+    200: {"content": {"image/png": {}}, "description": "The gallery item's image (PNG)."}})
+def gallery_image(_: EmbedKey, model: ModelDep, item_id: str):
+    """A kNN gallery item's image, e.g. to show search results ('train/1929')."""
+    path = (model.deployment or {}).get("gallery_images")
+    if (model.deployment or {}).get("status") != "serving" or not path:
+        raise HTTPException(409, f"model {model.id} is not deployed with a gallery's images")
+    split, _, index = item_id.rpartition("/")
+    try:
+        pixels = np.load(path, mmap_mode="r")
+    except FileNotFoundError:  # retired by a redeploy since the model was read
+        raise HTTPException(409, f"model {model.id} was redeployed; search again") from None
+    if not split or not index.isdigit() or int(index) >= len(pixels):
+        raise HTTPException(404, f"item_id: no gallery item {item_id!r}")
+    image = np.asarray(pixels[int(index)])
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
+    return Response(buf.getvalue(), media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=3600"})
 
 
 def _endpoint(model: Model) -> str:

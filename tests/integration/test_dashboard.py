@@ -182,6 +182,9 @@ def test_dashboard__login_submit_watch_cancel_compare_deploy(browser, platform):
     expected = client.search(model.id, [image.read_bytes()], k=5).neighbours[0]
     assert [r.find_element(By.CSS_SELECTOR, "code").text for r in rows] == \
         [n.id for n in expected]
+    until(browser, lambda d: d.execute_script(
+        "return [...document.querySelectorAll('#neighbours img.thumb')]"
+        ".every(i => i.complete && i.naturalWidth === 32)"), 20, "the neighbours' images")
     shot(browser, "09-search")
     client.wait(client.undeploy(model.id).id, timeout=120, poll=0.5)
 

@@ -101,6 +101,12 @@ def test_embed_and_search__one_key_one_url(platform, tmp_path):
     found = Client(platform.url, app_key).search(model.id, images[:2], k=3)
     assert [len(n) for n in found.neighbours] == [3, 3]
     assert [n.id for n in found.neighbours[0]] == [n["id"] for n in direct_knn[:3]]
+    first = raw.json()["neighbours"][0][0]["id"]
+    thumb = app.get(f"/v1/models/{model.id}/gallery/{first}/image")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(thumb.content)).size == (32, 32)
+    missing = app.get(f"/v1/models/{model.id}/gallery/train/99999999/image")
+    assert missing.status_code == 404 and "item_id" in missing.json()["detail"]
     too_many = app.post(f"/v1/models/{model.id}/search", params={"k": 1000},
                         content=images[0], headers={"Content-Type": "image/png"})
     assert too_many.status_code == 422 and "k" in too_many.json()["detail"]

@@ -32,7 +32,10 @@ document.getElementById("search").addEventListener("submit", async (event) => {
     preview.src = URL.createObjectURL(file);
     document.getElementById("vote").textContent = `majority label: ${found.vote[0]}`;
     document.querySelector("#neighbours tbody").replaceChildren(...found.neighbours[0].map((n, i) =>
-      el("tr", {}, el("td", { text: i + 1 }), el("td", {}, el("code", { text: n.id })),
+      el("tr", {}, el("td", { text: i + 1 }),
+         el("td", {}, el("img", { class: "thumb", alt: n.id, loading: "lazy",
+                                  src: `/v1/models/${pick.value}/gallery/${n.id}/image` })),
+         el("td", {}, el("code", { text: n.id })),
          el("td", {}, el("strong", { text: n.label })), el("td", {}, similarity(n.score)))));
     document.getElementById("result").hidden = false;
   } catch (e) { toast(e.message, "error"); }
