@@ -3,8 +3,10 @@ under load without dropping a request, and undeploy it."""
 
 import io
 import threading
+from pathlib import Path
 
 import httpx
+import numpy as np
 from PIL import Image
 from test_jobs import pretrain
 
@@ -61,8 +63,11 @@ def test_deploy_redeploy_and_undeploy(platform):
     assert codes and set(codes) == {200}, codes  # the old version served until the new one
     versions = platform.torchserve.management().describe(served["name"])
     assert [v["modelVersion"] for v in versions] == ["2.0"]
+    # the gallery's pixels (search results' images) are kept for the serving version only
+    assert np.load(again["gallery_images"]).shape[0] == 200
+    assert not Path(served["gallery_images"]).exists()
 
     gone = deploy(platform, model["id"], "undeploy")["deployment"]
-    assert gone["status"] == "undeployed"
+    assert gone["status"] == "undeployed" and not Path(again["gallery_images"]).exists()
     r = httpx.post(served["urls"]["embed"], content=png(0), headers=auth, timeout=30)
     assert r.status_code == 404
