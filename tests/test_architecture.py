@@ -122,3 +122,12 @@ def test_mec_db_upgrade_does_not_import_torch(tmp_path):
                           cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "mec.db").is_file()
+
+
+def test_the_python_client_and_its_commands_do_not_import_torch():
+    """Downstream code imports api.client (and runs `mec jobs list`) without torch."""
+    code = ("import sys\nimport api.client, api.cli\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

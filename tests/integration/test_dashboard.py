@@ -133,6 +133,15 @@ def test_dashboard__login_submit_watch_cancel_compare_deploy(browser, platform):
     until(browser, lambda d: "cancelled" in find(d, "#status").text, 60, "cancelled")
     shot(browser, "05-job-cancelled")
 
+    # a failed job says why, plainly (evaluating a run that was cancelled before it began)
+    failed = client.wait(client.evaluate(long.id).id, timeout=120, poll=0.5)
+    assert failed.status == "failed"
+    browser.get(f"{platform.url}/ui/jobs/{failed.id}")
+    shown = until(browser, lambda d: d.find_element(By.ID, "error").is_displayed()
+                  and find(d, "#error").text, 20, "the error")
+    assert shown == f"Failed: {failed.error}"
+    shot(browser, "05b-job-failed")
+
     # the jobs table: filters, then pick two runs and compare them
     browser.get(f"{platform.url}/ui/")
     until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-id="{job_id}"]'), 20,
