@@ -3,6 +3,7 @@ CLI, the REST job spec and the worker share one description of a run."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import types
@@ -181,13 +182,31 @@ def linear(**kwargs) -> None:
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
               help="Training checkpoint to export.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory for backbone.pt, encoder.pt and model.json.")
-def export(checkpoint: str, out_dir: str) -> None:
-    """Export the student encoder: backbone in torchvision's format, plus the projector."""
+              help="Directory for backbone.pt, encoder.pt and model.json; with --format onnx, "
+              "a Triton model repository (NAME/1/model.onnx, NAME/config.pbtxt).")
+@click.option("--format", "fmt", type=click.Choice(["torch", "onnx"]), default="torch",
+              show_default=True, help="onnx: uint8 images in, l2-normalised embeddings out, "
+              "dynamic batch axis (ONNX Runtime, Triton's ONNX backend).")
+@click.option("--name", default="mec", show_default=True, help="The ONNX model's name.")
+@click.option("--projector", is_flag=True, help="ONNX: the projector's outputs, not the "
+              "backbone's features.")
+def export(checkpoint: str, out_dir: str, fmt: str, name: str, projector: bool) -> None:
+    """Export the student encoder: backbone in torchvision's format plus the projector, or
+    an ONNX graph of the embeddings."""
     from mec_core.export import export as run
 
     try:
-        paths = run(checkpoint, out_dir)
+        if fmt == "onnx":
+            from mec_core.onnx_export import triton_repository
+
+            if importlib.util.find_spec("onnxscript") is None:
+                raise click.ClickException("--format onnx needs the onnx extra: pip install "
+                                           "'mec-platform[onnx]'")
+            model_dir = triton_repository(checkpoint, out_dir, name, projector)
+            paths = {"onnx": model_dir / "1" / "model.onnx",
+                     "triton_config": model_dir / "config.pbtxt"}
+        else:
+            paths = run(checkpoint, out_dir)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({k: str(v) for k, v in paths.items()}))
