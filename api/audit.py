@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from mec_platform.db import session_scope
@@ -23,21 +22,40 @@ def _write(entry: AuditEntry) -> None:
         session.add(entry)
 
 
-async def record(request: Request, call_next):
-    """HTTP middleware: pass the request on, then log it if it could change state."""
-    response = await call_next(request)
-    route = request.scope.get("route")
-    if request.method in CHANGES and request.url.path.startswith("/v1/") and \
-            getattr(route, "path", None) not in QUERIES:
-        prefix, project = getattr(request.state, "caller", (None, None))
-        entry = AuditEntry(
-            key_prefix=prefix, project=project, path=request.url.path[:2000],
-            action=f"{request.method} {getattr(route, 'path', request.url.path)}"[:200],
-            status=response.status_code,
-            address=request.client.host if request.client else None)
+class AuditLog:
+    """ASGI middleware: once a state-changing request under /v1 has been answered (or has
+    failed: status 500), log it. Plain ASGI, so that other requests pay nothing for it."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] not in CHANGES \
+                or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def answer(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            await run_in_threadpool(_write, entry)
-        except Exception:  # the request itself is done; the failure is logged, not hidden
-            log.exception("audit log: could not record %s %s", request.method,
-                          request.url.path)
-    return response
+            await self.app(scope, receive, answer)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            if route not in QUERIES:
+                await _record(scope, route, status)
+
+
+async def _record(scope, route: str | None, status: int) -> None:
+    prefix, project = scope.get("state", {}).get("caller", (None, None))
+    entry = AuditEntry(key_prefix=prefix, project=project, path=scope["path"][:2000],
+                       action=f"{scope['method']} {route or scope['path']}"[:200],
+                       status=status, address=(scope.get("client") or (None,))[0])
+    try:
+        await run_in_threadpool(_write, entry)
+    except Exception:  # the request itself is done; the failure is logged, not hidden
+        log.exception("audit log: could not record %s %s", scope["method"], scope["path"])

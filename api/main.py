@@ -25,7 +25,7 @@ app.include_router(system.router)
 app.include_router(audit_routes.router)
 app.include_router(ui.router)
 app.mount("/ui/static", StaticFiles(directory=ui.UI / "static"), name="ui-static")
-app.middleware("http")(audit.record)
+app.add_middleware(audit.AuditLog)
 
 
 @app.get("/", include_in_schema=False)
