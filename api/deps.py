@@ -65,7 +65,7 @@ CurrentKey = Annotated[ApiKey, Depends(current_key)]
 def needs(scope: Scope):
     """A route's dependency: the caller's key, which must carry `scope` (or admin).
     The scope is kept on the dependency, so the route table says what each route needs."""
-    def key_with_scope(key: CurrentKey) -> ApiKey:
+    async def key_with_scope(key: CurrentKey) -> ApiKey:  # no I/O: no thread hop
         if not keys.allows(key, scope):
             raise HTTPException(403, f"API key {key.prefix}... lacks the scope '{scope}' "
                                      f"(it has: {', '.join(key.scopes) or 'none'})")

@@ -5,9 +5,11 @@ fresh_keys) so that apps only ever see their own API key."""
 from __future__ import annotations
 
 import asyncio
+import json
+from dataclasses import dataclass
 from functools import lru_cache
 
-import httpx
+import aiohttp
 
 from mec_platform.settings import get_settings
 from serving.torchserve import Keys, fresh_keys
@@ -20,9 +22,8 @@ class TorchServe:
         settings = get_settings()
         self.home = settings.torchserve_home
         self.management_url = settings.torchserve_management_url
-        self.http = httpx.AsyncClient(base_url=settings.torchserve_inference_url,
-                                      timeout=TIMEOUT_S,
-                                      limits=httpx.Limits(max_connections=256))
+        self.url = settings.torchserve_inference_url
+        self.http: aiohttp.ClientSession | None = None  # made in the server's event loop
         self.keys: Keys | None = None
         self.lock = asyncio.Lock()
 
@@ -38,7 +39,7 @@ class TorchServe:
                                                     force)
             return self.keys
 
-    async def predict(self, endpoint: str, body: bytes, content_type: str) -> httpx.Response:
+    async def predict(self, endpoint: str, body: bytes, content_type: str) -> Answer:
         """POST the body to /predictions/{endpoint} as it came; once more with a renewed
         key if TorchServe refused the held one."""
         keys = await self._keys()
@@ -49,13 +50,31 @@ class TorchServe:
         return response
 
     async def _post(self, endpoint: str, body: bytes, content_type: str,
-                    keys: Keys) -> httpx.Response:
-        return await self.http.post(f"/predictions/{endpoint}", content=body,
-                                    headers={"Authorization": f"Bearer {keys.inference}",
-                                             "Content-Type": content_type})
+                    keys: Keys) -> Answer:
+        if self.http is None:
+            self.http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
+                connector=aiohttp.TCPConnector(limit=256))
+        async with self.http.post(f"{self.url}/predictions/{endpoint}", data=body,
+                                  headers={"Authorization": f"Bearer {keys.inference}",
+                                           "Content-Type": content_type}) as response:
+            return Answer(response.status, await response.read())
 
 
-def _refused(response: httpx.Response) -> bool:
+@dataclass
+class Answer:
+    status_code: int
+    content: bytes
+
+    def json(self):
+        return json.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+
+def _refused(response: Answer) -> bool:
     """TorchServe refused the key: it answers 400 with an InvalidKeyException."""
     return response.status_code in (400, 401) and b"InvalidKeyException" in response.content
 

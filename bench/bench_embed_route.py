@@ -1,7 +1,7 @@
 """The API's embed route against TorchServe called directly, side by side: what the extra
 hop (key check, model lookup, forwarding with the platform's TorchServe key) costs apps.
 
-    python bench/bench_embed_route.py [--concurrency 32] [--rounds 3] [--seconds 6] [--json]
+    python bench/bench_embed_route.py [--concurrency 32] [--rounds 5] [--seconds 6] [--json]
 
 A whole platform (`mec up`'s stack: API, worker, TorchServe) in a temporary directory;
 a resnet18 (small stem, global pooling, 32 px) pretrained for one step through the API and
@@ -34,7 +34,7 @@ CONFIG = {"dataset": "synthetic", "image_size": 32, "backbone": "resnet18", "bat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -60,8 +60,8 @@ def main() -> None:
         assert httpx.post(f"{stack.api_url}/{sides['api'][1]}", content=image.read_bytes(),
                           headers={"Authorization": f"Bearer {app_key}",
                                    "Content-Type": "image/png"}).status_code == 200
-        for url, path, key in sides.values():  # warm-up, alike
-            clients(url, key, image, args.concurrency, 2, path=path)
+        for url, path, key in sides.values():  # warm-up, alike: pools, caches, threads
+            clients(url, key, image, args.concurrency, args.seconds, path=path)
         rounds = []
         for r in range(args.rounds):
             order = list(sides) if r % 2 == 0 else list(sides)[::-1]

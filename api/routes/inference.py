@@ -7,14 +7,14 @@ import base64
 import io
 import json
 
-import httpx
+import aiohttp
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 from PIL import Image
 
 from api.deps import EmbedKey, ModelDep
-from api.inference import torchserve
+from api.inference import Answer, torchserve
 from api.schemas import EmbeddingsPublic, SearchPublic, errors
 from mec_platform.tables import Model
 
@@ -103,7 +103,7 @@ async def _forward(endpoint: str, body: bytes, content_type: str) -> Response:
     """TorchServe's answer as it came, or its refusal as our error format."""
     try:
         answer = await torchserve().predict(endpoint, body, content_type)
-    except httpx.TransportError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         raise HTTPException(502, f"the model server is unreachable ({exc})") from None
     if answer.status_code == 200:
         return Response(answer.content, media_type="application/json")
@@ -113,7 +113,7 @@ async def _forward(endpoint: str, body: bytes, content_type: str) -> Response:
                              f"{_served_error(answer)}")
 
 
-def _served_error(answer: httpx.Response) -> str:
+def _served_error(answer: Answer) -> str:
     """TorchServe's message: {"error": ...} from our handler, or its own {"message": ...}."""
     try:
         body = answer.json()
