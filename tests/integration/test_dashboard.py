@@ -281,3 +281,8 @@ def test_dashboard__zoom_reads_the_range_again_at_full_resolution(browser, platf
     until(browser, lambda d: chart.get_attribute("data-zoom-stride") == "1", 20, "the detail")
     assert int(chart.get_attribute("data-points")) > coarse + 300  # ~600 steps where ~200 were
     shot(browser, "10-job-zoomed")
+    before = chart.size["width"]
+    browser.set_window_size(1000, 1000)  # one chart per row below 1,000 px: each grows
+    until(browser, lambda d: chart.find_element(By.CSS_SELECTOR, "canvas").size["width"]
+          > before, 10, "the chart to follow the window")
+    browser.set_window_size(1440, 1000)

@@ -117,7 +117,8 @@ function lineChart(container, title, xs, series, onZoom = null) {
     }))],
   };
   const data = [xs, ...series.map((s) => s.values)];
-  return new uPlot(options, data, wrap);
+  wrap.plot = new uPlot(options, data, wrap);
+  return wrap.plot;
 }
 
 // The curves people judge a run by first, then the rest (timings last).
@@ -130,4 +131,15 @@ function metricOrder(names) {
 document.addEventListener("DOMContentLoaded", () => {
   const logout = document.getElementById("logout-csrf");
   if (logout) logout.value = cookie("mec_csrf");
+});
+
+// Charts follow their cell's width when the window is resized.
+window.addEventListener("resize", () => {
+  clearTimeout(window.resizeTimer);
+  window.resizeTimer = setTimeout(() => {
+    document.querySelectorAll(".chart").forEach((wrap) => {
+      const plot = wrap.plot;
+      if (plot) plot.setSize({ width: Math.max(280, wrap.clientWidth - 16), height: 220 });
+    });
+  }, 150);
 });
