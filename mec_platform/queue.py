@@ -54,10 +54,18 @@ def _transport_options(url: str, visibility_timeout: int) -> dict:
 app = make_app()
 
 
+def broker_priority(priority: int, broker_url: str) -> int:
+    """A job's priority (9 = most urgent) as the broker reads it: kombu's Redis transport
+    pops its lowest priority step first (0 before 9), so there the scale is reversed. The
+    embedded SQLite broker delivers in order and ignores it."""
+    return 9 - priority if broker_url.startswith(("redis", "rediss")) else priority
+
+
 def enqueue(job_id: int, kind: str, queue: str, priority: int = 0) -> None:
     """Ring the bell for job `job_id` on task `mec.<kind>`; the task loads everything else
     from the database."""
-    app.send_task(f"mec.{kind}", args=[job_id], queue=queue, priority=priority)
+    app.send_task(f"mec.{kind}", args=[job_id], queue=queue,
+                  priority=broker_priority(priority, get_settings().broker_url))
 
 
 def broker_reachable(timeout: float = 2.0) -> bool:

@@ -4,6 +4,8 @@ API and Celery worker processes, on the embedded defaults and on PostgreSQL + Re
 import os
 import signal
 
+import pytest
+
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
         "proj_hidden_dim": 64, "pred_hidden_dim": 16, "train_limit": 256, "epochs": 1,
         "log_every": 2, "checkpoint_every": 4, "warmup_epochs": 0.2, "lambda_warmup_epochs": 0.2}
@@ -79,6 +81,24 @@ def test_baseline_method_trains_through_the_platform(platform):
     assert series["loss"]["steps"] == list(range(1, 7))
     assert 0 <= series["loss"]["values"][-1] <= 8  # 2 - 2 cos, summed over the two views
     assert "coding_length" not in series and "teacher_momentum" in series
+
+
+def test_a_higher_priority_job_is_claimed_first(platform):
+    if platform.backend != "postgres+redis":
+        pytest.skip("the embedded SQLite broker delivers in order: kombu's SQLAlchemy "
+                    "transport has no priorities")
+    blocker = pretrain(platform, 5000)
+    platform.wait_for(lambda: platform.get(f"/v1/jobs/{blocker['id']}")["status"] == "running",
+                      120, "the blocker to run")
+    config = TINY | {"max_steps": 4}
+    low, high = (platform.post("/v1/jobs", {"kind": "pretrain", "name": name, "priority": p,
+                                            "queue": "gpu", "config": config})
+                 for name, p in (("low", 0), ("high", 9)))
+    assert (low["priority"], high["priority"]) == (0, 9) and high["queue"] == "gpu"
+    platform.post(f"/v1/jobs/{blocker['id']}/cancel", expect=200)
+    done = [platform.wait_status(j["id"], ("succeeded", "failed")) for j in (low, high)]
+    assert all(j["status"] == "succeeded" for j in done)
+    assert done[1]["started_at"] < done[0]["started_at"]  # submitted second, run first
 
 
 def test_cancel_running_and_queued_jobs(platform):
