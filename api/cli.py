@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from api.client import FINISHED, APIError, Client, save_login
-from mec_core.cli import NONE, config_options
+from mec_core.cli import config_options, given_options
 from mec_platform.cli import main
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
@@ -85,9 +85,8 @@ def _spec(spec_file: str | None, kind: str | None, name: str | None, tags: tuple
             raise click.BadParameter(f"not YAML or JSON: {exc}", param_hint="-f") from None
         if not isinstance(spec, dict):
             raise click.BadParameter("the spec must be a mapping", param_hint="-f")
-    given = {k: None if v == NONE else v for k, v in values.items() if v is not None}
     spec["kind"] = kind or spec.get("kind", JobKind.PRETRAIN.value)
-    spec["config"] = {**spec.get("config", {}), **given}
+    spec["config"] = {**spec.get("config", {}), **given_options(values)}
     for field, value in (("name", name), ("tags", list(tags) or None), ("priority", priority),
                          ("queue", queue)):
         if value is not None:

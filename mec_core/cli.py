@@ -70,9 +70,15 @@ def _option(name: str, info: FieldInfo):
     return click.option(flag, name, type=kind, default=None, help=help_text)
 
 
+def given_options(values: dict) -> dict:
+    """The config options set on the command line (`none` meaning None); unset ones left out,
+    so that the model's (or the server's recipe's) defaults apply."""
+    return {k: None if v == NONE else v for k, v in values.items() if v is not None}
+
+
 def make_config(values: dict) -> TrainConfig:
     """TrainConfig from CLI values (unset options keep the model's defaults)."""
-    given = {k: None if v == NONE else v for k, v in values.items() if v is not None}
+    given = given_options(values)
     try:
         return TrainConfig(**given)
     except ValidationError as exc:
