@@ -165,17 +165,15 @@ class Client:
     def embed(self, model_id: int, images: list[bytes]) -> EmbeddingsPublic:
         """l2-normalised embeddings of image files (PNG, JPEG, ...) from the deployed model,
         in order (up to 64 per call)."""
-        body = {"images": [base64.b64encode(image).decode() for image in images]}
         return EmbeddingsPublic.model_validate(self._call(
-            "POST", f"/v1/models/{model_id}/embed", json=body, repeatable=True))
+            "POST", f"/v1/models/{model_id}/embed", json=_images(images), repeatable=True))
 
     def search(self, model_id: int, images: list[bytes], k: int | None = None,
                vote: bool = False) -> SearchPublic:
         """The k nearest items of the deployed model's kNN gallery for each image file."""
-        body = {"images": [base64.b64encode(image).decode() for image in images]}
         params = {"vote": str(vote).lower()} | ({"k": k} if k is not None else {})
         return SearchPublic.model_validate(self._call(
-            "POST", f"/v1/models/{model_id}/search", json=body, params=params,
+            "POST", f"/v1/models/{model_id}/search", json=_images(images), params=params,
             repeatable=True))
 
     # --- transport ---------------------------------------------------------------------
@@ -201,6 +199,11 @@ class Client:
         if response.status_code >= 400:
             raise APIError(response.status_code, _detail(response))
         return response.json()
+
+
+def _images(images: list[bytes]) -> dict:
+    """The JSON body of /embed and /search: image files as base64."""
+    return {"images": [base64.b64encode(image).decode() for image in images]}
 
 
 def _detail(response: httpx.Response) -> str:
