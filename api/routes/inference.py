@@ -29,7 +29,7 @@ MAX_BYTES = 10 * 2**20  # TorchServe's max_request_size (serving.torchserve)
 async def embed(_: EmbedKey, model: ModelDep, request: Request):
     """Embeddings of images from the deployed model: a raw image body, a multipart field
     `image`, or JSON `{"images": [base64, ...]}` (up to 64 images)."""
-    body, content_type = await _body(model, request)
+    body, content_type, _ = await _body(model, request)
     return await _forward(_endpoint(model), body, content_type)
 
 
@@ -42,10 +42,10 @@ async def search(_: EmbedKey, model: ModelDep, request: Request,
     """Nearest neighbours of images in the model's kNN gallery (the one packaged at
     deployment, from its training set unless the deploy said otherwise); the same bodies
     as /embed (multipart may carry `k` and `vote` fields instead)."""
-    body, content_type = await _body(model, request)
+    body, content_type, payload = await _body(model, request)
     if not content_type.startswith("multipart/"):  # options travel inside the body
-        payload = json.loads(body) if content_type.startswith("application/json") else \
-            {"images": [base64.b64encode(body).decode()]}
+        if payload is None:  # a raw image
+            payload = {"images": [base64.b64encode(body).decode()]}
         if not isinstance(payload, dict):
             raise HTTPException(422, "body: JSON must be an object {\"images\": [...]}")
         payload |= {"vote": vote} | ({"k": k} if k is not None else {})
@@ -78,8 +78,9 @@ def _endpoint(model: Model) -> str:
     return model.deployment["name"]
 
 
-async def _body(model: Model, request: Request) -> tuple[bytes, str]:
-    """The request's body and type, once the model is known to be served."""
+async def _body(model: Model, request: Request) -> tuple[bytes, str, object]:
+    """The request's body, its type and, for JSON, its parsed value (else None), once the
+    model is known to be served."""
     if (model.deployment or {}).get("status") != "serving":
         raise HTTPException(409, f"model {model.id} is not deployed; deploy it first "
                                  f"(POST /v1/models/{model.id}/deploy)")
@@ -91,12 +92,12 @@ async def _body(model: Model, request: Request) -> tuple[bytes, str]:
     body = await request.body()
     if len(body) > MAX_BYTES:
         raise HTTPException(413, f"body: {len(body)} bytes, over the limit of {MAX_BYTES}")
-    if content_type.startswith("application/json"):
-        try:
-            json.loads(body)
-        except ValueError as exc:
-            raise HTTPException(400, f"body: not JSON ({exc})") from None
-    return body, content_type
+    if not content_type.startswith("application/json"):
+        return body, content_type, None
+    try:
+        return body, content_type, json.loads(body)
+    except ValueError as exc:
+        raise HTTPException(400, f"body: not JSON ({exc})") from None
 
 
 async def _forward(endpoint: str, body: bytes, content_type: str) -> Response:
