@@ -65,10 +65,11 @@ def triton_repository(checkpoint_path: str | Path, root: str | Path, name: str =
     (ONNX Runtime backend, dynamic batching) serving the embeddings."""
     model_dir = Path(root) / name
     onnx_path = export_onnx(checkpoint_path, model_dir / "1" / "model.onnx", projector)
-    norm = Normalization.from_dict(load_model(checkpoint_path).checkpoint["normalization"])
     import onnx  # a dependency of torch's ONNX exporter
 
-    dim = onnx.load(str(onnx_path)).graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    graph = onnx.load(str(onnx_path)).graph
+    _, channels, size, _ = (d.dim_value for d in graph.input[0].type.tensor_type.shape.dim)
+    dim = graph.output[0].type.tensor_type.shape.dim[1].dim_value
     (model_dir / "config.pbtxt").write_text(TRITON_CONFIG.format(
-        name=name, max_batch=max_batch, channels=norm.channels, size=norm.image_size, dim=dim))
+        name=name, max_batch=max_batch, channels=channels, size=size, dim=dim))
     return model_dir
