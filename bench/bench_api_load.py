@@ -75,6 +75,25 @@ def add_metrics(database_url: str, job_id: int, steps: int = 10_000) -> None:
         cur.execute("UPDATE jobs SET step = %s WHERE id = %s", (steps, job_id))
 
 
+def start_api(env: dict[str, str], timeout: float = 30) -> tuple[subprocess.Popen, str]:
+    """The API as its own process (uvicorn, its own process group) on a free port, and its
+    URL, once /healthz answers."""
+    port = unused_port()
+    url = f"http://127.0.0.1:{port}"
+    api = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host",
+                            "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                           env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                return api, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    api.kill()
+    raise RuntimeError(f"the API did not answer /healthz within {timeout} s")
+
+
 def run(submissions: int, reads: int) -> list[dict]:
     name = f"mec_load_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
@@ -94,17 +113,7 @@ def run(submissions: int, reads: int) -> list[dict]:
         key = subprocess.run([sys.executable, "-m", "mec_platform.cli", "keys", "create",
                               "--name", "load"],
                              env=env, check=True, capture_output=True, text=True).stdout.strip()
-        port = unused_port()
-        url = f"http://127.0.0.1:{port}"
-        api = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host",
-                                "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                               env=env, start_new_session=True)
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        api, url = start_api(env)
         codes, lat, wall = asyncio.run(fire([("POST", "/v1/jobs", SPEC)] * submissions, url, key))
         results = [summary("concurrent submissions", codes, lat, wall, 201)]
         listed = httpx.get(f"{url}/v1/jobs", params={"limit": 500},

@@ -17,14 +17,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
+from bench_api_load import start_api
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -37,7 +35,6 @@ from mec_platform import keys
 from mec_platform.db import make_engine
 from mec_platform.migrate import upgrade
 from mec_platform.tables import Job, Metric, Model, utcnow
-from serving.torchserve import unused_port
 
 STATUSES = ("succeeded", "failed", "cancelled", "running", "queued")
 SERIES = ("loss", "coding_length", "spectral_norm", "lr", "lambda_inv", "knn_top1",
@@ -112,18 +109,9 @@ def main() -> None:
     with Session(make_engine(url)) as s:
         _, key = keys.create(s, "bench")
         s.commit()
-    port = unused_port()
-    api = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--port",
-                            str(port), "--log-level", "warning"], env=env)
-    base = f"http://127.0.0.1:{port}"
+    api, base = start_api(env)
     driver = None
     try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
         driver = browser()
         driver.get(f"{base}/ui/login")
         driver.find_element(By.ID, "key").send_keys(key)
