@@ -2,6 +2,7 @@
 1,000 jobs in the table and one job of 100,000 metric points.
 
     python bench/bench_dashboard.py [--jobs 1000] [--points 100000] [--repeats 5] [--json]
+    python bench/bench_dashboard.py --report docs/performance/dashboard/*.json
 
 An embedded platform's database (SQLite) in a temporary directory is filled directly (jobs
 of every status; one job with 10 series of points/10 steps), the API runs as its own
@@ -98,8 +99,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the run's JSON record")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
+                        help="print the tables of recorded runs (docs/performance/dashboard/) "
+                        "and run nothing")
     args = parser.parse_args()
+    if args.report:
+        print("\n\n".join(markdown(json.loads(p.read_text())) for p in args.report))
+        return
     root = Path(tempfile.mkdtemp(prefix="mec-bench-dashboard-"))
     env = os.environ | {"MEC_DATA_DIR": str(root)}
     url = f"sqlite:///{root / 'mec.db'}"
@@ -141,14 +148,17 @@ def main() -> None:
         api.wait(10)
     record = {"jobs": args.jobs + 1, "points": args.points, "repeats": args.repeats,
               "pages": results}
-    if args.json:
-        print(json.dumps(record))
-        return
-    print(f"{args.jobs + 1:,} jobs, one with {args.points:,} metric points; seconds from "
-          f"navigation to content, median [range] of {args.repeats}\n")
-    print("| page | seconds |\n|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['median_s']:.3f} [{r['min_s']:.3f}–{r['max_s']:.3f}] |")
+    print(json.dumps(record) if args.json else markdown(record))
+
+
+def markdown(record: dict) -> str:
+    """The docs' table of one run's JSON record (what --json prints)."""
+    lines = [f"{record['jobs']:,} jobs, one with {record['points']:,} metric points; seconds "
+             f"from navigation to content, median [range] of {record['repeats']}", "",
+             "| page | seconds |", "|---|---|"]
+    lines += [f"| {name} | {r['median_s']:.3f} [{r['min_s']:.3f}–{r['max_s']:.3f}] |"
+              for name, r in record["pages"].items()]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

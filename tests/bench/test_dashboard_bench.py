@@ -22,3 +22,14 @@ def test_bench_dashboard__times_every_page():
     assert len(record["pages"]) == 6
     for page in record["pages"].values():
         assert 0 < page["min_s"] <= page["median_s"] <= page["max_s"]
+
+
+def test_bench_dashboard__report_prints_the_recorded_run_again():
+    recorded = BENCH.parents[1] / "docs" / "performance" / "dashboard" / "2026-12-01.json"
+    out = subprocess.run([sys.executable, str(BENCH), "--report", str(recorded)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    record = json.loads(recorded.read_text())
+    assert "1,001 jobs, one with 100,000 metric points" in out
+    job = record["pages"]["job (100,000 points)"]
+    assert f"| job (100,000 points) | {job['median_s']:.3f} " in out
+    assert all(page["median_s"] < 1 for page in record["pages"].values())
