@@ -40,7 +40,7 @@ class Gallery:
             index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efSearch = 128
         elif kind == "ivf":
-            index = _trained_ivf(vectors)
+            index = trained_ivf(vectors)
         else:
             raise ValueError(f"index kind must be exact, ivf, hnsw or auto, got {kind!r}")
         index.add(vectors)
@@ -90,7 +90,7 @@ def vote(neighbours: list[dict]) -> str | None:
     return max(counts, key=lambda label: (counts[label], scores[label]))
 
 
-def _trained_ivf(vectors: np.ndarray) -> faiss.Index:
+def trained_ivf(vectors: np.ndarray) -> faiss.Index:
     """Inverted lists (4 sqrt(N) of them) over exact inner products, k-means trained on at
     most 100,000 of the vectors."""
     dim = vectors.shape[1]
