@@ -31,6 +31,7 @@ class JobKind(StrEnum):
     EVALUATE = "evaluate"
     DEPLOY = "deploy"
     IMPORT = "import"
+    GALLERY = "gallery"  # a large add of items to a gallery
 
 
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})

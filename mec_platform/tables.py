@@ -1,13 +1,25 @@
 """Database schema (SQLAlchemy 2.0): jobs, their metrics, finished models, evaluations,
-live workers, API keys and the audit log. Jobs and models belong to the project of the
-key that created them."""
+live workers, API keys, the audit log, and apps' galleries of embedded items. Jobs, models
+and galleries belong to the project of the key that created them."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -179,3 +191,40 @@ class AuditEntry(Base):
     path: Mapped[str] = mapped_column(Text)
     status: Mapped[int]
     address: Mapped[str | None] = mapped_column(String(64))
+
+
+class Gallery(Base):
+    """An app's named collection of embedded items, bound to one model and to the version
+    of its deployment whose embedding space the vectors are in. `seq` counts the gallery's
+    writes: each write stamps its items with the new value, so a reader that has seen up to
+    `seq` S reads what changed since with `GalleryItem.seq > S`."""
+
+    __tablename__ = "galleries"
+    __table_args__ = (UniqueConstraint("project", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(100))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    model_version: Mapped[int | None]  # the deployment's number its vectors come from
+    dim: Mapped[int]
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GalleryItem(Base):
+    """One item: the caller's id, its metadata and its unit vector (float32 bytes). A
+    deleted item stays as a tombstone (no vector) so that readers see the deletion."""
+
+    __tablename__ = "gallery_items"
+    __table_args__ = (UniqueConstraint("gallery_id", "item_id"),
+                      Index("ix_gallery_items_gallery_seq", "gallery_id", "seq"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"))
+    item_id: Mapped[str] = mapped_column(String(200))
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    vector: Mapped[bytes | None] = mapped_column(LargeBinary)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

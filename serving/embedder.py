@@ -33,6 +33,13 @@ class Embedder:
         self.version = f"{meta['backbone']}@step{meta['step']}"
         self.projector = projector
 
+    @property
+    def dim(self) -> int:
+        """The width of its embeddings."""
+        blank = torch.zeros(1, self.norm.channels, self.norm.image_size, self.norm.image_size,
+                            dtype=torch.uint8)
+        return self.embed(blank).shape[1]
+
     @torch.inference_mode()
     def embed(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """uint8 (N, C, S, S) -> float32 (N, D) unit vectors, on the CPU."""

@@ -56,11 +56,20 @@ class Service:
             k = self._int(options.get("k", self.default_k), "k")
             if not 1 <= k <= self.max_k:
                 raise BadRequest(f"k must be between 1 and {self.max_k}, got {k}")
-            norm = self.embedder.norm
-            images = [decode(b, norm.channels, norm.image_size, self.max_bytes) for b in raw]
+            images = [self._decode(b, i if len(raw) > 1 else None) for i, b in enumerate(raw)]
             return Parsed(images, k, self._bool(options.get("vote", False)))
         except BadRequest as exc:
             return Parsed(error=str(exc))
+
+    def _decode(self, data: bytes, position: int | None) -> torch.Tensor:
+        """One image; in a batch, an error names its position ('images[3]: ...')."""
+        norm = self.embedder.norm
+        try:
+            return decode(data, norm.channels, norm.image_size, self.max_bytes)
+        except BadRequest as exc:
+            if position is None:
+                raise
+            raise BadRequest(f"images[{position}]: {exc}") from None
 
     def _payload(self, request: dict) -> tuple[list[bytes], dict]:
         body = request.get("body", request.get("data"))

@@ -9,6 +9,7 @@ import torch
 
 from mec_platform.settings import Settings
 from mec_platform.specs import DeploySpec
+from serving.embedder import Embedder
 from serving.package import package
 from serving.torchserve import Management, fresh_keys, worker_plan
 
@@ -18,10 +19,11 @@ def _management(settings: Settings) -> Management:
     return Management(url, fresh_keys(settings.torchserve_home, url).management)
 
 
-def deploy(settings: Settings, model_id: int, checkpoint: str, previous: dict | None,
+def deploy(settings: Settings, model_id: int, artifacts: dict, previous: dict | None,
            spec: DeploySpec) -> dict:
     """Build archives for the next version, register them, make them the default, then
-    retire the previous version. Returns the new deployment record."""
+    retire the previous version. Returns the new deployment record (with the embeddings'
+    width, `dim`, which galleries check vectors against)."""
     name = f"mec-{model_id}"
     number = int((previous or {}).get("number", 0)) + 1
     version = f"{number}.0"
@@ -29,7 +31,7 @@ def deploy(settings: Settings, model_id: int, checkpoint: str, previous: dict | 
     plan = worker_plan(spec.workers, spec.torch_threads, spec.batch_size,
                        gpu=torch.cuda.is_available())
     images = settings.artifact_root / "galleries" / f"{name}-v{number}.npy"
-    archives = package(checkpoint, staging, name, version, spec.gallery_dataset,
+    archives = package(artifacts["checkpoint"], staging, name, version, spec.gallery_dataset,
                        spec.gallery_data_dir, spec.gallery_split, spec.gallery_limit,
                        torch_threads=plan.threads, gallery_images=images)
     management = _management(settings)
@@ -51,7 +53,8 @@ def deploy(settings: Settings, model_id: int, checkpoint: str, previous: dict | 
     return {"status": "serving", "name": name, "version": version, "number": number,
             "urls": urls, "workers": plan.workers, "torch_threads": plan.threads,
             "batch_size": plan.batch_size,
-            "max_batch_delay_ms": spec.max_batch_delay_ms, "gallery_images": str(images)}
+            "max_batch_delay_ms": spec.max_batch_delay_ms, "gallery_images": str(images),
+            "dim": Embedder(Path(artifacts["meta"]).parent).dim}
 
 
 def undeploy(settings: Settings, model_id: int, previous: dict | None) -> dict:
