@@ -1,5 +1,6 @@
-"""`mec login`, `mec jobs …` and `mec models …`: the platform from a terminal, through
-api.client. The `mec` console script is mec_core's and mec_platform's commands plus these."""
+"""`mec login`, `mec jobs …`, `mec models …`, `mec search` and `mec gallery …`: the
+platform from a terminal, through api.client. The `mec` console script is mec_core's and
+mec_platform's commands plus these."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from api.client import FINISHED, APIError, Client, save_login
+from api.schemas import JobPublic
 from mec_core.cli import config_options, given_options
 from mec_platform.cli import main
 from mec_platform.jobs import JobKind, JobStatus
@@ -310,6 +312,132 @@ def search(image: str, model_id: int, k: int, as_json: bool) -> None:
     for rank, n in enumerate(found.neighbours[0], 1):
         table.add_row(str(rank), str(n.id), str(n.label), f"{n.score:.4f}")
     console.print(table)
+
+
+def _json_option(text: str | None, name: str) -> dict | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON ({exc})", param_hint=name) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=name)
+    return value
+
+
+@main.group()
+def gallery() -> None:
+    """Apps' galleries: items (images or vectors, with ids and metadata) to search."""
+
+
+@gallery.command("create")
+@click.argument("name")
+@click.option("--model", "model_id", type=int, required=True, help="A deployed model's id.")
+@as_json
+def gallery_create(name: str, model_id: int, as_json: bool) -> None:
+    """A new gallery bound to the model's serving version."""
+    made = _api(_client().galleries.create, name, model_id)
+    if as_json:
+        return _echo_json(made)
+    console.print(f"gallery {made.name}: model {made.model_id} v{made.model_version}, "
+                  f"{made.dim} dimensions")
+
+
+@gallery.command("list")
+@as_json
+def gallery_list(as_json: bool) -> None:
+    found = _api(_client().galleries.list)
+    if as_json:
+        return _echo_json([g.model_dump(mode="json") for g in found])
+    table = Table("name", "model", "version", "dim", "items", "created")
+    for g in found:
+        table.add_row(g.name, str(g.model_id), str(g.model_version), str(g.dim), str(g.items),
+                      f"{g.created_at:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+@gallery.command("delete")
+@click.argument("name")
+def gallery_delete(name: str) -> None:
+    """Delete a gallery and all its items."""
+    _api(_client().galleries.delete, name)
+    console.print(f"gallery {name} deleted")
+
+
+@gallery.command("add")
+@click.argument("name")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--metadata", help="A JSON object given to every item added.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="For a large add (an import job): wait until it has finished.")
+@as_json
+def gallery_add(name: str, images: tuple[str, ...], metadata: str | None, wait: bool,
+                as_json: bool) -> None:
+    """Add image files (or every file in a directory) to gallery NAME; each item's id is
+    the file's path (a directory's files: relative to it, without the suffix). An id
+    already there is replaced."""
+    meta = _json_option(metadata, "--metadata")
+    items = [{"id": item_id, "image": path.read_bytes(), "metadata": meta}
+             for item_id, path in _image_files(images)]
+    done = _api(_client().galleries.add, name, items, wait=None if not wait else 24 * 3600)
+    if as_json:
+        return _echo_json(done)
+    if isinstance(done, JobPublic):
+        console.print(f"import job {done.id}: {_status(done.status)}"
+                      + (f", {done.result}" if done.result else ""))
+        if wait and done.status != JobStatus.SUCCEEDED:
+            sys.exit(1)
+    else:
+        console.print(f"added {done.added} items to {name}")
+
+
+def _image_files(paths: tuple[str, ...]) -> list[tuple[str, Path]]:
+    found = []
+    for given in map(Path, paths):
+        if given.is_dir():
+            found += [(str(p.relative_to(given).with_suffix("")), p)
+                      for p in sorted(given.rglob("*")) if p.is_file()]
+        else:
+            found.append((given.stem, given))
+    return found
+
+
+@gallery.command("search")
+@click.argument("name")
+@click.argument("image", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--like", "item_id", help="Search by this item of the gallery instead.")
+@click.option("-k", "--k", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--filter", "filter_", help='Metadata filter, e.g. \'{"colour": "red"}\'.')
+@as_json
+def gallery_search(name: str, image: str | None, item_id: str | None, k: int,
+                   filter_: str | None, as_json: bool) -> None:
+    """The k items of gallery NAME nearest to IMAGE (or to an item, with --like)."""
+    if (image is None) == (item_id is None):
+        raise click.UsageError("give an IMAGE or --like ITEM_ID")
+    found = _api(_client().galleries.search, name,
+                 image=Path(image).read_bytes() if image else None, item_id=item_id, k=k,
+                 filter=_json_option(filter_, "--filter"))
+    if as_json:
+        return _echo_json(found)
+    table = Table("rank", "item", "score", "metadata",
+                  title=f"{name} (model version {found.model_version})", title_justify="left")
+    for rank, hit in enumerate(found.results, 1):
+        table.add_row(str(rank), hit.id, f"{hit.score:.4f}", json.dumps(hit.metadata))
+    console.print(table)
+
+
+@gallery.command("rm")
+@click.argument("name")
+@click.argument("item_ids", nargs=-1)
+@click.option("--filter", "filter_", help="Delete every item this metadata filter keeps.")
+def gallery_rm(name: str, item_ids: tuple[str, ...], filter_: str | None) -> None:
+    """Delete items of gallery NAME by id, or by --filter."""
+    if bool(item_ids) == (filter_ is not None):
+        raise click.UsageError("give ITEM_IDS or --filter")
+    deleted = _api(_client().galleries.remove, name, ids=list(item_ids) or None,
+                   filter=_json_option(filter_, "--filter"))
+    console.print(f"deleted {deleted} items from {name}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,11 @@ import httpx
 
 from api.schemas import (
     EmbeddingsPublic,
+    GalleriesPublic,
+    GalleryAdded,
+    GalleryItemPublic,
+    GalleryPublic,
+    GallerySearchPublic,
     JobPublic,
     JobsPublic,
     MetricsPublic,
@@ -78,6 +83,7 @@ class Client:
         self.url, self.retries, self.backoff = url.rstrip("/"), retries, backoff
         self.http = httpx.Client(base_url=self.url, timeout=timeout,
                                  headers={"Authorization": f"Bearer {key}"})
+        self.galleries = Galleries(self)
 
     def close(self) -> None:
         self.http.close()
@@ -198,7 +204,96 @@ class Client:
             attempt += 1
         if response.status_code >= 400:
             raise APIError(response.status_code, _detail(response))
-        return response.json()
+        return response.json() if response.content else None
+
+
+class Galleries:
+    """An app's galleries: `client.galleries.add("shop", [{"id": "sku-1", "image": png,
+    "metadata": {"colour": "red"}}])`, then `.search("shop", image=png, k=5,
+    filter={"colour": {"in": ["red", "blue"]}})`. Items carry an image (bytes) or a
+    vector (a list of floats)."""
+
+    SYNC_IMAGES = 64  # the API embeds up to this many images of an add before answering
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def create(self, name: str, model_id: int) -> GalleryPublic:
+        return GalleryPublic.model_validate(self.client._call(
+            "POST", "/v1/galleries", json={"name": name, "model_id": model_id}))
+
+    def list(self) -> list[GalleryPublic]:
+        return GalleriesPublic.model_validate(self.client._call("GET", "/v1/galleries")).data
+
+    def get(self, name: str) -> GalleryPublic:
+        return GalleryPublic.model_validate(self.client._call("GET", f"/v1/galleries/{name}"))
+
+    def delete(self, name: str) -> None:
+        self.client._call("DELETE", f"/v1/galleries/{name}")
+
+    def add(self, name: str, items: Iterable[dict], wait: float | None = None
+            ) -> GalleryAdded | JobPublic:
+        """Add or replace items. Up to 64 images (with any number of vectors) are written
+        before the answer (GalleryAdded); more are streamed as NDJSON to an import job,
+        returned (JobPublic) at once, or when it has finished if `wait` (seconds) is set."""
+        items = list(items)
+        path = f"/v1/galleries/{name}/items"
+        if sum("image" in item for item in items) <= self.SYNC_IMAGES:
+            return GalleryAdded.model_validate(self.client._call(
+                "POST", path, json={"items": [_item(i) for i in items]}, repeatable=True))
+        job = JobPublic.model_validate(self.client._call(
+            "POST", path, content=b"".join(_lines(items)), repeatable=False,
+            headers={"Content-Type": "application/x-ndjson"}))
+        return job if wait is None else self.wait(name, job.id, timeout=wait)
+
+    def wait(self, name: str, job_id: int, timeout: float | None = None,
+             poll: float = 0.5) -> JobPublic:
+        """Follow an import job (with the app's own key) until it has finished."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = JobPublic.model_validate(self.client._call(
+                "GET", f"/v1/galleries/{name}/imports/{job_id}"))
+            if job.status in FINISHED:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"import {job_id} is still {job.status} after {timeout} s")
+            time.sleep(poll)
+
+    def item(self, name: str, item_id: str) -> GalleryItemPublic:
+        return GalleryItemPublic.model_validate(self.client._call(
+            "GET", f"/v1/galleries/{name}/items/{item_id}"))
+
+    def remove(self, name: str, ids: list[str] | None = None,
+               filter: dict | None = None) -> int:
+        """Delete items by id or by metadata filter; returns how many were deleted."""
+        body = {"ids": ids} if filter is None else {"filter": filter}
+        return self.client._call("POST", f"/v1/galleries/{name}/delete", json=body,
+                                 repeatable=True)["deleted"]
+
+    def search(self, name: str, image: bytes | None = None, vector: list[float] | None = None,
+               item_id: str | None = None, k: int = 10,
+               filter: dict | None = None) -> GallerySearchPublic:
+        """The k nearest items to an image file, a vector or an item of the gallery."""
+        body = {"k": k, "filter": filter, "vector": vector, "item_id": item_id,
+                "image": base64.b64encode(image).decode() if image is not None else None}
+        return GallerySearchPublic.model_validate(self.client._call(
+            "POST", f"/v1/galleries/{name}/search", repeatable=True,
+            json={k: v for k, v in body.items() if v is not None}))
+
+
+def _item(item: dict) -> dict:
+    """An item for the API: image bytes as base64, vectors as plain floats."""
+    out = {"id": item["id"], "metadata": item.get("metadata")}
+    if "image" in item:
+        out["image"] = base64.b64encode(item["image"]).decode()
+    else:
+        out["vector"] = [float(v) for v in item["vector"]]
+    return out
+
+
+def _lines(items: list[dict]) -> Iterator[bytes]:
+    for item in items:
+        yield (json.dumps(_item(item)) + "\n").encode()
 
 
 def _images(images: list[bytes]) -> dict:

@@ -9,7 +9,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api import audit
 from api.routes import audit as audit_routes
-from api.routes import inference, jobs, models, system, ui
+from api.routes import galleries, inference, jobs, models, system, ui
 from mec_platform.jobs import JobKind
 
 app = FastAPI(
@@ -21,6 +21,7 @@ app = FastAPI(
 app.include_router(jobs.router)
 app.include_router(models.router)
 app.include_router(inference.router)
+app.include_router(galleries.router)
 app.include_router(system.router)
 app.include_router(audit_routes.router)
 app.include_router(ui.router)

@@ -6,12 +6,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mec_core.config import TrainConfig
+from mec_platform.galleries import NAME_PATTERN
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
-from mec_platform.specs import EvaluateSpec
+from mec_platform.specs import ID_MAX, EvaluateSpec
 from mec_platform.tables import Job, utcnow
 
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -178,6 +179,119 @@ class SearchPublic(BaseModel):
     neighbours: list[list[Neighbour]] = Field(description="Per image, best first.")
     vote: list[str | int | None] | None = Field(None, description="Per image, the majority "
                                                 "label of its neighbours (with vote=true).")
+
+
+GalleryName = Annotated[str, Field(pattern=NAME_PATTERN, description="Letters, digits, "
+                                   "'_', '.', '-'; up to 100 characters.")]
+ItemId = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class GalleryCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: GalleryName
+    model_id: int = Field(ge=1, le=ID_MAX, description="The deployed model whose embeddings "
+                          "the gallery holds (bound to its current version).")
+
+
+class GalleryPublic(BaseModel):
+    name: str
+    model_id: int
+    model_version: int | None = Field(description="The deployment number whose embedding "
+                                      "space the vectors are in.")
+    dim: int
+    items: int
+    created_at: datetime
+
+
+class GalleriesPublic(BaseModel):
+    data: list[GalleryPublic]
+
+
+class GalleryItemIn(BaseModel):
+    """An item: the app's id, its metadata, and an image (base64) or a vector."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    id: ItemId
+    metadata: dict[str, Any] | None = Field(None, description="Any JSON object; top-level "
+                                            "keys with string, number, boolean or null "
+                                            "values can be filtered on.")
+    image: str | None = Field(None, description="An image file, base64.")
+    vector: list[float] | None = Field(None, min_length=1, max_length=65_536,
+                                       description="An embedding of the gallery's model "
+                                       "(l2-normalised on the way in).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GalleryItemIn:
+        if (self.image is None) == (self.vector is None):
+            raise ValueError("give either 'image' or 'vector'")
+        if self.vector is not None and not any(self.vector):
+            raise ValueError("vector: all zeros")
+        return self
+
+
+class GalleryItemsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[GalleryItemIn] = Field(min_length=1, max_length=10_000)
+
+
+class GalleryAdded(BaseModel):
+    added: int = Field(description="Items written (new or replaced).")
+    seq: int = Field(description="The gallery's write number that holds them.")
+
+
+class GalleryItemPublic(BaseModel):
+    id: str
+    metadata: dict[str, Any] | None
+    vector: list[float]
+
+
+class GalleryDelete(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[ItemId] | None = Field(None, max_length=10_000)
+    filter: dict[str, Any] | None = Field(None, description="Delete what this keeps.")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> GalleryDelete:
+        if (self.ids is None) == (self.filter is None):
+            raise ValueError("give either 'ids' or 'filter'")
+        return self
+
+
+class GalleryDeleted(BaseModel):
+    deleted: int
+
+
+class GallerySearch(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    image: str | None = Field(None, description="Query image, base64.")
+    vector: list[float] | None = Field(None, min_length=1, max_length=65_536)
+    item_id: ItemId | None = Field(None, description="An item of the gallery (left out of "
+                                   "its own results).")
+    k: int = Field(10, ge=1, le=1000)
+    filter: dict[str, Any] | None = Field(None, description="{\"key\": value, \"other\": "
+                                          "{\"in\": [values]}}: all must hold.")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> GallerySearch:
+        if sum(x is not None for x in (self.image, self.vector, self.item_id)) != 1:
+            raise ValueError("give one of 'image', 'vector' or 'item_id'")
+        return self
+
+
+class GalleryHit(BaseModel):
+    id: str
+    score: float = Field(description="Cosine similarity to the query.")
+    metadata: dict[str, Any] | None
+
+
+class GallerySearchPublic(BaseModel):
+    results: list[GalleryHit]
+    model_version: int | None
 
 
 class WorkerPublic(BaseModel):

@@ -27,6 +27,7 @@ from mec_platform.queue import app
 from mec_platform.settings import get_settings
 from mec_platform.specs import DeploySpec, EvaluateSpec
 from mec_platform.tables import Evaluation, Job, Model, Worker
+from worker import galleries
 from worker.callbacks import DatabaseCallbacks
 from worker.device import describe_device
 from worker.lease import LeaseKeeper
@@ -198,6 +199,26 @@ def run_evaluate(job_id: int, owner: str) -> Outcome:
         top1=result["top1"], top5=result["top5"], result=result)))
 
 
+@app.task(name="mec.gallery")
+def gallery_job(job_id: int) -> None:
+    """Add a large batch of staged items to a gallery."""
+    _execute(job_id, run_gallery)
+
+
+def run_gallery(job_id: int, owner: str) -> Outcome | None:
+    staged = Path(_load(lambda s: s.get(Job, job_id).config["items"]))
+    try:
+        ended = galleries.run_add(job_id, owner)
+    except galleries.GalleryGone as exc:
+        staged.unlink(missing_ok=True)
+        raise JobFailed(str(exc)) from None
+    if ended is None:
+        return None
+    if ended[0] in jobs.FINISHED:
+        staged.unlink(missing_ok=True)
+    return Outcome(*ended)
+
+
 @app.task(name="mec.deploy")
 def deploy_job(job_id: int) -> None:
     """Deploy or undeploy a model with TorchServe."""
@@ -210,13 +231,12 @@ def run_deploy(job_id: int, owner: str) -> Outcome:
     def read(s: Session):
         config = dict(s.get(Job, job_id).config)
         model = s.get(Model, config.pop("model_id"))
-        return config.pop("action"), config, model.id, model.artifacts["checkpoint"], \
-            model.deployment
+        return config.pop("action"), config, model.id, model.artifacts, model.deployment
 
-    action, config, model_id, checkpoint, previous = _load(read)
+    action, config, model_id, artifacts, previous = _load(read)
     settings = get_settings()
     if action == "deploy":
-        record = deploy.deploy(settings, model_id, checkpoint, previous, DeploySpec(**config))
+        record = deploy.deploy(settings, model_id, artifacts, previous, DeploySpec(**config))
     else:
         record = deploy.undeploy(settings, model_id, previous)
     return Outcome(JobStatus.SUCCEEDED, result=record, record=lambda s: s.execute(

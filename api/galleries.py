@@ -1,0 +1,70 @@
+"""Each API process's in-memory index of each gallery it serves, caught up with the
+database (mec_platform.galleries.changes) before every use: built from the rows on first
+use after a start, then only what other requests and processes wrote since. Searches see
+only committed writes, whole; the index is never written to disk, so there is no file to
+be half-written."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from mec_platform import galleries
+from mec_platform.settings import get_settings
+from mec_platform.tables import Gallery
+from serving.embed_client import EmbedClient
+from serving.vector_index import VectorIndex
+
+
+@dataclass
+class _Cached:
+    index: VectorIndex
+    seq: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_cache: dict[int, tuple[tuple, _Cached]] = {}  # gallery id -> (identity, index)
+_cache_lock = threading.Lock()
+
+
+@contextmanager
+def current(session: Session, gallery: Gallery) -> Iterator[VectorIndex]:
+    """The gallery's index with every write committed up to now, held for the caller's
+    use (searches of one gallery take turns with its catching up)."""
+    identity = (gallery.created_at, gallery.model_version, gallery.dim)  # ids can be reused
+    with _cache_lock:
+        known = _cache.get(gallery.id)
+        if known is None or known[0] != identity:
+            known = _cache[gallery.id] = (identity, _Cached(VectorIndex(gallery.dim)))
+    cached = known[1]
+    with cached.lock:
+        if cached.seq < gallery.seq:
+            last = cached.seq
+            for last, rows in galleries.changes(session, gallery.id, cached.seq):  # noqa: B007
+                cached.index.delete([item_id for item_id, _, vector in rows if vector is None])
+                live = [row for row in rows if row[2] is not None]
+                if live:
+                    cached.index.upsert([r[0] for r in live],
+                                        np.frombuffer(b"".join(r[2] for r in live), np.float32),
+                                        [r[1] for r in live])
+            cached.seq = last  # only once all of it is in (upserts are safe to repeat)
+        yield cached.index
+
+
+def forget(gallery_id: int) -> None:
+    """Drop a deleted gallery's index from this process."""
+    with _cache_lock:
+        _cache.pop(gallery_id, None)
+
+
+@lru_cache(maxsize=1)
+def embed_client() -> EmbedClient:
+    settings = get_settings()
+    return EmbedClient(settings.torchserve_inference_url, settings.torchserve_management_url,
+                       settings.torchserve_home)
