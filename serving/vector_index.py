@@ -4,11 +4,11 @@ restricted by a metadata filter (equality and `in` on top-level keys, combined w
 
 Vectors live in append-only slots (an upsert takes a new slot, a delete only clears the
 slot's flag), so a write never moves the others; dead slots are compacted away once they
-outnumber the living. Search is exact up to serving.gallery's EXACT_LIMIT candidates;
-above it, an inverted-file index (FAISS) over the slots answers, with the filter and the
-dead slots excluded inside FAISS by a bitmap selector. A filter that leaves at most
-EXACT_LIMIT candidates is searched exactly over them: no recall lost to the approximation
-on narrow filters."""
+outnumber the living. Search is exact while the gallery holds up to serving.gallery's
+EXACT_LIMIT items; above, an inverted-file index (FAISS) over the slots is trained and
+answers, with the filter and the dead slots excluded inside FAISS by a bitmap selector and
+more lists probed the narrower the filter. A filter that leaves at most
+FILTERED_EXACT_LIMIT candidates is searched exactly over them."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import numpy as np
 from serving.gallery import EXACT_LIMIT, IVF_NPROBE, trained_ivf
 
 Scalar = str | int | float | bool | None
+FILTERED_EXACT_LIMIT = 20_000  # a gallery with an inverted file: fewer candidates, exact
 
 
 class FilterError(ValueError):
@@ -140,8 +141,8 @@ class VectorIndex:
         k = min(k, count)
         if k == 0:
             return [[] for _ in queries]
-        if self.ivf is not None and count > EXACT_LIMIT:
-            scores, slots = self._search_ivf(queries, k, mask)
+        if self.ivf is not None and count > FILTERED_EXACT_LIMIT:
+            scores, slots = self._search_ivf(queries, k, mask, count)
         else:
             scores, slots = self._search_exact(queries, k, np.flatnonzero(mask))
         return [[{"id": self.ids[s], "score": float(v), "metadata": self.meta[s]}
@@ -166,10 +167,13 @@ class VectorIndex:
         top, best = np.take_along_axis(top, order, axis=1), np.take_along_axis(best, order, 1)
         return best, top if every else slots[top]
 
-    def _search_ivf(self, queries: np.ndarray, k: int, mask: np.ndarray):
+    def _search_ivf(self, queries: np.ndarray, k: int, mask: np.ndarray, count: int):
+        """The inverted file, skipping what the mask leaves out; it probes more lists the
+        fewer items pass, so that as many candidates are compared as without a filter."""
         bits = np.packbits(mask[:self.ivf_slots], bitorder="little")
         selector = faiss.IDSelectorBitmap(self.ivf_slots, faiss.swig_ptr(bits))
-        params = faiss.SearchParametersIVF(sel=selector, nprobe=IVF_NPROBE)
+        probes = min(self.ivf.nlist, math.ceil(IVF_NPROBE * self.ivf_slots / count))
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=probes)
         return self.ivf.search(queries, k, params=params)
 
     def _index_new_slots(self) -> None:

@@ -48,13 +48,13 @@ from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
 from mec_platform.specs import ID_MAX
 from mec_platform.tables import Gallery, GalleryItem, Job, Model
-from serving.embed_client import BATCH, Unavailable
+from serving.embed_client import Unavailable
 from serving.vector_index import FilterError, parse_filter
 
 router = APIRouter(prefix="/v1/galleries", tags=["galleries"],
                    responses=errors(400, 401, 403, 404, 409, 422))
 Name = Annotated[str, PathParam(pattern=NAME_PATTERN)]
-SYNC_IMAGES = BATCH  # more images than one model batch in an add: a job
+SYNC_IMAGES = 64  # more images than this in an add (as in one /embed request): a job
 NDJSON = "application/x-ndjson"
 
 

@@ -85,6 +85,7 @@ def test_a_repeated_id_in_one_batch_keeps_the_last_and_search_can_exclude_one():
 
 def test_compaction_and_the_inverted_file_keep_the_answers(monkeypatch):
     monkeypatch.setattr(vector_index, "EXACT_LIMIT", 2000)
+    monkeypatch.setattr(vector_index, "FILTERED_EXACT_LIMIT", 1000)
     rng = np.random.default_rng(1)
     centres = _unit(rng, 40, 32)
     points = centres[rng.integers(0, 40, 6000)] + 0.05 * rng.normal(size=(6000, 32))
@@ -105,7 +106,7 @@ def test_compaction_and_the_inverted_file_keep_the_answers(monkeypatch):
     truth = [{h["id"] for h in row} for row in exact.search(queries, 10)]
     recall = np.mean([len(f & t) / 10 for f, t in zip(found, truth)])
     assert recall >= 0.9
-    # a filter keeping 10 % (600 < EXACT_LIMIT candidates) is searched exactly
+    # a filter keeping 10 % (600 < FILTERED_EXACT_LIMIT candidates) is searched exactly
     tenth = parse_filter({"shard": 3})
     assert [[h["id"] for h in row] for row in index.search(queries, 10, tenth)] == \
         [[h["id"] for h in row] for row in exact.search(queries, 10, tenth)]

@@ -1,0 +1,36 @@
+"""bench/bench_galleries.py end to end at a small size: the index's figures with recall
+against brute force, and the adds and searches through a whole platform."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_galleries.py"
+
+
+def test_bench_galleries__measures_the_index_and_the_platform():
+    out = subprocess.run([sys.executable, str(BENCH), "--sizes", "3000", "--dim", "32",
+                          "--vectors", "1000", "--images", "70", "--json"],
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    record = json.loads(out.splitlines()[-1])
+    (index,) = record["index"]
+    assert index["items"] == 3000 and index["index"] == "exact"
+    for case in ("all", "filter 10 %"):
+        assert index[case]["recall_at_10"] == 1.0  # exact search is brute force
+        assert 0 < index[case]["p50_ms"] <= index[case]["p99_ms"]
+    platform = record["platform"]
+    assert platform["vectors"] == 1000 and platform["images"] == 70
+    for rate in ("add_vectors_per_s", "add_images_per_s", "import_images_per_s"):
+        assert platform[rate] > 0
+    assert platform["search by image"]["p50_ms"] > 0
+
+
+def test_bench_galleries__report_prints_the_recorded_run_again():
+    recorded = BENCH.parents[1] / "docs" / "performance" / "galleries" / "2026-12-01.json"
+    out = subprocess.run([sys.executable, str(BENCH), "--report", str(recorded)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    record = json.loads(recorded.read_text())
+    million = next(r for r in record["index"] if r["items"] == 1_000_000)
+    assert million["index"] == "ivf" and million["filter 10 %"]["recall_at_10"] >= 0.99
+    assert f"| 1,000,000 | ivf | {million['add_items_per_s']:,} |" in out
