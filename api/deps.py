@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -32,12 +34,44 @@ def csrf_ok(request: Request, sent: str | None) -> bool:
     return bool(cookie) and sent is not None and secrets.compare_digest(cookie, sent)
 
 
-def current_key(session: SessionDep, request: Request,
-                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-                ) -> ApiKey:
+ROW_CACHE_SECONDS = 1.0  # how long a process reuses a key's (or a served model's) row
+
+
+class _Recent:
+    """Rows read within ROW_CACHE_SECONDS, for the hot path of apps' embed and search
+    calls (reading the key and the model there was 40 % of the API's CPU, bench/
+    bench_embed_route.py under py-spy). The price: a revoked key, or an undeployed model,
+    still passes in each process for up to that long."""
+
+    def __init__(self) -> None:
+        self.rows: dict = {}
+
+    def get(self, ident):
+        until, row = self.rows.get(ident, (0.0, None))
+        return row if until > time.monotonic() else None
+
+    def put(self, ident, row) -> None:
+        if row is not None:
+            self.rows[ident] = (time.monotonic() + ROW_CACHE_SECONDS, row)
+
+
+_keys, _models = _Recent(), _Recent()
+
+
+def _read_key(session: Session, plain: str) -> ApiKey | None:
+    key = keys.lookup(session, plain)
+    end_read(session)
+    _keys.put(keys.digest(plain), key)
+    return key
+
+
+async def current_key(session: SessionDep, request: Request,
+                      credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                             Depends(_bearer)]) -> ApiKey:
     """The caller's API key, from the Authorization header or the dashboard's cookie: 401
-    when missing or unknown, 403 when revoked, or when a state-changing request with the
-    cookie lacks the CSRF header. The audit log reads who called from the request's state."""
+    when missing or unknown, 403 when revoked (within ROW_CACHE_SECONDS of the revocation),
+    or when a state-changing request with the cookie lacks the CSRF header. The audit log
+    reads who called from the request's state."""
     plain = credentials.credentials if credentials is not None else None
     by_cookie = plain is None and SESSION_COOKIE in request.cookies
     if by_cookie:
@@ -49,10 +83,9 @@ def current_key(session: SessionDep, request: Request,
     if not plain:
         raise HTTPException(401, "missing API key: send 'Authorization: Bearer <key>'",
                             headers={"WWW-Authenticate": "Bearer"})
-    key = keys.lookup(session, plain)
+    key = _keys.get(keys.digest(plain)) or await run_in_threadpool(_read_key, session, plain)
     if key is None:
         raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
-    end_read(session)
     request.state.caller = (key.prefix, key.project)
     if key.revoked_at is not None:
         raise HTTPException(403, f"API key {key.prefix}... was revoked")
@@ -111,5 +144,23 @@ def model_or_404(model_id: Annotated[int, Path(ge=1, le=ID_MAX)], session: Sessi
     return model
 
 
+def _read_model(session: Session, model_id: int) -> Model | None:
+    model = session.get(Model, model_id)
+    end_read(session)
+    _models.put(model_id, model)
+    return model
+
+
+async def served_model_or_404(model_id: Annotated[int, Path(ge=1, le=ID_MAX)],
+                              session: SessionDep, key: CurrentKey) -> Model:
+    """model_or_404 for the inference routes, whose deployment may be up to
+    ROW_CACHE_SECONDS old."""
+    model = _models.get(model_id) or await run_in_threadpool(_read_model, session, model_id)
+    if model is None or not keys.sees(key, model.project):
+        raise HTTPException(404, f"model {model_id} not found")
+    return model
+
+
 JobDep = Annotated[Job, Depends(job_or_404)]
 ModelDep = Annotated[Model, Depends(model_or_404)]
+ServedModelDep = Annotated[Model, Depends(served_model_or_404)]

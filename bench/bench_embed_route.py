@@ -2,13 +2,15 @@
 hop (key check, model lookup, forwarding with the platform's TorchServe key) costs apps.
 
     python bench/bench_embed_route.py [--concurrency 32] [--rounds 5] [--seconds 6] [--json]
+    python bench/bench_embed_route.py --report docs/performance/serving/*embed-route*.json
 
 A whole platform (`mec up`'s stack: API, worker, TorchServe) in a temporary directory;
 a resnet18 (small stem, global pooling, 32 px) pretrained for one step through the API and
 deployed with the platform's defaults. ApacheBench's keep-alive clients post one PNG per
 request to `POST /v1/models/{id}/embed` (with an API key of scope `embed`) and to
 TorchServe's `/predictions/mec-{id}` (with TorchServe's key), the two alternating in
-rounds; the figure is the median ratio of the rounds, with its range.
+rounds; the figure is the median ratio of the rounds, with its range. Beside it, the CPU
+the API process spends per request (milliseconds), which the machine's noise moves less.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 from bench_serving import clients, pngs
 
 from api.client import Client
@@ -36,8 +39,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the run's JSON record")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
+                        help="print the tables of recorded runs and run nothing")
     args = parser.parse_args()
+    if args.report:
+        print("\n\n".join(markdown(json.loads(p.read_text())) for p in args.report))
+        return
     root = Path(tempfile.mkdtemp(prefix="mec-bench-embed-"))
     stack = Stack(root, Ports.any_free())
     try:
@@ -62,32 +70,50 @@ def main() -> None:
                                    "Content-Type": "image/png"}).status_code == 200
         for url, path, key in sides.values():  # warm-up, alike: pools, caches, threads
             clients(url, key, image, args.concurrency, args.seconds, path=path)
+        api = psutil.Process(stack.pid("api"))
+
+        def measured(side: str) -> dict:
+            before = api.cpu_times()
+            done = clients(sides[side][0], sides[side][2], image, args.concurrency,
+                           args.seconds, path=sides[side][1])
+            after = api.cpu_times()
+            cpu = after.user + after.system - before.user - before.system
+            return done | {"api_cpu_ms_per_request": round(1e3 * cpu / done["requests"], 3)}
         rounds = []
         for r in range(args.rounds):
             order = list(sides) if r % 2 == 0 else list(sides)[::-1]
-            rounds.append({side: clients(sides[side][0], sides[side][2], image,
-                                         args.concurrency, args.seconds, path=sides[side][1])
-                           for side in order})
+            rounds.append({side: measured(side) for side in order})
             time.sleep(1)
     finally:
         stack.down()
     ratios = [r["api"]["throughput"] / r["torchserve"]["throughput"] for r in rounds]
+    cpu = [r["api"]["api_cpu_ms_per_request"] for r in rounds]
     record = {"concurrency": args.concurrency, "rounds": rounds,
               "ratio": {"median": round(statistics.median(ratios), 3),
-                        "min": round(min(ratios), 3), "max": round(max(ratios), 3)}}
-    if args.json:
-        print(json.dumps(record))
-        return
-    print("| round | API img/s | API p99 ms | TorchServe img/s | TorchServe p99 ms "
-          "| API / direct |")
-    print("|---|---|---|---|---|---|")
-    for i, (r, ratio) in enumerate(zip(rounds, ratios), 1):
-        print(f"| {i} | {r['api']['throughput']:.1f} | {r['api']['p99_ms']:.0f} | "
-              f"{r['torchserve']['throughput']:.1f} | {r['torchserve']['p99_ms']:.0f} | "
-              f"{100 * ratio:.1f} % |")
+                        "min": round(min(ratios), 3), "max": round(max(ratios), 3)},
+              "api_cpu_ms_per_request": {"median": statistics.median(cpu), "min": min(cpu),
+                                         "max": max(cpu)}}
+    print(json.dumps(record) if args.json else markdown(record))
+
+
+def markdown(record: dict) -> str:
+    """The docs' table of one run's JSON record (what --json prints)."""
+    lines = ["| round | API img/s | API p99 ms | API CPU ms/request | TorchServe img/s "
+             "| TorchServe p99 ms | API / direct |", "|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(record["rounds"], 1):
+        api, direct = r["api"], r["torchserve"]
+        lines.append(f"| {i} | {api['throughput']:.1f} | {api['p99_ms']:.0f} | "
+                     f"{api.get('api_cpu_ms_per_request', float('nan')):.2f} | "
+                     f"{direct['throughput']:.1f} | {direct['p99_ms']:.0f} | "
+                     f"{100 * api['throughput'] / direct['throughput']:.1f} % |")
     q = record["ratio"]
-    print(f"\nAPI / direct at {args.concurrency} clients: median {100 * q['median']:.1f} % "
-          f"[{100 * q['min']:.1f}–{100 * q['max']:.1f}]")
+    lines.append(f"\nAPI / direct at {record['concurrency']} clients: median "
+                 f"{100 * q['median']:.1f} % [{100 * q['min']:.1f}–{100 * q['max']:.1f}]")
+    if "api_cpu_ms_per_request" in record:
+        c = record["api_cpu_ms_per_request"]
+        lines.append(f"API CPU per request: median {c['median']:.2f} ms "
+                     f"[{c['min']:.2f}–{c['max']:.2f}]")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

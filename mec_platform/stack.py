@@ -122,7 +122,7 @@ class Stack:
         waiting = {"api", "worker", "torchserve"}
         while waiting and time.monotonic() < deadline:
             for name in list(waiting):
-                if not _alive(self._pid(name)):
+                if not _alive(self.pid(name)):
                     raise RuntimeError(f"{name} exited at start; see {self.log_dir}/{name}.log")
             if "api" in waiting and _get(f"{self.api_url}/readyz"):
                 waiting.discard("api")
@@ -166,27 +166,27 @@ class Stack:
         finally:
             engine.dispose()
 
-    def _pid(self, name: str) -> int | None:
+    def pid(self, name: str) -> int | None:
         path = self.run_dir / f"{name}.pid"
         return int(path.read_text()) if path.exists() else None
 
     def running(self) -> list[str]:
-        return [n for n in ("api", "worker", "torchserve") if _alive(self._pid(n))]
+        return [n for n in ("api", "worker", "torchserve") if _alive(self.pid(n))]
 
     def down(self, timeout: float = 30) -> list[str]:
         """Stop every process this stack started (and their children); returns their names."""
         stopped = []
         for name in ("api", "worker", "torchserve"):
-            pid = self._pid(name)
+            pid = self.pid(name)
             if _alive(pid):
                 _signal_group(pid, signal.SIGTERM)
                 stopped.append(name)
         deadline = time.monotonic() + timeout
         for name in stopped:
-            while _group_alive(self._pid(name)) and time.monotonic() < deadline:
+            while _group_alive(self.pid(name)) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if _group_alive(self._pid(name)):
-                _signal_group(self._pid(name), signal.SIGKILL)
+            if _group_alive(self.pid(name)):
+                _signal_group(self.pid(name), signal.SIGKILL)
         for name in ("api", "worker", "torchserve"):
             (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
         return stopped

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 from PIL import Image
 
-from api.deps import EmbedKey, ModelDep
+from api.deps import EmbedKey, ServedModelDep
 from api.inference import Answer, torchserve
 from api.schemas import EmbeddingsPublic, SearchPublic, errors
 from mec_platform.tables import Model
@@ -26,7 +26,7 @@ MAX_BYTES = 10 * 2**20  # TorchServe's max_request_size (serving.torchserve)
 
 @router.post("/{model_id}/embed", responses={
     200: {"model": EmbeddingsPublic, "description": "One l2-normalised vector per image."}})
-async def embed(_: EmbedKey, model: ModelDep, request: Request):
+async def embed(_: EmbedKey, model: ServedModelDep, request: Request):
     """Embeddings of images from the deployed model: a raw image body, a multipart field
     `image`, or JSON `{"images": [base64, ...]}` (up to 64 images)."""
     body, content_type, _ = await _body(model, request)
@@ -35,7 +35,7 @@ async def embed(_: EmbedKey, model: ModelDep, request: Request):
 
 @router.post("/{model_id}/search", responses={
     200: {"model": SearchPublic, "description": "The k nearest gallery items per image."}})
-async def search(_: EmbedKey, model: ModelDep, request: Request,
+async def search(_: EmbedKey, model: ServedModelDep, request: Request,
                  k: int | None = Query(None, ge=1, le=100, description="Neighbours per image "
                                        "[default: the deployment's, 10]."),
                  vote: bool = Query(False, description="Also the majority label.")):
@@ -55,7 +55,7 @@ async def search(_: EmbedKey, model: ModelDep, request: Request,
 
 @router.get("/{model_id}/gallery/{item_id:path}/image", response_class=Response, responses={
     200: {"content": {"image/png": {}}, "description": "The gallery item's image (PNG)."}})
-def gallery_image(_: EmbedKey, model: ModelDep, item_id: str):
+def gallery_image(_: EmbedKey, model: ServedModelDep, item_id: str):
     """A kNN gallery item's image, e.g. to show search results ('train/1929')."""
     path = (model.deployment or {}).get("gallery_images")
     if (model.deployment or {}).get("status") != "serving" or not path:

@@ -4,10 +4,13 @@ real process on PostgreSQL and Redis."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, insert, select
 
+from api.deps import ROW_CACHE_SECONDS
 from api.main import app
 from mec_platform import keys
 from mec_platform.db import session_scope
@@ -93,8 +96,10 @@ def test_keys__missing_unknown_and_revoked(client):
     assert anonymous.get("/v1/jobs").status_code == 401
     r = anonymous.get("/v1/jobs", headers={"Authorization": "Bearer mec_nope"})
     assert r.status_code == 401 and r.json()["detail"] == "unknown API key"
+    assert client.get("/v1/jobs").status_code == 200
     with session_scope() as s:
         keys.revoke(s, client.key[:12])
+    time.sleep(ROW_CACHE_SECONDS)  # each process reads a key's row at most this often
     r = client.get("/v1/jobs")
     assert r.status_code == 403 and "was revoked" in r.json()["detail"]
 

@@ -1,5 +1,6 @@
 """bench/bench_galleries.py end to end at a small size: the index's figures with recall
-against brute force, and the adds and searches through a whole platform."""
+against brute force, and the adds and searches through a whole platform; the recorded runs
+of the galleries and of the embed route's hop (issue 13's figures) print again."""
 
 import json
 import subprocess
@@ -34,3 +35,15 @@ def test_bench_galleries__report_prints_the_recorded_run_again():
     million = next(r for r in record["index"] if r["items"] == 1_000_000)
     assert million["index"] == "ivf" and million["filter 10 %"]["recall_at_10"] >= 0.99
     assert f"| 1,000,000 | ivf | {million['add_items_per_s']:,} |" in out
+
+
+def test_bench_embed_route__report_prints_the_recorded_runs_again():
+    bench = BENCH.with_name("bench_embed_route.py")
+    folder = BENCH.parents[1] / "docs" / "performance" / "serving"
+    runs = [folder / f"2026-12-01-embed-route-{name}.json" for name in ("uncached", "cached")]
+    out = subprocess.run([sys.executable, str(bench), "--report", *map(str, runs)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    before, after = (json.loads(p.read_text()) for p in runs)
+    assert after["ratio"]["median"] >= 0.85 > before["ratio"]["median"]
+    assert after["api_cpu_ms_per_request"]["median"] < before["api_cpu_ms_per_request"]["median"]
+    assert f"median {100 * after['ratio']['median']:.1f} %" in out
