@@ -44,7 +44,7 @@ def _field(loc) -> str:
 @app.exception_handler(RequestValidationError)
 def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 with `detail` as one readable line per field, and the raw errors beside it."""
-    errors = exc.errors()
+    errors = [e | {"msg": e["msg"].removeprefix("Value error, ")} for e in exc.errors()]
     detail = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in errors)
     raw = [{"field": _field(e["loc"]), "message": e["msg"], "type": e["type"]} for e in errors]
     return JSONResponse(status_code=422, content={"detail": detail, "errors": raw})

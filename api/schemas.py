@@ -12,7 +12,7 @@ from mec_core.config import TrainConfig
 from mec_platform.galleries import NAME_PATTERN
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
-from mec_platform.specs import ID_MAX, EvaluateSpec
+from mec_platform.specs import ID_MAX, EvaluateSpec, SweepSpec
 from mec_platform.tables import Job, utcnow
 
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -51,7 +51,26 @@ class EvaluateJobCreate(_JobFields):
         "kind": "evaluate", "config": {"job_id": 1, "protocol": "knn"}}]})
 
 
-JobCreate = Annotated[PretrainJobCreate | EvaluateJobCreate, Field(discriminator="kind")]
+class SweepJobCreate(_JobFields):
+    """Pretraining trials over a search space; each trial is a pretrain job whose
+    `parent_id` is the sweep's id, and the sweep's `result` names the best."""
+
+    kind: Literal[JobKind.SWEEP]
+    queue: Literal[Queue.CPU] = Field(Queue.CPU, description="The sweep's own bookkeeping "
+                                      "runs on a CPU worker; its trials go to the gpu queue.")
+    config: SweepSpec
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "kind": "sweep", "name": "fmnist-lr-eps",
+        "config": {"base": {"dataset": "fashion-mnist", "backbone": "convnet", "epochs": 2},
+                   "space": {"base_lr": {"choice": [0.1, 0.5]},
+                             "eps_sq": {"loguniform": [8, 128]}},
+                   "algorithm": "tpe", "objective": {"metric": "knn_top1", "mode": "max"},
+                   "max_trials": 8, "max_parallel": 2}}]})
+
+
+JobCreate = Annotated[PretrainJobCreate | EvaluateJobCreate | SweepJobCreate,
+                      Field(discriminator="kind")]
 
 
 class Progress(BaseModel):
@@ -71,6 +90,7 @@ class JobPublic(BaseModel):
     queue: Queue
     status: JobStatus
     config: dict[str, Any]
+    parent_id: int | None = Field(description="For a sweep's trial: the sweep.")
     progress: Progress
     eta_seconds: float | None = Field(description="Estimated time to finish, from the rate "
                                       "of progress so far.")
@@ -99,7 +119,7 @@ def public(job: Job, now: datetime | None = None) -> JobPublic:
         eta = elapsed / job.step * (total - job.step)
     return JobPublic(
         id=job.id, kind=job.kind, name=job.name, tags=job.tags, priority=job.priority,
-        queue=job.queue, status=job.status, config=job.config,
+        queue=job.queue, status=job.status, config=job.config, parent_id=job.parent_id,
         progress=Progress(step=job.step, total_steps=total, epoch=job.epoch,
                           steps_per_epoch=job.steps_per_epoch, percent=round(percent, 2)),
         eta_seconds=eta, last_metrics=job.last_metrics, result=job.result, error=job.error,

@@ -32,6 +32,7 @@ class JobKind(StrEnum):
     DEPLOY = "deploy"
     IMPORT = "import"
     GALLERY = "gallery"  # a large add of items to a gallery
+    SWEEP = "sweep"  # pretraining trials over a search space (worker.sweeps)
 
 
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
@@ -39,13 +40,14 @@ FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 
 def submit(session: Session, kind: JobKind, config: dict, queue: Queue, name: str = "",
            tags: list[str] | None = None, priority: int = 0,
-           idempotency_key: str | None = None, project: str = DEFAULT_PROJECT) -> Job:
-    """Add a queued job of `project`, commit, then ring its queue: a worker that takes the
-    message always finds the row. Raises IntegrityError (rolled back) for a reused
-    idempotency key."""
+           idempotency_key: str | None = None, project: str = DEFAULT_PROJECT,
+           parent_id: int | None = None) -> Job:
+    """Add a queued job of `project` (a sweep's trial: with its `parent_id`), commit, then
+    ring its queue: a worker that takes the message always finds the row. Raises
+    IntegrityError (rolled back) for a reused idempotency key."""
     job = Job(kind=kind, project=project, name=name or kind, tags=tags or [],
               priority=priority, queue=queue, status=JobStatus.QUEUED, config=config,
-              idempotency_key=idempotency_key, enqueued_at=utcnow())
+              idempotency_key=idempotency_key, enqueued_at=utcnow(), parent_id=parent_id)
     session.add(job)
     try:
         session.commit()
@@ -67,18 +69,19 @@ def enqueue_again(session: Session, job_ids: Iterable[int]) -> None:
         enqueue(job_id, kind, queue, priority)
 
 
-def cancel(session: Session, job_id: int) -> JobStatus | None:
+def cancel(session: Session, job_id: int, reason: str | None = None) -> JobStatus | None:
     """Cancel atomically: a queued job becomes cancelled, a running one gets the flag its
-    training loop polls. Returns the status it had, or None if it had already finished."""
+    training loop polls; `reason` becomes its error. Returns the status it had, or None if
+    it had already finished."""
     now = utcnow()
     done = session.execute(update(Job).where(
         Job.id == job_id, Job.status == JobStatus.QUEUED).values(
-        status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now))
+        status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, error=reason))
     if done.rowcount:
         session.commit()
         return JobStatus.QUEUED
     done = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-                           .values(cancel_requested=True))
+                           .values(cancel_requested=True, error=reason))
     session.commit()
     return JobStatus.RUNNING if done.rowcount else None
 
@@ -102,6 +105,25 @@ def claim(session: Session, job_id: int, owner: str, host: str, device: str,
     return bool(done.rowcount)
 
 
+def take_for_tick(session: Session, job_id: int, owner: str, lease_seconds: float) -> bool:
+    """Take a running sweep that nobody is advancing, for one tick: a lease that the tick
+    lets go of (`let_go`), or that the reaper finds expired if the tick died."""
+    done = session.execute(update(Job).where(
+        Job.id == job_id, Job.kind == JobKind.SWEEP, Job.status == JobStatus.RUNNING,
+        Job.lease_expires.is_(None)).values(
+        lease_owner=owner, lease_expires=utcnow() + timedelta(seconds=lease_seconds)))
+    session.commit()
+    return bool(done.rowcount)
+
+
+def let_go(session: Session, job_id: int, owner: str) -> None:
+    """End a tick's lease: the sweep runs on, waiting for its trials, held by nobody."""
+    session.execute(update(Job).where(Job.id == job_id, Job.lease_owner == owner)
+                    .values(lease_owner=None, lease_expires=None))
+    _set_open_lease(session, job_id, owner, ended_at=utcnow())
+    session.commit()
+
+
 def _set_open_lease(session: Session, job_id: int, owner: str, **values) -> None:
     """Update the history row of `owner`'s current lease of the job (renewed or ended)."""
     session.execute(update(Lease).where(Lease.job_id == job_id, Lease.owner == owner,
@@ -123,7 +145,9 @@ def renew(session: Session, job_id: int, owner: str, lease_seconds: float) -> bo
 def finish(session: Session, job_id: int, owner: str, status: JobStatus, error: str | None = None,
            result: dict | None = None) -> bool:
     """Move our running job to a final status (or back to queued, for a clean hand-over)."""
-    values = dict(status=status, error=error, lease_owner=None, lease_expires=None)
+    # a cancelled job keeps the reason its canceller gave (a sweep's pruning)
+    kept = Job.error if status == JobStatus.CANCELLED and error is None else error
+    values = dict(status=status, error=kept, lease_owner=None, lease_expires=None)
     if result is not None:
         values["result"] = result
     if status in FINISHED:

@@ -1,13 +1,14 @@
-"""The specs of the platform's own jobs (evaluation, deployment), read by the API and
-the worker. A pretraining job's spec is mec_core's TrainConfig."""
+"""The specs of the platform's own jobs (evaluation, deployment, sweep), read by the API
+and the worker. A pretraining job's spec is mec_core's TrainConfig."""
 
 from __future__ import annotations
 
-from typing import Literal
+import itertools
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mec_core.config import DatasetName
+from mec_core.config import DatasetName, TrainConfig
 
 ID_MAX = 2**31 - 1  # ids, steps and offsets are PostgreSQL INTEGER columns
 
@@ -56,3 +57,93 @@ class DeploySpec(BaseModel):
     drain_seconds: float = Field(5.0, ge=0, le=600, description="On re-deploy, how long the "
                                  "old version keeps finishing its queued requests after the "
                                  "new one takes the traffic.")
+
+
+class Distribution(BaseModel):
+    """One field's values: {"choice": [...]}, {"uniform": [low, high]},
+    {"loguniform": [low, high]} or {"int": [low, high]} (bounds included)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True,
+                              serialize_by_alias=True)
+
+    choice: list[Any] | None = Field(None, min_length=1, max_length=100)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    int_: tuple[int, int] | None = Field(None, alias="int")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Distribution:
+        given = [k for k in ("choice", "uniform", "loguniform", "int_") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of choice, uniform, loguniform, int")
+        low, high = self.bounds or (0, 1)
+        if low >= high:
+            raise ValueError(f"the low bound {low} must be below the high bound {high}")
+        if self.loguniform is not None and low <= 0:
+            raise ValueError(f"loguniform needs a positive low bound, got {low}")
+        return self
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        return self.uniform or self.loguniform or self.int_
+
+    def extremes(self) -> list[Any]:
+        """The values that must all be valid for the field."""
+        return list(self.choice) if self.choice is not None else list(self.bounds)
+
+
+class Objective(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field("knn_top1", min_length=1, max_length=64, description="A metric the "
+                        "trials log (e.g. knn_top1, loss); its last value scores a trial.")
+    mode: Literal["max", "min"] = "max"
+
+
+class SweepSpec(BaseModel):
+    """Pretraining trials over a search space of the pretrain config's fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: dict[str, Any] = Field(description="The pretrain config every trial starts from.")
+    space: dict[str, Distribution] = Field(min_length=1, max_length=20, description="Field "
+                                           "-> values to search.")
+    algorithm: Literal["grid", "random", "tpe"] = Field("tpe", description="grid: every "
+                                                        "combination of choices; random and "
+                                                        "tpe: Optuna's samplers.")
+    objective: Objective = Objective()
+    max_trials: int = Field(10, ge=1, le=1000)
+    max_parallel: int = Field(2, ge=1, le=64, description="Trials queued or running at once.")
+    prune: bool = Field(True, description="Stop trials whose objective is not in the best "
+                        "third at a third and a ninth of their steps (successive halving).")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _valid_trials(self) -> SweepSpec:
+        """Every value the space can give makes a valid pretrain config with the base: the
+        error names the field (space.eps_sq: ...)."""
+        try:
+            TrainConfig(**self.base)
+        except ValidationError as exc:
+            raise ValueError(f"base: {_first(exc)}") from None
+        for field, dist in self.space.items():
+            if field not in TrainConfig.model_fields:
+                raise ValueError(f"space.{field}: not a field of the pretrain config")
+            if self.algorithm == "grid" and dist.choice is None:
+                raise ValueError(f"space.{field}: a grid needs a list of choices")
+            for value in dist.extremes():
+                try:
+                    TrainConfig(**self.base | {field: value})
+                except ValidationError as exc:
+                    raise ValueError(f"space.{field}: {value!r}: {_first(exc)}") from None
+        return self
+
+    def grid(self) -> list[dict[str, Any]]:
+        names = list(self.space)
+        return [dict(zip(names, values)) for values in
+                itertools.product(*(self.space[n].choice for n in names))]
+
+
+def _first(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    return f"{'.'.join(map(str, error['loc'])) or 'config'}: {error['msg']}"

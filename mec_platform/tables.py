@@ -76,6 +76,7 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     enqueued_at: Mapped[datetime | None]
+    parent_id: Mapped[int | None] = mapped_column(index=True)  # the sweep of a trial
 
     metrics: Mapped[list[Metric]] = relationship(back_populates="job", cascade="all, delete",
                                                  passive_deletes=True)

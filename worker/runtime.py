@@ -18,6 +18,7 @@ from mec_platform.tables import Worker, utcnow
 from worker.device import describe_device
 from worker.process import shutting_down, worker_name
 from worker.reconcile import reconcile_once
+from worker.tasks import advance_sweeps
 
 log = get_logger(__name__)
 _stop = threading.Event()
@@ -47,6 +48,7 @@ def _loop() -> None:
                 since_reap = 0.0
                 reap_once()
                 reconcile_once()
+                advance_sweeps()
         except Exception as exc:  # keep beating through a database outage
             log.warning("heartbeat failed: %s", exc)
 

@@ -22,12 +22,12 @@ from mec_core.export import export
 from mec_core.train import TrainingDiverged, train
 from mec_platform import jobs
 from mec_platform.db import retrying, session_scope
-from mec_platform.jobs import JobStatus
+from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import app
 from mec_platform.settings import get_settings
 from mec_platform.specs import DeploySpec, EvaluateSpec
 from mec_platform.tables import Evaluation, Job, Model, Worker
-from worker import galleries
+from worker import galleries, sweeps
 from worker.callbacks import DatabaseCallbacks
 from worker.device import describe_device
 from worker.lease import LeaseKeeper
@@ -107,6 +107,9 @@ def _execute(job_id: int, work: Callable[[int, str], Outcome | None]) -> None:
                 outcome = Outcome(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
             if outcome is not None:
                 _end(job_id, owner, outcome)
+                parent = _load(lambda s: s.get(Job, job_id).parent_id)
+                if parent is not None and outcome.status in jobs.FINISHED:
+                    advance_sweep(parent)  # a trial ended: its sweep goes on at once
     finally:
         _set_current_job(None, was=job_id)
 
@@ -217,6 +220,45 @@ def run_gallery(job_id: int, owner: str) -> Outcome | None:
     if ended[0] in jobs.FINISHED:
         staged.unlink(missing_ok=True)
     return Outcome(*ended)
+
+
+@app.task(name="mec.sweep")
+def sweep_job(job_id: int) -> None:
+    """Start (or advance) a sweep."""
+    advance_sweep(job_id)
+
+
+def advance_sweep(job_id: int) -> None:
+    """One tick of the sweep (worker.sweeps.tick) unless another worker is at it: a queued
+    sweep is claimed, a running one held only for the tick."""
+    settings = get_settings()
+    owner = new_owner()
+    with session_scope() as s:
+        if not (jobs.claim(s, job_id, owner, socket.gethostname(), describe_device(),
+                           settings.lease_seconds)
+                or jobs.take_for_tick(s, job_id, owner, settings.lease_seconds)):
+            return
+    try:
+        ended = sweeps.tick(job_id)
+    except Exception as exc:
+        log.exception("sweep %s: tick failed", job_id)
+        _end(job_id, owner, Outcome(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}"))
+        return
+    if ended is None:
+        with session_scope() as s:
+            jobs.let_go(s, job_id, owner)
+    else:
+        _end(job_id, owner, Outcome(*ended))
+
+
+def advance_sweeps() -> None:
+    """Tick every sweep that is not finished (the workers' heartbeat loop calls this)."""
+    with session_scope() as s:
+        ids = s.scalars(select(Job.id).where(
+            Job.kind == JobKind.SWEEP, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+            Job.lease_expires.is_(None))).all()
+    for job_id in ids:
+        advance_sweep(job_id)
 
 
 @app.task(name="mec.deploy")

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Resp
 from sqlalchemy import String, cast, func, select
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import JobDep, ReadKey, SessionDep, WriteKey, submission_quota
+from api.deps import DeployKey, JobDep, ReadKey, SessionDep, WriteKey, submission_quota
+from api.routes.models import deploy_job
 from api.schemas import (
     EvaluateJobCreate,
     JobCreate,
@@ -18,14 +19,15 @@ from api.schemas import (
     JobsPublic,
     MetricsPublic,
     Series,
+    SweepJobCreate,
     errors,
     public,
 )
 from mec_platform import jobs, keys
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.settings import get_settings
-from mec_platform.specs import ID_MAX
-from mec_platform.tables import Job, Metric
+from mec_platform.specs import ID_MAX, DeploySpec
+from mec_platform.tables import Job, Metric, Model
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(400, 401, 403, 422))
 
@@ -47,7 +49,8 @@ def submit_job(key: WriteKey, session: SessionDep, response: Response,
         if existing is not None:
             response.status_code = 200
             return public(existing)
-    _check_data_dir(spec.config.data_dir)
+    _check_data_dir(spec.config.base.get("data_dir") if isinstance(spec, SweepJobCreate)
+                    else spec.config.data_dir)
     if isinstance(spec, EvaluateJobCreate):
         target = session.get(Job, spec.config.job_id)
         if target is None or not keys.sees(key, target.project) or \
@@ -78,9 +81,11 @@ def _check_data_dir(data_dir: str | None) -> None:
 def list_jobs(key: ReadKey, session: SessionDep, status: JobStatus | None = None,
               kind: JobKind | None = None,
               tag: str | None = Query(None, max_length=64),
+              parent_id: int | None = Query(None, ge=1, le=ID_MAX,
+                                            description="A sweep's trials."),
               limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=ID_MAX)):
     """The key's project's jobs (an admin key: every project's), newest first, filtered by
-    status, kind and tag."""
+    status, kind, tag and parent (a sweep)."""
     query = select(Job)
     if not keys.sees_all(key):
         query = query.where(Job.project == key.project)
@@ -88,6 +93,8 @@ def list_jobs(key: ReadKey, session: SessionDep, status: JobStatus | None = None
         query = query.where(Job.status == status)
     if kind:
         query = query.where(Job.kind == kind)
+    if parent_id:
+        query = query.where(Job.parent_id == parent_id)
     if tag:
         escaped = tag.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(cast(Job.tags, String).like(f'%"{escaped}"%', escape="\\"))
@@ -130,9 +137,27 @@ def get_metrics(_: ReadKey, job: JobDep, session: SessionDep,
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(404, 409))
 def cancel_job(_: WriteKey, job: JobDep, session: SessionDep):
     """Cancel a job: a queued one at once, a running one within seconds (it keeps its last
-    checkpoint). 409 if it already finished."""
+    checkpoint); a sweep with all its unfinished trials. 409 if it already finished."""
     if jobs.cancel(session, job.id) is None:
         session.refresh(job)
         raise HTTPException(409, f"job {job.id} is already {job.status}")
+    if job.kind == JobKind.SWEEP:
+        trials = session.scalars(select(Job.id).where(
+            Job.parent_id == job.id, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))))
+        for trial in trials.all():
+            jobs.cancel(session, trial, reason=f"sweep {job.id} was cancelled")
     session.refresh(job)
     return public(job)
+
+
+@router.post("/{job_id}/promote", response_model=JobPublic, status_code=202,
+             responses=errors(404, 409))
+def promote(_: DeployKey, job: JobDep, session: SessionDep):
+    """Deploy the model of a finished sweep's best trial; returns the deploy job."""
+    best = (job.result or {}).get("best") if job.kind == JobKind.SWEEP else None
+    if job.status != JobStatus.SUCCEEDED or not best:
+        raise HTTPException(409, f"job {job.id} is not a succeeded sweep with a best trial")
+    model = session.scalar(select(Model).where(Model.job_id == best["job_id"]))
+    if model is None:
+        raise HTTPException(409, f"the best trial, job {best['job_id']}, has no model")
+    return deploy_job(session, model, "deploy", DeploySpec())

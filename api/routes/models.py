@@ -65,7 +65,7 @@ def get_model(_: ReadKey, model: ModelDep):
     return ModelPublic.model_validate(model)  # loads the evaluations while the session is open
 
 
-def _deploy_job(session, model: Model, action: str, spec: DeploySpec) -> JobPublic:
+def deploy_job(session, model: Model, action: str, spec: DeploySpec) -> JobPublic:
     return public(jobs.submit(session, JobKind.DEPLOY, {
         "model_id": model.id, "action": action, **spec.model_dump(mode="json")}, Queue.CPU,
         f"{action} model {model.id}", priority=5, project=model.project))
@@ -77,11 +77,11 @@ def deploy_model(_: DeployKey, model: ModelDep, session: SessionDep,
                  spec: Annotated[DeploySpec | None, Body()] = None):
     """Package (if needed) and register the model with TorchServe, as a new version that
     replaces the serving one only once it is ready. Returns the deploy job."""
-    return _deploy_job(session, model, "deploy", spec or DeploySpec())
+    return deploy_job(session, model, "deploy", spec or DeploySpec())
 
 
 @router.post("/{model_id}/undeploy", response_model=JobPublic, status_code=202,
              responses=errors(404))
 def undeploy_model(_: DeployKey, model: ModelDep, session: SessionDep):
     """Unregister every version of the model from TorchServe. Returns the undeploy job."""
-    return _deploy_job(session, model, "undeploy", DeploySpec())
+    return deploy_job(session, model, "undeploy", DeploySpec())

@@ -1,0 +1,61 @@
+"""Sweep submissions in-process: a bad search space is a 422 naming the field, before
+anything is queued; trials are listed by their sweep."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from api.main import app
+from mec_platform import keys
+from mec_platform.db import session_scope
+from mec_platform.tables import Job
+
+BASE = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
+        "train_limit": 64, "max_steps": 2}
+
+
+@pytest.fixture
+def client(embedded):
+    with session_scope() as s:
+        _, plain = keys.create(s, "sweeps")
+    with TestClient(app, headers={"Authorization": f"Bearer {plain}"}) as c:
+        yield c
+
+
+def _sweep(space, **config):
+    return {"kind": "sweep", "config": {"base": BASE, "space": space} | config}
+
+
+@pytest.mark.parametrize(("space", "config", "named"), [
+    ({"no_such_field": {"choice": [1]}}, {}, "space.no_such_field: not a field"),
+    ({"base_lr": {"choice": []}}, {}, "space.base_lr.choice"),
+    ({"base_lr": {"uniform": [-1.0, 1.0]}}, {}, "space.base_lr: -1.0"),
+    ({"base_lr": {"loguniform": [0.0, 1.0]}}, {}, "space.base_lr: loguniform needs a positive"),
+    ({"base_lr": {"uniform": [0.5, 0.1]}}, {}, "space.base_lr: the low bound 0.5"),
+    ({"batch_size": {"int": [0, 64]}}, {}, "space.batch_size: 0"),
+    ({"backbone": {"choice": ["convnet", "vgg"]}}, {}, "space.backbone: 'vgg'"),
+    ({"base_lr": {"uniform": [0.1, 0.5]}}, {"algorithm": "grid"}, "a grid needs a list"),
+    ({"base_lr": {"choice": [0.1], "uniform": [0.1, 0.2]}}, {}, "exactly one of"),
+    ({"base_lr": {"choice": [0.1]}}, {"max_parallel": 0}, "max_parallel"),
+])
+def test_a_bad_space_is_422_naming_the_field_and_queues_nothing(client, space, config, named):
+    with session_scope() as s:
+        before = s.scalar(select(func.count(Job.id)))
+    r = client.post("/v1/jobs", json=_sweep(space, **config))
+    assert r.status_code == 422 and named in r.json()["detail"], r.text
+    with session_scope() as s:
+        assert s.scalar(select(func.count(Job.id))) == before
+
+
+def test_a_sweep_is_queued_on_the_cpu_queue(client):
+    r = client.post("/v1/jobs", json=_sweep({"base_lr": {"choice": [0.1, 0.5]},
+                                             "eps_sq": {"loguniform": [8, 128]}},
+                                            algorithm="tpe", max_trials=4))
+    assert r.status_code == 201, r.text
+    sweep = r.json()
+    assert sweep["kind"] == "sweep" and sweep["queue"] == "cpu" and sweep["parent_id"] is None
+    assert client.get("/v1/jobs", params={"parent_id": sweep["id"]}).json()["count"] == 0
+    promote = client.post(f"/v1/jobs/{sweep['id']}/promote")
+    assert promote.status_code == 409 and "not a succeeded sweep" in promote.json()["detail"]
