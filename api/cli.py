@@ -124,11 +124,13 @@ def jobs_submit(spec_file, kind, name, tags, priority, queue, watch, as_json, **
 @click.option("--status", type=click.Choice([s.value for s in JobStatus]))
 @click.option("--kind", type=click.Choice([k.value for k in JobKind]))
 @click.option("--tag")
+@click.option("--parent", "parent_id", type=int, help="A sweep's trials.")
 @click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
 @as_json
-def jobs_list(status, kind, tag, limit, as_json) -> None:
+def jobs_list(status, kind, tag, parent_id, limit, as_json) -> None:
     """The newest jobs, with status, progress and the latest loss and kNN."""
-    page = _api(_client().jobs, status=status, kind=kind, tag=tag, limit=limit)
+    page = _api(_client().jobs, status=status, kind=kind, tag=tag, parent_id=parent_id,
+                limit=limit)
     if as_json:
         return _echo_json(page)
     table = Table("id", "kind", "name", "status", "progress", "loss", "knn top-1", "created",

@@ -106,8 +106,10 @@ class Client:
         return JobPublic.model_validate(self._call("GET", f"/v1/jobs/{job_id}"))
 
     def jobs(self, status: str | None = None, kind: str | None = None, tag: str | None = None,
-             limit: int = 50, offset: int = 0) -> JobsPublic:
-        params = {"status": status, "kind": kind, "tag": tag, "limit": limit, "offset": offset}
+             limit: int = 50, offset: int = 0, parent_id: int | None = None) -> JobsPublic:
+        """Jobs, newest first; `parent_id`: a sweep's trials."""
+        params = {"status": status, "kind": kind, "tag": tag, "limit": limit, "offset": offset,
+                  "parent_id": parent_id}
         return JobsPublic.model_validate(self._call(
             "GET", "/v1/jobs", params={k: v for k, v in params.items() if v is not None}))
 
@@ -146,6 +148,10 @@ class Client:
 
     def cancel(self, job_id: int) -> JobPublic:
         return JobPublic.model_validate(self._call("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def promote(self, sweep_id: int) -> JobPublic:
+        """Deploy the model of a finished sweep's best trial; returns the deploy job."""
+        return JobPublic.model_validate(self._call("POST", f"/v1/jobs/{sweep_id}/promote"))
 
     def evaluate(self, job_id: int, protocol: str = "knn", **config: Any) -> JobPublic:
         """Submit an evaluation of a finished pretraining job (fields of EvaluateSpec)."""

@@ -14,7 +14,6 @@ loads each page `repeats` times: the time from navigation to the page's content 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -23,6 +22,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import records
 from bench_api_load import start_api
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
@@ -99,13 +99,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="print the run's JSON record")
-    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
-                        help="print the tables of recorded runs (docs/performance/dashboard/) "
-                        "and run nothing")
+    records.add_options(parser)
     args = parser.parse_args()
-    if args.report:
-        print("\n\n".join(markdown(json.loads(p.read_text())) for p in args.report))
+    if records.reported(args, markdown):
         return
     root = Path(tempfile.mkdtemp(prefix="mec-bench-dashboard-"))
     env = os.environ | {"MEC_DATA_DIR": str(root)}
@@ -148,7 +144,7 @@ def main() -> None:
         api.wait(10)
     record = {"jobs": args.jobs + 1, "points": args.points, "repeats": args.repeats,
               "pages": results}
-    print(json.dumps(record) if args.json else markdown(record))
+    records.emit(args, record, markdown)
 
 
 def markdown(record: dict) -> str:

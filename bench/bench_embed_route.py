@@ -16,7 +16,6 @@ the API process spends per request (milliseconds), which the machine's noise mov
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import records
 from bench_serving import clients, pngs
 
 from api.client import Client
@@ -39,12 +39,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--json", action="store_true", help="print the run's JSON record")
-    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
-                        help="print the tables of recorded runs and run nothing")
+    records.add_options(parser)
     args = parser.parse_args()
-    if args.report:
-        print("\n\n".join(markdown(json.loads(p.read_text())) for p in args.report))
+    if records.reported(args, markdown):
         return
     root = Path(tempfile.mkdtemp(prefix="mec-bench-embed-"))
     stack = Stack(root, Ports.any_free())
@@ -93,7 +90,7 @@ def main() -> None:
                         "min": round(min(ratios), 3), "max": round(max(ratios), 3)},
               "api_cpu_ms_per_request": {"median": statistics.median(cpu), "min": min(cpu),
                                          "max": max(cpu)}}
-    print(json.dumps(record) if args.json else markdown(record))
+    records.emit(args, record, markdown)
 
 
 def markdown(record: dict) -> str:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import records
 from bench_embed_route import CONFIG
 from bench_knn import data
 from bench_serving import pngs
@@ -137,18 +137,14 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, default=10_000,
                         help="items added and searched through the API")
     parser.add_argument("--images", type=int, default=2_000)
-    parser.add_argument("--json", action="store_true", help="print the run's JSON record")
-    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
-                        help="print the tables of recorded runs (docs/performance/galleries/) "
-                        "and run nothing")
+    records.add_options(parser)
     args = parser.parse_args()
-    if args.report:
-        print("\n\n".join(markdown(json.loads(p.read_text())) for p in args.report))
+    if records.reported(args, markdown):
         return
     record = {"dim": args.dim, "queries": QUERIES,
               "index": [index_run(n, args.dim) for n in args.sizes],
               "platform": platform_run(args.vectors, args.images, QUERIES)}
-    print(json.dumps(record) if args.json else markdown(record))
+    records.emit(args, record, markdown)
 
 
 def markdown(record: dict) -> str:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import re
 import resource
@@ -48,6 +47,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+import records
 import torch
 from PIL import Image
 
@@ -284,13 +284,9 @@ def main() -> None:
     parser.add_argument("--profile", type=float, metavar="SECONDS",
                         help="instead of the rounds: where each side's time goes, sampled "
                         "for SECONDS per side and concurrency")
-    parser.add_argument("--json", action="store_true", help="print the run's JSON record")
-    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
-                        help="print the tables of recorded runs (docs/performance/serving/) "
-                        "and run nothing")
+    records.add_options(parser)
     args = parser.parse_args()
-    if args.report:
-        print("\n\n".join(markdown(json.loads(p.read_text())) for p in args.report))
+    if records.reported(args, markdown):
         return
     cores = os.cpu_count() or 1
     torch.set_num_threads(cores)  # the in-process ceiling uses the whole machine
@@ -342,7 +338,7 @@ def main() -> None:
     record = {"setup": setup | {"profile_seconds": args.profile}, "profile": profiles} \
         if args.profile else {"setup": setup,
                               "rows": [summarize(c, results[c]) for c in args.concurrency]}
-    print(json.dumps(record) if args.json else markdown(record))
+    records.emit(args, record, markdown)
 
 
 def markdown(record: dict) -> str:

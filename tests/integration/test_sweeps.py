@@ -10,6 +10,8 @@ import signal
 
 import pytest
 
+from api.client import Client
+
 BASE = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
         "proj_hidden_dim": 64, "pred_hidden_dim": 16, "train_limit": 256, "epochs": 1,
         "log_every": 2, "checkpoint_every": 4, "warmup_epochs": 0.2,
@@ -38,8 +40,11 @@ def test_a_grid_sweep_names_and_promotes_its_best_trial(platform):
     best = done["result"]["best"]
     assert best["job_id"] == trials[1]["id"] and best["params"] == {"base_lr": 0.3}
     assert done["progress"]["step"] == done["progress"]["total_steps"] == 2
-    deploy = platform.post(f"/v1/jobs/{sweep['id']}/promote", expect=202)
-    deployed = platform.wait_status(deploy["id"], ("succeeded", "failed"))
+    client = Client(platform.url, platform.key)
+    assert [t.id for t in client.jobs(parent_id=sweep["id"]).data] == \
+        [t["id"] for t in trials][::-1]
+    deploy = client.promote(sweep["id"])
+    deployed = platform.wait_status(deploy.id, ("succeeded", "failed"))
     assert deployed["status"] == "succeeded", deployed["error"]
     model = next(m for m in platform.get("/v1/models")["data"] if m["job_id"] == best["job_id"])
     assert model["deployment"]["status"] == "serving"

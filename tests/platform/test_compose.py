@@ -33,3 +33,12 @@ def test_compose__services_health_checks_and_profiles():
     env = default["services"]["worker"]["environment"]
     assert env["MEC_BROKER_URL"].startswith("redis://")
     assert env["MEC_DATABASE_URL"].startswith("postgresql+psycopg://")
+
+
+def test_compose__runs_n_workers(monkeypatch):
+    monkeypatch.setenv("MEC_WORKERS", "3")
+    monkeypatch.setenv("MEC_CPU_WORKERS", "2")
+    services = config()["services"]
+    assert services["worker"]["deploy"]["replicas"] == 3  # each reserves one GPU
+    assert services["worker-cpu"]["deploy"]["replicas"] == 2
+    assert "MEC_WORKER_NAME" not in services["worker"]["environment"]  # names: host:pid
