@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "bench_serving.py"
+sys.path.insert(0, str(SCRIPT.parent))  # as when run: its sibling modules import
 spec = importlib.util.spec_from_file_location("bench_serving", SCRIPT)
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
