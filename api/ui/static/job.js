@@ -24,9 +24,11 @@ function showJob(job) {
     (job.eta_seconds ? ` · about ${duration(job.eta_seconds)} left` : "");
   const error = document.getElementById("error");
   error.hidden = !job.error;
-  error.textContent = job.error ? `Failed: ${job.error}` : "";
+  // a failure's cause, a cancelled trial's pruning reason, a re-queued job's lost lease
+  error.textContent = job.error ? `${job.status[0].toUpperCase()}${job.status.slice(1)}: ${job.error}` : "";
   document.getElementById("facts").replaceChildren(
-    fact("kind", job.kind), fact("queue", `${job.queue} · priority ${job.priority}`),
+    fact("kind", job.kind + (job.parent_id ? ` · trial of sweep ${job.parent_id}` : "")),
+    fact("queue", `${job.queue} · priority ${job.priority}`),
     fact("worker", [job.worker_host, job.device].filter(Boolean).join(" · ")),
     fact("attempts", `${job.attempts}${job.resumes ? ` (${job.resumes} resumed)` : ""}`),
     fact("created", when(job.created_at)), fact("started", when(job.started_at)),
