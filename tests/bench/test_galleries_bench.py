@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_galleries.py"
 
 
+@pytest.mark.slow  # a whole platform with a deployed model: about 1.5 minutes
 def test_bench_galleries__measures_the_index_and_the_platform():
     out = subprocess.run([sys.executable, str(BENCH), "--sizes", "3000", "--dim", "32",
                           "--vectors", "1000", "--images", "70", "--json"],

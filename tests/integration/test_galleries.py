@@ -229,6 +229,7 @@ def test_an_import_survives_kill_9_of_the_worker_and_the_api(platform, served, t
         raise AssertionError("a deleted item was found")
 
 
+@pytest.mark.parametrize("shared_platform", ["embedded"], indirect=True)
 def test_a_redeployed_model_leaves_its_galleries_bound_to_the_old_version(platform, served):
     client, model_id, app_key = served
     app = Client(platform.url, app_key)
