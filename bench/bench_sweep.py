@@ -70,13 +70,13 @@ def markdown(record: dict) -> str:
              "| trial | ε² | base lr | status | online kNN top-1 | minutes | why it stopped |",
              "|---|---|---|---|---|---|---|"]
     for t in record["trials"]:
-        value = "" if t["value"] is None else f"{100 * t['value']:.2f} %"
+        value = "" if t["value"] is None else f"{t['value']:.2f} %"  # logged in percent
         lines.append(f"| {t['number']} | {t['params']['eps_sq']} | {t['params']['base_lr']} | "
                      f"{t['status']} | {value} | {t['minutes'] or ''} | "
                      f"{t.get('reason', '')} |")
     best = record["best"]
     lines.append(f"\nBest: trial {best['number']} ({best['params']}), online kNN top-1 "
-                 f"{100 * best['value']:.2f} %")
+                 f"{best['value']:.2f} %")
     return "\n".join(lines)
 
 

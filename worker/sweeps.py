@@ -53,17 +53,18 @@ def tick(job_id: int) -> tuple[JobStatus, dict] | None:
             for t in active:
                 jobs.cancel(s, t.job.id, reason=f"sweep {job_id} was cancelled")
             return JobStatus.CANCELLED, _summary(spec, trials)
-        if spec.prune:
-            for t in active:
-                reason = _ruled_out(t, trials, spec)
-                if reason:
-                    jobs.cancel(s, t.job.id, reason=f"pruned by sweep {job_id}: {reason}")
-                    active.remove(t)
+        busy = list(active)  # what counts against max_parallel: not the trials pruned now
+        for t in active if spec.prune else []:
+            reason = _ruled_out(t, trials, spec)
+            if reason:
+                jobs.cancel(s, t.job.id, reason=f"pruned by sweep {job_id}: {reason}")
+                busy.remove(t)
         planned = min(spec.max_trials, len(spec.grid())) if spec.algorithm == "grid" \
             else spec.max_trials
         number = len(trials)
-        while len(active) < spec.max_parallel and number < planned:
-            active.append(_submit(s, sweep, spec, number, _suggest(spec, number, trials)))
+        while len(busy) < spec.max_parallel and number < planned:
+            busy.append(_submit(s, sweep, spec, number, _suggest(spec, number, trials)))
+            active.append(busy[-1])
             number += 1
         summary = _summary(spec, trials)
         s.execute(update(Job).where(Job.id == job_id).values(

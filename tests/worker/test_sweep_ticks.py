@@ -89,6 +89,7 @@ def test_successive_halving_stops_a_trial_out_of_the_best_third(embedded):
     tasks.advance_sweep(sweep_id)
     pruned = _job(fourth)
     assert pruned.cancel_requested and pruned.status == "running"  # stops within seconds
+    assert _job(sweep_id).status == "running"  # the sweep ends once its last trial has
     assert pruned.error.startswith(f"pruned by sweep {sweep_id}: lr 0.05 at step 10")
     assert "best third of the 4 trials" in pruned.error
     with session_scope() as s:  # the trial's worker ends it as cancelled, keeping the reason
