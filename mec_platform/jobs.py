@@ -74,14 +74,15 @@ def cancel(session: Session, job_id: int, reason: str | None = None) -> JobStatu
     training loop polls; `reason` becomes its error. Returns the status it had, or None if
     it had already finished."""
     now = utcnow()
+    why = {"error": reason} if reason else {}
     done = session.execute(update(Job).where(
         Job.id == job_id, Job.status == JobStatus.QUEUED).values(
-        status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, error=reason))
+        status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, **why))
     if done.rowcount:
         session.commit()
         return JobStatus.QUEUED
     done = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-                           .values(cancel_requested=True, error=reason))
+                           .values(cancel_requested=True, **why))
     session.commit()
     return JobStatus.RUNNING if done.rowcount else None
 

@@ -180,8 +180,12 @@ def _add_now(key, name: str, items: list[dict]) -> GalleryAdded:
 
 def _submit_import(key, name: str, staged: Path, count: int):
     with session_scope() as session:
-        gallery = _gallery(session, key, name)
-        _endpoint(session, gallery)
+        try:
+            gallery = _gallery(session, key, name)
+            _endpoint(session, gallery)
+        except HTTPException:
+            staged.unlink()  # nothing will read it
+            raise
         job = jobs.submit(session, JobKind.GALLERY, {
             "gallery_id": gallery.id, "gallery": gallery.name, "items": str(staged),
             "count": count}, Queue.CPU, f"add {count} items to gallery {gallery.name}",

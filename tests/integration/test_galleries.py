@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,6 +23,7 @@ from PIL import Image
 from api.client import APIError, Client
 from serving.torchserve import Keys
 
+NDJSON = "application/x-ndjson"
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
         "proj_hidden_dim": 64, "pred_hidden_dim": 16, "train_limit": 256, "epochs": 1,
         "max_steps": 4, "log_every": 2}
@@ -140,6 +142,15 @@ def test_add_search_filter_upsert_delete(platform, served):
     assert query_dim.status_code == 422 and f"gives {dim}" in query_dim.json()["detail"]
     unknown = app.post("/v1/galleries/nope/search", json={"item_id": "a"})
     assert unknown.status_code == 404 and "'nope'" in unknown.json()["detail"]
+    lost = app.post("/v1/galleries/nope/items", content=b'{"id": "a", "vector": [1.0]}\n',
+                    headers={"Content-Type": "application/x-ndjson"})
+    assert lost.status_code == 404  # and its staged copy is gone
+    staging = Path(platform.env["MEC_DATA_DIR"]) / "artifacts" / "gallery-imports"
+    assert not list(staging.glob("*"))
+    bad_line = app.post("/v1/galleries/shop/items", headers={"Content-Type": NDJSON},
+                        content=b'{"id": "a", "vector": [1.0]}\n{"id": "b"}\n')
+    assert bad_line.status_code == 422 and "items.1" in bad_line.json()["detail"]
+    assert not list(staging.glob("*"))
     assert app.post("/v1/galleries/shop/search", json={"item_id": "zz"}).status_code == 404
     no_model = app.post("/v1/galleries", json={"name": "x", "model_id": 999_999})
     assert no_model.status_code == 404 and "model_id" in no_model.json()["detail"]
