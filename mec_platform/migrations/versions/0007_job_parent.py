@@ -21,5 +21,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_jobs_parent_id", table_name="jobs")
-    with op.batch_alter_table("jobs") as batch:
-        batch.drop_column("parent_id")
+    # a plain ALTER TABLE ... DROP COLUMN (SQLite >= 3.35): a batch copy of `jobs` would
+    # drop the table, which its foreign keys forbid
+    op.drop_column("jobs", "parent_id")
