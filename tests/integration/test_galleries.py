@@ -174,6 +174,7 @@ def test_add_search_filter_upsert_delete(platform, served):
     assert app.get("/v1/galleries/shop").status_code == 404
 
 
+@pytest.mark.parametrize("shared_platform", ["postgres+redis"], indirect=True)
 def test_an_import_survives_kill_9_of_the_worker_and_the_api(platform, served, tmp_path):
     _, model_id, app_key = served
     app = Client(platform.url, app_key)
