@@ -10,15 +10,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 from sqlalchemy.orm import Session
 
 from mec_platform import galleries
-from mec_platform.settings import get_settings
 from mec_platform.tables import Gallery
-from serving.embed_client import EmbedClient
 from serving.vector_index import VectorIndex
 
 
@@ -61,10 +58,3 @@ def forget(gallery_id: int) -> None:
     """Drop a deleted gallery's index from this process."""
     with _cache_lock:
         _cache.pop(gallery_id, None)
-
-
-@lru_cache(maxsize=1)
-def embed_client() -> EmbedClient:
-    settings = get_settings()
-    return EmbedClient(settings.torchserve_inference_url, settings.torchserve_management_url,
-                       settings.torchserve_home)

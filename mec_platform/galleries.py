@@ -8,21 +8,49 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterator
+from functools import lru_cache
 
 import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from mec_platform.tables import Gallery, GalleryItem, utcnow
+from mec_platform.settings import get_settings
+from mec_platform.tables import Gallery, GalleryItem, Model, utcnow
 from serving.embed_client import EmbedClient
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
+class OtherVersion(RuntimeError):
+    """The gallery's model now serves another version than its vectors come from."""
+
+
 def find(session: Session, project: str, name: str) -> Gallery | None:
     return session.scalar(select(Gallery).where(Gallery.project == project,
                                                 Gallery.name == name))
+
+
+def endpoint(session: Session, gallery: Gallery) -> str | None:
+    """The model endpoint that embeds images for the gallery (None: not deployed). Raises
+    OtherVersion when the model now serves another version than the gallery's vectors."""
+    deployment = session.get(Model, gallery.model_id).deployment or {}
+    number = deployment.get("number")
+    if number != gallery.model_version:
+        raise OtherVersion(f"gallery {gallery.name!r} holds embeddings of model "
+                           f"{gallery.model_id} version {gallery.model_version}; the model now "
+                           f"serves version {number}, whose embeddings are not comparable: "
+                           f"create a gallery for it and add the items again")
+    return deployment["name"] if deployment.get("status") == "serving" else None
+
+
+@lru_cache(maxsize=1)
+def embed_client() -> EmbedClient:
+    """The process's client of TorchServe's embeddings (one connection pool and thread
+    pool, shared by its requests or its import jobs)."""
+    settings = get_settings()
+    return EmbedClient(settings.torchserve_inference_url, settings.torchserve_management_url,
+                       settings.torchserve_home)
 
 
 def _next_seq(session: Session, gallery_id: int) -> int:

@@ -15,8 +15,7 @@ from sqlalchemy import select, update
 from mec_platform import galleries
 from mec_platform.db import retrying, session_scope
 from mec_platform.jobs import JobStatus
-from mec_platform.settings import get_settings
-from mec_platform.tables import Gallery, Job, Model
+from mec_platform.tables import Gallery, Job
 from serving.embed_client import EmbedClient
 from worker.process import shutting_down
 
@@ -35,9 +34,7 @@ def run_add(job_id: int, owner: str) -> tuple[JobStatus, dict | None] | None:
         job = s.get(Job, job_id)
         config, done, progress = job.config, job.step, job.result or {}
         s.execute(update(Job).where(Job.id == job_id).values(total_steps=config["count"]))
-    settings = get_settings()
-    client = EmbedClient(settings.torchserve_inference_url, settings.torchserve_management_url,
-                         settings.torchserve_home)
+    client = galleries.embed_client()
     progress = {"added": 0, "failures": 0, "failed": []} | progress
     with Path(config["items"]).open() as lines:
         for _ in islice(lines, done):  # written by the attempts before this one
@@ -108,9 +105,7 @@ def _bound(s, gallery_id: int) -> tuple[int, str | None]:
     gallery = s.get(Gallery, gallery_id)
     if gallery is None:
         raise GalleryGone(f"gallery {gallery_id} was deleted")
-    deployment = s.get(Model, gallery.model_id).deployment or {}
-    if deployment.get("number") != gallery.model_version:
-        raise GalleryGone(f"model {gallery.model_id} was redeployed as version "
-                          f"{deployment.get('number')}; gallery {gallery.name!r} holds "
-                          f"version {gallery.model_version}")
-    return gallery.dim, deployment["name"] if deployment.get("status") == "serving" else None
+    try:
+        return gallery.dim, galleries.endpoint(s, gallery)
+    except galleries.OtherVersion as exc:
+        raise GalleryGone(str(exc)) from None

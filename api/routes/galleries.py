@@ -74,17 +74,11 @@ def _gallery(session: Session, key, name: str) -> Gallery:
 
 
 def _endpoint(session: Session, gallery: Gallery) -> str | None:
-    """The model endpoint that embeds images for the gallery (None: not deployed); 409
-    when the model now serves another version than the gallery's vectors come from."""
-    deployment = session.get(Model, gallery.model_id).deployment or {}
-    number = deployment.get("number")
-    if number != gallery.model_version:
-        raise HTTPException(409, f"gallery {gallery.name!r} holds embeddings of model "
-                                 f"{gallery.model_id} version {gallery.model_version}; the "
-                                 f"model now serves version {number}, whose embeddings are "
-                                 f"not comparable: create a gallery for it and add the items "
-                                 f"again")
-    return deployment["name"] if deployment.get("status") == "serving" else None
+    """galleries.endpoint, with another version than the gallery's as a 409."""
+    try:
+        return galleries.endpoint(session, gallery)
+    except galleries.OtherVersion as exc:
+        raise HTTPException(409, str(exc)) from None
 
 
 @router.post("", response_model=GalleryPublic, status_code=201)
@@ -163,7 +157,7 @@ def _add_now(key, name: str, items: list[dict]) -> GalleryAdded:
         dim, gallery_id = gallery.dim, gallery.id
         session.rollback()  # no transaction held while the model embeds
         try:
-            kept, vectors, bad = galleries.vectors_of(items, dim, cache.embed_client(),
+            kept, vectors, bad = galleries.vectors_of(items, dim, galleries.embed_client(),
                                                       endpoint)
         except Unavailable as exc:
             raise HTTPException(502, str(exc)) from None
@@ -329,7 +323,7 @@ def _embedded(image: str, endpoint: str | None):
         raise HTTPException(409, "image: the gallery's model is not deployed, so images "
                                  "cannot be embedded; search by vector or item_id")
     try:
-        vectors, bad = cache.embed_client().embed(endpoint, [data])
+        vectors, bad = galleries.embed_client().embed(endpoint, [data])
     except Unavailable as exc:
         raise HTTPException(502, str(exc)) from None
     if bad:
