@@ -296,13 +296,12 @@ def search(key: EmbedKey, session: SessionDep, name: Name, body: GallerySearch):
     if body.image is not None:
         query = _embedded(body.image, endpoint)
     elif body.vector is not None:
-        query = np.asarray(body.vector, np.float32)
-        if not query.any():
+        if not any(body.vector):
             raise HTTPException(422, "vector: all zeros")
-        if len(query) != gallery.dim:
-            raise HTTPException(422, f"vector: {len(query)} values; the gallery's model "
-                                     f"gives {gallery.dim}")
-        query = query / np.linalg.norm(query)
+        _, query, bad = galleries.vectors_of([{"vector": body.vector}], gallery.dim, None,
+                                             None)  # as an added vector: checked, normalised
+        if bad:
+            raise HTTPException(422, bad[0])
     with cache.current(session, gallery) as index:
         if body.item_id is not None:
             found = index.get(body.item_id)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, insert, select
 
@@ -18,15 +17,6 @@ from mec_platform.tables import Job, Metric
 
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
         "train_limit": 64, "max_steps": 2}
-
-
-@pytest.fixture
-def client(embedded):
-    with session_scope() as s:
-        _, plain = keys.create(s, "routes")
-    with TestClient(app, headers={"Authorization": f"Bearer {plain}"}) as c:
-        c.key = plain
-        yield c
 
 
 def _jobs() -> int:

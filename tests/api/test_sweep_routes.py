@@ -4,24 +4,13 @@ anything is queued; trials are listed by their sweep."""
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.main import app
-from mec_platform import keys
 from mec_platform.db import session_scope
 from mec_platform.tables import Job
 
 BASE = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
         "train_limit": 64, "max_steps": 2}
-
-
-@pytest.fixture
-def client(embedded):
-    with session_scope() as s:
-        _, plain = keys.create(s, "sweeps")
-    with TestClient(app, headers={"Authorization": f"Bearer {plain}"}) as c:
-        yield c
 
 
 def _sweep(space, **config):
