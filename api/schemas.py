@@ -14,6 +14,7 @@ from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
 from mec_platform.specs import ID_MAX, EvaluateSpec, SweepSpec
 from mec_platform.tables import Job, utcnow
+from mec_platform.workers import waiting_reason
 
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
@@ -97,6 +98,9 @@ class JobPublic(BaseModel):
     last_metrics: dict[str, float] | None
     result: dict[str, Any] | None
     error: str | None
+    waiting: str | None = Field(description="Why a queued job has not started, where the "
+                                "platform can tell: no live worker takes its queue, or it "
+                                "needs more processes than any live worker can run.")
     cancel_requested: bool
     attempts: int
     resumes: int = Field(description="Times the job was resumed from a checkpoint.")
@@ -108,8 +112,10 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
 
 
-def public(job: Job, now: datetime | None = None) -> JobPublic:
-    """The API view of a job, with progress and ETA derived from its counters."""
+def public(job: Job, now: datetime | None = None,
+           capacity: dict[str, int] | None = None) -> JobPublic:
+    """The API view of a job, with progress and ETA derived from its counters; given the
+    live workers' `capacity` (mec_platform.workers), a queued job says why it waits."""
     total = job.total_steps
     percent = 100.0 if job.status == JobStatus.SUCCEEDED else (
         100.0 * job.step / total if total else 0.0)
@@ -123,6 +129,8 @@ def public(job: Job, now: datetime | None = None) -> JobPublic:
         progress=Progress(step=job.step, total_steps=total, epoch=job.epoch,
                           steps_per_epoch=job.steps_per_epoch, percent=round(percent, 2)),
         eta_seconds=eta, last_metrics=job.last_metrics, result=job.result, error=job.error,
+        waiting=waiting_reason(job, capacity) if capacity is not None and
+        job.status == JobStatus.QUEUED else None,
         cancel_requested=job.cancel_requested, attempts=job.attempts,
         resumes=max(job.attempts - 1, 0), checkpoint=job.checkpoint,
         worker_host=job.worker_host, device=job.device, created_at=job.created_at,
@@ -321,6 +329,7 @@ class WorkerPublic(BaseModel):
     host: str
     queues: list[str]
     device: str
+    processes: int = Field(description="Training processes it can launch for one job.")
     current_job: int | None
     started_at: datetime
     seen_at: datetime

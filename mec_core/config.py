@@ -192,6 +192,13 @@ class TrainConfig(BaseModel):
         None, description="Use the channels_last memory format (faster convolutions with "
         "cuDNN and oneDNN); default: on."
     )
+    processes: int = Field(
+        1, ge=1, le=64,
+        description="Processes that train the run together under torchrun (data parallel, "
+        "one GPU each on a GPU host; gloo on CPUs); batch_size is global and divides among "
+        "them. The platform's worker launches them; by hand, torchrun --nproc-per-node must "
+        "match.",
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of data order, views and init.")
     checkpoint_every: int = Field(
         500, ge=1, le=100_000_000, description="Save a checkpoint every N steps (and at the end)."
@@ -206,6 +213,13 @@ class TrainConfig(BaseModel):
         "part of the training set (knn_top1) and the effective rank of its features "
         "(effective_rank); 0: off; default: 10 times per run.",
     )
+
+    @model_validator(mode="after")
+    def _batch_divides_among_processes(self) -> TrainConfig:
+        if self.batch_size % self.processes:
+            raise ValueError(f"batch_size {self.batch_size} does not divide among "
+                             f"{self.processes} processes; make it a multiple of processes")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -149,9 +149,10 @@ def setup(config: TrainConfig, out: Path, resume: bool, keep_checkpoints: int = 
     device = world.device
     if device.type == "cpu":
         keep_freed_memory()
-    if config.batch_size % world.size:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                         f"{world.size} processes")
+    if world.size != config.processes:
+        raise ValueError(f"the config asks for {config.processes} process(es) but "
+                         f"{world.size} were started: launch with torchrun "
+                         f"--nproc-per-node={config.processes}, or set processes")
     data = load_dataset(config.dataset, "train", config.data_dir, config.image_size)
     held_out = None
     if config.monitor_every != 0:  # held out of the whole split: train_limit keeps its meaning

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
                               "is failed for good.")
     cancel_poll_seconds: float = Field(1.0, gt=0, description="How often the training loop "
                                        "reads the cancel flag from the database.")
+    worker_processes: int | None = Field(None, ge=1, le=64, description="Training processes "
+                                         "this worker can launch for one job "
+                                         "(config.processes); default: its visible GPUs, "
+                                         "1 without CUDA.")
     visibility_timeout: int = Field(43_200, gt=0, description="Redis visibility timeout in "
                                     "seconds (unacknowledged messages are redelivered after it).")
 

@@ -156,6 +156,7 @@ class Worker(Base):
     host: Mapped[str] = mapped_column(String(200))
     queues: Mapped[list[str]]
     device: Mapped[str] = mapped_column(String(200))
+    processes: Mapped[int] = mapped_column(default=1, server_default="1")  # per job, at most
     current_job: Mapped[int | None]
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     seen_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -15,7 +15,7 @@ from mec_platform.db import session_scope
 from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
 from mec_platform.tables import Worker, utcnow
-from worker.device import describe_device
+from worker.device import describe_device, process_capacity
 from worker.process import shutting_down, worker_name
 from worker.reconcile import reconcile_once
 from worker.tasks import advance_sweeps
@@ -79,7 +79,8 @@ def _on_ready(sender, **_kw) -> None:
         if sender.app.amqp.queues.consume_from else sorted(Queue)
     with session_scope() as s:
         s.merge(Worker(name=worker_name(), host=socket.gethostname(), queues=queues,
-                       device=describe_device(), current_job=None, started_at=utcnow(),
+                       device=describe_device(), processes=process_capacity(),
+                       current_job=None, started_at=utcnow(),
                        seen_at=utcnow()))
     reap_once()
     reconcile_once()

@@ -27,9 +27,9 @@ from mec_platform.queue import app
 from mec_platform.settings import get_settings
 from mec_platform.specs import DeploySpec, EvaluateSpec
 from mec_platform.tables import Evaluation, Job, Model, Worker
-from worker import galleries, sweeps
+from worker import galleries, multiprocess, sweeps
 from worker.callbacks import DatabaseCallbacks
-from worker.device import describe_device
+from worker.device import describe_device, process_capacity
 from worker.lease import LeaseKeeper
 from worker.process import new_owner, shutting_down, worker_name
 
@@ -116,7 +116,14 @@ def _execute(job_id: int, work: Callable[[int, str], Outcome | None]) -> None:
 
 @app.task(name="mec.pretrain")
 def pretrain(job_id: int) -> None:
-    """Run (or resume) the pretraining of job `job_id`."""
+    """Run (or resume) the pretraining of job `job_id`, unless it needs more processes than
+    this worker can run: then it stays queued (the API says why) and the reconciler rings
+    again later, for a worker that can."""
+    needs = _load(lambda s: (s.get(Job, job_id).config or {}).get("processes", 1))
+    if needs > process_capacity():
+        log.warning("job %s needs %s processes; this worker runs %s: left queued", job_id,
+                    needs, process_capacity())
+        return
     _execute(job_id, run_pretrain)
 
 
@@ -125,14 +132,24 @@ def run_pretrain(job_id: int, owner: str) -> Outcome | None:
     config, name = _load(lambda s: (stored_config(s.get(Job, job_id).config),
                                     s.get(Job, job_id).name))
     out = settings.artifact_root / "jobs" / str(job_id)
-    callbacks = DatabaseCallbacks(job_id, owner, settings.cancel_poll_seconds, shutting_down)
-    log.info("job %s: training %s on %s", job_id, config.backbone, config.dataset)
+    log.info("job %s: training %s on %s in %s process(es)", job_id, config.backbone,
+             config.dataset, config.processes)
     try:
-        result = train(config, out, callbacks, resume=True)
+        if config.processes > 1:
+            result, cancelled = multiprocess.launch(job_id, owner, config.processes, out,
+                                                    shutting_down)
+        else:
+            callbacks = DatabaseCallbacks(job_id, owner, settings.cancel_poll_seconds,
+                                          shutting_down)
+            result, cancelled = train(config, out, callbacks, resume=True), callbacks.cancelled
     except TrainingDiverged as exc:
         raise JobFailed(f"training diverged: {exc}") from exc
+    except multiprocess.RanksFailed as exc:
+        raise JobFailed(str(exc)) from exc
+    except multiprocess.RanksDied as exc:
+        return _after_ranks_died(job_id, exc)
     if result.stopped:
-        if callbacks.cancelled:
+        if cancelled:
             return Outcome(JobStatus.CANCELLED, result={"steps": result.steps})
         if shutting_down.is_set():
             log.warning("job %s: worker shutting down; re-queued at step %s", job_id,
@@ -142,6 +159,16 @@ def run_pretrain(job_id: int, owner: str) -> Outcome | None:
     summary = {"steps": result.steps, "images_per_sec": round(result.images_per_sec, 2),
                **result.last}
     return _model_outcome(job_id, result.checkpoint, out, name, summary)
+
+
+def _after_ranks_died(job_id: int, exc: multiprocess.RanksDied) -> Outcome:
+    """Back to the queue, to resume from the last checkpoint, while attempts are left."""
+    attempts = _load(lambda s: s.get(Job, job_id).attempts)
+    if attempts >= get_settings().max_attempts:
+        return Outcome(JobStatus.FAILED, error=f"{exc}; gave up after {attempts} attempts")
+    log.warning("job %s: %s; re-queued", job_id, exc)
+    return Outcome(JobStatus.QUEUED, error=f"{exc}; re-queued to resume from its last "
+                   "checkpoint")
 
 
 def _model_outcome(job_id: int, checkpoint: Path, out: Path, name: str,

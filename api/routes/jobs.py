@@ -23,7 +23,7 @@ from api.schemas import (
     errors,
     public,
 )
-from mec_platform import jobs, keys
+from mec_platform import jobs, keys, workers
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.settings import get_settings
 from mec_platform.specs import ID_MAX, DeploySpec
@@ -63,7 +63,7 @@ def submit_job(key: WriteKey, session: SessionDep, response: Response,
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
         response.status_code = 200
         return public(session.scalar(select(Job).where(Job.idempotency_key == stored_key)))
-    return public(job)
+    return public(job, capacity=workers.capacity(session))
 
 
 def _check_data_dir(data_dir: str | None) -> None:
@@ -99,14 +99,18 @@ def list_jobs(key: ReadKey, session: SessionDep, status: JobStatus | None = None
         escaped = tag.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(cast(Job.tags, String).like(f'%"{escaped}"%', escape="\\"))
     count = session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = session.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset))
-    return JobsPublic(data=[public(j) for j in rows], count=count)
+    rows = session.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset)).all()
+    capacity = workers.capacity(session) if any(j.status == JobStatus.QUEUED for j in rows) \
+        else None
+    return JobsPublic(data=[public(j, capacity=capacity) for j in rows], count=count)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=errors(404))
-def get_job(_: ReadKey, job: JobDep):
-    """One job: status, progress, ETA, last metrics, error, worker and times."""
-    return public(job)
+def get_job(_: ReadKey, job: JobDep, session: SessionDep):
+    """One job: status, progress, ETA, last metrics, error (or, queued, why it waits),
+    worker and times."""
+    return public(job, capacity=workers.capacity(session) if job.status == JobStatus.QUEUED
+                  else None)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=errors(404))

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from fastapi import APIRouter, HTTPException
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from api.deps import ReadKey, SessionDep
 from api.schemas import WorkerPublic, errors
+from mec_platform import workers
 from mec_platform.queue import broker_reachable
-from mec_platform.settings import get_settings
-from mec_platform.tables import Worker, utcnow
 
 router = APIRouter(tags=["system"])
 
@@ -36,7 +33,6 @@ def readyz(session: SessionDep) -> dict[str, str]:
 
 @router.get("/v1/workers", response_model=list[WorkerPublic], responses=errors(401, 403))
 def list_workers(session: SessionDep, _: ReadKey):
-    """Workers whose heartbeat is recent, with their device and current job."""
-    cutoff = utcnow() - timedelta(seconds=3 * get_settings().heartbeat_seconds)
-    return list(session.scalars(select(Worker).where(Worker.seen_at >= cutoff)
-                                .order_by(Worker.name)))
+    """Workers whose heartbeat is recent, with their device, the processes they can run
+    for one job, and their current job."""
+    return workers.live(session)

@@ -132,13 +132,15 @@ def _drop_database(name: str) -> None:
 
 
 def base_env(root: Path) -> dict[str, str]:
-    """Short leases and polls, so faults show within seconds."""
+    """Short leases and polls, so faults show within seconds; workers run jobs of up to
+    2 processes (gloo)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEC_")}
     return env | {"MEC_DATA_DIR": str(root / "data"), "MEC_LEASE_SECONDS": "6",
                   "MEC_HEARTBEAT_SECONDS": "1", "MEC_REAPER_SECONDS": "2",
                   "MEC_CANCEL_POLL_SECONDS": "0.5", "MEC_MAX_ATTEMPTS": "3",
                   "MEC_SUBMIT_RATE_PER_MINUTE": "6", "MEC_SUBMIT_BURST": "20",
-                  "MEC_MAX_UPLOAD_MB": "8", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+                  "MEC_MAX_UPLOAD_MB": "8", "MEC_WORKER_PROCESSES": "2",
+                  "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def open_platform(root: Path, env: dict[str, str], backend: str) -> Platform:

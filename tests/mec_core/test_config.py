@@ -70,3 +70,11 @@ def test_config__bad_values_name_their_field(bad, field):
     with pytest.raises(ValidationError) as info:
         TrainConfig(**bad)
     assert field in {str(e["loc"][0]) for e in info.value.errors()}
+
+
+def test_config__batch_size_must_divide_among_the_processes():
+    assert TrainConfig(batch_size=64, processes=4).processes == 4
+    with pytest.raises(ValidationError, match="batch_size 30 does not divide among 4 processes"):
+        TrainConfig(batch_size=30, processes=4)
+    with pytest.raises(ValidationError, match="processes"):
+        TrainConfig(processes=0)

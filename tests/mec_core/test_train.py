@@ -126,7 +126,7 @@ def test_train__options_of_the_recipe_and_ablations_run(tmp_path, overrides):
 
 
 def _torchrun(nproc: int, out: Path, config: dict) -> None:
-    args = [f"--{k.replace('_', '-')}={v}" for k, v in config.items()]
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in (config | {"processes": nproc}).items()]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
     env["OMP_NUM_THREADS"] = "1"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -157,3 +157,8 @@ def test_train__two_gloo_processes_match_one_process_with_the_same_global_batch(
     for name, value in w1.items():
         if value.is_floating_point():
             assert torch.allclose(value, w2[name], rtol=1e-3, atol=1e-5), name
+
+
+def test_train__refuses_a_world_that_is_not_the_configured_number_of_processes(tmp_path):
+    with pytest.raises(ValueError, match="asks for 2 process.*1 were started.*nproc-per-node=2"):
+        train(TrainConfig(**(TINY | {"processes": 2})), tmp_path)

@@ -1,0 +1,173 @@
+"""A pretraining job trained by several processes (`config.processes`).
+
+The worker that claimed the job launches `torchrun` for that many ranks on this host and
+watches them; it keeps the job's lease the whole time. Each rank runs mec_core's `train`
+(DDP: NCCL on GPUs, gloo on CPUs); rank 0 writes metrics, progress and checkpoints to the
+database as a one-process job does. The ranks learn of a cancel from the database (rank 0
+polls and every rank stops at the same step), of a hand-over from a file the worker
+writes on its warm shutdown, and of the worker's death from the kernel (the launcher gets
+SIGTERM and takes the ranks down). Ranks that do not stop within `STOP_GRACE_SECONDS` of
+being asked are killed.
+
+Each rank leaves what it ended with in `<job>/ranks/rank-N.json`: rank 0 its result, any
+rank its error. A rank that died leaves nothing: then the job goes back to the queue and
+resumes from its last checkpoint (`RanksDied`).
+
+    python -m worker.multiprocess JOB_ID OWNER     # one rank, as torchrun starts it
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import psutil
+
+from mec_core.config import stored_config
+from mec_core.train import Callbacks, TrainingDiverged, TrainResult, train
+from mec_platform.db import session_scope
+from mec_platform.settings import get_settings
+from mec_platform.tables import Job
+from worker.callbacks import DatabaseCallbacks
+
+STOP_GRACE_SECONDS = 20.0
+_PR_SET_PDEATHSIG = 1
+
+
+class RanksFailed(RuntimeError):
+    """A rank raised an error: running again would raise it again."""
+
+
+class RanksDied(RuntimeError):
+    """The ranks ended without a result (a rank was killed or crashed)."""
+
+
+class _FileFlag:
+    """Set when its file exists: the worker's hand-over request, as a rank sees it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def is_set(self) -> bool:
+        return self.path.exists()
+
+
+def _die_with_parent() -> None:
+    """In the launcher, before exec: SIGTERM it when the worker process dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _kill_tree(pid: int) -> None:
+    try:
+        launcher = psutil.Process(pid)
+        tree = launcher.children(recursive=True) + [launcher]
+    except psutil.NoSuchProcess:
+        return
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(tree, timeout=10)
+
+
+def _died(code: int, log: Path, errors: list[str]) -> RanksDied:
+    """Torchrun's account of the rank that failed ('rank: 1 ... exitcode: -9'), if any."""
+    lines = log.read_text(errors="replace").splitlines()[-60:] if log.exists() else []
+    cause = [line.strip() for line in lines if line.strip().startswith(("rank:", "exitcode:"))]
+    said = "; ".join(dict.fromkeys(cause + errors))
+    return RanksDied(f"a training process died (torchrun exit code {code}"
+                     f"{'; ' + said if said else ''}); log: {log}")
+
+
+def launch(job_id: int, owner: str, processes: int, out: Path,
+           shutting_down: threading.Event) -> tuple[TrainResult, bool]:
+    """Train job `job_id` with `processes` ranks; returns rank 0's result and whether the
+    job was cancelled, like a one-process run. Raises TrainingDiverged, RanksFailed or
+    RanksDied."""
+    settings = get_settings()
+    ranks = out / "ranks"
+    ranks.mkdir(parents=True, exist_ok=True)
+    for old in ranks.iterdir():
+        old.unlink()
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    log = out / "torchrun.log"
+    with log.open("a") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone",
+             f"--nproc-per-node={processes}", "--max-restarts=0",
+             "-m", "worker.multiprocess", str(job_id), owner],
+            env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent)
+    watch = DatabaseCallbacks(job_id, owner, settings.cancel_poll_seconds)  # cancel, lost lease
+    asked_at, killed = None, False
+    while proc.poll() is None:
+        time.sleep(0.2)
+        if shutting_down.is_set():
+            (ranks / "handover").touch()
+        if asked_at is None and (shutting_down.is_set() or watch.should_stop(0)):
+            asked_at = time.monotonic()
+        if asked_at is not None and time.monotonic() - asked_at > STOP_GRACE_SECONDS:
+            _kill_tree(proc.pid)
+            killed = True
+    reports = sorted(ranks.glob("rank-*.json"), key=lambda p: p.stat().st_mtime)
+    ended = {p.stem.replace("-", " "): json.loads(p.read_text()) for p in reports}
+    if "result" in ended.get("rank 0", {}):
+        done = ended["rank 0"]
+        result = done["result"] | {"checkpoint": done["result"]["checkpoint"] and
+                                   Path(done["result"]["checkpoint"])}
+        return TrainResult(**result), done["cancelled"]
+    if killed:  # asked to stop and did not in time: as stopped, with the last step reached
+        with session_scope() as s:
+            job = s.get(Job, job_id)
+            return TrainResult(job.step, job.total_steps or 0, True, None, 0.0), watch.cancelled
+    if any("diverged" in done for done in ended.values()):
+        raise TrainingDiverged(next(d["diverged"] for d in ended.values() if "diverged" in d))
+    errors = [f"{name}: {done['error']}" for name, done in ended.items()]
+    if len(errors) == processes:  # every rank raised: the first to raise is the cause
+        raise RanksFailed(errors[0])
+    # a rank died without a word: the others' errors (a broken connection) follow from it
+    raise _died(proc.returncode, log, errors[:1])
+
+
+def _write(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)
+
+
+def main(job_id: int, owner: str) -> None:
+    """One rank of job `job_id` (torchrun gives RANK); the job's config from the database."""
+    settings = get_settings()
+    with session_scope() as s:
+        config = stored_config(s.get(Job, job_id).config)
+    out = settings.artifact_root / "jobs" / str(job_id)
+    rank = int(os.environ["RANK"])
+    report = out / "ranks" / f"rank-{rank}.json"
+    callbacks = DatabaseCallbacks(job_id, owner, settings.cancel_poll_seconds,
+                                  _FileFlag(out / "ranks" / "handover")) \
+        if rank == 0 else Callbacks()  # every rank stops at the step rank 0 stops at
+    try:
+        result = train(config, out, callbacks, resume=True)
+    except TrainingDiverged as exc:
+        _write(report, {"diverged": str(exc)})
+        raise
+    except Exception as exc:
+        _write(report, {"error": f"{type(exc).__name__}: {exc}"})
+        raise
+    if rank == 0:
+        _write(report, {"result": asdict(result) | {"checkpoint": result.checkpoint and
+                                                    str(result.checkpoint)},
+                        "cancelled": callbacks.cancelled})
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2])
