@@ -286,3 +286,46 @@ def test_dashboard__zoom_reads_the_range_again_at_full_resolution(browser, platf
     until(browser, lambda d: chart.find_element(By.CSS_SELECTOR, "canvas").size["width"]
           > before, 10, "the chart to follow the window")
     browser.set_window_size(1440, 1000)
+
+
+def test_dashboard__a_sweep_shows_its_trials_and_deploys_the_best(browser, platform):
+    """A grid sweep's page lists its trials live (the searched fields, status, objective,
+    why one stopped) with the best marked, and deploys the best; a queued job too big for
+    every worker says why it waits."""
+    sweep = platform.post("/v1/jobs", {"kind": "sweep", "name": "ui-sweep", "config": {
+        "base": TINY | {"max_steps": 4, "epochs": 1, "proj_hidden_dim": 64,
+                        "pred_hidden_dim": 16},
+        "space": {"base_lr": {"choice": [0.05, 0.3]}}, "algorithm": "grid",
+        "objective": {"metric": "lr", "mode": "max"}, "max_parallel": 2, "prune": False}})
+    done = platform.wait_status(sweep["id"], ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["error"]
+    login(browser, platform, platform.key)
+    browser.get(f"{platform.url}/ui/jobs/{sweep['id']}")
+    until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#trials tbody tr")) == 2,
+          20, "the two trials")
+    headers = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#trials thead th")]
+    assert headers[:4] == ["TRIAL", "JOB", "BASE_LR", "STATUS"]  # CSS upper-cases them
+    rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            for tr in browser.find_elements(By.CSS_SELECTOR, "#trials tbody tr")]
+    assert [r[2] for r in rows] == ["0.05", "0.3"] and {r[3] for r in rows} == {"succeeded"}
+    best = find(browser, "#trials tbody tr.best")
+    assert best.get_attribute("data-id") == str(done["result"]["best"]["job_id"])
+    assert "best" in best.text and find(browser, "#curves").get_attribute("hidden") is not None
+    assert find(browser, "#progress-text").text.startswith("2 of 2 trials finished")
+    shot(browser, "11-sweep")
+    find(browser, "#promote").click()
+    until(browser, lambda d: "/ui/jobs/" in d.current_url and
+          not d.current_url.endswith(f"/{sweep['id']}"), 20, "the deployment job's page")
+    deploy_id = int(browser.current_url.rstrip("/").rsplit("/", 1)[1])
+    deployed = platform.wait_status(deploy_id, ("succeeded", "failed"))
+    assert deployed["status"] == "succeeded", deployed["error"]
+    model = next(m for m in platform.get("/v1/models")["data"]
+                 if m["id"] == deployed["config"]["model_id"])
+    assert model["job_id"] == done["result"]["best"]["job_id"]
+    big = platform.post("/v1/jobs", {"kind": "pretrain", "name": "too-big",
+                                     "config": TINY | {"max_steps": 4, "processes": 4}})
+    browser.get(f"{platform.url}/ui/jobs/{big['id']}")
+    notice = until(browser, lambda d: d.find_element(By.ID, "waiting").text, 20, "the reason")
+    assert notice.startswith("Waiting: needs 4 processes")
+    shot(browser, "12-job-waiting")
+    platform.post(f"/v1/jobs/{big['id']}/cancel", expect=200)

@@ -1,6 +1,6 @@
 "use strict";
 // One job: facts, live progress, a chart per metric series (appended as the job logs),
-// cancel and evaluate.
+// cancel and evaluate; a sweep shows its trials instead of curves, and deploys its best.
 
 const jobId = Number(document.body.dataset.job);
 const charts = {};      // metric name -> {plot, steps, values}
@@ -12,6 +12,11 @@ function fact(label, value) {
             el("strong", { text: value === null || value === undefined || value === "" ? "—" : value }));
 }
 
+function bestOf(sweep) {
+  const best = sweep.result && sweep.result.best;
+  return best ? `job ${best.job_id}: ${sweep.config.objective.metric} ${num(best.value)}` : "";
+}
+
 function showJob(job) {
   document.getElementById("name").textContent = job.name;
   document.getElementById("status").replaceChildren(badge(job.status));
@@ -19,9 +24,14 @@ function showJob(job) {
   bar.className = job.status;
   bar.style.width = `${Math.min(100, job.progress.percent)}%`;
   const p = job.progress;
+  const unit = job.kind === "sweep" ? "trials finished" : "";
   document.getElementById("progress-text").textContent =
-    `step ${p.step} of ${p.total_steps ?? "?"} (${p.percent.toFixed(1)} %)` +
+    (unit ? `${p.step} of ${p.total_steps ?? "?"} ${unit}` : `step ${p.step} of ${p.total_steps ?? "?"}`) +
+    ` (${p.percent.toFixed(1)} %)` +
     (job.eta_seconds ? ` · about ${duration(job.eta_seconds)} left` : "");
+  const waiting = document.getElementById("waiting");
+  waiting.hidden = !job.waiting;
+  waiting.textContent = job.waiting ? `Waiting: ${job.waiting}` : "";
   const error = document.getElementById("error");
   error.hidden = !job.error;
   // a failure's cause, a cancelled trial's pruning reason, a re-queued job's lost lease
@@ -33,14 +43,46 @@ function showJob(job) {
     fact("attempts", `${job.attempts}${job.resumes ? ` (${job.resumes} resumed)` : ""}`),
     fact("created", when(job.created_at)), fact("started", when(job.started_at)),
     fact("finished", when(job.finished_at)),
-    fact("kNN top-1", knnOf(job) === undefined ? "" : pct(knnOf(job))));
+    job.kind === "sweep" ? fact("best trial", bestOf(job))
+      : fact("kNN top-1", knnOf(job) === undefined ? "" : pct(knnOf(job))));
   const running = job.status === "queued" || job.status === "running";
   document.getElementById("cancel").hidden = !running || job.cancel_requested;
   document.getElementById("evaluate").hidden = !(job.kind === "pretrain" && job.status === "succeeded");
+  document.getElementById("promote").hidden = !(job.kind === "sweep" && job.result && job.result.best);
+  document.getElementById("curves").hidden = job.kind === "sweep";
   const rows = Object.entries(job.config).map(([k, v]) =>
     el("tr", {}, el("th", { text: k }), el("td", { text: typeof v === "object" ? JSON.stringify(v) : String(v) })));
   document.querySelector("#config tbody").replaceChildren(...rows);
   finished = !running;
+}
+
+// A sweep's trials, live: the searched fields, status, the objective (the sweep's record of
+// it, else the trial's latest value), progress and why a trial stopped; the best one marked.
+async function showTrials(sweep) {
+  const trials = (await api(`/v1/jobs?parent_id=${jobId}&limit=500`)).data.reverse();
+  const fields = Object.keys(sweep.config.space || {});
+  const objective = sweep.config.objective || { metric: "knn_top1", mode: "max" };
+  const recorded = Object.fromEntries(((sweep.result && sweep.result.trials) || [])
+    .map((t) => [t.job_id, t.value]));
+  const best = sweep.result && sweep.result.best ? sweep.result.best.job_id : null;
+  document.querySelector("#trials thead").replaceChildren(el("tr", {},
+    ["trial", "job", ...fields, "status", `${objective.metric} (${objective.mode})`, "progress", "why it stopped"]
+      .map((h) => el("th", { text: h }))));
+  document.querySelector("#trials tbody").replaceChildren(...trials.map((t, i) => {
+    const value = recorded[t.id] ?? (t.last_metrics ? t.last_metrics[objective.metric] : undefined);
+    return el("tr", { class: t.id === best ? "best" : null, "data-id": t.id },
+      el("td", { text: i + (t.id === best ? " ★ best" : "") }),
+      el("td", {}, el("a", { href: `/ui/jobs/${t.id}`, text: t.id })),
+      ...fields.map((f) => el("td", { class: "num", text: String(t.config[f]) })),
+      el("td", {}, badge(t.status)),
+      el("td", { class: "num", text: num(value) }),
+      el("td", {}, progressBar(t)),
+      el("td", { class: "muted small", text: t.status === "succeeded" ? "" : (t.error || "") }));
+  }));
+  const done = trials.filter((t) => !["queued", "running"].includes(t.status)).length;
+  document.getElementById("trials-summary").textContent =
+    `${trials.length} started, ${done} finished` + (sweep.config.max_trials ? ` · at most ${sweep.config.max_trials}` : "");
+  document.getElementById("trials-section").hidden = false;
 }
 
 async function loadMetrics() {
@@ -87,14 +129,22 @@ async function zoomDetail(name, min, max) {
 
 async function refresh() {
   const wasFinished = finished;
-  showJob(await api(`/v1/jobs/${jobId}`));
-  if (!wasFinished) await loadMetrics();
+  const job = await api(`/v1/jobs/${jobId}`);
+  showJob(job);
+  if (wasFinished) return;
+  await (job.kind === "sweep" ? showTrials(job) : loadMetrics());
 }
 
 document.getElementById("cancel").addEventListener("click", async () => {
   if (!window.confirm(`Cancel job ${jobId}?`)) return;
   try { showJob(await api(`/v1/jobs/${jobId}/cancel`, { method: "POST" })); toast("Cancel requested"); }
   catch (e) { toast(e.message, "error"); }
+});
+document.getElementById("promote").addEventListener("click", async () => {
+  try {
+    const deploy = await api(`/v1/jobs/${jobId}/promote`, { method: "POST", json: {} });
+    window.location = `/ui/jobs/${deploy.id}`;
+  } catch (e) { toast(e.message, "error"); }
 });
 document.getElementById("evaluate").addEventListener("click", async () => {
   try {
