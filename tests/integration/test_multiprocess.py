@@ -2,7 +2,8 @@
 worker, which launches torchrun: the loss curve is the 1-process one with the same global
 batch; kill -9 of one rank re-queues the job, which resumes from its checkpoint; a cancel
 stops every rank within seconds; SIGTERM of the worker hands the job over with a
-checkpoint; a job needing more processes than any worker runs stays queued, saying why."""
+checkpoint; kill -9 of the worker takes its ranks down; a job needing more processes
+than any worker runs stays queued, saying why."""
 
 from __future__ import annotations
 
@@ -118,6 +119,21 @@ def test_sigterm_hands_a_multi_process_job_over_with_a_checkpoint(platform):
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 2
     assert _losses(platform, job["id"])["steps"] == list(range(1, 101))
+
+
+@pytest.mark.parametrize("shared_platform", ["postgres+redis"], indirect=True)
+def test_a_killed_worker_takes_its_ranks_down_and_the_job_resumes_elsewhere(platform):
+    platform.start_worker("w-spare")
+    job = pretrain(platform, 100, 2, checkpoint_every=20)
+    runner = platform.runner_of(job["id"], past_step=25)
+    ranks = _ranks(platform, runner)
+    os.killpg(platform.workers[runner].pid, signal.SIGKILL)
+    platform.wait_for(lambda: _gone(ranks.values()), 40, "the dead worker's ranks to exit")
+    done = platform.wait_status(job["id"], ("succeeded", "failed"), timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] == 2 and done["checkpoint"].endswith("step_00000100.pt")
+    assert _losses(platform, job["id"])["steps"] == list(range(1, 101))
+    platform.start_worker(runner)
 
 
 @pytest.mark.parametrize("shared_platform", ["embedded"], indirect=True)
