@@ -79,10 +79,14 @@ def _kill_tree(pid: int) -> None:
 
 
 def _died(code: int, log: Path, errors: list[str]) -> RanksDied:
-    """Torchrun's account of the rank that failed ('rank: 1 ... exitcode: -9'), if any."""
-    lines = log.read_text(errors="replace").splitlines()[-60:] if log.exists() else []
-    cause = [line.strip() for line in lines if line.strip().startswith(("rank:", "exitcode:"))]
-    said = "; ".join(dict.fromkeys(cause + errors))
+    """Torchrun's root cause, the rank that failed first ('rank : 1 (local_rank: 1)',
+    'exitcode : -9 (pid: …)  (SIGKILL)'), else what a rank raised (a lost connection)."""
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    root = max((i for i, line in enumerate(lines) if line.startswith("Root Cause")), default=None)
+    fields = [[part.strip() for part in line.split(":", 1)]
+              for line in lines[root:root + 10] if ":" in line] if root is not None else []
+    cause = [f"{key}: {value}" for key, value in fields if key in ("rank", "exitcode")]
+    said = "; ".join(cause or errors)
     return RanksDied(f"a training process died (torchrun exit code {code}"
                      f"{'; ' + said if said else ''}); log: {log}")
 

@@ -84,6 +84,8 @@ def test_kill_9_of_one_rank_requeues_the_job_and_it_resumes(platform):
     done = platform.wait_status(job["id"], ("succeeded", "failed"), timeout=300)
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 2 and done["error"] is None and requeued["resumes"] == 1
+    assert "exitcode: -9" in requeued["error"] and "re-queued" in requeued["error"], \
+        requeued["error"]  # kept while the resumed run trains
     assert _losses(platform, job["id"])["steps"] == list(range(1, 81))
 
 
