@@ -120,3 +120,13 @@ def test_metrics_written_twice__the_retry_of_a_lost_commit_adds_nothing(embedded
         steps = s.scalars(select(Metric.step).where(Metric.job_id == job_id)
                           .order_by(Metric.step)).all()
     assert steps == [1, 2]
+
+
+def test_a_job_needing_more_processes_than_this_worker_runs_is_left_queued(embedded):
+    from worker.device import process_capacity
+
+    needs = process_capacity() + 1  # MEC_WORKER_PROCESSES unset: 1 here, without CUDA
+    job_id = _submit(JobKind.PRETRAIN, TINY | {"batch_size": 32 * needs, "processes": needs})
+    tasks.pretrain(job_id)
+    job = _job(job_id)
+    assert job.status == "queued" and job.attempts == 0 and job.lease_owner is None
