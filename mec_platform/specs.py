@@ -98,6 +98,18 @@ class Objective(BaseModel):
     metric: str = Field("knn_top1", min_length=1, max_length=64, description="A metric the "
                         "trials log (e.g. knn_top1, loss); its last value scores a trial.")
     mode: Literal["max", "min"] = "max"
+    evaluation: dict[str, Any] | None = Field(
+        None, description="An evaluation job run on each finished trial's model (the fields "
+        "of an evaluate job but job_id, e.g. {\"protocol\": \"knn\"}): its top-1 then "
+        "ranks the trials, higher being better, and metric and mode only drive pruning.")
+
+    @property
+    def direction(self) -> Literal["max", "min"]:
+        """How trials are ranked: by the evaluation's top-1 (max), else by metric and mode."""
+        return "max" if self.evaluation is not None else self.mode
+
+    def evaluation_of(self, job_id: int) -> EvaluateSpec:
+        return EvaluateSpec(**(self.evaluation or {}) | {"job_id": job_id})
 
 
 class SweepSpec(BaseModel):
@@ -126,6 +138,13 @@ class SweepSpec(BaseModel):
             TrainConfig(**self.base)
         except ValidationError as exc:
             raise ValueError(f"base: {_first(exc)}") from None
+        if self.objective.evaluation is not None:
+            if "job_id" in self.objective.evaluation:
+                raise ValueError("objective.evaluation.job_id: set by the sweep, one per trial")
+            try:
+                self.objective.evaluation_of(1)
+            except ValidationError as exc:
+                raise ValueError(f"objective.evaluation.{_first(exc)}") from None
         for field, dist in self.space.items():
             if field not in TrainConfig.model_fields:
                 raise ValueError(f"space.{field}: not a field of the pretrain config")

@@ -36,10 +36,19 @@ class Trial:
     job: Job
     params: dict
     series: list[tuple[int, float]]  # the objective's (step, value), by step
+    evaluated: bool = False  # the objective is an evaluation of the trial's model ...
+    evaluation: Job | None = None  # ... this one, once submitted
 
     @property
     def value(self) -> float | None:
-        return self.series[-1][1] if self.series and self.job.status == "succeeded" else None
+        """What ranks the trial: its evaluation's top-1 when the objective asks for one,
+        else the metric's last value; None until the trial (and evaluation) succeeded."""
+        if self.job.status != JobStatus.SUCCEEDED:
+            return None
+        if self.evaluated:
+            done = self.evaluation is not None and self.evaluation.status == JobStatus.SUCCEEDED
+            return self.evaluation.result["top1"] if done else None
+        return self.series[-1][1] if self.series else None
 
 
 def tick(job_id: int) -> tuple[JobStatus, dict] | None:
@@ -49,10 +58,15 @@ def tick(job_id: int) -> tuple[JobStatus, dict] | None:
         spec = SweepSpec(**sweep.config)
         trials = _trials(s, sweep, spec)
         active = [t for t in trials if t.job.status not in FINISHED]
+        evaluating = [t.evaluation for t in trials
+                      if t.evaluation is not None and t.evaluation.status not in FINISHED]
         if sweep.cancel_requested:
-            for t in active:
-                jobs.cancel(s, t.job.id, reason=f"sweep {job_id} was cancelled")
+            for j in [t.job for t in active] + evaluating:
+                jobs.cancel(s, j.id, reason=f"sweep {job_id} was cancelled")
             return JobStatus.CANCELLED, _summary(spec, trials)
+        for t in trials:
+            if t.evaluated and t.evaluation is None and t.job.status == JobStatus.SUCCEEDED:
+                evaluating.append(_evaluate(s, sweep, spec, t))
         busy = list(active)  # what counts against max_parallel: not the trials pruned now
         for t in active if spec.prune else []:
             reason = _ruled_out(t, trials, spec)
@@ -69,19 +83,25 @@ def tick(job_id: int) -> tuple[JobStatus, dict] | None:
         summary = _summary(spec, trials)
         s.execute(update(Job).where(Job.id == job_id).values(
             step=summary["finished"], total_steps=planned, result=summary))
-    return (JobStatus.SUCCEEDED, summary) if number >= planned and not active else None
+    done = number >= planned and not active and not evaluating
+    return (JobStatus.SUCCEEDED, summary) if done else None
 
 
 def _trials(s, sweep: Job, spec: SweepSpec) -> list[Trial]:
+    """The sweep's trials (its pretrain children), each with its evaluation (an evaluate
+    child with the same number) when the objective asks for one."""
     children = s.scalars(select(Job).where(Job.parent_id == sweep.id).order_by(Job.id)).all()
+    number = {child.id: int(child.idempotency_key.rsplit("-", 1)[1]) for child in children}
+    evaluations = {number[c.id]: c for c in children if c.kind == JobKind.EVALUATE}
     found = []
-    for child in children:
-        number = int(child.idempotency_key.rsplit("-", 1)[1])
+    for child in (c for c in children if c.kind == JobKind.PRETRAIN):
         series = s.execute(select(Metric.step, Metric.value).where(
             Metric.job_id == child.id, Metric.name == spec.objective.metric)
             .order_by(Metric.step)).all()
-        found.append(Trial(number, child, {k: child.config.get(k) for k in spec.space},
-                           [(step, value) for step, value in series if math.isfinite(value)]))
+        found.append(Trial(number[child.id], child, {k: child.config.get(k) for k in spec.space},
+                           [(step, value) for step, value in series if math.isfinite(value)],
+                           spec.objective.evaluation is not None,
+                           evaluations.get(number[child.id])))
     return sorted(found, key=lambda t: t.number)
 
 
@@ -97,12 +117,23 @@ def _submit(s, sweep: Job, spec: SweepSpec, number: int, params: dict) -> Trial:
     return Trial(number, child, params, [])
 
 
+def _evaluate(s, sweep: Job, spec: SweepSpec, trial: Trial) -> Job:
+    """The evaluation of trial's model (the same one again if a dead tick submitted it)."""
+    key = f"{sweep.project}:sweep-{sweep.id}-evaluation-{trial.number}"
+    trial.evaluation = s.scalar(select(Job).where(Job.idempotency_key == key)) or jobs.submit(
+        s, JobKind.EVALUATE, spec.objective.evaluation_of(trial.job.id).model_dump(mode="json"),
+        Queue.CPU, f"{sweep.name} trial {trial.number} evaluation",
+        [*sweep.tags, f"sweep-{sweep.id}"], sweep.priority, key, sweep.project,
+        parent_id=sweep.id)
+    return trial.evaluation
+
+
 def _suggest(spec: SweepSpec, number: int, trials: list[Trial]) -> dict:
     if spec.algorithm == "grid":
         return spec.grid()[number]
     sampler = optuna.samplers.TPESampler(seed=spec.seed + number) if spec.algorithm == "tpe" \
         else optuna.samplers.RandomSampler(seed=spec.seed + number)
-    study = optuna.create_study(direction="maximize" if spec.objective.mode == "max"
+    study = optuna.create_study(direction="maximize" if spec.objective.direction == "max"
                                 else "minimize", sampler=sampler)
     space = {name: _optuna(dist) for name, dist in spec.space.items()}
     study.add_trials([optuna.trial.create_trial(params=t.params, distributions=space,
@@ -160,11 +191,22 @@ def _ruled_out(trial: Trial, trials: list[Trial], spec: SweepSpec) -> str | None
 def _summary(spec: SweepSpec, trials: list[Trial]) -> dict:
     rows = [{"number": t.number, "job_id": t.job.id, "status": t.job.status,
              "params": t.params, "value": t.value,
-             **({"reason": t.job.error} if t.job.error else {})} for t in trials]
+             **({"evaluation_job_id": t.evaluation.id} if t.evaluation else {}),
+             **({"reason": reason} if (reason := _why_unscored(t)) else {})} for t in trials]
     scored = [t for t in trials if t.value is not None]
-    best = (max if spec.objective.mode == "max" else min)(
+    best = (max if spec.objective.direction == "max" else min)(
         scored, key=lambda t: t.value) if scored else None
     return {"objective": spec.objective.model_dump(), "trials": rows,
             "finished": sum(t.job.status in FINISHED for t in trials),
             "best": None if best is None else {"number": best.number, "job_id": best.job.id,
                                                "value": best.value, "params": best.params}}
+
+
+def _why_unscored(trial: Trial) -> str | None:
+    """Why the trial stopped early (pruned, failed, cancelled) or its evaluation failed."""
+    if trial.job.error:
+        return trial.job.error
+    ev = trial.evaluation
+    if ev is not None and ev.status in FINISHED and ev.status != JobStatus.SUCCEEDED:
+        return f"evaluation {ev.id} {ev.status}" + (f": {ev.error}" if ev.error else "")
+    return None

@@ -49,8 +49,12 @@ def submit_job(key: WriteKey, session: SessionDep, response: Response,
         if existing is not None:
             response.status_code = 200
             return public(existing)
-    _check_data_dir(spec.config.base.get("data_dir") if isinstance(spec, SweepJobCreate)
-                    else spec.config.data_dir)
+    if isinstance(spec, SweepJobCreate):
+        _check_data_dir(spec.config.base.get("data_dir"), "config.base.data_dir")
+        _check_data_dir((spec.config.objective.evaluation or {}).get("data_dir"),
+                        "config.objective.evaluation.data_dir")
+    else:
+        _check_data_dir(spec.config.data_dir)
     if isinstance(spec, EvaluateJobCreate):
         target = session.get(Job, spec.config.job_id)
         if target is None or not keys.sees(key, target.project) or \
@@ -66,14 +70,14 @@ def submit_job(key: WriteKey, session: SessionDep, response: Response,
     return public(job, capacity=workers.capacity(session))
 
 
-def _check_data_dir(data_dir: str | None) -> None:
+def _check_data_dir(data_dir: str | None, field: str = "config.data_dir") -> None:
     """A job reads data only under the configured data roots: no '..', no symlink escape."""
     if data_dir is None:
         return
     roots = get_settings().allowed_data_roots
     resolved = Path(data_dir).resolve()
     if not any(resolved == root or root in resolved.parents for root in roots):
-        raise HTTPException(422, f"config.data_dir: {data_dir} is outside the data roots "
+        raise HTTPException(422, f"{field}: {data_dir} is outside the data roots "
                                  f"({', '.join(map(str, roots))}; see MEC_DATA_ROOTS)")
 
 

@@ -28,6 +28,14 @@ def _sweep(space, **config):
     ({"base_lr": {"uniform": [0.1, 0.5]}}, {"algorithm": "grid"}, "a grid needs a list"),
     ({"base_lr": {"choice": [0.1], "uniform": [0.1, 0.2]}}, {}, "exactly one of"),
     ({"base_lr": {"choice": [0.1]}}, {"max_parallel": 0}, "max_parallel"),
+    ({"base_lr": {"choice": [0.1]}}, {"objective": {"evaluation": {"job_id": 3}}},
+     "objective.evaluation.job_id: set by the sweep"),
+    ({"base_lr": {"choice": [0.1]}}, {"objective": {"evaluation": {"protocol": "svm"}}},
+     "objective.evaluation.protocol"),
+    ({"base_lr": {"choice": [0.1]}}, {"objective": {"evaluation": {"data_dir": "/etc"}}},
+     "config.objective.evaluation.data_dir: /etc is outside the data roots"),
+    ({"base_lr": {"choice": [0.1]}}, {"base": BASE | {"data_dir": "/etc"}},
+     "config.base.data_dir: /etc is outside"),
 ])
 def test_a_bad_space_is_422_naming_the_field_and_queues_nothing(client, space, config, named):
     with session_scope() as s:

@@ -134,3 +134,32 @@ def test_a_trial_submitted_by_a_tick_that_died_is_not_submitted_again(embedded):
     tasks.advance_sweep(sweep_id)  # the next tick finds trial 0 and waits for it
     trials = _trials(sweep_id)
     assert [t.id for t in trials] == [made.job.id]
+
+
+def test_an_evaluation_objective_ranks_trials_by_their_models_evaluation(embedded):
+    evaluation = {"protocol": "knn", "train_limit": 64, "test_limit": 32, "k": 5}
+    sweep_id = _sweep({"base_lr": {"choice": [0.1, 0.3]}}, algorithm="grid", max_parallel=2,
+                      prune=False, objective={"metric": "loss", "mode": "min",
+                                              "evaluation": evaluation})
+    tasks.advance_sweep(sweep_id)
+    for trial in _trials(sweep_id):
+        tasks.pretrain(trial.id)  # each end ticks the sweep: its evaluation is submitted
+    children = _trials(sweep_id)
+    pretrains = [j for j in children if j.kind == "pretrain"]
+    evaluations = [j for j in children if j.kind == "evaluate"]
+    assert [e.config["job_id"] for e in evaluations] == [t.id for t in pretrains]
+    assert all(e.config["k"] == 5 and e.queue == "cpu" for e in evaluations)
+    assert _job(sweep_id).status == "running"  # not done before its evaluations are
+    tasks.advance_sweep(sweep_id)  # a repeated tick submits no second evaluation
+    assert len(_trials(sweep_id)) == 4
+    for e in evaluations:
+        tasks.evaluate_job(e.id)
+    sweep = _job(sweep_id)
+    assert sweep.status == "succeeded", sweep.error
+    top1 = {e.config["job_id"]: _job(e.id).result["top1"] for e in evaluations}
+    rows = sweep.result["trials"]
+    assert [r["value"] for r in rows] == [top1[t.id] for t in pretrains]
+    assert [r["evaluation_job_id"] for r in rows] == [e.id for e in evaluations]
+    best = max(pretrains, key=lambda t: (top1[t.id], -t.id))
+    assert sweep.result["best"]["job_id"] == best.id
+    assert sweep.result["best"]["value"] == top1[best.id]

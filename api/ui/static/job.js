@@ -59,17 +59,22 @@ function showJob(job) {
 // A sweep's trials, live: the searched fields, status, the objective (the sweep's record of
 // it, else the trial's latest value), progress and why a trial stopped; the best one marked.
 async function showTrials(sweep) {
-  const trials = (await api(`/v1/jobs?parent_id=${jobId}&limit=500`)).data.reverse();
+  const children = (await api(`/v1/jobs?parent_id=${jobId}&limit=500`)).data.reverse();
+  const trials = children.filter((t) => t.kind === "pretrain");  // not their evaluations
   const fields = Object.keys(sweep.config.space || {});
   const objective = sweep.config.objective || { metric: "knn_top1", mode: "max" };
-  const recorded = Object.fromEntries(((sweep.result && sweep.result.trials) || [])
-    .map((t) => [t.job_id, t.value]));
+  const rows = (sweep.result && sweep.result.trials) || [];
+  const recorded = Object.fromEntries(rows.map((t) => [t.job_id, t.value]));
+  const reasons = Object.fromEntries(rows.map((t) => [t.job_id, t.reason]));
   const best = sweep.result && sweep.result.best ? sweep.result.best.job_id : null;
   document.querySelector("#trials thead").replaceChildren(el("tr", {},
-    ["trial", "job", ...fields, "status", `${objective.metric} (${objective.mode})`, "progress", "why it stopped"]
+    ["trial", "job", ...fields, "status",
+     objective.evaluation ? `${objective.evaluation.protocol || "knn"} top-1 (max)` : `${objective.metric} (${objective.mode})`,
+     "progress", "why it stopped"]
       .map((h) => el("th", { text: h }))));
   document.querySelector("#trials tbody").replaceChildren(...trials.map((t, i) => {
-    const value = recorded[t.id] ?? (t.last_metrics ? t.last_metrics[objective.metric] : undefined);
+    const live = !objective.evaluation && t.last_metrics ? t.last_metrics[objective.metric] : undefined;
+    const value = recorded[t.id] ?? live;
     return el("tr", { class: t.id === best ? "best" : null, "data-id": t.id },
       el("td", { text: i + (t.id === best ? " ★ best" : "") }),
       el("td", {}, el("a", { href: `/ui/jobs/${t.id}`, text: t.id })),
@@ -77,7 +82,7 @@ async function showTrials(sweep) {
       el("td", {}, badge(t.status)),
       el("td", { class: "num", text: num(value) }),
       el("td", {}, progressBar(t)),
-      el("td", { class: "muted small", text: t.status === "succeeded" ? "" : (t.error || "") }));
+      el("td", { class: "muted small", text: reasons[t.id] || (t.status === "succeeded" ? "" : t.error || "") }));
   }));
   const done = trials.filter((t) => !["queued", "running"].includes(t.status)).length;
   document.getElementById("trials-summary").textContent =
