@@ -160,6 +160,7 @@ def jobs_show(job_id: int, as_json: bool) -> None:
                   title_justify="left")
     eta = f"{job.eta_seconds:.0f} s" if job.eta_seconds is not None else ""
     rows = [("kind", job.kind), ("status", _status(job.status)),
+            ("waiting", f"[yellow]{job.waiting}[/]" if job.waiting else ""),
             ("progress", f"step {job.progress.step}/{job.progress.total_steps or '?'} "
                          f"({job.progress.percent:.1f} %) {eta}"),
             ("worker", f"{job.worker_host or ''} {job.device or ''}"),

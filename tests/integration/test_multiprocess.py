@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import psutil
@@ -148,5 +150,10 @@ def test_a_job_needing_more_processes_than_any_worker_stays_queued_saying_why(pl
     waiting = platform.get(f"/v1/jobs/{job['id']}")
     assert waiting["status"] == "queued" and why in waiting["waiting"]
     assert why in platform.get("/v1/jobs", params={"status": "queued"})["data"][0]["waiting"]
+    shown = subprocess.run([sys.executable, "-m", "api.cli", "jobs", "show", str(job["id"])],
+                           env=platform.env | {"MEC_API_URL": platform.url, "COLUMNS": "300",
+                                               "MEC_API_KEY": platform.key},
+                           capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "waiting" in shown and why in " ".join(shown.split())
     platform.post(f"/v1/jobs/{job['id']}/cancel", expect=200)
     assert platform.get(f"/v1/jobs/{job['id']}")["waiting"] is None
