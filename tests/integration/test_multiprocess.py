@@ -74,6 +74,15 @@ def test_two_processes_follow_the_one_process_losses(platform):
 
 
 @pytest.mark.parametrize("shared_platform", ["embedded"], indirect=True)
+def test_an_error_every_rank_raises_fails_the_job_with_it(platform):
+    job = pretrain(platform, 8, 2, train_limit=16)  # fewer images than one batch
+    done = platform.wait_status(job["id"], ("succeeded", "failed"))
+    assert done["status"] == "failed" and done["attempts"] == 1
+    assert done["error"].startswith("rank ") and \
+        "ValueError: batch_size 32 exceeds the 16 training images" in done["error"]
+
+
+@pytest.mark.parametrize("shared_platform", ["embedded"], indirect=True)
 def test_kill_9_of_one_rank_requeues_the_job_and_it_resumes(platform):
     job = pretrain(platform, 80, 2, log_every=5)
     runner = platform.runner_of(job["id"], past_step=25)
