@@ -42,3 +42,13 @@ def test_compose__runs_n_workers(monkeypatch):
     assert services["worker"]["deploy"]["replicas"] == 3  # each reserves one GPU
     assert services["worker-cpu"]["deploy"]["replicas"] == 2
     assert "MEC_WORKER_NAME" not in services["worker"]["environment"]  # names: host:pid
+
+
+def test_compose__a_worker_can_hold_several_gpus_for_multi_process_jobs(monkeypatch):
+    def reserved():
+        worker = config()["services"]["worker"]
+        assert "CUDA_VISIBLE_DEVICES" not in worker["environment"]  # the runtime picks them
+        return str(worker["deploy"]["resources"]["reservations"]["devices"][0]["count"])
+    assert reserved() == "1"
+    monkeypatch.setenv("MEC_GPUS_PER_WORKER", "4")
+    assert reserved() == "4"  # and MEC_WORKER_PROCESSES defaults to the 4 GPUs it sees
