@@ -1,4 +1,5 @@
-# GPU worker: one Celery worker process per GPU (pin it with CUDA_VISIBLE_DEVICES).
+# GPU worker: one Celery worker process per GPU, or per group of GPUs for multi-process jobs
+# (pin them with CUDA_VISIBLE_DEVICES).
 FROM nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
