@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 TINY = ["--backbone", "convnet", "--batch-size", "32", "--steps", "1"]
 
@@ -21,6 +23,7 @@ def test_bench_train__only_ours_prints_its_table():
     assert "ours" in out and "baseline" not in out
 
 
+@pytest.mark.slow  # four training loops timed twice: about a minute
 def test_bench_peer__every_loop_is_timed_and_summarised():
     summary = json.loads(_run("bench_peer.py", "--warmup", "2", "--repeats", "2",
                               "--json").splitlines()[-1])

@@ -124,6 +124,7 @@ def _finished(plat, ids: list[int]) -> bool:
     return len(jobs) == JOBS and all(j["status"] in ("succeeded", "failed") for j in jobs)
 
 
+@pytest.mark.slow  # about 4 minutes: make test-slow
 def test_chaos__every_job_ends_once_nothing_twice_nothing_left(chaotic):
     plat = chaotic
     seed = int(os.environ.get("MEC_CHAOS_SEED", "20261130"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 from test_jobs import pretrain
 
@@ -29,6 +30,7 @@ def deploy(platform, model_id: int, action: str = "deploy", **spec) -> dict:
     return platform.get(f"/v1/models/{model_id}")
 
 
+@pytest.mark.parametrize("shared_platform", ["postgres+redis"], indirect=True)
 def test_deploy_redeploy_and_undeploy(platform):
     job = pretrain(platform, 4)
     assert platform.wait_status(job["id"], ("succeeded", "failed"))["status"] == "succeeded"

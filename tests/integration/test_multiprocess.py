@@ -134,6 +134,7 @@ def test_sigterm_hands_a_multi_process_job_over_with_a_checkpoint(platform):
     assert _losses(platform, job["id"])["steps"] == list(range(1, 101))
 
 
+@pytest.mark.slow  # about a minute; the default suite kills one rank and SIGTERMs a worker
 @pytest.mark.parametrize("shared_platform", ["postgres+redis"], indirect=True)
 def test_a_killed_worker_takes_its_ranks_down_and_the_job_resumes_elsewhere(platform):
     platform.start_worker("w-spare")
