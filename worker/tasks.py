@@ -120,9 +120,10 @@ def pretrain(job_id: int) -> None:
     this worker can run: then it stays queued (the API says why) and the reconciler rings
     again later, for a worker that can."""
     needs = _load(lambda s: (s.get(Job, job_id).config or {}).get("processes", 1))
-    if needs > process_capacity():
+    capacity = process_capacity()
+    if needs > capacity:
         log.warning("job %s needs %s processes; this worker runs %s: left queued", job_id,
-                    needs, process_capacity())
+                    needs, capacity)
         return
     _execute(job_id, run_pretrain)
 

@@ -12,9 +12,16 @@ function fact(label, value) {
             el("strong", { text: value === null || value === undefined || value === "" ? "—" : value }));
 }
 
+// What ranks a sweep's trials: an evaluation's top-1 when the objective asks for one, else
+// the logged metric.
+function objectiveLabel(objective) {
+  return objective.evaluation ? `${objective.evaluation.protocol || "knn"} top-1 (max)`
+    : `${objective.metric} (${objective.mode})`;
+}
+
 function bestOf(sweep) {
   const best = sweep.result && sweep.result.best;
-  return best ? `job ${best.job_id}: ${sweep.config.objective.metric} ${num(best.value)}` : "";
+  return best ? `job ${best.job_id}: ${objectiveLabel(sweep.config.objective)} ${num(best.value)}` : "";
 }
 
 function showJob(job) {
@@ -68,9 +75,7 @@ async function showTrials(sweep) {
   const reasons = Object.fromEntries(rows.map((t) => [t.job_id, t.reason]));
   const best = sweep.result && sweep.result.best ? sweep.result.best.job_id : null;
   document.querySelector("#trials thead").replaceChildren(el("tr", {},
-    ["trial", "job", ...fields, "status",
-     objective.evaluation ? `${objective.evaluation.protocol || "knn"} top-1 (max)` : `${objective.metric} (${objective.mode})`,
-     "progress", "why it stopped"]
+    ["trial", "job", ...fields, "status", objectiveLabel(objective), "progress", "why it stopped"]
       .map((h) => el("th", { text: h }))));
   document.querySelector("#trials tbody").replaceChildren(...trials.map((t, i) => {
     const live = !objective.evaluation && t.last_metrics ? t.last_metrics[objective.metric] : undefined;
