@@ -5,12 +5,13 @@ and claim leaves its message there for the 12-hour visibility timeout)."""
 from __future__ import annotations
 
 import json
+import os
 
 import redis
 
 from worker.reconcile import held_job_ids
 
-URL = "redis://127.0.0.1:6379/11"
+URL = f"redis://127.0.0.1:6379/{int(os.environ.get('MEC_TEST_REDIS_DB', '7')) + 4}"
 
 
 def _message(job_id: int) -> str:
