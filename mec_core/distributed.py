@@ -72,23 +72,33 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2-D input, got {tuple(x.shape)}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (b, C, ...) in any dtype -> the same shape and dtype, normalised with the
+        statistics of all processes' b rows.
+
+        Under autocast x is bf16 or fp16; the statistics are computed, reduced and applied in
+        float32 (as SyncBatchNorm does): sums of b x H x W terms in bf16 would lose the small
+        differences that make the variance, and the running buffers stay float32.
+        """
         if not (self.training and dist.is_initialized()):
             return super().forward(x)
         dims = [0, *range(2, x.ndim)]
         shape = [1, -1] + [1] * (x.ndim - 2)
         n = x.numel() // x.shape[1] * dist.get_world_size()
-        # two passes (mean, then centred squares) for the precision of a one-process run
-        mean = dist_fn.all_reduce(x.sum(dims)) / n
-        var = dist_fn.all_reduce(((x - mean.view(shape)) ** 2).sum(dims)) / n
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(var * n / max(n - 1, 1), self.momentum)
-        y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        with torch.autocast(x.device.type, enabled=False):
+            xf = x.float()
+            # two passes (mean, then centred squares) for the precision of a one-process run
+            mean = dist_fn.all_reduce(xf.sum(dims)) / n  # (C,)
+            var = dist_fn.all_reduce(((xf - mean.view(shape)) ** 2).sum(dims)) / n  # (C,)
+            if self.track_running_stats:
+                with torch.no_grad():
+                    self.num_batches_tracked.add_(1)
+                    self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+                    unbiased = var * n / max(n - 1, 1)
+                    self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+            y = (xf - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+            if self.affine:
+                y = y * self.weight.float().view(shape) + self.bias.float().view(shape)
+        return y.to(x.dtype)
 
 
 def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
