@@ -18,9 +18,10 @@ BASE = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_d
         "lambda_warmup_epochs": 0.2}
 
 
-def _sweep(platform, space, steps, **config):
+def _sweep(platform, space, steps, precision="fp32", **config):
+    base = BASE | {"max_steps": steps, "epochs": steps // 8 + 1, "precision": precision}
     return platform.post("/v1/jobs", {"kind": "sweep", "name": "it-sweep", "config": {
-        "base": BASE | {"max_steps": steps, "epochs": steps // 8 + 1}, "space": space,
+        "base": base, "space": space,
         "objective": {"metric": "lr", "mode": "max"}} | config})
 
 
@@ -31,11 +32,12 @@ def _trials(platform, sweep_id):
 @pytest.mark.parametrize("shared_platform", ["embedded"], indirect=True)
 def test_a_grid_sweep_names_and_promotes_its_best_trial(platform):
     sweep = _sweep(platform, {"base_lr": {"choice": [0.05, 0.3]}}, 4, algorithm="grid",
-                   max_parallel=2, prune=False)
+                   max_parallel=2, prune=False, precision="bf16")  # the others' trials: fp32
     done = platform.wait_status(sweep["id"], ("succeeded", "failed", "cancelled"))
     assert done["status"] == "succeeded", done["error"]
     trials = _trials(platform, sweep["id"])
     assert [t["config"]["base_lr"] for t in trials] == [0.05, 0.3]
+    assert {t["config"]["precision"] for t in trials} == {"bf16"}
     assert all(t["status"] == "succeeded" and t["parent_id"] == sweep["id"] for t in trials)
     best = done["result"]["best"]
     assert best["job_id"] == trials[1]["id"] and best["params"] == {"base_lr": 0.3}

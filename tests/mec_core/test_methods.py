@@ -107,10 +107,12 @@ def test_objectives__collapse_is_not_a_minimum_for_contrastive_and_redundancy_me
         assert fn(spread, spread) < fn(collapsed, collapsed)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("name", list(METHODS))
-def test_method__trains_its_network_end_to_end(name):
-    """Contract for every method: a finite loss, and every trainable parameter of the
-    student gets a gradient; targets come only where the method says."""
+def test_method__trains_its_network_end_to_end(name, precision):
+    """Contract for every method, under the trainer's autocast in both precisions: a finite
+    float32 loss, and every trainable parameter of the student gets a float32 gradient;
+    targets come only where the method says."""
     config = TrainConfig(method=name, dataset="synthetic", backbone="convnet", proj_dim=32,
                          proj_hidden_dim=64, pred_hidden_dim=16)
     model = MECModel.from_config(config)
@@ -120,12 +122,17 @@ def test_method__trains_its_network_end_to_end(name):
     assert (model.teacher is not None) == (model.targets == "ema")
     assert isinstance(model.predictor, torch.nn.Identity) != method.predictor
     x1, x2 = torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)
-    out = method.objective(*model(x1, x2), Hyper(lam=0.5, order=4))
-    assert torch.isfinite(out["loss"])
+    # as the trainer does: the network under autocast, the objective outside it
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        views = model(x1, x2)
+    assert views[0].dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    out = method.objective(*views, Hyper(lam=0.5, order=4))
+    assert torch.isfinite(out["loss"]) and out["loss"].dtype == torch.float32
     out["loss"].backward()
     for pname, p in model.named_parameters():
         if p.requires_grad:
             assert p.grad is not None and p.grad.abs().sum() > 0, pname
+            assert p.grad.dtype == torch.float32, pname
 
 
 def test_method__simsiam_and_momentum_zero_use_the_students_own_projections():
@@ -138,3 +145,16 @@ def test_method__simsiam_and_momentum_zero_use_the_students_own_projections():
         s1, s2, t1, t2 = model(x1, x2)
         assert not t1.requires_grad and not t2.requires_grad
         assert torch.allclose(F.normalize(t1), F.normalize(model.encoder(x1)), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method__objective_of_bf16_embeddings_is_computed_in_float32(name):
+    """The trainer hands the objectives the network's bf16 embeddings (autocast): each
+    computes in float32, giving what it gives for the same values in float32."""
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randn(16, 32, generator=g).bfloat16() for _ in range(4)]
+    hp = Hyper(lam=0.5, order=4)
+    low = get_method(name).objective(*views, hp)["loss"]
+    high = get_method(name).objective(*(v.float() for v in views), hp)["loss"]
+    assert low.dtype == torch.float32
+    assert low.item() == pytest.approx(high.item(), rel=1e-6, abs=1e-7)

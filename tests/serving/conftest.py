@@ -10,12 +10,14 @@ TRAIN = ["--dataset", "synthetic", "--backbone", "convnet", "--batch-size", "32"
          "--train-limit", "256"]
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """(checkpoint path, export dir, model store with tiny.mar and tiny-knn.mar)."""
-    root = tmp_path_factory.mktemp("serving")
-    subprocess.run([sys.executable, "-m", "mec_core.cli", "train", *TRAIN, "--out",
-                    str(root / "run")], check=True, capture_output=True)
+@pytest.fixture(scope="session", params=["fp32", "bf16"])
+def trained(request, tmp_path_factory):
+    """(checkpoint path, export dir, model store with tiny.mar and tiny-knn.mar) of an
+    encoder trained in each precision (pinned: "auto" would pick by the CPU)."""
+    root = tmp_path_factory.mktemp(f"serving-{request.param}")
+    subprocess.run([sys.executable, "-m", "mec_core.cli", "train", *TRAIN, "--precision",
+                    request.param, "--out", str(root / "run")], check=True,
+                   capture_output=True)
     checkpoint = root / "run" / "checkpoints" / "step_00000003.pt"
     subprocess.run([sys.executable, "-m", "mec_core.cli", "export", "--checkpoint",
                     str(checkpoint), "--out", str(root / "export")], check=True,
