@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 DatasetName = Literal["digits", "fashion-mnist", "cifar10", "imagefolder", "synthetic"]
 BackboneName = Literal["convnet", "resnet18", "resnet50"]
@@ -184,9 +184,10 @@ class TrainConfig(BaseModel):
         description="auto (CUDA when present), cpu, cuda or cuda:N.",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Autocast precision of the network; the loss's matrix part always "
-        "runs in float32. auto: bf16 on CUDA and on CPUs with bf16 instructions (AVX512-BF16 "
-        "or AMX), else fp32.",
+        "auto", description="Autocast precision of the network; the loss's matrix part and "
+        "BatchNorm's statistics always run in float32. auto: bf16 on CUDA and on CPUs with bf16 "
+        "instructions (AVX512-BF16 or AMX), else fp32; bf16 runs on any CPU (slower without "
+        "those instructions); fp16 on CUDA only.",
     )
     channels_last: bool | None = Field(
         None, description="Use the channels_last memory format (faster convolutions with "
@@ -220,6 +221,13 @@ class TrainConfig(BaseModel):
             raise ValueError(f"batch_size {self.batch_size} does not divide among "
                              f"{self.processes} processes; make it a multiple of processes")
         return self
+
+    @field_validator("precision")
+    @classmethod
+    def _precision_runs_on_the_device(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("device") == "cpu":  # auto and cuda: checked where the run starts
+            check_precision(value, "cpu")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -273,9 +281,22 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+PRECISIONS = {"cpu": ("auto", "fp32", "bf16"), "cuda": ("auto", "fp32", "bf16", "fp16")}
+
+
+def check_precision(precision: str, device_type: str) -> None:
+    """Refuse a precision the device cannot train in: fp16 autocast on a CPU runs in
+    software, hundreds of times slower than fp32 (bf16 runs on any CPU)."""
+    supported = PRECISIONS.get(device_type, PRECISIONS["cpu"])
+    if precision not in supported:
+        raise ValueError(f"precision {precision} is not supported on {device_type}; "
+                         f"supported: {', '.join(supported)}")
+
+
 def resolve_precision(config: TrainConfig, device_type: str) -> str:
     """fp32, bf16 or fp16 for `config.precision` on this kind of device ('auto' -> bf16
-    where the hardware has it)."""
+    where the hardware has it); ValueError for one the device does not support."""
+    check_precision(config.precision, device_type)
     if config.precision != "auto":
         return config.precision
     return "bf16" if device_type == "cuda" or (device_type == "cpu" and cpu_has_bf16()) \

@@ -8,6 +8,7 @@ from mec_core.config import (
     RECIPES,
     TrainConfig,
     image_size,
+    resolve_precision,
     small_stem,
     stored_config,
 )
@@ -78,3 +79,16 @@ def test_config__batch_size_must_divide_among_the_processes():
         TrainConfig(batch_size=30, processes=4)
     with pytest.raises(ValidationError, match="processes"):
         TrainConfig(processes=0)
+
+
+def test_config__fp16_on_the_cpu_is_refused_listing_the_supported_precisions():
+    with pytest.raises(ValidationError, match="precision fp16 is not supported on cpu; "
+                                              "supported: auto, fp32, bf16") as info:
+        TrainConfig(device="cpu", precision="fp16")
+    assert {str(e["loc"][0]) for e in info.value.errors()} == {"precision"}
+    # device auto: the device is known where the run starts, which refuses it then
+    config = TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="precision fp16 is not supported on cpu"):
+        resolve_precision(config, "cpu")
+    assert resolve_precision(config, "cuda") == "fp16"
+    assert resolve_precision(TrainConfig(device="cpu", precision="bf16"), "cpu") == "bf16"
