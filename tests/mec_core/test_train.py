@@ -187,3 +187,22 @@ def test_train__two_gloo_processes_match_one_process_with_the_same_global_batch(
 def test_train__refuses_a_world_that_is_not_the_configured_number_of_processes(tmp_path):
     with pytest.raises(ValueError, match="asks for 2 process.*1 were started.*nproc-per-node=2"):
         train(TrainConfig(**(TINY | {"processes": 2})), tmp_path)
+
+
+def test_train__an_ema_teacher_under_bf16_autocast_stays_float32_and_follows(tmp_path):
+    """BYOL's EMA teacher is updated from the student's float32 weights, never from
+    autocast's bf16 copies: it stays float32, finite, and moves toward the student."""
+    config = TrainConfig(**(TINY | {"method": "byol", "precision": "bf16", "max_steps": 3}))
+    state = checkpoint.load(train(config, tmp_path).checkpoint)["model"]
+    teacher = {k[len("teacher."):]: v for k, v in state.items() if k.startswith("teacher.")}
+    assert teacher and all(v.dtype == torch.float32 and torch.isfinite(v).all()
+                           for v in teacher.values() if v.is_floating_point())
+    torch.manual_seed(config.seed)  # the trainer's initial weights
+    initial = MECModel.from_config(config).state_dict()
+    assert all(torch.equal(initial[f"teacher.{k}"], initial[f"encoder.{k}"]) for k in teacher)
+    moved = [k for k, v in teacher.items() if v.is_floating_point() and "running" not in k
+             and not torch.equal(v, initial[f"teacher.{k}"])]
+    assert moved  # the update reached it
+    for k in moved:  # and it lies between its start and the student (momentum 0.99)
+        start, student = initial[f"teacher.{k}"], state[f"encoder.{k}"]
+        assert (teacher[k] - start).norm() < (student - start).norm(), k
