@@ -179,7 +179,8 @@ def setup(config: TrainConfig, out: Path, resume: bool, keep_checkpoints: int = 
         state = load(resumed_from, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
+        # the CPU generator's state, loaded onto `device` with the rest of the checkpoint
+        torch.set_rng_state(state["rng"]["torch"].cpu())
         start = int(state["step"])
     net: nn.Module = model
     if world.size > 1:

@@ -32,3 +32,15 @@ def held(embedded):
     from worker.reconcile import held_job_ids
 
     return lambda: held_job_ids(embedded.broker_url)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` are skipped, saying why, where no CUDA GPU is visible."""
+    cuda = [item for item in items if "cuda" in item.keywords]
+    if not cuda:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))

@@ -18,7 +18,7 @@ from mec_core.train import Callbacks, TrainingDiverged, train
 TINY = dict(dataset="synthetic", backbone="convnet", batch_size=16, epochs=1, max_steps=6,
             proj_dim=32, pred_hidden_dim=16, train_limit=256, log_every=2,
             checkpoint_every=100, warmup_epochs=0.1, lambda_warmup_epochs=0.2,
-            precision="fp32")  # pinned: "auto" would pick by the CPU the suite lands on
+            precision="fp32", device="cpu")  # pinned: "auto" picks by the host's CPU and GPU
 PRECISIONS = ["fp32", "bf16"]  # bf16 autocast runs on any CPU (natively or emulated)
 
 
