@@ -1,6 +1,6 @@
 """Forward+backward time of the MEC coding length against its alternatives.
 
-    python bench/bench_loss.py [--device cpu|cuda] [--repeats N]
+    python bench/bench_loss.py [--device cpu|cuda] [--repeats N] [--sizes M:D ...] [--json]
 
 Columns: ours = mec_core.loss.coding_length(order=4, form="auto");
 eq3 = the straightforward Eq. 3 code (sum of explicit matrix powers, m x m, as in the
@@ -12,6 +12,7 @@ implementation pays. Errors are relative to eq3 (same series) and to the exact v
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
@@ -65,15 +66,20 @@ def views(m, d, device, seed=0):
     return z.to(device), (0.8 * z + 0.6 * torch.randn(m, d, generator=g) * scale).to(device)
 
 
+def _size(text: str) -> tuple[int, int]:
+    m, _, d = text.partition(":")
+    return int(m), int(d)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", type=_size, nargs="+", default=SIZES, metavar="M:D")
+    parser.add_argument("--json", action="store_true", help="print one JSON record of the rows")
     args = parser.parse_args()
-    print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"{'m':>5} {'d':>5} | {'ours ms':>9} {'eq3 ms':>9} {'slogdet ms':>10} {'floor ms':>9} | "
-          f"{'eq3/ours':>8} {'ours/floor':>10} | {'rel.err eq3':>11} {'rel.err exact':>13}")
-    for m, d in SIZES:
+    rows = []
+    for m, d in args.sizes:
         z1, z2 = views(m, d, args.device)
         lam = mec_lambda(m, d, 64.0)
         runs = {
@@ -85,9 +91,22 @@ def main() -> None:
         (t_ours, v_ours), (t_eq3, v_eq3), (t_det, _), (t_floor, _) = (
             timed(fn, z1, z2, args.repeats, args.device) for fn in runs.values())
         exact = coding_length(z1.double(), z2.double(), lam).item()
-        print(f"{m:>5} {d:>5} | {1e3 * t_ours:>9.2f} {1e3 * t_eq3:>9.2f} {1e3 * t_det:>10.2f} "
-              f"{1e3 * t_floor:>9.2f} | {t_eq3 / t_ours:>8.2f} {t_ours / t_floor:>10.2f} | "
-              f"{abs(v_ours - v_eq3) / abs(v_eq3):>11.1e} {abs(v_ours - exact) / exact:>13.1e}")
+        rows.append({"m": m, "d": d, "ours_ms": 1e3 * t_ours, "eq3_ms": 1e3 * t_eq3,
+                     "slogdet_ms": 1e3 * t_det, "floor_ms": 1e3 * t_floor,
+                     "rel_diff_eq3": abs(v_ours - v_eq3) / abs(v_eq3),
+                     "rel_err_exact": abs(v_ours - exact) / exact})
+    if args.json:
+        print(json.dumps({"device": args.device, "torch": torch.__version__,
+                          "threads": torch.get_num_threads(), "rows": rows}))
+        return
+    print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"{'m':>5} {'d':>5} | {'ours ms':>9} {'eq3 ms':>9} {'slogdet ms':>10} {'floor ms':>9} | "
+          f"{'eq3/ours':>8} {'ours/floor':>10} | {'rel.err eq3':>11} {'rel.err exact':>13}")
+    for r in rows:
+        print(f"{r['m']:>5} {r['d']:>5} | {r['ours_ms']:>9.2f} {r['eq3_ms']:>9.2f} "
+              f"{r['slogdet_ms']:>10.2f} {r['floor_ms']:>9.2f} | "
+              f"{r['eq3_ms'] / r['ours_ms']:>8.2f} {r['ours_ms'] / r['floor_ms']:>10.2f} | "
+              f"{r['rel_diff_eq3']:>11.1e} {r['rel_err_exact']:>13.1e}")
 
 
 if __name__ == "__main__":
