@@ -94,8 +94,16 @@ GROUPS: dict[str, tuple[dict, list[tuple[str, dict]]]] = {
                        ("random init, global pooling", {"baseline": "random",
                                                         "feature_grid": 1})]),
     "digits": ({"dataset": "digits", "backbone": "convnet", "batch_size": 128}, [
-        ("MEC, 20 epochs", {"epochs": 20}), ("raw pixels", {"baseline": "pixels"}),
-        ("random init", {"baseline": "random"})]),
+        ("MEC, 20 epochs", {"epochs": 20, "hflip": True, "crop_min_scale": None}),
+        ("raw pixels", {"baseline": "pixels"}), ("random init", {"baseline": "random"})]),
+    # the views of 8 x 8 digits: no mirror images, larger crops (the defaults since), 20 epochs
+    "digits_views": ({"dataset": "digits", "backbone": "convnet", "batch_size": 128,
+                      "epochs": 20}, [
+        ("flips, crop scale 0.2 (before)", {"hflip": True, "crop_min_scale": None}),
+        ("no flips", {"hflip": False, "crop_min_scale": None}),
+        ("crop scale 0.5", {"hflip": True, "crop_min_scale": 0.5}),
+        ("no flips, crop scale 0.5 (the digits defaults)", {}),
+        ("raw pixels", {"baseline": "pixels"})]),
     # the same, run before the small recipe pooled the last map to a 2x2 grid
     "methods_pooled": ({**FM, "epochs": 3, "feature_grid": 1},
                        [(m, {"method": m}) for m in METHODS] + [

@@ -57,10 +57,10 @@ RECIPES: dict[str, tuple[ViewRecipe, ViewRecipe]] = {
 
 
 def recipe_for(name: str, channels: int, crop_min_scale: float | None = None,
-               small: bool = False) -> tuple[ViewRecipe, ViewRecipe]:
+               small: bool = False, hflip: bool = True) -> tuple[ViewRecipe, ViewRecipe]:
     """The two view recipes for `name`; 'auto' picks by the number of channels and by
     whether colour images are small (<= 64 px). `crop_min_scale` overrides the smallest
-    area of the random resized crop."""
+    area of the random resized crop; `hflip=False` never mirrors."""
     if name == "auto":
         name = "small_gray" if channels == 1 else "small_color" if small else "moco_v3"
     if name not in RECIPES:
@@ -68,6 +68,8 @@ def recipe_for(name: str, channels: int, crop_min_scale: float | None = None,
     views = RECIPES[name]
     if crop_min_scale is not None:
         views = tuple(replace(v, crop_scale=(crop_min_scale, v.crop_scale[1])) for v in views)
+    if not hflip:
+        views = tuple(replace(v, flip_p=0.0) for v in views)
     return views
 
 

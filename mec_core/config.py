@@ -23,6 +23,9 @@ BACKBONES: tuple[str, ...] = get_args(BackboneName)
 # Side of each dataset's images; imagefolder images are resized to 224 by default.
 NATIVE_SIZE = {"digits": 16, "fashion-mnist": 28, "cifar10": 32, "synthetic": 32,
                "imagefolder": 224}
+# views that suit a dataset better than its recipe's (docs/science.md, "Digits"): filled in,
+# like a recipe's fields, where the caller does not set them
+DATASET_VIEWS = {"digits": {"hflip": False, "crop_min_scale": 0.5}}
 SMALL_IMAGE_MAX = 64  # sides up to this use the small recipe and the ResNets' small stem
 TAYLOR_RADIUS = 0.9  # default largest ||C||_2 that the MEC loss lets the Taylor series see
 
@@ -84,7 +87,12 @@ class TrainConfig(BaseModel):
     crop_min_scale: float | None = Field(
         None, gt=0.0, le=1.0,
         description="Smallest area of the random resized crop, as a fraction of the image; "
-        "default: the augmentation's (0.2).",
+        "default: the augmentation's (0.2), 0.5 for digits (8 x 8 images: a fifth of one "
+        "is a stroke).",
+    )
+    hflip: bool | None = Field(
+        None, description="Mirror each view at random (p = 0.5, the paper's). Default: on, "
+        "off for digits (a mirrored digit is another glyph or none).",
     )
 
     # --- model ------------------------------------------------------------------------
@@ -246,13 +254,16 @@ class TrainConfig(BaseModel):
             return data
         method = data.get("method", "mec")
         extra = METHOD_RECIPES.get((name, method), {}) if isinstance(method, str) else {}
-        return {**RECIPES[name], **extra, **data, "recipe": name}
+        dataset = data.get("dataset")
+        views = DATASET_VIEWS.get(dataset, {}) if isinstance(dataset, str) else {}
+        return {**RECIPES[name], **extra, **views, **data, "recipe": name}
 
 
 def stored_config(data: dict) -> TrainConfig:
     """A config as a checkpoint, an export, a job row or a science record stored it; those
-    written before `feature_grid` existed pooled the last feature map globally."""
-    return TrainConfig(**{"feature_grid": 1, **data})
+    written before `feature_grid` existed pooled the last feature map globally, and those
+    written before `hflip` existed mirrored their views whatever the dataset."""
+    return TrainConfig(**{"feature_grid": 1, "hflip": True, **data})
 
 
 def image_size(config: TrainConfig) -> int:

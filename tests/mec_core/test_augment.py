@@ -1,5 +1,7 @@
 """Batched two-view augmentation."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -76,3 +78,16 @@ def test_recipe_for__auto_picks_by_channels_and_size():
     assert all(v.crop_scale == (0.4, 1.0) for v in wider)
     with pytest.raises(ValueError, match="unknown augmentation 'x'"):
         recipe_for("x", 3)
+
+
+def test_recipe_for__without_hflip_no_view_is_ever_mirrored():
+    img = torch.zeros(64, 1, 8, 8, dtype=torch.uint8)
+    img[..., :, :4] = 255  # left half white: a mirrored view has its white on the right
+    norm = Normalization(8, 1, (0.0,), (1.0,))
+    views = recipe_for("small_plain", 1, crop_min_scale=1.0, hflip=False)
+    assert all(v.flip_p == 0.0 for v in views) and views[0].crop_scale == (1.0, 1.0)
+    still = replace(views[0], crop_ratio=(1.0, 1.0), jitter_p=0.0)
+    out = augment(img, still, norm, torch.Generator().manual_seed(0))
+    assert (out[:, 0, :, :2].min() > 0.99) and (out[:, 0, :, 6:].max() < 0.01)
+    mirrored = augment(img, replace(still, flip_p=0.5), norm, torch.Generator().manual_seed(0))
+    assert (mirrored[:, 0, :, 6:].amin((1, 2)) > 0.99).any()  # the same draws with flips: some

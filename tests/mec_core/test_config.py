@@ -92,3 +92,16 @@ def test_config__fp16_on_the_cpu_is_refused_listing_the_supported_precisions():
         resolve_precision(config, "cpu")
     assert resolve_precision(config, "cuda") == "fp16"
     assert resolve_precision(TrainConfig(device="cpu", precision="bf16"), "cpu") == "bf16"
+
+
+def test_config__digits_views_default_to_no_flips_and_larger_crops():
+    digits = TrainConfig(dataset="digits")
+    assert (digits.hflip, digits.crop_min_scale) == (False, 0.5)
+    mirrored = TrainConfig(dataset="digits", hflip=True, crop_min_scale=None)
+    assert (mirrored.hflip, mirrored.crop_min_scale) == (True, None)  # what the caller sets wins
+    assert TrainConfig(dataset="fashion-mnist").hflip is None  # on: the augmentation's
+    # a digits config stored before `hflip` existed mirrored its views, and still does
+    old = digits.model_dump(mode="json") | {"crop_min_scale": None}
+    del old["hflip"]
+    assert stored_config(old).hflip is True and stored_config(old).crop_min_scale is None
+    assert stored_config(digits.model_dump(mode="json")) == digits
