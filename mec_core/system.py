@@ -1,0 +1,65 @@
+"""System figures of a training process, logged with its metrics (the dashboard's
+"system" group): CPU and memory of the process always; on CUDA, the memory its caching
+allocator holds, and the GPU's utilisation and power from NVML where the driver has them.
+
+Read at each metrics flush (every `log_every` steps), so a reading is a few system calls
+per flush and never a CUDA synchronisation; without CUDA, NVML or a power sensor, the
+figures that need them are left out rather than guessed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import psutil
+import torch
+
+try:
+    import pynvml
+except ImportError:  # nvidia-ml-py is optional where no NVIDIA driver can exist
+    pynvml = None
+
+
+def _nvml_handle(device: torch.device):
+    """NVML's handle of `device` (matched by UUID, which CUDA_VISIBLE_DEVICES does not
+    renumber), or None when there is no CUDA device or no NVML."""
+    if device.type != "cuda" or pynvml is None:
+        return None
+    try:
+        pynvml.nvmlInit()
+        uuid = str(torch.cuda.get_device_properties(device).uuid)
+        return pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-")
+                                                else f"GPU-{uuid}")
+    except (pynvml.NVMLError, AttributeError, RuntimeError):
+        return None
+
+
+class SystemStats:
+    """`read()` -> {name: value} of this process and its device, since the last read:
+    `system_cpu_percent` (of one core, so up to 100 × threads), `system_rss_mb`, and on
+    CUDA `system_gpu_memory_mb` (reserved by this process), `system_gpu_util_percent` and
+    `system_gpu_power_w` (the whole device's, from NVML)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.process = psutil.Process()
+        self.process.cpu_percent(None)  # the first reading then covers the time since now
+        self.nvml = _nvml_handle(device)
+
+    def read(self) -> dict[str, float]:
+        values = {"system_cpu_percent": self.process.cpu_percent(None),
+                  "system_rss_mb": self.process.memory_info().rss / 2**20}
+        if self.device.type == "cuda":
+            values["system_gpu_memory_mb"] = torch.cuda.memory_reserved(self.device) / 2**20
+        if self.nvml is not None:
+            values |= self._nvml()
+        return values
+
+    def _nvml(self) -> dict[str, float]:
+        values = {}
+        with contextlib.suppress(pynvml.NVMLError):
+            values["system_gpu_util_percent"] = float(
+                pynvml.nvmlDeviceGetUtilizationRates(self.nvml).gpu)
+        with contextlib.suppress(pynvml.NVMLError):  # milliwatts; not every board has it
+            values["system_gpu_power_w"] = pynvml.nvmlDeviceGetPowerUsage(self.nvml) / 1e3
+        return values
