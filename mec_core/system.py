@@ -34,6 +34,30 @@ def _nvml_handle(device: torch.device):
         return None
 
 
+def device_figures() -> list[dict[str, float]]:
+    """Every GPU that NVML sees (in a container: the ones it was given), each with its
+    `index`, `util_percent`, `memory_used_bytes` and, where the board reports it,
+    `power_w`; [] without NVML (no driver, or nvidia-ml-py not installed)."""
+    if pynvml is None:
+        return []
+    try:
+        pynvml.nvmlInit()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i)
+                   for i in range(pynvml.nvmlDeviceGetCount())]
+    except pynvml.NVMLError:
+        return []
+    found = []
+    for index, handle in enumerate(handles):
+        figures = {"index": float(index)}
+        with contextlib.suppress(pynvml.NVMLError):
+            figures["util_percent"] = float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            figures["memory_used_bytes"] = float(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        with contextlib.suppress(pynvml.NVMLError):
+            figures["power_w"] = pynvml.nvmlDeviceGetPowerUsage(handle) / 1e3
+        found.append(figures)
+    return found
+
+
 class SystemStats:
     """`read()` -> {name: value} of this process and its device, since the last read:
     `system_cpu_percent` (of one core, so up to 100 × threads), `system_rss_mb`, and on

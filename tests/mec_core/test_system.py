@@ -34,6 +34,13 @@ def test_nvml_handle__none_without_cuda_or_nvml(monkeypatch):
     assert system._nvml_handle(torch.device("cuda", 0)) is None
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a host with a GPU has figures")
+def test_device_figures__none_without_a_driver_or_without_nvidia_ml_py(monkeypatch):
+    assert system.device_figures() == []  # here NVML's library is missing: nvmlInit raises
+    monkeypatch.setattr(system, "pynvml", None)
+    assert system.device_figures() == []
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_read__gpu_memory_and_nvml_figures_on_cuda():
     device = torch.device("cuda", 0)
@@ -42,6 +49,8 @@ def test_read__gpu_memory_and_nvml_figures_on_cuda():
     assert values["system_gpu_memory_mb"] >= 256
     assert 0 <= values["system_gpu_util_percent"] <= 100  # NVML is there with a driver
     assert values.get("system_gpu_power_w", 1.0) > 0
+    gpus = system.device_figures()
+    assert gpus and gpus[0]["memory_used_bytes"] >= 256 * 2**20
     del x
 
 

@@ -65,3 +65,4 @@ def test_serve__an_endpoint_with_the_process_memory_and_the_worker_info():
             for s in f.samples]
     assert {"name": "w-test@host", "queues": "cpu,gpu", "device": "cpu"} in \
         [s.labels for s in info]
+    assert "# TYPE mec_worker_gpu_utilization_percent gauge" in text  # no samples on a CPU
