@@ -68,7 +68,7 @@ def test_train__each_flush_logs_the_system_figures_for_a_cost_under_one_percent(
     monkeypatch.setattr(SystemStats, "read", timed)
     config = TrainConfig(dataset="synthetic", backbone="convnet", batch_size=32, epochs=1,
                          max_steps=20, proj_dim=32, pred_hidden_dim=16, train_limit=960,
-                         monitor_every=0, checkpoint_every=1000)  # log_every: the default
+                         monitor_every=0, checkpoint_every=1000, device="cpu")  # log_every: default
     result = train(config, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     logged = [r["step"] for r in rows if set(r) >= CPU_KEYS]
