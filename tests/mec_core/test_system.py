@@ -54,9 +54,32 @@ def test_read__gpu_memory_and_nvml_figures_on_cuda():
     del x
 
 
+def test_due__at_most_every_every_s():
+    stats = SystemStats(torch.device("cpu"), every_s=0.2)
+    assert not stats.due()  # the first reading covers at least every_s
+    time.sleep(0.25)
+    assert stats.due()
+    stats.read()
+    assert not stats.due()
+    assert SystemStats(torch.device("cpu"), every_s=0).due()
+
+
+def test_train__figures_at_the_last_step_when_the_run_is_shorter_than_every_s(tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setattr(system, "EVERY_S", 3600.0)
+    config = TrainConfig(dataset="synthetic", backbone="convnet", batch_size=16, epochs=1,
+                         max_steps=4, proj_dim=32, pred_hidden_dim=16, train_limit=256,
+                         log_every=2, monitor_every=0, device="cpu")
+    train(config, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if set(r) >= CPU_KEYS] == [4]
+
+
 def test_train__each_flush_logs_the_system_figures_for_a_cost_under_one_percent(
         tmp_path, monkeypatch):
-    """One run: the time spent reading the figures against the run's training steps."""
+    """One run, read at every flush (the worst case): the time spent reading the figures
+    against the run's training steps."""
+    monkeypatch.setattr(system, "EVERY_S", 0.0)
     spent = []
     read = SystemStats.read
 
