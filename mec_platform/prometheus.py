@@ -34,36 +34,47 @@ def _seconds(session: Session, start, end):
     return func.extract("epoch", end - start)
 
 
-def _histograms(session: Session) -> tuple[HistogramMetricFamily, HistogramMetricFamily]:
-    """Run time (finished jobs, last start to end) and wait (started jobs, enqueued to
-    last start) by queue and kind, in one grouped query over a materialized CTE that
-    computes each job's two durations once (SQLite would otherwise parse the timestamps
-    again for every bucket)."""
-    per_job = select(Job.queue, Job.kind,
-                     case((Job.status.in_(FINISHED) & Job.finished_at.is_not(None),
+def _job_families(session: Session) -> Iterator[Metric]:
+    """`mec_jobs` by status, queue and kind, and the histograms of run time (finished
+    jobs, last start to end) and wait (started jobs, enqueued to last start) by queue and
+    kind, from one scan of the jobs: a grouped query over a materialized CTE that computes
+    each job's two durations once (SQLite would otherwise parse the timestamps again for
+    every bucket); each bucket is a SUM, added up over the statuses here."""
+    per_job = select(Job.status, Job.queue, Job.kind,
+                     case((Job.status.in_(FINISHED),
                            _seconds(session, Job.started_at, Job.finished_at))).label("run"),
                      _seconds(session, Job.enqueued_at, Job.started_at).label("wait")) \
-        .where(Job.started_at.is_not(None)).cte("per_job").prefix_with("MATERIALIZED")
-    columns = []
+        .cte("per_job").prefix_with("MATERIALIZED")
+    columns = [func.count()]
     for seconds, buckets in ((per_job.c.run, DURATION_BUCKETS), (per_job.c.wait, WAIT_BUCKETS)):
         columns += [func.count(seconds), func.sum(seconds)]
         columns += [func.sum(case((seconds <= b, 1), else_=0)) for b in buckets]
-    rows = session.execute(select(per_job.c.queue, per_job.c.kind, *columns)
-                           .group_by(per_job.c.queue, per_job.c.kind)).all()
-    families = (HistogramMetricFamily("mec_job_duration_seconds", "Run time of finished "
-                                      "jobs (last start to end).", labels=["queue", "kind"]),
-                HistogramMetricFamily("mec_job_wait_seconds", "Time started jobs waited in "
-                                      "their queue (enqueued to last start).",
-                                      labels=["queue", "kind"]))
-    for queue, kind, *values in rows:
-        for family, buckets in zip(families, (DURATION_BUCKETS, WAIT_BUCKETS)):
-            n, total, *cumulative = values[:len(buckets) + 2]
-            values = values[len(buckets) + 2:]
+    jobs = GaugeMetricFamily("mec_jobs", "Jobs by status, queue and kind.",
+                             labels=["status", "queue", "kind"])
+    # (queue, kind) -> [count, sum, bucket counts...] of each histogram, over all statuses
+    run: dict[tuple[str, str], list[float]] = {}
+    wait: dict[tuple[str, str], list[float]] = {}
+    for status, queue, kind, n, *values in session.execute(
+            select(per_job.c.status, per_job.c.queue, per_job.c.kind, *columns)
+            .group_by(per_job.c.status, per_job.c.queue, per_job.c.kind)):
+        jobs.add_metric([status, queue, kind], n)
+        split = len(DURATION_BUCKETS) + 2
+        for into, part in ((run, values[:split]), (wait, values[split:])):
+            total = into.setdefault((queue, kind), [0.0] * len(part))
+            into[(queue, kind)] = [a + float(b or 0) for a, b in zip(total, part)]
+    yield jobs
+    for name, doc, figures, buckets in (
+            ("mec_job_duration_seconds", "Run time of finished jobs (last start to end).",
+             run, DURATION_BUCKETS),
+            ("mec_job_wait_seconds", "Time started jobs waited in their queue (enqueued to "
+             "last start).", wait, WAIT_BUCKETS)):
+        family = HistogramMetricFamily(name, doc, labels=["queue", "kind"])
+        for (queue, kind), (n, total, *cumulative) in sorted(figures.items()):
             if n:
-                family.add_metric([queue, kind], [(str(float(b)), int(c or 0))
-                                                  for b, c in zip(buckets, cumulative)]
-                                  + [("+Inf", n)], float(total or 0.0))
-    return families
+                family.add_metric([queue, kind], [(str(float(b)), int(c)) for b, c in
+                                                  zip(buckets, cumulative)]
+                                  + [("+Inf", int(n))], total)
+        yield family
 
 
 def queue_depths() -> dict[str, int]:
@@ -89,21 +100,13 @@ class PlatformCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self.session
-        jobs = GaugeMetricFamily("mec_jobs", "Jobs by status, queue and kind.",
-                                 labels=["status", "queue", "kind"])
-        for status, queue, kind, n in s.execute(
-                select(Job.status, Job.queue, Job.kind, func.count())
-                .group_by(Job.status, Job.queue, Job.kind)):
-            jobs.add_metric([status, queue, kind], n)
-        yield jobs
+        yield from _job_families(s)
 
         depth = GaugeMetricFamily("mec_queue_depth", "Messages waiting on each broker queue.",
                                   labels=["queue"])
         for queue, n in queue_depths().items():
             depth.add_metric([queue], n)
         yield depth
-
-        yield from _histograms(s)
 
         live = workers.live(s)
         count = GaugeMetricFamily("mec_workers", "Live workers taking each queue.",
