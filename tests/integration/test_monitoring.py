@@ -1,10 +1,12 @@
 """A real Prometheus (Debian's `prometheus`) scraping a running platform every second:
 the API (two server processes, their request counts merged through prometheus-client's
-multiprocess files), a worker's own endpoint and TorchServe, on PostgreSQL and Redis. The
-PromQL is the Grafana board's own (docker/grafana/dashboards/mec.json)."""
+multiprocess files), a worker's own endpoint and TorchServe (a deployed model answering),
+on PostgreSQL and Redis. The PromQL is the Grafana board's own
+(docker/grafana/dashboards/mec.json)."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -13,10 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from harness import full_platform
+from PIL import Image
 
-from serving.torchserve import unused_port
+from api.client import Client
+from serving.torchserve import Keys, unused_port
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="needs Debian's prometheus (.ci/run installs it)")
@@ -89,6 +94,13 @@ def prometheus_server(root: Path, targets: dict[str, str]):
         log.close()
 
 
+def png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def by(result: dict, label: str) -> dict[str, float]:
     return {dict(labels)[label]: value for labels, value in result.items()}
 
@@ -99,6 +111,9 @@ def test_prometheus__jobs_by_status_queue_depth_and_request_rate_from_the_board(
     [queue_depth] = panels["Queue depth"]
     [request_rate] = panels["API requests by route and status"]
     [worker_rss] = panels["Worker memory (RSS)"]
+    [ts_latency] = panels["TorchServe latency per request"]
+    [ts_queue] = panels["TorchServe queue time per request"]
+    deployments = panels["Deployments and galleries"][0]
     worker_port = unused_port()
     multiproc = tmp_path / "api-metrics"
     multiproc.mkdir()
@@ -119,13 +134,31 @@ def test_prometheus__jobs_by_status_queue_depth_and_request_rate_from_the_board(
                    lambda r: by(r, "status") == {"succeeded": 1})
         assert all(v > 50e6 for v in prom.query(worker_rss).values())
 
+        # deployed, its model answers through TorchServe, whose own counters are scraped
+        client = Client(plat.url, plat.key)
+        model = next(m for m in client.models().data if m.job_id == done["id"])
+        deploy = client.wait(client.deploy(model.id, workers=1).id, timeout=240, poll=0.5)
+        assert deploy.status == "succeeded", deploy.error
+        served = {"Authorization": f"Bearer {Keys.read(plat.torchserve.home).inference}"}
+        for burst in range(3):
+            if burst:
+                time.sleep(2.5)  # scrapes between the bursts: the counters' rate is seen
+            for seed in range(4):
+                answer = httpx.post(f"{plat.torchserve.inference_url}/predictions/"
+                                    f"mec-{model.id}", content=png(seed), headers=served)
+                assert answer.status_code == 200, answer.text
+        name = f"mec-{model.id}"
+        prom.until(ts_latency, lambda r: by(r, "model_name").get(name, 0) > 0, timeout=60)
+        prom.until(ts_queue, lambda r: by(r, "model_name").get(name, -1) >= 0)  # not NaN
+        prom.until(deployments, lambda r: by(r, "state") == {"serving": 1})
+
         # without a worker, two more wait on the gpu queue
         plat.workers["w1"].terminate()
         plat.workers["w1"].wait(60)
         waiting = [plat.post("/v1/jobs", {"kind": "pretrain", "config": TINY})["id"]
                    for _ in range(2)]
         assert all(plat.get(f"/v1/jobs/{i}")["status"] == "queued" for i in waiting)
-        prom.until(jobs_by_status, lambda r: by(r, "status") == {"succeeded": 1, "queued": 2})
+        prom.until(jobs_by_status, lambda r: by(r, "status") == {"succeeded": 2, "queued": 2})
         prom.until(queue_depth, lambda r: by(r, "queue") == {"gpu": 2, "cpu": 0})
 
         # requests by route template, counted across both API processes
