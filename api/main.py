@@ -6,10 +6,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_fastapi_instrumentator import Instrumentator
 
 from api import audit
 from api.routes import audit as audit_routes
-from api.routes import galleries, inference, jobs, models, system, ui
+from api.routes import galleries, inference, jobs, models, monitoring, system, ui
 from mec_platform.jobs import JobKind
 
 app = FastAPI(
@@ -23,10 +24,15 @@ app.include_router(models.router)
 app.include_router(inference.router)
 app.include_router(galleries.router)
 app.include_router(system.router)
+app.include_router(monitoring.router)
 app.include_router(audit_routes.router)
 app.include_router(ui.router)
 app.mount("/ui/static", StaticFiles(directory=ui.UI / "static"), name="ui-static")
 app.add_middleware(audit.AuditLog)
+# http_requests_total{handler,method,status} and http_request_duration_seconds{handler,
+# method}, by route template (unmatched paths as "none"), status grouped as 2xx, 4xx, ...
+Instrumentator(excluded_handlers=["/metrics"], should_exclude_streaming_duration=True
+               ).instrument(app)
 
 
 @app.get("/", include_in_schema=False)

@@ -15,4 +15,7 @@ USER mec
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=5 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"
-CMD ["sh", "-c", "mec db upgrade && exec uvicorn api.main:app --host 0.0.0.0 --port 8000 --workers 2"]
+# two server processes: their request metrics meet in prometheus-client's multiprocess
+# files, emptied at each start (GET /metrics merges them)
+ENV PROMETHEUS_MULTIPROC_DIR=/tmp/mec-prometheus
+CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && mec db upgrade && exec uvicorn api.main:app --host 0.0.0.0 --port 8000 --workers 2"]

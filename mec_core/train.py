@@ -43,6 +43,7 @@ from mec_core.methods import Hyper, Method, get_method
 from mec_core.models import MECModel, ema_update
 from mec_core.monitor import Monitor, holdout
 from mec_core.optim import build_optimizer
+from mec_core.system import SystemStats
 
 
 class TrainingDiverged(RuntimeError):
@@ -264,13 +265,16 @@ class MetricsBuffer:
     The last record of a flush also carries the window's speed, from the clock's steps
     past the warm-up since the previous flush: `images_per_sec` (training steps only: the
     monitor, metric writes and checkpoints are not counted) and the mean seconds per step
-    of each phase, `time_data`, `time_forward`, `time_backward`, `time_optimizer`."""
+    of each phase, `time_data`, `time_forward`, `time_backward`, `time_optimizer`; and (at
+    most every `system.EVERY_S`, and at the last step) the system figures of rank 0's
+    process and device (`mec_core.system`: `system_*`)."""
 
     def __init__(self, path: Path, keep_through: int, run: Run, callbacks: Callbacks,
                  clock: StepClock) -> None:
         self.path, self.run, self.callbacks, self.clock = path, run, callbacks, clock
         self.pending: list[tuple[int, int, dict[str, torch.Tensor | float], dict]] = []
         self.last: dict[str, float] = {}
+        self.system = SystemStats(run.world.device) if run.world.is_main else None
         if run.world.is_main:
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.exists():
@@ -297,6 +301,8 @@ class MetricsBuffer:
             records[-1].values["images_per_sec"] = \
                 self.run.config.batch_size / max(sum(phases.values()), 1e-9)
             records[-1].values.update({f"time_{p}": v for p, v in phases.items()})
+        if self.system is not None and (self.system.due() or records[-1].step == self.run.total):
+            records[-1].values.update(self.system.read())
         self.pending.clear()
         for r in records:
             if not all(math.isfinite(v) for v in r.values.values()):

@@ -93,7 +93,9 @@ def _port_options(func):
         click.option("--management-port", type=int, default=8081, show_default=True,
                      help="TorchServe management API (loopback only)."),
         click.option("--metrics-port", type=int, default=8082, show_default=True,
-                     help="TorchServe metrics API."),
+                     help="TorchServe metrics API (Prometheus)."),
+        click.option("--worker-metrics-port", type=int, default=9808, show_default=True,
+                     help="The worker's Prometheus endpoint."),
     ]):
         func = option(func)
     return func
@@ -109,12 +111,13 @@ def _data_dir(value: str | None) -> Path:
 @click.option("--data-dir", default=None, help="Data directory [default: MEC_DATA_DIR or "
               "./mec-data].")
 @_port_options
-def up(data_dir, api_port, inference_port, management_port, metrics_port) -> None:
+def up(data_dir, api_port, inference_port, management_port, metrics_port,
+       worker_metrics_port) -> None:
     """Start the API, a worker and TorchServe as local processes, and leave them running."""
     from mec_platform.stack import Ports, Stack
 
     stack = Stack(_data_dir(data_dir), Ports(api_port, inference_port, management_port,
-                                             metrics_port))
+                                             metrics_port, worker_metrics_port))
     try:
         urls = stack.up()
     except RuntimeError as exc:

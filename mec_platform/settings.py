@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -61,6 +62,28 @@ class Settings(BaseSettings):
                                   "writes key_file.json; default: data_dir/torchserve.")
     model_store: Path = Field(description="Where .mar files go; TorchServe's model store. "
                               "Default: artifact_root/model-store.")
+
+    metrics_networks: list[str] = Field(["127.0.0.1/32", "::1/128"], description="Client "
+                                        "networks (CIDR) that may read GET /metrics without a "
+                                        "key; from anywhere else it needs a key with the "
+                                        "admin scope. Default: this host only (the figures "
+                                        "span every project).")
+    worker_metrics_port: int | None = Field(None, ge=0, le=65535, description="Port of each "
+                                            "worker's own Prometheus endpoint (0: a free one, "
+                                            "logged); unset: none. Several workers on one "
+                                            "host need a port each.")
+    worker_metrics_host: str = Field("127.0.0.1", description="Address the worker's "
+                                     "metrics endpoint listens on (0.0.0.0 in containers).")
+
+    @field_validator("metrics_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"not a network (CIDR), got {net!r}") from None
+        return value
 
     @model_validator(mode="before")
     @classmethod

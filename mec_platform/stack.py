@@ -37,10 +37,11 @@ class Ports:
     inference: int = 8080
     management: int = 8081
     metrics: int = 8082
+    worker_metrics: int = 9808
 
     @staticmethod
     def any_free() -> Ports:
-        return Ports(*unused_ports(4))
+        return Ports(*unused_ports(5))
 
 
 class Stack:
@@ -82,7 +83,8 @@ class Stack:
             raise RuntimeError(f"a stack already runs from {self.data_dir}; `mec down` first")
         for what, port in (("API", self.ports.api), ("TorchServe inference", self.ports.inference),
                            ("TorchServe management", self.ports.management),
-                           ("TorchServe metrics", self.ports.metrics)):
+                           ("TorchServe metrics", self.ports.metrics),
+                           ("worker metrics", self.ports.worker_metrics)):
             if port_taken(port):
                 raise RuntimeError(f"port {port} ({what}) is taken; stop what uses it or pick "
                                    "other ports (see `mec up --help`)")
@@ -101,7 +103,8 @@ class Stack:
                             "127.0.0.1", "--port", str(self.ports.api)])
         self._spawn("worker", [sys.executable, "-m", "celery", "-A", "worker.main", "worker",
                                "-Q", "gpu,cpu", "--pool", "solo", "-n", "local@%h",
-                               "--loglevel", "INFO"])
+                               "--loglevel", "INFO"],
+                    env=self.env | {"MEC_WORKER_METRICS_PORT": str(self.ports.worker_metrics)})
         (self.run_dir / "ports.json").write_text(json.dumps(self.ports.__dict__))
         try:
             self._wait_ready(timeout)
@@ -115,6 +118,9 @@ class Stack:
                 "docs": f"{self.api_url}/docs",
                 "torchserve_inference": self.env["MEC_TORCHSERVE_INFERENCE_URL"],
                 "torchserve_management": self.env["MEC_TORCHSERVE_MANAGEMENT_URL"],
+                "metrics": f"{self.api_url}/metrics",  # Prometheus' targets: these three
+                "worker_metrics": f"http://127.0.0.1:{self.ports.worker_metrics}/metrics",
+                "torchserve_metrics": f"http://127.0.0.1:{self.ports.metrics}/metrics",
                 "logs": str(self.log_dir)}
 
     def _wait_ready(self, timeout: float) -> None:

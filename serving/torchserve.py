@@ -70,9 +70,10 @@ def write_config(home: Path, model_store: Path, inference_port: int, management_
                  metrics_port: int, max_request_bytes: int = 10 * 1024 * 1024,
                  token_expiration_min: int = 60, inference_host: str = "127.0.0.1",
                  extra: dict[str, str] | None = None) -> Path:
-    """config.properties: management on loopback only, token authorization on, models
-    only from our store, bounded request size. The gRPC APIs, which the platform does not
-    use, listen on loopback on free ports, so that several instances can share a host.
+    """config.properties: management and metrics on loopback only, token authorization
+    on, models only from our store, bounded request size, metrics in Prometheus' format.
+    The gRPC APIs, which the platform does not use, listen on loopback on free ports, so
+    that several instances can share a host.
     `extra`: further config.properties entries (e.g. number_of_netty_threads)."""
     store = model_store.resolve()
     grpc_inference, grpc_management = unused_ports(2)
@@ -93,6 +94,7 @@ def write_config(home: Path, model_store: Path, inference_port: int, management_
         "default_workers_per_model": "1",
         "install_py_dep_per_model": "false",
         "disable_system_metrics": "true",
+        "metrics_mode": "prometheus",  # GET metrics_address/metrics (TorchServe's is "log")
         "async_logging": "true",
         "vmargs": f"-Dlog4j.configurationFile=file://{LOG4J}",
     } | (extra or {})

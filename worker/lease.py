@@ -6,6 +6,7 @@ import threading
 
 from mec_platform import jobs
 from mec_platform.db import session_scope
+from worker.prometheus import LEASE_RENEWALS
 
 
 class LeaseKeeper:
@@ -25,8 +26,11 @@ class LeaseKeeper:
                 with session_scope() as s:
                     if not jobs.renew(s, self.job_id, self.owner, self.lease_seconds):
                         self.lost = True
+                        LEASE_RENEWALS.labels("lost").inc()
                         return
+                LEASE_RENEWALS.labels("renewed").inc()
             except Exception:  # the database may be down for a moment; try next beat
+                LEASE_RENEWALS.labels("error").inc()
                 continue
 
     def __enter__(self) -> LeaseKeeper:

@@ -15,6 +15,7 @@ from mec_platform.db import session_scope
 from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
 from mec_platform.tables import Worker, utcnow
+from worker import prometheus
 from worker.device import describe_device, process_capacity
 from worker.process import shutting_down, worker_name
 from worker.reconcile import reconcile_once
@@ -85,6 +86,23 @@ def _on_ready(sender, **_kw) -> None:
     reap_once()
     reconcile_once()
     threading.Thread(target=_loop, name="mec-heartbeat", daemon=True).start()
+    _serve_metrics(queues)
+
+
+def _serve_metrics(queues: list[str]) -> None:
+    """This worker's Prometheus endpoint, if MEC_WORKER_METRICS_PORT is set; a port that
+    is taken costs the metrics, never the jobs."""
+    settings = get_settings()
+    if settings.worker_metrics_port is None:
+        return
+    try:
+        port = prometheus.serve(settings.worker_metrics_port, settings.worker_metrics_host,
+                                worker_name(), queues, describe_device())
+    except OSError as exc:
+        log.warning("metrics endpoint not started on %s:%s: %s", settings.worker_metrics_host,
+                    settings.worker_metrics_port, exc)
+        return
+    log.info("metrics on http://%s:%s/metrics", settings.worker_metrics_host, port)
 
 
 @worker_shutting_down.connect

@@ -27,7 +27,7 @@ from mec_platform.queue import app
 from mec_platform.settings import get_settings
 from mec_platform.specs import DeploySpec, EvaluateSpec
 from mec_platform.tables import Evaluation, Job, Model, Worker
-from worker import galleries, multiprocess, sweeps
+from worker import galleries, multiprocess, prometheus, sweeps
 from worker.callbacks import DatabaseCallbacks
 from worker.device import describe_device, process_capacity
 from worker.lease import LeaseKeeper
@@ -60,6 +60,7 @@ def _load(read: Callable[[Session], object]):
 
 
 def _set_current_job(job_id: int | None, was: int | None = None) -> None:
+    prometheus.CURRENT_JOB.set(job_id or 0)
     where = [Worker.name == worker_name()] + ([Worker.current_job == was] if was else [])
     with session_scope() as s:
         s.execute(update(Worker).where(*where).values(current_job=job_id))
@@ -99,14 +100,21 @@ def _execute(job_id: int, work: Callable[[int, str], Outcome | None]) -> None:
     _set_current_job(job_id)
     try:
         with LeaseKeeper(job_id, owner, settings.lease_seconds, settings.heartbeat_seconds):
+            reason = "reported"  # a failed outcome the work returned
             try:
                 outcome = work(job_id, owner)
             except JobFailed as exc:
                 outcome = Outcome(JobStatus.FAILED, error=str(exc))
+                reason = type(exc.__cause__ or exc).__name__
             except Exception as exc:  # the job must end failed, never stay running
                 outcome = Outcome(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+                reason = type(exc).__name__
             if outcome is not None:
                 _end(job_id, owner, outcome)
+                kind = work.__name__.removeprefix("run_")
+                prometheus.JOBS.labels(kind, outcome.status).inc()
+                if outcome.status == JobStatus.FAILED:
+                    prometheus.FAILURES.labels(kind, reason).inc()
                 parent = _load(lambda s: s.get(Job, job_id).parent_id)
                 if parent is not None and outcome.status in jobs.FINISHED:
                     advance_sweep(parent)  # a trial ended: its sweep goes on at once

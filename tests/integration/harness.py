@@ -43,16 +43,19 @@ class Platform:
                               env=self.env, check=True, capture_output=True, text=True)
         return done.stdout.strip()
 
-    def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
+    def _spawn(self, args: list[str], log: str, env: dict[str, str] | None = None
+               ) -> subprocess.Popen:
         out = open(self.root / log, "ab")  # noqa: SIM115  (owned by the process)
-        proc = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(args, env=self.env | (env or {}), stdout=out,
+                                stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self.procs.append(proc)
         return proc
 
-    def start_api(self) -> None:
+    def start_api(self, **env: str) -> None:
+        """The API under uvicorn, with `env` added to its environment only."""
         self.api = self._spawn([sys.executable, "-m", "uvicorn", "api.main:app", "--host",
-                                "127.0.0.1", "--port", str(self.port)], "api.log")
+                                "127.0.0.1", "--port", str(self.port)], "api.log", env)
         self.wait_for(lambda: self._up(), 30, "API to answer /healthz")
 
     def _up(self) -> bool:
@@ -156,9 +159,11 @@ def open_platform(root: Path, env: dict[str, str], backend: str) -> Platform:
 
 
 @contextmanager
-def full_platform(root: Path, backend: str, **env_overrides: str):
+def full_platform(root: Path, backend: str, api_env: dict[str, str] | None = None,
+                  **env_overrides: str):
     """API, one worker (w1) and TorchServe on `backend` ("embedded" or "postgres+redis",
-    a database of its own, dropped afterwards), all stopped on exit."""
+    a database of its own, dropped afterwards), all stopped on exit; `api_env`: variables
+    of the API process only."""
     env = base_env(root) | env_overrides
     database = None
     if backend == "postgres+redis":
@@ -176,7 +181,7 @@ def full_platform(root: Path, backend: str, **env_overrides: str):
     plat.torchserve = LocalTorchServe(root / "torchserve", root / "model-store", *ts_ports)
     try:
         plat.torchserve.start()
-        plat.start_api()
+        plat.start_api(**(api_env or {}))
         plat.start_worker("w1")
         yield plat
     finally:

@@ -120,6 +120,9 @@ def test_dashboard__login_submit_watch_cancel_compare_deploy(browser, platform):
     shot(browser, "03-job-running")
     until(browser, lambda d: "succeeded" in find(d, "#status").text, 240, "the job to succeed")
     assert len(browser.find_elements(By.CSS_SELECTOR, ".chart")) >= 4  # loss, coding length...
+    assert find(browser, "#system-group").is_displayed()  # the process's CPU and memory
+    assert {c.get_attribute("data-metric") for c in browser.find_elements(
+        By.CSS_SELECTOR, "#system-charts .chart")} >= {"system_cpu_percent", "system_rss_mb"}
     shot(browser, "04-job-succeeded")
 
     # cancel a long job from its page

@@ -1,8 +1,10 @@
 """The shipped docker-compose.yml is valid and wired as documented (no engine runs here:
 `docker-compose config` validates it offline)."""
 
+import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,7 +22,7 @@ def config() -> dict:
 def test_compose__services_health_checks_and_profiles():
     default = config()
     assert set(default["services"]) == {"postgres", "redis", "api", "worker", "worker-cpu",
-                                        "torchserve"}
+                                        "torchserve", "prometheus", "grafana"}
     assert default["services"]["worker-cpu"]["profiles"] == ["cpu"]
     for name in ("postgres", "redis", "api", "torchserve"):
         assert "healthcheck" in default["services"][name] or name == "api"
@@ -29,7 +31,8 @@ def test_compose__services_health_checks_and_profiles():
     assert gpu["capabilities"] == ["gpu"]
     assert "pgdata:/var/lib/postgresql/data" in str(default["services"]["postgres"]["volumes"])
     published = {p["target"] for s in default["services"].values() for p in s.get("ports", [])}
-    assert published == {8000, 8080}  # TorchServe management (8081) stays internal
+    # TorchServe management (8081) stays internal; Grafana is the monitoring profile's
+    assert published == {8000, 8080, 3000}
     env = default["services"]["worker"]["environment"]
     assert env["MEC_BROKER_URL"].startswith("redis://")
     assert env["MEC_DATABASE_URL"].startswith("postgresql+psycopg://")
@@ -52,3 +55,46 @@ def test_compose__a_worker_can_hold_several_gpus_for_multi_process_jobs(monkeypa
     assert reserved() == "1"
     monkeypatch.setenv("MEC_GPUS_PER_WORKER", "4")
     assert reserved() == "4"  # and MEC_WORKER_PROCESSES defaults to the 4 GPUs it sees
+
+
+def test_compose__monitoring_profile_scrapes_api_workers_and_torchserve():
+    done = subprocess.run(["docker-compose", "--profile", "monitoring", "config"],
+                          capture_output=True, text=True, check=True)
+    services = yaml.safe_load(done.stdout)["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"]
+    # Prometheus reaches the API, the workers and TorchServe on the internal network only,
+    # the one the API serves GET /metrics to without a key
+    monitoring = yaml.safe_load(done.stdout)["networks"]["monitoring"]
+    assert monitoring["internal"] is True
+    subnet = monitoring["ipam"]["config"][0]["subnet"]
+    assert yaml.safe_load(services["api"]["environment"]["MEC_METRICS_NETWORKS"]) == [subnet]
+    assert set(services["prometheus"]["networks"]) == {"monitoring"}
+    for name in ("api", "worker", "worker-cpu", "torchserve", "grafana"):
+        assert "monitoring" in services[name]["networks"], name
+    for name in ("worker", "worker-cpu"):
+        assert services[name]["environment"]["MEC_WORKER_METRICS_PORT"] == "9808"
+    # the files it mounts exist, and say what the test with a real Prometheus checks
+    root = Path(__file__).parents[2]
+    mounts = {v.split(":")[1]: Path(v.split(":")[0]) for s in ("prometheus", "grafana")
+              for v in services[s]["volumes"] if v.startswith("/")}
+    prometheus = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text())
+    jobs = {c["job_name"]: c for c in prometheus["scrape_configs"]}
+    assert jobs["api"]["static_configs"][0]["targets"] == ["api:8000"]
+    assert jobs["workers"]["dns_sd_configs"][0]["names"] == ["worker", "worker-cpu"]
+    assert jobs["workers"]["dns_sd_configs"][0]["port"] == 9808
+    assert jobs["torchserve"]["static_configs"][0]["targets"] == ["torchserve:8082"]
+    assert "metrics_mode=prometheus" in (root / "docker/torchserve.properties").read_text()
+    dashboards = mounts["/var/lib/grafana/dashboards"]
+    board = json.loads((dashboards / "mec.json").read_text())
+    titles = {p["title"] for p in board["panels"]}
+    assert {"Queue depth", "Jobs by status", "API requests by route and status",
+            "API latency p50 / p99 by route", "TorchServe latency per request",
+            "TorchServe queue time per request", "Worker memory (RSS)",
+            "GPU utilisation"} <= titles
+    provisioning = mounts["/etc/grafana/provisioning"]
+    source = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())
+    assert {p["datasource"]["uid"] for p in board["panels"]} == \
+        {source["datasources"][0]["uid"]}
+    provider = yaml.safe_load((provisioning / "dashboards/mec.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"

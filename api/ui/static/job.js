@@ -97,11 +97,13 @@ async function showTrials(sweep) {
 
 async function loadMetrics() {
   const m = await api(`/v1/jobs/${jobId}/metrics?since_step=${lastStep}&max_points=2000`);
-  const box = document.getElementById("charts");
   for (const name of metricOrder(Object.keys(m.series))) {
     const s = m.series[name];
     let chart = charts[name];
     if (!chart) {
+      const system = name.startsWith("system_");  // the trainer's process and device
+      const box = document.getElementById(system ? "system-charts" : "charts");
+      if (system) document.getElementById("system-group").hidden = false;
       chart = charts[name] = { steps: [], values: [] };
       chart.plot = lineChart(box, name, [], [{ label: name, values: [] }],
                              (min, max) => zoomDetail(name, min, max));
