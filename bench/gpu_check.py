@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CUDA_TESTS = ["tests/mec_core/test_cuda.py"]
+CUDA_TESTS = ["tests/mec_core/test_cuda.py", "tests/mec_core/test_system.py"]
 
 # (backbone, image size, batch) of the two training points: the paper's network at
 # ImageNet's size, and the small-image recipe's at CIFAR's; a dry run keeps the backbones

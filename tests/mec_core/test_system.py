@@ -41,7 +41,7 @@ def test_device_figures__none_without_a_driver_or_without_nvidia_ml_py(monkeypat
     assert system.device_figures() == []
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_read__gpu_memory_and_nvml_figures_on_cuda():
     device = torch.device("cuda", 0)
     x = torch.ones(64, 2**20, device=device)  # 256 MiB held by the caching allocator
