@@ -38,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import records
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -245,7 +246,8 @@ def main() -> None:
             print(f"repeat {r + 1} {loop}: {rates[loop][-1]:.1f} images/s", file=sys.stderr)
     config = _config(args, "mec")
     summary = {
-        "backbone": args.backbone, "size": args.size, "batch": args.batch_size,
+        "host": records.host(), "backbone": args.backbone, "size": args.size,
+        "batch": args.batch_size,
         "precision": resolve_precision(config, torch.device(args.device).type),
         "device": args.device, "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(), "steps": args.steps, "warmup": args.warmup,

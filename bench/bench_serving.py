@@ -330,7 +330,8 @@ def main() -> None:
                                    (sides if r % 2 == 0 else sides[::-1])})
     finally:
         ts.stop()
-    setup = {"in_process_threads": cores, "worker_threads": plan.threads,
+    setup = {"host": records.host(), "in_process_threads": cores,
+             "worker_threads": plan.threads,
              "workers": plan.workers, "batch_size": plan.batch_size,
              "max_batch_delay_ms": args.max_batch_delay_ms,
              "netty_threads": args.netty_threads or "default", "cores": cores,

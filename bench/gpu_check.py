@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+import records
+
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_TESTS = ["tests/mec_core/test_cuda.py", "tests/mec_core/test_system.py"]
 
@@ -45,26 +47,12 @@ TRAIN_POINTS = {"train_resnet50_224": ("resnet50", 224, 128),
                 "train_resnet18_32": ("resnet18", 32, 512)}
 
 
-def cpu_kind() -> dict:
-    """The CPU's model and the flags that decide its precision (bench records carry it)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
-    model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-    flags = set(re.search(r"^flags\s*:\s*(.+)$", info, re.M).group(1).split()) \
-        if "flags" in info else set()
-    return {"model": model.group(1) if model else platform.processor(),
-            "cores": os.cpu_count(),
-            "flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})}
-
-
 def environment() -> dict:
     import torch
 
     env = {"python": platform.python_version(), "torch": torch.__version__,
            "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-           "cpu": cpu_kind()}
+           "cpu": records.host()}
     if torch.cuda.is_available():
         env |= {"cudnn": torch.backends.cudnn.version(),
                 "nccl": ".".join(map(str, torch.cuda.nccl.version())),

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,3 +27,18 @@ def reported(args: argparse.Namespace, markdown: Callable[[dict], str]) -> bool:
 
 def emit(args: argparse.Namespace, record: dict, markdown: Callable[[dict], str]) -> None:
     print(json.dumps(record) if args.json else markdown(record))
+
+
+def host() -> dict:
+    """The CPU a figure was measured on: its model, cores and the flags that decide its
+    speed and precision (bf16 is native with avx512_bf16 or amx_bf16, else emulated)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
+    return {"cpu": model.group(1) if model else platform.processor(), "cores": os.cpu_count(),
+            "flags": sorted(set(flags.group(1).split() if flags else ())
+                            & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})}
+
