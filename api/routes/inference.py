@@ -82,7 +82,8 @@ async def _body(model: Model, request: Request) -> tuple[bytes, str, object]:
     """The request's body, its type and, for JSON, its parsed value (else None), once the
     model is known to be served."""
     if (model.deployment or {}).get("status") != "serving":
-        raise HTTPException(409, f"model {model.id} is not deployed; deploy it first "
+        reason = (model.deployment or {}).get("reason", "it is not deployed")
+        raise HTTPException(409, f"model {model.id} is not served: {reason} "
                                  f"(POST /v1/models/{model.id}/deploy)")
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith(TYPES):
