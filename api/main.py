@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -41,10 +43,20 @@ def _field(loc) -> str:
     return ".".join(p for p in parts if p not in set(JobKind)) or "body"
 
 
+def _named(error: dict) -> tuple[str, str, str]:
+    """(field, message, type); a model validator's "space.eps_sq: ..." names a field below
+    the model it validates, so that field is the one named."""
+    field, msg = _field(error["loc"]), error["msg"].removeprefix("Value error, ")
+    head, sep, rest = msg.partition(": ")
+    if error["type"] == "value_error" and sep and re.fullmatch(r"[A-Za-z_][\w.]*", head):
+        field, msg = head if field == "body" else f"{field}.{head}", rest
+    return field, msg, error["type"]
+
+
 @app.exception_handler(RequestValidationError)
 def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 with `detail` as one readable line per field, and the raw errors beside it."""
-    errors = [e | {"msg": e["msg"].removeprefix("Value error, ")} for e in exc.errors()]
-    detail = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in errors)
-    raw = [{"field": _field(e["loc"]), "message": e["msg"], "type": e["type"]} for e in errors]
+    errors = [_named(e) for e in exc.errors()]
+    detail = "; ".join(f"{field}: {msg}" for field, msg, _ in errors)
+    raw = [{"field": field, "message": msg, "type": kind} for field, msg, kind in errors]
     return JSONResponse(status_code=422, content={"detail": detail, "errors": raw})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response
@@ -23,7 +22,7 @@ from api.schemas import (
     errors,
     public,
 )
-from mec_platform import jobs, keys, workers
+from mec_platform import jobs, keys, paths, workers
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.settings import get_settings
 from mec_platform.specs import ID_MAX, DeploySpec
@@ -49,12 +48,14 @@ def submit_job(key: WriteKey, session: SessionDep, response: Response,
         if existing is not None:
             response.status_code = 200
             return public(existing)
-    if isinstance(spec, SweepJobCreate):
-        _check_data_dir(spec.config.base.get("data_dir"), "config.base.data_dir")
-        _check_data_dir((spec.config.objective.evaluation or {}).get("data_dir"),
-                        "config.objective.evaluation.data_dir")
-    else:
-        _check_data_dir(spec.config.data_dir)
+    roots = get_settings().allowed_data_roots
+    try:
+        if isinstance(spec, SweepJobCreate):
+            paths.check_sweep(spec.config, roots)
+        else:
+            paths.check(spec.config.data_dir, "config.data_dir", roots)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
     if isinstance(spec, EvaluateJobCreate):
         target = session.get(Job, spec.config.job_id)
         if target is None or not keys.sees(key, target.project) or \
@@ -68,17 +69,6 @@ def submit_job(key: WriteKey, session: SessionDep, response: Response,
         response.status_code = 200
         return public(session.scalar(select(Job).where(Job.idempotency_key == stored_key)))
     return public(job, capacity=workers.capacity(session))
-
-
-def _check_data_dir(data_dir: str | None, field: str = "config.data_dir") -> None:
-    """A job reads data only under the configured data roots: no '..', no symlink escape."""
-    if data_dir is None:
-        return
-    roots = get_settings().allowed_data_roots
-    resolved = Path(data_dir).resolve()
-    if not any(resolved == root or root in resolved.parents for root in roots):
-        raise HTTPException(422, f"{field}: {data_dir} is outside the data roots "
-                                 f"({', '.join(map(str, roots))}; see MEC_DATA_ROOTS)")
 
 
 @router.get("", response_model=JobsPublic)

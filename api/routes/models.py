@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from api.deps import DeployKey, ModelDep, ReadKey, SessionDep, WriteKey, submission_quota
 from api.schemas import JobPublic, ModelPublic, ModelsPublic, errors, public
-from mec_platform import jobs, keys
+from mec_platform import jobs, keys, paths
 from mec_platform.jobs import JobKind
 from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
@@ -77,7 +77,13 @@ def deploy_model(_: DeployKey, model: ModelDep, session: SessionDep,
                  spec: Annotated[DeploySpec | None, Body()] = None):
     """Package (if needed) and register the model with TorchServe, as a new version that
     replaces the serving one only once it is ready. Returns the deploy job."""
-    return deploy_job(session, model, "deploy", spec or DeploySpec())
+    spec = spec or DeploySpec()
+    try:
+        paths.check(spec.gallery_data_dir, "gallery_data_dir",
+                    get_settings().allowed_data_roots)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return deploy_job(session, model, "deploy", spec)
 
 
 @router.post("/{model_id}/undeploy", response_model=JobPublic, status_code=202,
