@@ -31,6 +31,19 @@ def find(session: Session, project: str, name: str) -> Gallery | None:
                                                 Gallery.name == name))
 
 
+def identity(gallery: Gallery) -> dict:
+    """What binds a job to this gallery row: not its id alone, as a gallery deleted and
+    another created can never share one (migration 0009), but never trust one alone."""
+    return {"gallery_id": gallery.id, "gallery": gallery.name,
+            "gallery_created_at": gallery.created_at.isoformat()}
+
+
+def is_bound(gallery: Gallery | None, config: dict) -> bool:
+    """Whether `gallery` is the row that the job of `config` (made with identity) is for."""
+    return gallery is not None and identity(gallery) == {k: config.get(k) for k in (
+        "gallery_id", "gallery", "gallery_created_at")}
+
+
 def endpoint(session: Session, gallery: Gallery) -> str | None:
     """The model endpoint that embeds images for the gallery (None: not deployed). Raises
     OtherVersion when the model now serves another version than the gallery's vectors."""

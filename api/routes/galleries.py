@@ -181,9 +181,8 @@ def _submit_import(key, name: str, staged: Path, count: int):
             staged.unlink()  # nothing will read it
             raise
         job = jobs.submit(session, JobKind.GALLERY, {
-            "gallery_id": gallery.id, "gallery": gallery.name, "items": str(staged),
-            "count": count}, Queue.CPU, f"add {count} items to gallery {gallery.name}",
-            project=key.project)
+            **galleries.identity(gallery), "items": str(staged), "count": count}, Queue.CPU,
+            f"add {count} items to gallery {gallery.name}", project=key.project)
         return Response(public(job).model_dump_json(), status_code=202,
                         media_type="application/json")
 
@@ -245,7 +244,7 @@ def get_import(key: EmbedKey, session: SessionDep, name: Name,
     of all), counts, and the items that failed."""
     gallery = _gallery(session, key, name)
     job = session.get(Job, job_id)
-    if job is None or job.kind != JobKind.GALLERY or job.config["gallery_id"] != gallery.id:
+    if job is None or job.kind != JobKind.GALLERY or not galleries.is_bound(gallery, job.config):
         raise HTTPException(404, f"job_id: no import {job_id} into gallery {name!r}")
     return public(job)
 
