@@ -96,9 +96,26 @@ async def _body(model: Model, request: Request) -> tuple[bytes, str, object]:
     if not content_type.startswith("application/json"):
         return body, content_type, None
     try:
-        return body, content_type, json.loads(body)
+        payload = json.loads(body)
     except ValueError as exc:
         raise HTTPException(400, f"body: not JSON ({exc})") from None
+    _check_options(payload)
+    return body, content_type, payload
+
+
+def _check_options(payload) -> None:
+    """What the API can see wrong in a JSON body is refused here, before it joins a
+    TorchServe batch (whose handler checks each request again)."""
+    if not isinstance(payload, dict):
+        return
+    k = payload.get("k")
+    whole = (isinstance(k, int) and not isinstance(k, bool)) or \
+        (isinstance(k, float) and k.is_integer())  # not 1e309 nor Infinity: floats in JSON
+    if k is not None and not (whole and 1 <= k <= 100):
+        raise HTTPException(422, f"k: must be an integer from 1 to 100, got {k!r}")
+    images = payload.get("images", [])
+    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+        raise HTTPException(422, "images: must be a list of base64 strings")
 
 
 async def _forward(endpoint: str, body: bytes, content_type: str) -> Response:
