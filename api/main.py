@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from api import audit
+from api import audit, limits
 from api.routes import audit as audit_routes
 from api.routes import galleries, inference, jobs, models, system, ui
 from mec_platform.jobs import JobKind
@@ -28,6 +28,7 @@ app.include_router(system.router)
 app.include_router(audit_routes.router)
 app.include_router(ui.router)
 app.mount("/ui/static", StaticFiles(directory=ui.UI / "static"), name="ui-static")
+app.add_middleware(limits.BodyLimit)  # inside the audit log, which records its refusals
 app.add_middleware(audit.AuditLog)
 
 

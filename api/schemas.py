@@ -19,10 +19,17 @@ from mec_platform.workers import waiting_reason
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
+# no control characters (C0, DEL, C1) nor invisible or bidi formatting ones, which a
+# terminal or a page showing the text would obey
+PRINTABLE = ("^[^\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2064"
+             "\u2066-\u2069\ufeff]*$")
+
+
 class _JobFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("", max_length=200, description="Human-readable name of the job.")
+    name: str = Field("", max_length=200, pattern=PRINTABLE,
+                      description="Human-readable name of the job.")
     tags: list[Tag] = Field(default_factory=list, max_length=20,
                             description="Labels to filter jobs by.")
     priority: int = Field(0, ge=0, le=9, description="Broker priority, 9 = most urgent.")
@@ -280,12 +287,18 @@ class GalleryDelete(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ids: list[ItemId] | None = Field(None, max_length=10_000)
-    filter: dict[str, Any] | None = Field(None, description="Delete what this keeps.")
+    filter: dict[str, Any] | None = Field(None, description="Delete what this keeps; an "
+                                          "empty filter, which keeps every item, needs "
+                                          "\"all\": true.")
+    all: bool = Field(False, description="Confirms that an empty filter deletes every item.")
 
     @model_validator(mode="after")
     def _one_way(self) -> GalleryDelete:
         if (self.ids is None) == (self.filter is None):
             raise ValueError("give either 'ids' or 'filter'")
+        if self.filter == {} and not self.all:
+            raise ValueError("filter: an empty filter deletes every item; send \"all\": true "
+                             "with it to mean that")
         return self
 
 

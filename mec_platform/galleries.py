@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 from collections.abc import Iterator
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select, update
@@ -29,6 +31,26 @@ class OtherVersion(RuntimeError):
 def find(session: Session, project: str, name: str) -> Gallery | None:
     return session.scalar(select(Gallery).where(Gallery.project == project,
                                                 Gallery.name == name))
+
+
+STALE_UPLOAD_S = 3600  # a staging file not written to for this long has no writer left
+
+
+def staging_folder(artifact_root: Path) -> Path:
+    """Where the API stages the items of imports (one NDJSON file each)."""
+    return artifact_root / "gallery-imports"
+
+
+def remove_stale_uploads(artifact_root: Path, now: float) -> list[Path]:
+    """Remove the `.partial` files of uploads whose API process died while it streamed
+    them (kill -9: its own cleanup never ran). Returns what was removed."""
+    removed = []
+    for path in staging_folder(artifact_root).glob("*.partial"):
+        with contextlib.suppress(FileNotFoundError):  # finished (or removed) meanwhile
+            if now - path.stat().st_mtime > STALE_UPLOAD_S:
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def identity(gallery: Gallery) -> dict:

@@ -46,8 +46,7 @@ def submit_job(key: WriteKey, session: SessionDep, response: Response,
     if stored_key:
         existing = session.scalar(select(Job).where(Job.idempotency_key == stored_key))
         if existing is not None:
-            response.status_code = 200
-            return public(existing)
+            return _replay(existing, spec, response)
     roots = get_settings().allowed_data_roots
     try:
         if isinstance(spec, SweepJobCreate):
@@ -66,9 +65,20 @@ def submit_job(key: WriteKey, session: SessionDep, response: Response,
         job = jobs.submit(session, spec.kind, spec.config.model_dump(mode="json"), spec.queue,
                           spec.name, spec.tags, spec.priority, stored_key, key.project)
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
-        response.status_code = 200
-        return public(session.scalar(select(Job).where(Job.idempotency_key == stored_key)))
+        return _replay(session.scalar(select(Job).where(Job.idempotency_key == stored_key)),
+                       spec, response)
     return public(job, capacity=workers.capacity(session))
+
+
+def _replay(existing: Job, spec: JobCreate, response: Response) -> JobPublic:
+    """The job an Idempotency-Key made, for a retry of the same submission (200); the
+    key reused for another submission is a client's bug, answered 409 (as Stripe does)."""
+    if (existing.kind, existing.name, existing.config) != (
+            spec.kind, spec.name or spec.kind, spec.config.model_dump(mode="json")):
+        raise HTTPException(409, f"Idempotency-Key: already used for job {existing.id}, "
+                                 "submitted with another body; use a new key")
+    response.status_code = 200
+    return public(existing)
 
 
 @router.get("", response_model=JobsPublic)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Depends, Form, HTTPException, Query, Upload
 from sqlalchemy import func, select
 
 from api.deps import DeployKey, ModelDep, ReadKey, SessionDep, WriteKey, submission_quota
-from api.schemas import JobPublic, ModelPublic, ModelsPublic, errors, public
+from api.schemas import PRINTABLE, JobPublic, ModelPublic, ModelsPublic, errors, public
 from mec_platform import jobs, keys, paths
 from mec_platform.jobs import JobKind
 from mec_platform.queue import Queue
@@ -36,7 +36,7 @@ def list_models(key: ReadKey, session: SessionDep, limit: int = Query(50, ge=1, 
 @router.post("", response_model=JobPublic, status_code=202,
              dependencies=[Depends(submission_quota)], responses=errors(413, 429))
 def upload_model(key: WriteKey, session: SessionDep, checkpoint: UploadFile,
-                 name: Annotated[str, Form(min_length=1, max_length=200)]):
+                 name: Annotated[str, Form(min_length=1, max_length=200, pattern=PRINTABLE)]):
     """Upload a training checkpoint written by `mec train`; an import job loads it with
     weights_only (tensors and plain containers, never code), exports its encoder and adds
     it as a model. Returns the import job."""

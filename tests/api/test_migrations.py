@@ -107,3 +107,15 @@ def test_0009__galleries_keep_their_items_and_a_deleted_gallerys_id_is_never_giv
                                 "RETURNING id")).scalar()
     engine.dispose()
     assert new == 3
+
+
+def test_the_embedded_database_is_readable_by_its_owner_only(tmp_path):
+    """It holds the API keys' hashes."""
+    url = f"sqlite:///{tmp_path / 'mec.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.glob("mec.db*")}
+    engine.dispose()
+    assert modes and set(modes.values()) == {0o600}, modes

@@ -156,3 +156,21 @@ def test_deploy__the_gallery_folder_obeys_the_path_rule_also_from_an_uploaded_co
     else:
         with pytest.raises(tasks.JobFailed, match=refused):
             tasks._check_gallery_dir(spec, {"meta": str(meta)}, embedded.allowed_data_roots)
+
+
+def test_the_partial_file_of_an_upload_whose_api_died_is_removed(tmp_path):
+    import os
+    import time
+
+    from mec_platform.galleries import STALE_UPLOAD_S, remove_stale_uploads, staging_folder
+
+    folder = staging_folder(tmp_path)
+    folder.mkdir()
+    dead, live, staged = folder / "a.partial", folder / "b.partial", folder / "c.ndjson"
+    for path in (dead, live, staged):
+        path.write_text("{}\n")
+    old = time.time() - STALE_UPLOAD_S - 5
+    os.utime(dead, (old, old))
+    os.utime(staged, (old, old))  # a staged import waits for its job: kept
+    assert remove_stale_uploads(tmp_path, time.time()) == [dead]
+    assert not dead.exists() and live.exists() and staged.exists()
