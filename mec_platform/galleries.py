@@ -139,6 +139,12 @@ def changes(session: Session, gallery_id: int, after: int,
         yield part[-1].seq, [(r.item_id, r.meta, r.vector) for r in part]
 
 
+def _float32(values: list[float]) -> np.ndarray:
+    """The values as stored (float32); what float32 cannot hold becomes inf (checked)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(values, np.float32)
+
+
 def vectors_of(items: list[dict], dim: int, client: EmbedClient,
                endpoint: str | None) -> tuple[list[int], np.ndarray, dict[int, str]]:
     """Unit vectors of items ({"image": base64} or {"vector": [...]}): images embedded by
@@ -148,11 +154,15 @@ def vectors_of(items: list[dict], dim: int, client: EmbedClient,
     bad, images, vectors = {}, {}, {}
     for position, entry in enumerate(items):
         if entry.get("vector") is not None:
-            vector = np.asarray(entry["vector"], np.float32)
+            vector = _float32(entry["vector"])
             if len(vector) != dim:
                 bad[position] = f"vector: {len(vector)} values; the gallery's model gives {dim}"
-            else:
-                vectors[position] = vector / np.linalg.norm(vector)
+            elif not np.isfinite(vector).all():
+                bad[position] = "vector: a value beyond float32's range (±3.4e38)"
+            elif not vector.any():
+                bad[position] = "vector: zero once stored as float32 (values under 1.4e-45)"
+            else:  # the norm in float64: squares of large float32 values overflow
+                vectors[position] = vector / np.linalg.norm(vector.astype(np.float64))
             continue
         try:
             images[position] = base64.b64decode(entry["image"], validate=True)

@@ -54,3 +54,23 @@ def test_an_admin_key_lists_every_projects_galleries(embedded):
     assert "theirs" in [g["name"] for g in admin.get("/v1/galleries").json()["data"]]
     other = _client(Scope.EMBED, project="nosy")
     assert "theirs" not in [g["name"] for g in other.get("/v1/galleries").json()["data"]]
+
+
+def test_vectors_float32_cannot_hold_are_refused_and_nothing_is_stored(embedded):
+    """Finite as float64, not as float32: stored, they became NaN scores."""
+    app_key = _client(Scope.EMBED, project="floats")
+    assert app_key.post("/v1/galleries", json={"name": "f", "model_id": _served_model(
+        "floats")}).status_code == 201
+    for vector, why in (([1e39, 0, 0, 0], "float32's range"), ([1e-46] * 4, "zero once"),
+                        ([3e38, 3e38, 3e38, 3e38], None)):
+        r = app_key.post("/v1/galleries/f/items", json={"items": [{"id": "a", "vector": vector}]})
+        if why is None:  # large but float32: its norm is taken in float64
+            assert r.status_code == 200, r.text
+            got = app_key.get("/v1/galleries/f/items/a").json()["vector"]
+            assert got == [0.5] * 4
+        else:
+            assert r.status_code == 422 and why in r.json()["detail"], r.text
+        search = app_key.post("/v1/galleries/f/search", json={"vector": vector, "k": 1})
+        assert search.status_code == (200 if why is None else 422), search.text
+    hits = app_key.post("/v1/galleries/f/search", json={"vector": [1, 1, 1, 1]}).json()
+    assert hits["results"][0]["score"] is not None and hits["results"][0]["id"] == "a"
