@@ -1,7 +1,10 @@
-"""Limits before reading: a request with a body is refused by its Content-Length (413)
-and, under /v1, without a known API key (401) before a byte of the body is read; a body
+"""What the API answers before a route runs.
+
+Limits before reading: a request with a body is refused by its Content-Length (413) and,
+under /v1, without a known API key (401) before a byte of the body is read; a body
 without a Content-Length is cut off at the route's limit while it streams. FastAPI parses a
-body before it runs a route's dependencies, so these checks cannot live there."""
+body before it runs a route's dependencies, so these checks cannot live there. And OPTIONS
+names every method of a path."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import json
 import re
 
 from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
 
 from api.deps import known_key, presented_key
 from api.routes.inference import MAX_BYTES as INFERENCE_BYTES
@@ -18,18 +22,18 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SMALL_BYTES = 2**20  # a job spec, a search, a login form
 
 
-def limit(method: str, path: str, content_type: str) -> int:
-    """The largest body a request to `path` may send."""
+def limit(method: str, path: str, content_type: str) -> tuple[int, str]:
+    """The largest body a request to `path` may send, and the setting that says so."""
     settings = get_settings()
     if method == "POST" and path == "/v1/models" or \
             re.fullmatch(r"/v1/galleries/[^/]+/items", path) and \
             content_type.startswith("application/x-ndjson"):
-        return settings.max_upload_mb * 2**20  # streamed to disk, never held
+        return settings.max_upload_mb * 2**20, " (MEC_MAX_UPLOAD_MB)"  # streamed to disk
     if re.fullmatch(r"/v1/galleries/[^/]+/items", path):
-        return settings.max_json_mb * 2**20  # parsed in memory
+        return settings.max_json_mb * 2**20, " (MEC_MAX_JSON_MB)"  # parsed in memory
     if re.fullmatch(r"/v1/models/[^/]+/(embed|search)", path):
-        return INFERENCE_BYTES
-    return SMALL_BYTES
+        return INFERENCE_BYTES, ""
+    return SMALL_BYTES, ""
 
 
 class BodyLimit:
@@ -44,11 +48,12 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        most = limit(scope["method"], scope["path"], request.headers.get("content-type", ""))
+        most, setting = limit(scope["method"], scope["path"],
+                              request.headers.get("content-type", ""))
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > most):
             await _refuse(send, 413, f"body: {length} bytes, over the limit of {most} bytes "
-                                     "for this route")
+                                     f"for this route{setting}")
             return
         if scope["path"].startswith("/v1/"):
             plain = presented_key(request)
@@ -83,7 +88,8 @@ class BodyLimit:
             if not over or started:
                 raise
         if over and not started:
-            await _refuse(send, 413, f"body: over the limit of {most} bytes for this route")
+            await _refuse(send, 413, f"body: over the limit of {most} bytes for this "
+                                     f"route{setting}")
 
 
 async def _refuse(send, status: int, detail: str) -> None:
@@ -94,3 +100,27 @@ async def _refuse(send, status: int, detail: str) -> None:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class AllowHeader:
+    """ASGI middleware: OPTIONS on a path answers 405 with an Allow header naming every
+    method the OpenAPI document gives the path (Starlette names only those of the first
+    route that matches it, e.g. POST without GET for /v1/jobs)."""
+
+    def __init__(self, app, openapi) -> None:
+        self.app, self.openapi = app, openapi
+        self.paths: list[tuple[re.Pattern, str]] | None = None  # built at the first OPTIONS
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            if self.paths is None:
+                self.paths = [(re.compile(re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(path))),
+                               ", ".join(sorted(m.upper() for m in methods)))
+                              for path, methods in self.openapi()["paths"].items()]
+            allow = next((m for pattern, m in self.paths if pattern.fullmatch(scope["path"])),
+                         None)
+            if allow:
+                await JSONResponse({"detail": "Method Not Allowed"}, 405,
+                                   headers={"Allow": allow})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

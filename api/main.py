@@ -8,10 +8,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic.json_schema import models_json_schema
 
 from api import audit, limits
 from api.routes import audit as audit_routes
 from api.routes import galleries, inference, jobs, models, system, ui
+from api.schemas import GalleryItemsIn
 from mec_platform.jobs import JobKind
 
 app = FastAPI(
@@ -29,7 +31,23 @@ app.include_router(audit_routes.router)
 app.include_router(ui.router)
 app.mount("/ui/static", StaticFiles(directory=ui.UI / "static"), name="ui-static")
 app.add_middleware(limits.BodyLimit)  # inside the audit log, which records its refusals
+app.add_middleware(limits.AllowHeader, openapi=app.openapi)
 app.add_middleware(audit.AuditLog)
+
+
+def openapi() -> dict:
+    """FastAPI's document, with the schemas of bodies that routes read themselves (a
+    gallery add, JSON or streamed NDJSON), which FastAPI does not collect."""
+    if app.openapi_schema is None:
+        document = FastAPI.openapi(app)
+        _, defs = models_json_schema([(GalleryItemsIn, "validation")],
+                                     ref_template="#/components/schemas/{model}")
+        document["components"]["schemas"].update(defs["$defs"])
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+app.openapi = openapi
 
 
 @app.get("/", include_in_schema=False)

@@ -243,26 +243,37 @@ class GalleriesPublic(BaseModel):
     data: list[GalleryPublic]
 
 
+Scalar = str | int | float | bool | None
+# {"key": value, "other": {"in": [values]}}: every condition must hold
+Filter = Annotated[dict[str, Scalar | Annotated[dict[Literal["in"], list[Scalar]],
+                                                 Field(min_length=1)]], Field(min_length=1)]
+
+
+def _exactly_one(*fields: str, extra: dict | None = None) -> dict:
+    """The schema of "exactly one of these fields" (a rule the validator enforces too)."""
+    return {"oneOf": [{"required": [f]} for f in fields] + ([extra] if extra else [])}
+
+
 class GalleryItemIn(BaseModel):
     """An item: the app's id, its metadata, and an image (base64) or a vector."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False,
+                              json_schema_extra=_exactly_one("image", "vector"))
 
     id: ItemId
     metadata: dict[str, Any] | None = Field(None, description="Any JSON object; top-level "
                                             "keys with string, number, boolean or null "
                                             "values can be filtered on.")
-    image: str | None = Field(None, description="An image file, base64.")
-    vector: list[float] | None = Field(None, min_length=1, max_length=65_536,
-                                       description="An embedding of the gallery's model "
-                                       "(l2-normalised on the way in).")
+    # not nullable: a field given is the item's source (None only when left out)
+    image: str = Field(None, description="An image file, base64.")
+    vector: list[float] = Field(None, min_length=1, max_length=65_536,
+                                description="An embedding of the gallery's model "
+                                "(l2-normalised on the way in; not all zeros).")
 
     @model_validator(mode="after")
     def _one_source(self) -> GalleryItemIn:
         if (self.image is None) == (self.vector is None):
             raise ValueError("give either 'image' or 'vector'")
-        if self.vector is not None and not any(self.vector):
-            raise ValueError("vector: all zeros")
         return self
 
 
@@ -284,21 +295,17 @@ class GalleryItemPublic(BaseModel):
 
 
 class GalleryDelete(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=_exactly_one(
+        "ids", "filter", extra={"required": ["all"], "properties": {"all": {"const": True}}}))
 
-    ids: list[ItemId] | None = Field(None, max_length=10_000)
-    filter: dict[str, Any] | None = Field(None, description="Delete what this keeps; an "
-                                          "empty filter, which keeps every item, needs "
-                                          "\"all\": true.")
-    all: bool = Field(False, description="Confirms that an empty filter deletes every item.")
+    ids: list[ItemId] = Field(None, min_length=1, max_length=10_000)
+    filter: Filter = Field(None, description="Delete the items this keeps.")
+    all: bool = Field(False, description="Delete every item (alone: not with ids or filter).")
 
     @model_validator(mode="after")
     def _one_way(self) -> GalleryDelete:
-        if (self.ids is None) == (self.filter is None):
-            raise ValueError("give either 'ids' or 'filter'")
-        if self.filter == {} and not self.all:
-            raise ValueError("filter: an empty filter deletes every item; send \"all\": true "
-                             "with it to mean that")
+        if sum((self.ids is not None, self.filter is not None, self.all)) != 1:
+            raise ValueError("give one of 'ids', 'filter' or \"all\": true")
         return self
 
 
@@ -307,15 +314,17 @@ class GalleryDeleted(BaseModel):
 
 
 class GallerySearch(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False,
+                              json_schema_extra=_exactly_one("image", "vector", "item_id"))
 
-    image: str | None = Field(None, description="Query image, base64.")
-    vector: list[float] | None = Field(None, min_length=1, max_length=65_536)
-    item_id: ItemId | None = Field(None, description="An item of the gallery (left out of "
-                                   "its own results).")
+    # not nullable: a field given is the query (None only when left out)
+    image: str = Field(None, description="Query image, base64.")
+    vector: list[float] = Field(None, min_length=1, max_length=65_536)
+    item_id: ItemId = Field(None, description="An item of the gallery (left out of its own "
+                            "results).")
     k: int = Field(10, ge=1, le=1000)
-    filter: dict[str, Any] | None = Field(None, description="{\"key\": value, \"other\": "
-                                          "{\"in\": [values]}}: all must hold.")
+    filter: Filter = Field(None, description="{\"key\": value, \"other\": {\"in\": "
+                           "[values]}}: all must hold.")
 
     @model_validator(mode="after")
     def _one_query(self) -> GallerySearch:

@@ -128,7 +128,11 @@ def delete_gallery(key: EmbedKey, session: SessionDep, name: Name):
     return Response(status_code=204)
 
 
-@router.post("/{name}/items", response_model=GalleryAdded, responses={
+@router.post("/{name}/items", response_model=GalleryAdded, openapi_extra={"requestBody": {
+    "required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/GalleryItemsIn"}},
+        NDJSON: {"schema": {"type": "string", "description": "One item (as in the JSON "
+                            "body's items) per line."}}}}}, responses={
     202: {"model": JobPublic, "description": "A large add, running as this job."},
     413: {"description": "Body over the upload limit."},
     429: {"description": "Too many imports from the key, or queued in the project."}})
@@ -138,8 +142,9 @@ async def add_items(key: EmbedKey, name: Name, request: Request):
     written before the answer; more, or a body of `application/x-ndjson` (one item per
     line, any number), are staged and written by a job (202), which can be followed and
     resumes after a crash. All of a body's items are checked before anything is written."""
+    await run_in_threadpool(_exists, key, name)  # before the body is read
     if request.headers.get("content-type", "").startswith(NDJSON):
-        await run_in_threadpool(_import_quota, key)  # before the body is read
+        await run_in_threadpool(_import_quota, key)
         staged, count = await _stage_lines(request)
         return await run_in_threadpool(_submit_import, key, name, staged, count)
     try:
@@ -153,6 +158,11 @@ async def add_items(key: EmbedKey, name: Name, request: Request):
         _write_atomically(staged, "".join(json.dumps(i) + "\n" for i in items))
         return await run_in_threadpool(_submit_import, key, name, staged, len(items))
     return await run_in_threadpool(_add_now, key, name, items)
+
+
+def _exists(key, name: str) -> None:
+    with session_scope() as session:
+        _gallery(session, key, name)
 
 
 def _import_quota(key) -> None:
@@ -227,18 +237,14 @@ LINE_BYTES = 16 * 2**20  # an NDJSON item: a 10 MiB image, base64, with its meta
 
 async def _stage_lines(request: Request) -> tuple[Path, int]:
     """Stream NDJSON items to a staging file, each line checked as it comes (422 naming
-    the line's item: items[N]...)."""
-    limit = get_settings().max_upload_mb * 2**20
+    the line's item: items[N]...); the body's size is bounded as it streams
+    (api.limits)."""
     path = _staging_path()
     partial = path.with_suffix(".partial")
-    received, count, rest = 0, 0, b""
+    count, rest = 0, b""
     try:
         with partial.open("w") as out:
             async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    raise HTTPException(413, f"body: larger than the {limit // 2**20} MiB "
-                                             "limit (MEC_MAX_UPLOAD_MB)")
                 *lines, rest = (rest + chunk).split(b"\n")
                 for line in lines:
                     count += _stage_line(out, line, count)
@@ -299,10 +305,11 @@ def delete_item(key: EmbedKey, session: SessionDep, name: Name, item_id: str):
 
 @router.post("/{name}/delete", response_model=GalleryDeleted)
 def delete_items(key: EmbedKey, session: SessionDep, name: Name, body: GalleryDelete):
-    """Delete items by ids, or every item that a metadata filter keeps."""
+    """Delete items by ids, every item that a metadata filter keeps, or every item
+    (`"all": true`)."""
     gallery = _gallery(session, key, name)
     ids = body.ids
-    if ids is None:
+    if ids is None:  # a filter, or every item ("all": true: no condition)
         allowed = _filter(body.filter)
         with cache.current(session, gallery) as index:
             ids = index.matching(allowed)

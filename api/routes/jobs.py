@@ -35,7 +35,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(400, 401, 
              dependencies=[Depends(submission_quota)],
              responses={200: {"model": JobPublic, "description": "The job submitted earlier "
                               "with this Idempotency-Key; nothing new was created."},
-                        **errors(429)})
+                        **errors(404, 409, 429)})
 def submit_job(key: WriteKey, session: SessionDep, response: Response,
                spec: Annotated[JobCreate, Body()],
                idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None):
@@ -56,11 +56,14 @@ def submit_job(key: WriteKey, session: SessionDep, response: Response,
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     if isinstance(spec, EvaluateJobCreate):
+        # the job named is a resource the body refers to: 404 when there is none (in the
+        # key's projects), 409 when it is of another kind; the schema cannot say either
         target = session.get(Job, spec.config.job_id)
-        if target is None or not keys.sees(key, target.project) or \
-                target.kind not in (JobKind.PRETRAIN, JobKind.IMPORT):
-            raise HTTPException(422, f"config.job_id: {spec.config.job_id} is not a "
-                                     "pretraining or import job")
+        if target is None or not keys.sees(key, target.project):
+            raise HTTPException(404, f"config.job_id: job {spec.config.job_id} not found")
+        if target.kind not in (JobKind.PRETRAIN, JobKind.IMPORT):
+            raise HTTPException(409, f"config.job_id: job {spec.config.job_id} is a "
+                                     f"{target.kind} job, not a pretraining or import job")
     try:
         job = jobs.submit(session, spec.kind, spec.config.model_dump(mode="json"), spec.queue,
                           spec.name, spec.tags, spec.priority, stored_key, key.project)

@@ -40,20 +40,11 @@ def upload_model(key: WriteKey, session: SessionDep, checkpoint: UploadFile,
     """Upload a training checkpoint written by `mec train`; an import job loads it with
     weights_only (tensors and plain containers, never code), exports its encoder and adds
     it as a model. Returns the import job."""
-    limit = get_settings().max_upload_mb * 2**20
     folder = get_settings().artifact_root / "uploads" / uuid.uuid4().hex
     folder.mkdir(parents=True)
     path = folder / "checkpoint.pt"
-    with path.open("wb") as out:
-        copied = 0
-        while chunk := checkpoint.file.read(2**20):
-            copied += len(chunk)
-            if copied > limit:
-                out.close()
-                shutil.rmtree(folder)
-                raise HTTPException(413, f"checkpoint: larger than the {limit // 2**20} MiB "
-                                         "limit (MEC_MAX_UPLOAD_MB)")
-            out.write(chunk)
+    with path.open("wb") as out:  # its size is bounded before it is read (api.limits)
+        shutil.copyfileobj(checkpoint.file, out, 2**20)
     return public(jobs.submit(session, JobKind.IMPORT, {
         "checkpoint": str(path), "filename": checkpoint.filename or ""}, Queue.CPU, name,
         project=key.project))

@@ -33,16 +33,17 @@ def _client(*scopes: Scope, project: str) -> TestClient:
     return TestClient(app, headers={"Authorization": f"Bearer {plain}"})
 
 
-def test_an_empty_delete_filter_deletes_only_with_all_true(embedded):
+def test_an_empty_delete_filter_is_refused_and_all_true_deletes_every_item(embedded):
     app_key = _client(Scope.EMBED, project="rules")
     assert app_key.post("/v1/galleries", json={"name": "keep", "model_id": _served_model(
         "rules")}).status_code == 201
     items = [{"id": f"v{i}", "vector": [1.0, i, 0, 0]} for i in range(3)]
     assert app_key.post("/v1/galleries/keep/items", json={"items": items}).status_code == 200
-    r = app_key.post("/v1/galleries/keep/delete", json={"filter": {}})
-    assert r.status_code == 422 and r.json()["detail"].startswith("filter: an empty filter")
+    for body in ({"filter": {}}, {"filter": {}, "all": True}, {"all": False}, {}):
+        r = app_key.post("/v1/galleries/keep/delete", json=body)
+        assert r.status_code == 422, r.text
     assert app_key.get("/v1/galleries/keep").json()["items"] == 3  # nothing lost
-    r = app_key.post("/v1/galleries/keep/delete", json={"filter": {}, "all": True})
+    r = app_key.post("/v1/galleries/keep/delete", json={"all": True})
     assert r.json() == {"deleted": 3}
 
 
