@@ -33,10 +33,11 @@ def archive(model_store: Path, endpoint: str, number: int) -> Path:
 
 
 def restore(open_session: Callable[[], AbstractContextManager[Session]],
-            management: Management, model_store: Path) -> dict[int, str]:
+            connect: Callable[[], Management], model_store: Path) -> dict[int, str]:
     """Register again every endpoint of a serving deployment that TorchServe does not
     serve, from its archive; a deployment whose archive is gone is marked `lost` with the
-    reason. Returns {model id: what was done} for the models it touched."""
+    reason. `connect` gives the management API (called only when a deployment serves).
+    Returns {model id: what was done} for the models it touched."""
     with open_session() as s:
         # a deploy or undeploy under way changes what TorchServe serves on its own
         busy = {c["model_id"] for c in s.scalars(select(Job.config).where(
@@ -45,6 +46,7 @@ def restore(open_session: Callable[[], AbstractContextManager[Session]],
                    if (d or {}).get("status") == "serving" and i not in busy]
     if not serving:
         return {}
+    management = connect()
     served = management.names()
     done = {}
     for model_id, deployment in serving:

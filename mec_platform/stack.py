@@ -141,7 +141,7 @@ class Stack:
         records as serving (mec_platform.deployments)."""
         from mec_platform.deployments import restore
 
-        return restore(self._session, self._management(), self.settings.model_store)
+        return restore(self._session, self._management, self.settings.model_store)
 
     def _management(self):
         from serving.torchserve import Management, fresh_keys

@@ -79,4 +79,5 @@ def restore() -> dict[int, str]:
     """Serve again what the database says is serving, after TorchServe (re)started empty
     (mec_platform.deployments.restore)."""
     settings = get_settings()
-    return deployments.restore(session_scope, _management(settings), settings.model_store)
+    return deployments.restore(session_scope, lambda: _management(settings),
+                               settings.model_store)

@@ -142,9 +142,11 @@ async def add_items(key: EmbedKey, name: Name, request: Request):
     written before the answer; more, or a body of `application/x-ndjson` (one item per
     line, any number), are staged and written by a job (202), which can be followed and
     resumes after a crash. All of a body's items are checked before anything is written."""
-    await run_in_threadpool(_exists, key, name)  # before the body is read
-    if request.headers.get("content-type", "").startswith(NDJSON):
+    ndjson = request.headers.get("content-type", "").startswith(NDJSON)
+    if ndjson:  # an import: counted against the key's rate even for a gallery not found
         await run_in_threadpool(_import_quota, key)
+    await run_in_threadpool(_exists, key, name)  # before the body is read
+    if ndjson:
         staged, count = await _stage_lines(request)
         return await run_in_threadpool(_submit_import, key, name, staged, count)
     try:

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 from harness import base_env, open_platform
+from sqlalchemy.orm import Session
+
+from mec_platform.db import make_engine
+from mec_platform.tables import Gallery, Job, Model
 
 GB = 2**30
 CHUNK = b"x" * 2**20
@@ -48,10 +52,32 @@ def _send(port: int, path: str, headers: dict[str, str], chunked: bool,
     return int(answer.split(b" ", 2)[1])
 
 
+def _gallery_g(url: str) -> None:
+    """Gallery 'g' of project default, on a model recorded as serving (an add's body is
+    read only for a gallery that exists)."""
+    engine = make_engine(url)
+    with Session(engine) as s:
+        job = Job(kind="pretrain", project="default", name="j", queue="gpu", config={},
+                  status="succeeded")
+        s.add(job)
+        s.flush()
+        model = Model(job_id=job.id, project="default", name="m", backbone="convnet",
+                      dataset="synthetic", artifacts={}, deployment={
+                          "status": "serving", "number": 1, "dim": 4, "name": "mec-1"})
+        s.add(model)
+        s.flush()
+        s.add(Gallery(project="default", name="g", model_id=model.id, model_version=1, dim=4,
+                      seq=0))
+        s.commit()
+    engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     root = tmp_path_factory.mktemp("limits")
-    platform = open_platform(root, base_env(root), "embedded")
+    env = base_env(root)
+    platform = open_platform(root, env, "embedded")
+    _gallery_g(f"sqlite:///{root / 'data' / 'mec.db'}")
     platform.start_api()
     yield platform
     platform.stop()
@@ -61,9 +87,10 @@ def api(tmp_path_factory):
     ("/v1/jobs", False, "application/json", False, 413),
     ("/v1/jobs", False, "application/json", True, 401),
     ("/v1/jobs", True, "application/json", True, 413),
-    ("/v1/models/1/embed", True, "image/png", True, 404),  # no such model: body unread
+    ("/v1/models/1/embed", True, "image/png", True, 413),  # model 1 is recorded as served
     ("/v1/galleries/g/items", True, "application/json", True, 413),
     ("/v1/galleries/g/items", True, "application/x-ndjson", True, 413),
+    ("/v1/galleries/none/items", True, "application/json", True, 404),  # body unread
     ("/v1/models", True, "multipart/form-data; boundary=x", True, 413),
 ])
 def test_a_1gb_body_is_refused_within_50mb(api, path, keyed, content_type, chunked, status):
