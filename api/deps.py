@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from api.rate_limit import limiter
 from mec_platform import keys
-from mec_platform.db import REQUEST_SESSIONS, end_read, get_session
+from mec_platform.db import REQUEST_SESSIONS, end_read, get_session, session_scope
 from mec_platform.keys import Scope
 from mec_platform.specs import ID_MAX
 from mec_platform.tables import ApiKey, Job, Model
@@ -63,6 +63,25 @@ def _read_key(session: Session, plain: str) -> ApiKey | None:
     end_read(session)
     _keys.put(keys.digest(plain), key)
     return key
+
+
+def _read_key_alone(plain: str) -> ApiKey | None:
+    with session_scope() as session:
+        return _read_key(session, plain)
+
+
+def presented_key(request: Request) -> str | None:
+    """The key the request presents: its bearer token, else the dashboard's cookie."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.cookies.get(SESSION_COOKIE) or None
+
+
+async def known_key(plain: str) -> ApiKey | None:
+    """The row of a presented key (reused for ROW_CACHE_SECONDS), read before a request's
+    body is (api.limits)."""
+    return _keys.get(keys.digest(plain)) or await run_in_threadpool(_read_key_alone, plain)
 
 
 async def current_key(session: SessionDep, request: Request,

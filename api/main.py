@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_fastapi_instrumentator import Instrumentator
+from pydantic.json_schema import models_json_schema
 
-from api import audit
+from api import audit, limits
 from api.routes import audit as audit_routes
 from api.routes import galleries, inference, jobs, models, monitoring, system, ui
+from api.schemas import GalleryItemsIn
 from mec_platform.jobs import JobKind
 
 app = FastAPI(
@@ -28,11 +32,28 @@ app.include_router(monitoring.router)
 app.include_router(audit_routes.router)
 app.include_router(ui.router)
 app.mount("/ui/static", StaticFiles(directory=ui.UI / "static"), name="ui-static")
+app.add_middleware(limits.BodyLimit)  # inside the audit log, which records its refusals
+app.add_middleware(limits.AllowHeader, openapi=app.openapi)
 app.add_middleware(audit.AuditLog)
 # http_requests_total{handler,method,status} and http_request_duration_seconds{handler,
 # method}, by route template (unmatched paths as "none"), status grouped as 2xx, 4xx, ...
 Instrumentator(excluded_handlers=["/metrics"], should_exclude_streaming_duration=True
                ).instrument(app)
+
+
+def openapi() -> dict:
+    """FastAPI's document, with the schemas of bodies that routes read themselves (a
+    gallery add, JSON or streamed NDJSON), which FastAPI does not collect."""
+    if app.openapi_schema is None:
+        document = FastAPI.openapi(app)
+        _, defs = models_json_schema([(GalleryItemsIn, "validation")],
+                                     ref_template="#/components/schemas/{model}")
+        document["components"]["schemas"].update(defs["$defs"])
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+app.openapi = openapi
 
 
 @app.get("/", include_in_schema=False)
@@ -47,10 +68,20 @@ def _field(loc) -> str:
     return ".".join(p for p in parts if p not in set(JobKind)) or "body"
 
 
+def _named(error: dict) -> tuple[str, str, str]:
+    """(field, message, type); a model validator's "space.eps_sq: ..." names a field below
+    the model it validates, so that field is the one named."""
+    field, msg = _field(error["loc"]), error["msg"].removeprefix("Value error, ")
+    head, sep, rest = msg.partition(": ")
+    if error["type"] == "value_error" and sep and re.fullmatch(r"[A-Za-z_][\w.]*", head):
+        field, msg = head if field == "body" else f"{field}.{head}", rest
+    return field, msg, error["type"]
+
+
 @app.exception_handler(RequestValidationError)
 def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 with `detail` as one readable line per field, and the raw errors beside it."""
-    errors = [e | {"msg": e["msg"].removeprefix("Value error, ")} for e in exc.errors()]
-    detail = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in errors)
-    raw = [{"field": _field(e["loc"]), "message": e["msg"], "type": e["type"]} for e in errors]
+    errors = [_named(e) for e in exc.errors()]
+    detail = "; ".join(f"{field}: {msg}" for field, msg, _ in errors)
+    raw = [{"field": field, "message": msg, "type": kind} for field, msg, kind in errors]
     return JSONResponse(status_code=422, content={"detail": detail, "errors": raw})

@@ -19,10 +19,17 @@ from mec_platform.workers import waiting_reason
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
+# no control characters (C0, DEL, C1) nor invisible or bidi formatting ones, which a
+# terminal or a page showing the text would obey
+PRINTABLE = ("^[^\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2064"
+             "\u2066-\u2069\ufeff]*$")
+
+
 class _JobFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("", max_length=200, description="Human-readable name of the job.")
+    name: str = Field("", max_length=200, pattern=PRINTABLE,
+                      description="Human-readable name of the job.")
     tags: list[Tag] = Field(default_factory=list, max_length=20,
                             description="Labels to filter jobs by.")
     priority: int = Field(0, ge=0, le=9, description="Broker priority, 9 = most urgent.")
@@ -236,26 +243,37 @@ class GalleriesPublic(BaseModel):
     data: list[GalleryPublic]
 
 
+Scalar = str | int | float | bool | None
+# {"key": value, "other": {"in": [values]}}: every condition must hold
+Filter = Annotated[dict[str, Scalar | Annotated[dict[Literal["in"], list[Scalar]],
+                                                 Field(min_length=1)]], Field(min_length=1)]
+
+
+def _exactly_one(*fields: str, extra: dict | None = None) -> dict:
+    """The schema of "exactly one of these fields" (a rule the validator enforces too)."""
+    return {"oneOf": [{"required": [f]} for f in fields] + ([extra] if extra else [])}
+
+
 class GalleryItemIn(BaseModel):
     """An item: the app's id, its metadata, and an image (base64) or a vector."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False,
+                              json_schema_extra=_exactly_one("image", "vector"))
 
     id: ItemId
     metadata: dict[str, Any] | None = Field(None, description="Any JSON object; top-level "
                                             "keys with string, number, boolean or null "
                                             "values can be filtered on.")
-    image: str | None = Field(None, description="An image file, base64.")
-    vector: list[float] | None = Field(None, min_length=1, max_length=65_536,
-                                       description="An embedding of the gallery's model "
-                                       "(l2-normalised on the way in).")
+    # not nullable: a field given is the item's source (None only when left out)
+    image: str = Field(None, description="An image file, base64.")
+    vector: list[float] = Field(None, min_length=1, max_length=65_536,
+                                description="An embedding of the gallery's model "
+                                "(l2-normalised on the way in; not all zeros).")
 
     @model_validator(mode="after")
     def _one_source(self) -> GalleryItemIn:
         if (self.image is None) == (self.vector is None):
             raise ValueError("give either 'image' or 'vector'")
-        if self.vector is not None and not any(self.vector):
-            raise ValueError("vector: all zeros")
         return self
 
 
@@ -277,15 +295,17 @@ class GalleryItemPublic(BaseModel):
 
 
 class GalleryDelete(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=_exactly_one(
+        "ids", "filter", extra={"required": ["all"], "properties": {"all": {"const": True}}}))
 
-    ids: list[ItemId] | None = Field(None, max_length=10_000)
-    filter: dict[str, Any] | None = Field(None, description="Delete what this keeps.")
+    ids: list[ItemId] = Field(None, min_length=1, max_length=10_000)
+    filter: Filter = Field(None, description="Delete the items this keeps.")
+    all: bool = Field(False, description="Delete every item (alone: not with ids or filter).")
 
     @model_validator(mode="after")
     def _one_way(self) -> GalleryDelete:
-        if (self.ids is None) == (self.filter is None):
-            raise ValueError("give either 'ids' or 'filter'")
+        if sum((self.ids is not None, self.filter is not None, self.all)) != 1:
+            raise ValueError("give one of 'ids', 'filter' or \"all\": true")
         return self
 
 
@@ -294,15 +314,17 @@ class GalleryDeleted(BaseModel):
 
 
 class GallerySearch(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False,
+                              json_schema_extra=_exactly_one("image", "vector", "item_id"))
 
-    image: str | None = Field(None, description="Query image, base64.")
-    vector: list[float] | None = Field(None, min_length=1, max_length=65_536)
-    item_id: ItemId | None = Field(None, description="An item of the gallery (left out of "
-                                   "its own results).")
+    # not nullable: a field given is the query (None only when left out)
+    image: str = Field(None, description="Query image, base64.")
+    vector: list[float] = Field(None, min_length=1, max_length=65_536)
+    item_id: ItemId = Field(None, description="An item of the gallery (left out of its own "
+                            "results).")
     k: int = Field(10, ge=1, le=1000)
-    filter: dict[str, Any] | None = Field(None, description="{\"key\": value, \"other\": "
-                                          "{\"in\": [values]}}: all must hold.")
+    filter: Filter = Field(None, description="{\"key\": value, \"other\": {\"in\": "
+                           "[values]}}: all must hold.")
 
     @model_validator(mode="after")
     def _one_query(self) -> GallerySearch:

@@ -3,6 +3,7 @@ separate processes, can write to one file."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -39,8 +40,14 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
                                **POOL)
 
+        database = make_url(url).database
+
         @event.listens_for(engine, "connect")
         def _pragmas(conn, _record):
+            if database and database != ":memory:":
+                # the file holds API key hashes: the owner's only (its -wal and -shm
+                # files, made next, take the same mode)
+                os.chmod(database, 0o600)
             cur = conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=30000")

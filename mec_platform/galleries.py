@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 from collections.abc import Iterator
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select, update
@@ -29,6 +31,39 @@ class OtherVersion(RuntimeError):
 def find(session: Session, project: str, name: str) -> Gallery | None:
     return session.scalar(select(Gallery).where(Gallery.project == project,
                                                 Gallery.name == name))
+
+
+STALE_UPLOAD_S = 3600  # a staging file not written to for this long has no writer left
+
+
+def staging_folder(artifact_root: Path) -> Path:
+    """Where the API stages the items of imports (one NDJSON file each)."""
+    return artifact_root / "gallery-imports"
+
+
+def remove_stale_uploads(artifact_root: Path, now: float) -> list[Path]:
+    """Remove the `.partial` files of uploads whose API process died while it streamed
+    them (kill -9: its own cleanup never ran). Returns what was removed."""
+    removed = []
+    for path in staging_folder(artifact_root).glob("*.partial"):
+        with contextlib.suppress(FileNotFoundError):  # finished (or removed) meanwhile
+            if now - path.stat().st_mtime > STALE_UPLOAD_S:
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def identity(gallery: Gallery) -> dict:
+    """What binds a job to this gallery row: not its id alone, as a gallery deleted and
+    another created can never share one (migration 0009), but never trust one alone."""
+    return {"gallery_id": gallery.id, "gallery": gallery.name,
+            "gallery_created_at": gallery.created_at.isoformat()}
+
+
+def is_bound(gallery: Gallery | None, config: dict) -> bool:
+    """Whether `gallery` is the row that the job of `config` (made with identity) is for."""
+    return gallery is not None and identity(gallery) == {k: config.get(k) for k in (
+        "gallery_id", "gallery", "gallery_created_at")}
 
 
 def endpoint(session: Session, gallery: Gallery) -> str | None:
@@ -104,6 +139,12 @@ def changes(session: Session, gallery_id: int, after: int,
         yield part[-1].seq, [(r.item_id, r.meta, r.vector) for r in part]
 
 
+def _float32(values: list[float]) -> np.ndarray:
+    """The values as stored (float32); what float32 cannot hold becomes inf (checked)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(values, np.float32)
+
+
 def vectors_of(items: list[dict], dim: int, client: EmbedClient,
                endpoint: str | None) -> tuple[list[int], np.ndarray, dict[int, str]]:
     """Unit vectors of items ({"image": base64} or {"vector": [...]}): images embedded by
@@ -113,11 +154,15 @@ def vectors_of(items: list[dict], dim: int, client: EmbedClient,
     bad, images, vectors = {}, {}, {}
     for position, entry in enumerate(items):
         if entry.get("vector") is not None:
-            vector = np.asarray(entry["vector"], np.float32)
+            vector = _float32(entry["vector"])
             if len(vector) != dim:
                 bad[position] = f"vector: {len(vector)} values; the gallery's model gives {dim}"
-            else:
-                vectors[position] = vector / np.linalg.norm(vector)
+            elif not np.isfinite(vector).all():
+                bad[position] = "vector: a value beyond float32's range (±3.4e38)"
+            elif not vector.any():
+                bad[position] = "vector: zero once stored as float32 (values under 1.4e-45)"
+            else:  # the norm in float64: squares of large float32 values overflow
+                vectors[position] = vector / np.linalg.norm(vector.astype(np.float64))
             continue
         try:
             images[position] = base64.b64decode(entry["image"], validate=True)

@@ -47,8 +47,13 @@ class Settings(BaseSettings):
     data_roots: list[Path] = Field([Path("/usr/share/datasets")], description="Directories "
                                    "under which a job's data_dir must lie (after resolving "
                                    "symlinks); data_dir/datasets is always allowed.")
-    max_upload_mb: int = Field(2048, ge=1, description="Largest checkpoint POST /v1/models "
-                               "accepts, in MiB.")
+    max_upload_mb: int = Field(2048, ge=1, description="Largest body streamed to disk (a "
+                               "checkpoint POST /v1/models, an NDJSON gallery import), in MiB.")
+    max_json_mb: int = Field(32, ge=1, description="Largest JSON body of a gallery add "
+                             "(parsed in memory; larger adds go as NDJSON), in MiB.")
+    max_queued_imports: int = Field(20, ge=1, description="Gallery imports a project may "
+                                    "have queued at once (they share the cpu queue with "
+                                    "deploys).")
     submit_rate_per_minute: float = Field(120.0, gt=0, description="Job submissions allowed "
                                           "per API key and minute, on average (per API "
                                           "process).")

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -44,15 +45,22 @@ class Ports:
         return Ports(*unused_ports(5))
 
 
+NAMES = ("api", "worker", "torchserve")  # the processes of a stack
+
+
 class Stack:
     """The local platform of one data directory."""
 
     def __init__(self, data_dir: Path, ports: Ports) -> None:
         self.data_dir = data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.ports = ports
         self.run_dir = self.data_dir / "run"
         self.log_dir = self.data_dir / "logs"
+        saved = self.run_dir / "ports.json"
+        # a stack partly running keeps its ports: the processes left talk to each other there
+        self.ports = Ports(**json.loads(saved.read_text())) \
+            if self.running() and saved.exists() else ports
+        ports = self.ports
         self.env = os.environ | {
             "MEC_DATA_DIR": str(self.data_dir),
             "MEC_TORCHSERVE_INFERENCE_URL": f"http://127.0.0.1:{ports.inference}",
@@ -78,40 +86,72 @@ class Stack:
         return proc.pid
 
     def up(self, timeout: float = 120) -> dict[str, str]:
-        """Start everything not running yet; returns the URLs."""
-        if self.running():
+        """Start what is not running (after a crash or a kill -9 of some of the processes:
+        the missing ones, what is left of a dead one's process group stopped first), wait
+        until each answers, then serve again the deployments the database records; returns
+        the URLs."""
+        missing = [n for n in NAMES if not _alive(self.pid(n))]
+        if not missing:
             raise RuntimeError(f"a stack already runs from {self.data_dir}; `mec down` first")
-        for what, port in (("API", self.ports.api), ("TorchServe inference", self.ports.inference),
-                           ("TorchServe management", self.ports.management),
-                           ("TorchServe metrics", self.ports.metrics),
-                           ("worker metrics", self.ports.worker_metrics)):
+        for name in missing:  # e.g. TorchServe's Java server, whose launcher was killed
+            self._stop_group(name)
+        taken = {"api": [("API", self.ports.api)],
+                 "worker": [("worker metrics", self.ports.worker_metrics)],
+                 "torchserve": [("TorchServe inference", self.ports.inference),
+                                ("TorchServe management", self.ports.management),
+                                ("TorchServe metrics", self.ports.metrics)]}
+        for what, port in [p for name in missing for p in taken[name]]:
             if port_taken(port):
                 raise RuntimeError(f"port {port} ({what}) is taken; stop what uses it or pick "
                                    "other ports (see `mec up --help`)")
         from mec_platform.migrate import upgrade
-        from serving.torchserve import process_env, write_config
 
         upgrade(self.settings.database_url)
+        if "torchserve" in missing:
+            self._spawn_torchserve()
+        if "api" in missing:
+            self._spawn("api", [sys.executable, "-m", "uvicorn", "api.main:app", "--host",
+                                "127.0.0.1", "--port", str(self.ports.api)])
+        if "worker" in missing:
+            self._spawn("worker", [sys.executable, "-m", "celery", "-A", "worker.main",
+                                   "worker", "-Q", "gpu,cpu", "--pool", "solo", "-n",
+                                   "local@%h", "--loglevel", "INFO"],
+                        env=self.env | {"MEC_WORKER_METRICS_PORT":
+                                        str(self.ports.worker_metrics)})
+        (self.run_dir / "ports.json").write_text(json.dumps(self.ports.__dict__))
+        try:
+            self._wait_ready(timeout, set(missing))
+            self.restore()
+        except BaseException:
+            self.down()
+            raise
+        return self.urls()
+
+    def _spawn_torchserve(self) -> None:
+        from serving.torchserve import process_env, write_config
+
         ts_home, store = self.settings.torchserve_home, self.settings.model_store
         store.mkdir(parents=True, exist_ok=True)
+        # the keys of a TorchServe that is gone: readiness waits for the new one's
+        (ts_home / "key_file.json").unlink(missing_ok=True)
         config = write_config(ts_home, store, self.ports.inference, self.ports.management,
                               self.ports.metrics)
         self._spawn("torchserve", [_bin("torchserve"), "--start", "--foreground", "--ts-config",
                                    str(config), "--model-store", str(store), "--ncs"],
                     cwd=ts_home, env=process_env(self.env, ts_home))
-        self._spawn("api", [sys.executable, "-m", "uvicorn", "api.main:app", "--host",
-                            "127.0.0.1", "--port", str(self.ports.api)])
-        self._spawn("worker", [sys.executable, "-m", "celery", "-A", "worker.main", "worker",
-                               "-Q", "gpu,cpu", "--pool", "solo", "-n", "local@%h",
-                               "--loglevel", "INFO"],
-                    env=self.env | {"MEC_WORKER_METRICS_PORT": str(self.ports.worker_metrics)})
-        (self.run_dir / "ports.json").write_text(json.dumps(self.ports.__dict__))
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.down()
-            raise
-        return self.urls()
+
+    def restore(self) -> dict[int, str]:
+        """Register again, in this stack's TorchServe, the deployments its database
+        records as serving (mec_platform.deployments)."""
+        from mec_platform.deployments import restore
+
+        return restore(self._session, self._management, self.settings.model_store)
+
+    def _management(self):
+        from serving.torchserve import Management, fresh_keys
+
+        url = self.settings.torchserve_management_url
+        return Management(url, fresh_keys(self.settings.torchserve_home, url).management)
 
     def urls(self) -> dict[str, str]:
         return {"dashboard": f"{self.api_url}/ui/", "api": self.api_url,
@@ -123,32 +163,42 @@ class Stack:
                 "torchserve_metrics": f"http://127.0.0.1:{self.ports.metrics}/metrics",
                 "logs": str(self.log_dir)}
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, timeout: float, waiting: set[str]) -> None:
+        from mec_platform.tables import utcnow
+
+        since = utcnow() - timedelta(seconds=5)  # a killed worker's row is older
         deadline = time.monotonic() + timeout
-        waiting = {"api", "worker", "torchserve"}
         while waiting and time.monotonic() < deadline:
             for name in list(waiting):
                 if not _alive(self.pid(name)):
                     raise RuntimeError(f"{name} exited at start; see {self.log_dir}/{name}.log")
             if "api" in waiting and _get(f"{self.api_url}/readyz"):
                 waiting.discard("api")
-            if "worker" in waiting and self._worker_registered():
+            if "worker" in waiting and self._worker_registered(since):
                 waiting.discard("worker")
-            keys = self.settings.torchserve_home / "key_file.json"
-            if "torchserve" in waiting and keys.exists():
+            if "torchserve" in waiting and self._torchserve_answers():
                 waiting.discard("torchserve")
             time.sleep(0.5)
         if waiting:
             raise RuntimeError(f"{', '.join(sorted(waiting))} not ready after {timeout}s; "
                                f"see the logs in {self.log_dir}")
 
-    def _worker_registered(self) -> bool:
+    def _torchserve_answers(self) -> bool:
+        """TorchServe wrote its keys and its management API answers with them."""
+        try:
+            self._management().names()
+            return True
+        except (OSError, ValueError, KeyError, httpx.HTTPError):
+            return False  # no key file yet, half written, or not listening yet
+
+    def _worker_registered(self, since) -> bool:
         from sqlalchemy import func, select
 
         from mec_platform.tables import Worker
 
         with self._session() as s:
-            return bool(s.scalar(select(func.count()).select_from(Worker)))
+            return bool(s.scalar(select(func.count()).select_from(Worker).where(
+                Worker.started_at >= since)))
 
     def create_key(self, name: str) -> str:
         """A new API key for this stack's control plane (shown once)."""
@@ -177,25 +227,32 @@ class Stack:
         return int(path.read_text()) if path.exists() else None
 
     def running(self) -> list[str]:
-        return [n for n in ("api", "worker", "torchserve") if _alive(self.pid(n))]
+        return [n for n in NAMES if _alive(self.pid(n))]
 
     def down(self, timeout: float = 30) -> list[str]:
         """Stop every process this stack started (and their children); returns their names."""
         stopped = []
-        for name in ("api", "worker", "torchserve"):
+        for name in NAMES:  # a group whose leader died (kill -9) is stopped too
             pid = self.pid(name)
-            if _alive(pid):
+            if _group_alive(pid):
                 _signal_group(pid, signal.SIGTERM)
                 stopped.append(name)
         deadline = time.monotonic() + timeout
         for name in stopped:
             while _group_alive(self.pid(name)) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if _group_alive(self.pid(name)):
-                _signal_group(self.pid(name), signal.SIGKILL)
-        for name in ("api", "worker", "torchserve"):
+            self._stop_group(name)
+        for name in NAMES:
             (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
         return stopped
+
+    def _stop_group(self, name: str) -> None:
+        """Kill what is left of the process group `name` started."""
+        if _group_alive(self.pid(name)):
+            _signal_group(self.pid(name), signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _group_alive(self.pid(name)) and time.monotonic() < deadline:
+                time.sleep(0.1)
 
 
 def _bin(name: str) -> str:

@@ -202,7 +202,8 @@ class Gallery(Base):
     `seq` S reads what changed since with `GalleryItem.seq > S`."""
 
     __tablename__ = "galleries"
-    __table_args__ = (UniqueConstraint("project", "name"),)
+    # AUTOINCREMENT: SQLite never gives a deleted gallery's id again (migration 0009)
+    __table_args__ = (UniqueConstraint("project", "name"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     project: Mapped[str] = mapped_column(String(64))

@@ -4,6 +4,7 @@ preprocessing, and a gallery index of labelled embeddings."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -72,17 +73,21 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
                      work / "serving.json"]
             if task == "knn":
                 extra += [work / "gallery" / "gallery.faiss", work / "gallery" / "gallery.json"]
-            _archive(f"{name}{suffix}", version, extra, out)
+            _archive(f"{name}{suffix}", version, extra, out, work)
             archives[task] = out / f"{name}{suffix}.mar"
     return archives
 
 
-def _archive(name: str, version: str, extra: list[Path], out: Path) -> None:
+def _archive(name: str, version: str, extra: list[Path], out: Path, tmp: Path) -> None:
+    """torch-model-archiver stages its files in $TMPDIR/<name>: a temporary folder of
+    our own, so that two deploys of the same model name on one host (two stacks) do not
+    share it."""
     archiver = shutil.which("torch-model-archiver") or str(
         Path(sys.executable).with_name("torch-model-archiver"))
     cmd = [archiver, "--model-name", name, "--version", version, "--handler", str(HANDLER),
            "--extra-files", ",".join(str(p) for p in extra), "--export-path", str(out),
            "--force"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True,
+                          env=os.environ | {"TMPDIR": str(tmp)})
     if done.returncode != 0:
         raise RuntimeError(f"torch-model-archiver failed: {done.stderr.strip()[-2000:]}")

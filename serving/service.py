@@ -95,11 +95,15 @@ class Service:
 
     @staticmethod
     def _int(value, name: str) -> int:
-        if isinstance(value, bool):
+        """An integer option: 5, 5.0 or "5"; not true, 5.5, 1e309 or Infinity (which JSON
+        parsing turns into floats that int() refuses with OverflowError)."""
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise BadRequest(f"{name} must be an integer, got {value!r}")
         try:
             return int(value)
-        except (TypeError, ValueError):
+        except ValueError:
             raise BadRequest(f"{name} must be an integer, got {value!r}") from None
 
     @staticmethod

@@ -236,6 +236,18 @@ class Management:
                                f"{response.text}")
         return response.json()
 
+    def names(self) -> set[str]:
+        """The names of the registered models (every page of the list)."""
+        names, token = set(), None
+        while True:
+            response = self.client.get("/models", params={"limit": 1000} | (
+                {"next_page_token": token} if token else {}))
+            response.raise_for_status()
+            names |= {m["modelName"] for m in response.json().get("models", [])}
+            token = response.json().get("nextPageToken")
+            if not token:
+                return names
+
     def describe(self, name: str) -> list[dict] | None:
         response = self.client.get(f"/models/{name}/all")
         return response.json() if response.status_code == 200 else None

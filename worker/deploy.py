@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
-from mec_platform.settings import Settings
+from mec_platform import deployments
+from mec_platform.db import session_scope
+from mec_platform.settings import Settings, get_settings
 from mec_platform.specs import DeploySpec
 from serving.embedder import Embedder
 from serving.package import package
@@ -71,3 +73,11 @@ def _remove_gallery_images(record: dict | None) -> None:
     """The pixels kept for a retired version's search results."""
     if record and record.get("gallery_images"):
         Path(record["gallery_images"]).unlink(missing_ok=True)
+
+
+def restore() -> dict[int, str]:
+    """Serve again what the database says is serving, after TorchServe (re)started empty
+    (mec_platform.deployments.restore)."""
+    settings = get_settings()
+    return deployments.restore(session_scope, lambda: _management(settings),
+                               settings.model_store)

@@ -43,8 +43,7 @@ def run_add(job_id: int, owner: str) -> tuple[JobStatus, dict | None] | None:
             state = _state(job_id, owner)
             if state != "go":
                 return state
-            progress = _write(config["gallery_id"], chunk, job_id, owner, done, progress,
-                              client)
+            progress = _write(config, chunk, job_id, owner, done, progress, client)
             if progress is None:
                 return None
             done += len(chunk)
@@ -66,11 +65,12 @@ def _state(job_id: int, owner: str):
     return "go"
 
 
-def _write(gallery_id: int, chunk: list[dict], job_id: int, owner: str, done: int,
+def _write(config: dict, chunk: list[dict], job_id: int, owner: str, done: int,
            progress: dict, client: EmbedClient) -> dict | None:
     """Embed and upsert one chunk, and move the job's progress past it, in one
     transaction. Returns the new progress, or None if the job is no longer ours."""
-    dim, endpoint = retrying(lambda: _read_bound(gallery_id))
+    gallery_id = config["gallery_id"]
+    dim, endpoint = retrying(lambda: _read_bound(config))
     kept, vectors, bad = galleries.vectors_of(chunk, dim, client, endpoint)
     failed = [{"id": chunk[p]["id"], "error": why} for p, why in sorted(bad.items())]
     after = {"added": progress["added"] + len(kept),
@@ -79,7 +79,7 @@ def _write(gallery_id: int, chunk: list[dict], job_id: int, owner: str, done: in
 
     def write() -> dict | None:
         with session_scope() as s:
-            _bound(s, gallery_id)  # not redeployed while the chunk was embedded
+            _bound(s, config)  # not redeployed while the chunk was embedded
             if kept:
                 galleries.upsert(s, gallery_id, [chunk[p]["id"] for p in kept], vectors,
                                  [chunk[p]["metadata"] for p in kept])
@@ -94,17 +94,19 @@ def _write(gallery_id: int, chunk: list[dict], job_id: int, owner: str, done: in
     return retrying(write)
 
 
-def _read_bound(gallery_id: int) -> tuple[int, str | None]:
+def _read_bound(config: dict) -> tuple[int, str | None]:
     with session_scope() as s:
-        return _bound(s, gallery_id)
+        return _bound(s, config)
 
 
-def _bound(s, gallery_id: int) -> tuple[int, str | None]:
-    """(dim, the endpoint that embeds its images or None), while the gallery exists and
-    its model serves the gallery's version."""
-    gallery = s.get(Gallery, gallery_id)
-    if gallery is None:
-        raise GalleryGone(f"gallery {gallery_id} was deleted")
+def _bound(s, config: dict) -> tuple[int, str | None]:
+    """(dim, the endpoint that embeds its images or None), while the gallery the job was
+    made for exists and its model serves the gallery's version."""
+    gallery = s.get(Gallery, config["gallery_id"])
+    if not galleries.is_bound(gallery, config):
+        raise GalleryGone(f"gallery {config['gallery']!r} was deleted (or deleted and "
+                          "created again) after this import was submitted; none of its "
+                          "items went into another gallery")
     try:
         return gallery.dim, galleries.endpoint(s, gallery)
     except galleries.OtherVersion as exc:

@@ -5,17 +5,19 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 
+import httpx
 from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 from celery.utils.log import get_logger
 from sqlalchemy import delete, update
 
-from mec_platform import jobs
+from mec_platform import galleries, jobs
 from mec_platform.db import session_scope
 from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
 from mec_platform.tables import Worker, utcnow
-from worker import prometheus
+from worker import deploy, prometheus
 from worker.device import describe_device, process_capacity
 from worker.process import shutting_down, worker_name
 from worker.reconcile import reconcile_once
@@ -50,8 +52,19 @@ def _loop() -> None:
                 reap_once()
                 reconcile_once()
                 advance_sweeps()
+                restore_deployments()
+                galleries.remove_stale_uploads(settings.artifact_root, time.time())
         except Exception as exc:  # keep beating through a database outage
             log.warning("heartbeat failed: %s", exc)
+
+
+def restore_deployments() -> None:
+    """Register again the deployments a restarted TorchServe lost; TorchServe being down
+    (or still starting) only delays that to the next heartbeat."""
+    try:
+        deploy.restore()
+    except (httpx.HTTPError, OSError, ValueError, KeyError, RuntimeError) as exc:
+        log.warning("deployments not restored yet: TorchServe %s", exc)
 
 
 def check_artifact_root() -> None:
@@ -85,6 +98,7 @@ def _on_ready(sender, **_kw) -> None:
                        seen_at=utcnow()))
     reap_once()
     reconcile_once()
+    restore_deployments()
     threading.Thread(target=_loop, name="mec-heartbeat", daemon=True).start()
     _serve_metrics(queues)
 

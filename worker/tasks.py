@@ -20,7 +20,7 @@ from mec_core.config import stored_config
 from mec_core.evaluate import evaluate
 from mec_core.export import export
 from mec_core.train import TrainingDiverged, train
-from mec_platform import jobs
+from mec_platform import jobs, paths
 from mec_platform.db import retrying, session_scope
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import app
@@ -297,6 +297,21 @@ def advance_sweeps() -> None:
         advance_sweep(job_id)
 
 
+def _check_gallery_dir(spec: DeploySpec, artifacts: dict, roots: list[Path]) -> None:
+    """The gallery's folder obeys the path rule, also when it comes from the model's
+    stored config, which an uploaded checkpoint sets (serving.package falls back to it)."""
+    stored = json.loads(Path(artifacts["meta"]).read_text())["config"]
+    if spec.gallery_data_dir is None and spec.gallery_dataset in (None, stored["dataset"]):
+        field, value = "the model's config.data_dir (give gallery_data_dir)", \
+            stored.get("data_dir")
+    else:
+        field, value = "gallery_data_dir", spec.gallery_data_dir
+    try:
+        paths.check(value, field, roots)
+    except ValueError as exc:
+        raise JobFailed(str(exc)) from None
+
+
 @app.task(name="mec.deploy")
 def deploy_job(job_id: int) -> None:
     """Deploy or undeploy a model with TorchServe."""
@@ -314,7 +329,9 @@ def run_deploy(job_id: int, owner: str) -> Outcome:
     action, config, model_id, artifacts, previous = _load(read)
     settings = get_settings()
     if action == "deploy":
-        record = deploy.deploy(settings, model_id, artifacts, previous, DeploySpec(**config))
+        spec = DeploySpec(**config)
+        _check_gallery_dir(spec, artifacts, settings.allowed_data_roots)
+        record = deploy.deploy(settings, model_id, artifacts, previous, spec)
     else:
         record = deploy.undeploy(settings, model_id, previous)
     return Outcome(JobStatus.SUCCEEDED, result=record, record=lambda s: s.execute(

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from api import galleries as cache
 from api.deps import EmbedKey, SessionDep
+from api.rate_limit import limiter
 from api.schemas import (
     GalleriesPublic,
     GalleryAdded,
@@ -43,7 +44,7 @@ from api.schemas import (
 from mec_platform import galleries, jobs, keys
 from mec_platform.db import session_scope
 from mec_platform.galleries import NAME_PATTERN
-from mec_platform.jobs import JobKind
+from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
 from mec_platform.specs import ID_MAX
@@ -104,9 +105,10 @@ def create_gallery(key: EmbedKey, session: SessionDep, body: GalleryCreate):
 
 @router.get("", response_model=GalleriesPublic)
 def list_galleries(key: EmbedKey, session: SessionDep):
-    """The key's project's galleries."""
-    rows = session.scalars(select(Gallery).where(Gallery.project == key.project)
-                           .order_by(Gallery.name))
+    """The key's project's galleries (an admin key: every project's)."""
+    query = select(Gallery) if keys.sees_all(key) else \
+        select(Gallery).where(Gallery.project == key.project)
+    rows = session.scalars(query.order_by(Gallery.project, Gallery.name))
     return GalleriesPublic(data=[_public(session, g) for g in rows])
 
 
@@ -126,16 +128,25 @@ def delete_gallery(key: EmbedKey, session: SessionDep, name: Name):
     return Response(status_code=204)
 
 
-@router.post("/{name}/items", response_model=GalleryAdded, responses={
+@router.post("/{name}/items", response_model=GalleryAdded, openapi_extra={"requestBody": {
+    "required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/GalleryItemsIn"}},
+        NDJSON: {"schema": {"type": "string", "description": "One item (as in the JSON "
+                            "body's items) per line."}}}}}, responses={
     202: {"model": JobPublic, "description": "A large add, running as this job."},
-    413: {"description": "Body over the upload limit."}})
+    413: {"description": "Body over the upload limit."},
+    429: {"description": "Too many imports from the key, or queued in the project."}})
 async def add_items(key: EmbedKey, name: Name, request: Request):
     """Add or replace items: JSON `{"items": [{"id", "metadata", "image" | "vector"}]}`.
     Up to 64 images (and any number of vectors, up to 10,000 items) are embedded and
     written before the answer; more, or a body of `application/x-ndjson` (one item per
     line, any number), are staged and written by a job (202), which can be followed and
     resumes after a crash. All of a body's items are checked before anything is written."""
-    if request.headers.get("content-type", "").startswith(NDJSON):
+    ndjson = request.headers.get("content-type", "").startswith(NDJSON)
+    if ndjson:  # an import: counted against the key's rate even for a gallery not found
+        await run_in_threadpool(_import_quota, key)
+    await run_in_threadpool(_exists, key, name)  # before the body is read
+    if ndjson:
         staged, count = await _stage_lines(request)
         return await run_in_threadpool(_submit_import, key, name, staged, count)
     try:
@@ -144,10 +155,34 @@ async def add_items(key: EmbedKey, name: Name, request: Request):
         raise RequestValidationError(exc.errors()) from None
     items = [item.model_dump() for item in body.items]
     if sum(item["image"] is not None for item in items) > SYNC_IMAGES:
+        await run_in_threadpool(_import_quota, key)
         staged = _staging_path()
         _write_atomically(staged, "".join(json.dumps(i) + "\n" for i in items))
         return await run_in_threadpool(_submit_import, key, name, staged, len(items))
     return await run_in_threadpool(_add_now, key, name, items)
+
+
+def _exists(key, name: str) -> None:
+    with session_scope() as session:
+        _gallery(session, key, name)
+
+
+def _import_quota(key) -> None:
+    """Imports share the cpu queue with deploys: a key may submit them at the rate of job
+    submissions, and a project may have at most MEC_MAX_QUEUED_IMPORTS waiting (429)."""
+    wait = limiter().acquire(f"import:{key.id}")
+    if wait > 0:
+        raise HTTPException(429, f"too many imports for key {key.prefix}...; retry in "
+                                 f"{wait:.0f} s", headers={"Retry-After": str(int(wait) + 1)})
+    most = get_settings().max_queued_imports
+    with session_scope() as session:
+        queued = session.scalar(select(func.count()).select_from(Job).where(
+            Job.project == key.project, Job.kind == JobKind.GALLERY,
+            Job.status == JobStatus.QUEUED))
+    if queued >= most:
+        raise HTTPException(429, f"project {key.project!r} has {queued} imports queued, the "
+                                 f"most it may (MEC_MAX_QUEUED_IMPORTS); retry when some have "
+                                 "run", headers={"Retry-After": "30"})
 
 
 def _add_now(key, name: str, items: list[dict]) -> GalleryAdded:
@@ -181,15 +216,14 @@ def _submit_import(key, name: str, staged: Path, count: int):
             staged.unlink()  # nothing will read it
             raise
         job = jobs.submit(session, JobKind.GALLERY, {
-            "gallery_id": gallery.id, "gallery": gallery.name, "items": str(staged),
-            "count": count}, Queue.CPU, f"add {count} items to gallery {gallery.name}",
-            project=key.project)
+            **galleries.identity(gallery), "items": str(staged), "count": count}, Queue.CPU,
+            f"add {count} items to gallery {gallery.name}", project=key.project)
         return Response(public(job).model_dump_json(), status_code=202,
                         media_type="application/json")
 
 
 def _staging_path() -> Path:
-    folder = get_settings().artifact_root / "gallery-imports"
+    folder = galleries.staging_folder(get_settings().artifact_root)
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{uuid.uuid4().hex}.ndjson"
 
@@ -200,23 +234,24 @@ def _write_atomically(path: Path, text: str) -> None:
     partial.replace(path)
 
 
+LINE_BYTES = 16 * 2**20  # an NDJSON item: a 10 MiB image, base64, with its metadata
+
+
 async def _stage_lines(request: Request) -> tuple[Path, int]:
     """Stream NDJSON items to a staging file, each line checked as it comes (422 naming
-    the line's item: items[N]...)."""
-    limit = get_settings().max_upload_mb * 2**20
+    the line's item: items[N]...); the body's size is bounded as it streams
+    (api.limits)."""
     path = _staging_path()
     partial = path.with_suffix(".partial")
-    received, count, rest = 0, 0, b""
+    count, rest = 0, b""
     try:
         with partial.open("w") as out:
             async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    raise HTTPException(413, f"body: larger than the {limit // 2**20} MiB "
-                                             "limit (MEC_MAX_UPLOAD_MB)")
                 *lines, rest = (rest + chunk).split(b"\n")
                 for line in lines:
                     count += _stage_line(out, line, count)
+                if len(rest) > LINE_BYTES:  # one item's line is held whole: bound it
+                    raise HTTPException(413, f"items[{count}]: a line over {LINE_BYTES} bytes")
             count += _stage_line(out, rest, count)
         if count == 0:
             raise HTTPException(422, "items: no item in the body")
@@ -245,7 +280,7 @@ def get_import(key: EmbedKey, session: SessionDep, name: Name,
     of all), counts, and the items that failed."""
     gallery = _gallery(session, key, name)
     job = session.get(Job, job_id)
-    if job is None or job.kind != JobKind.GALLERY or job.config["gallery_id"] != gallery.id:
+    if job is None or job.kind != JobKind.GALLERY or not galleries.is_bound(gallery, job.config):
         raise HTTPException(404, f"job_id: no import {job_id} into gallery {name!r}")
     return public(job)
 
@@ -272,10 +307,11 @@ def delete_item(key: EmbedKey, session: SessionDep, name: Name, item_id: str):
 
 @router.post("/{name}/delete", response_model=GalleryDeleted)
 def delete_items(key: EmbedKey, session: SessionDep, name: Name, body: GalleryDelete):
-    """Delete items by ids, or every item that a metadata filter keeps."""
+    """Delete items by ids, every item that a metadata filter keeps, or every item
+    (`"all": true`)."""
     gallery = _gallery(session, key, name)
     ids = body.ids
-    if ids is None:
+    if ids is None:  # a filter, or every item ("all": true: no condition)
         allowed = _filter(body.filter)
         with cache.current(session, gallery) as index:
             ids = index.matching(allowed)

@@ -82,7 +82,8 @@ async def _body(model: Model, request: Request) -> tuple[bytes, str, object]:
     """The request's body, its type and, for JSON, its parsed value (else None), once the
     model is known to be served."""
     if (model.deployment or {}).get("status") != "serving":
-        raise HTTPException(409, f"model {model.id} is not deployed; deploy it first "
+        reason = (model.deployment or {}).get("reason", "it is not deployed")
+        raise HTTPException(409, f"model {model.id} is not served: {reason} "
                                  f"(POST /v1/models/{model.id}/deploy)")
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith(TYPES):
@@ -95,9 +96,26 @@ async def _body(model: Model, request: Request) -> tuple[bytes, str, object]:
     if not content_type.startswith("application/json"):
         return body, content_type, None
     try:
-        return body, content_type, json.loads(body)
+        payload = json.loads(body)
     except ValueError as exc:
         raise HTTPException(400, f"body: not JSON ({exc})") from None
+    _check_options(payload)
+    return body, content_type, payload
+
+
+def _check_options(payload) -> None:
+    """What the API can see wrong in a JSON body is refused here, before it joins a
+    TorchServe batch (whose handler checks each request again)."""
+    if not isinstance(payload, dict):
+        return
+    k = payload.get("k")
+    whole = (isinstance(k, int) and not isinstance(k, bool)) or \
+        (isinstance(k, float) and k.is_integer())  # not 1e309 nor Infinity: floats in JSON
+    if k is not None and not (whole and 1 <= k <= 100):
+        raise HTTPException(422, f"k: must be an integer from 1 to 100, got {k!r}")
+    images = payload.get("images", [])
+    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+        raise HTTPException(422, "images: must be a list of base64 strings")
 
 
 async def _forward(endpoint: str, body: bytes, content_type: str) -> Response:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response
@@ -23,7 +22,7 @@ from api.schemas import (
     errors,
     public,
 )
-from mec_platform import jobs, keys, workers
+from mec_platform import jobs, keys, paths, workers
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.settings import get_settings
 from mec_platform.specs import ID_MAX, DeploySpec
@@ -36,7 +35,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(400, 401, 
              dependencies=[Depends(submission_quota)],
              responses={200: {"model": JobPublic, "description": "The job submitted earlier "
                               "with this Idempotency-Key; nothing new was created."},
-                        **errors(429)})
+                        **errors(404, 409, 429)})
 def submit_job(key: WriteKey, session: SessionDep, response: Response,
                spec: Annotated[JobCreate, Body()],
                idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None):
@@ -47,38 +46,42 @@ def submit_job(key: WriteKey, session: SessionDep, response: Response,
     if stored_key:
         existing = session.scalar(select(Job).where(Job.idempotency_key == stored_key))
         if existing is not None:
-            response.status_code = 200
-            return public(existing)
-    if isinstance(spec, SweepJobCreate):
-        _check_data_dir(spec.config.base.get("data_dir"), "config.base.data_dir")
-        _check_data_dir((spec.config.objective.evaluation or {}).get("data_dir"),
-                        "config.objective.evaluation.data_dir")
-    else:
-        _check_data_dir(spec.config.data_dir)
+            return _replay(existing, spec, response)
+    roots = get_settings().allowed_data_roots
+    try:
+        if isinstance(spec, SweepJobCreate):
+            paths.check_sweep(spec.config, roots)
+        else:
+            paths.check(spec.config.data_dir, "config.data_dir", roots)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
     if isinstance(spec, EvaluateJobCreate):
+        # the job named is a resource the body refers to: 404 when there is none (in the
+        # key's projects), 409 when it is of another kind; the schema cannot say either
         target = session.get(Job, spec.config.job_id)
-        if target is None or not keys.sees(key, target.project) or \
-                target.kind not in (JobKind.PRETRAIN, JobKind.IMPORT):
-            raise HTTPException(422, f"config.job_id: {spec.config.job_id} is not a "
-                                     "pretraining or import job")
+        if target is None or not keys.sees(key, target.project):
+            raise HTTPException(404, f"config.job_id: job {spec.config.job_id} not found")
+        if target.kind not in (JobKind.PRETRAIN, JobKind.IMPORT):
+            raise HTTPException(409, f"config.job_id: job {spec.config.job_id} is a "
+                                     f"{target.kind} job, not a pretraining or import job")
     try:
         job = jobs.submit(session, spec.kind, spec.config.model_dump(mode="json"), spec.queue,
                           spec.name, spec.tags, spec.priority, stored_key, key.project)
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
-        response.status_code = 200
-        return public(session.scalar(select(Job).where(Job.idempotency_key == stored_key)))
+        return _replay(session.scalar(select(Job).where(Job.idempotency_key == stored_key)),
+                       spec, response)
     return public(job, capacity=workers.capacity(session))
 
 
-def _check_data_dir(data_dir: str | None, field: str = "config.data_dir") -> None:
-    """A job reads data only under the configured data roots: no '..', no symlink escape."""
-    if data_dir is None:
-        return
-    roots = get_settings().allowed_data_roots
-    resolved = Path(data_dir).resolve()
-    if not any(resolved == root or root in resolved.parents for root in roots):
-        raise HTTPException(422, f"{field}: {data_dir} is outside the data roots "
-                                 f"({', '.join(map(str, roots))}; see MEC_DATA_ROOTS)")
+def _replay(existing: Job, spec: JobCreate, response: Response) -> JobPublic:
+    """The job an Idempotency-Key made, for a retry of the same submission (200); the
+    key reused for another submission is a client's bug, answered 409 (as Stripe does)."""
+    if (existing.kind, existing.name, existing.config) != (
+            spec.kind, spec.name or spec.kind, spec.config.model_dump(mode="json")):
+        raise HTTPException(409, f"Idempotency-Key: already used for job {existing.id}, "
+                                 "submitted with another body; use a new key")
+    response.status_code = 200
+    return public(existing)
 
 
 @router.get("", response_model=JobsPublic)

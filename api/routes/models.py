@@ -10,8 +10,8 @@ from fastapi import APIRouter, Body, Depends, Form, HTTPException, Query, Upload
 from sqlalchemy import func, select
 
 from api.deps import DeployKey, ModelDep, ReadKey, SessionDep, WriteKey, submission_quota
-from api.schemas import JobPublic, ModelPublic, ModelsPublic, errors, public
-from mec_platform import jobs, keys
+from api.schemas import PRINTABLE, JobPublic, ModelPublic, ModelsPublic, errors, public
+from mec_platform import jobs, keys, paths
 from mec_platform.jobs import JobKind
 from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
@@ -36,24 +36,15 @@ def list_models(key: ReadKey, session: SessionDep, limit: int = Query(50, ge=1, 
 @router.post("", response_model=JobPublic, status_code=202,
              dependencies=[Depends(submission_quota)], responses=errors(413, 429))
 def upload_model(key: WriteKey, session: SessionDep, checkpoint: UploadFile,
-                 name: Annotated[str, Form(min_length=1, max_length=200)]):
+                 name: Annotated[str, Form(min_length=1, max_length=200, pattern=PRINTABLE)]):
     """Upload a training checkpoint written by `mec train`; an import job loads it with
     weights_only (tensors and plain containers, never code), exports its encoder and adds
     it as a model. Returns the import job."""
-    limit = get_settings().max_upload_mb * 2**20
     folder = get_settings().artifact_root / "uploads" / uuid.uuid4().hex
     folder.mkdir(parents=True)
     path = folder / "checkpoint.pt"
-    with path.open("wb") as out:
-        copied = 0
-        while chunk := checkpoint.file.read(2**20):
-            copied += len(chunk)
-            if copied > limit:
-                out.close()
-                shutil.rmtree(folder)
-                raise HTTPException(413, f"checkpoint: larger than the {limit // 2**20} MiB "
-                                         "limit (MEC_MAX_UPLOAD_MB)")
-            out.write(chunk)
+    with path.open("wb") as out:  # its size is bounded before it is read (api.limits)
+        shutil.copyfileobj(checkpoint.file, out, 2**20)
     return public(jobs.submit(session, JobKind.IMPORT, {
         "checkpoint": str(path), "filename": checkpoint.filename or ""}, Queue.CPU, name,
         project=key.project))
@@ -77,7 +68,13 @@ def deploy_model(_: DeployKey, model: ModelDep, session: SessionDep,
                  spec: Annotated[DeploySpec | None, Body()] = None):
     """Package (if needed) and register the model with TorchServe, as a new version that
     replaces the serving one only once it is ready. Returns the deploy job."""
-    return deploy_job(session, model, "deploy", spec or DeploySpec())
+    spec = spec or DeploySpec()
+    try:
+        paths.check(spec.gallery_data_dir, "gallery_data_dir",
+                    get_settings().allowed_data_roots)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return deploy_job(session, model, "deploy", spec)
 
 
 @router.post("/{model_id}/undeploy", response_model=JobPublic, status_code=202,

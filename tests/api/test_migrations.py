@@ -73,3 +73,49 @@ def test_the_migrated_schema_is_the_one_the_tables_declare(url):
         drift = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     engine.dispose()
     assert drift == []
+
+
+def test_0009__galleries_keep_their_items_and_a_deleted_gallerys_id_is_never_given_again(url):
+    command.upgrade(alembic_config(url), "0008")
+    engine = make_engine(url)
+    now = "2026-12-01 00:00:00.000000"
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO jobs (id, kind, project, name, tags, priority, queue, "
+                          "config, status, cancel_requested, step, epoch, attempts, "
+                          "created_at) VALUES (1, 'pretrain', 'a', 'j', '[]', 0, 'gpu', '{}', "
+                          f"'succeeded', false, 0, 0, 1, '{now}')"))
+        conn.execute(text("INSERT INTO models (id, job_id, project, name, backbone, dataset, "
+                          f"artifacts, created_at) VALUES (1, 1, 'a', 'm', 'convnet', "
+                          f"'synthetic', '{{}}', '{now}')"))
+        for gallery in (1, 2):  # ids from the database, as the API gets them
+            conn.execute(text("INSERT INTO galleries (project, name, model_id, model_version, "
+                              f"dim, seq, created_at) VALUES ('a', 'g{gallery}', 1, 1, 4, 1, "
+                              f"'{now}')"))
+            conn.execute(text("INSERT INTO gallery_items (gallery_id, item_id, metadata, "
+                              f"vector, seq, updated_at) VALUES ({gallery}, 'x', "
+                              f"'{{\"k\": {gallery}}}', NULL, 1, '{now}')"))
+    upgrade(url)
+    with engine.begin() as conn:
+        items = conn.execute(text("SELECT gallery_id, metadata FROM gallery_items "
+                                  "ORDER BY gallery_id")).all()
+        assert [(g, json.loads(m) if isinstance(m, str) else m) for g, m in items] == [
+            (1, {"k": 1}), (2, {"k": 2})]
+        conn.execute(text("DELETE FROM galleries WHERE id = 2"))  # the highest id
+        assert conn.execute(text("SELECT count(*) FROM gallery_items")).scalar() == 1
+        new = conn.execute(text("INSERT INTO galleries (project, name, model_id, dim, seq, "
+                                f"created_at) VALUES ('b', 'g', 1, 4, 0, '{now}') "
+                                "RETURNING id")).scalar()
+    engine.dispose()
+    assert new == 3
+
+
+def test_the_embedded_database_is_readable_by_its_owner_only(tmp_path):
+    """It holds the API keys' hashes."""
+    url = f"sqlite:///{tmp_path / 'mec.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.glob("mec.db*")}
+    engine.dispose()
+    assert modes and set(modes.values()) == {0o600}, modes

@@ -102,7 +102,7 @@ def test_other_projects_rows_answer_404_and_admin_sees_all(embedded):
               beta.post(f"/v1/models/{mid}/deploy")):
         assert r.status_code == 404 and "not found" in r.json()["detail"], r.text
     evaluate = beta.post("/v1/jobs", json={"kind": "evaluate", "config": {"job_id": jid}})
-    assert evaluate.status_code == 422 and evaluate.json()["detail"].startswith("config.job_id")
+    assert evaluate.status_code == 404 and evaluate.json()["detail"].startswith("config.job_id")
     assert jid not in [j["id"] for j in beta.get("/v1/jobs").json()["data"]]
     assert mid not in [m["id"] for m in beta.get("/v1/models").json()["data"]]
     assert jid in [j["id"] for j in alpha.get("/v1/jobs").json()["data"]]

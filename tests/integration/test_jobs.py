@@ -152,8 +152,7 @@ def test_bad_requests_get_clear_errors(platform):
     r = c.post("/v1/jobs", json={"kind": "train", "config": {}})
     assert r.status_code == 422 and "kind" in r.json()["detail"]
     r = c.post("/v1/jobs", json={"kind": "evaluate", "config": {"job_id": 999999}})
-    assert r.status_code == 422 and r.json()["detail"] == \
-        "config.job_id: 999999 is not a pretraining or import job"
+    assert r.status_code == 404 and r.json()["detail"] == "config.job_id: job 999999 not found"
     before = platform.get("/v1/jobs")["count"]
     assert platform.get("/v1/jobs")["count"] == before  # none of these created a job
     r = c.get("/v1/jobs/999999")

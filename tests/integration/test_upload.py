@@ -69,5 +69,6 @@ def test_bad_uploads_get_clear_errors_and_create_no_job(platform, tmp_path):
     big = tmp_path / "big.pt"
     big.write_bytes(b"\0" * (9 * 2**20))  # the fixture sets MEC_MAX_UPLOAD_MB=8
     r = upload(platform, big)
-    assert r.status_code == 413 and r.json()["detail"].startswith("checkpoint: larger than")
+    assert r.status_code == 413 and r.json()["detail"].startswith("body: ")
+    assert "MEC_MAX_UPLOAD_MB" in r.json()["detail"]
     assert platform.get("/v1/jobs", params={"kind": "import"})["count"] == before

@@ -62,6 +62,22 @@ def test_service__one_bad_request_does_not_fail_its_batch_mates(trained, images)
     assert "send an image" in errors[6]
 
 
+ODD_VALUES = [float("inf"), float("-inf"), float("nan"), 1e309, 10**400, 2.5, True, None,
+              [], {}, "", "1e309", "x" * 10_000]
+
+
+@pytest.mark.parametrize("field", ["k", "vote", "images", "image"])
+def test_service__any_value_of_any_field_fails_its_own_request_only(knn_service, images,
+                                                                     field):
+    """1 bad request and 7 good ones in one batch, for every odd JSON value of every field
+    the handler reads: the bad one gets its own error (or an answer), never an exception."""
+    good = {"body": {"images": [base64.b64encode(png_of(images[0])).decode()], "k": 3}}
+    for value in ODD_VALUES:
+        bad = {"body": good["body"] | {field: value}}
+        answers = knn_service.run([knn_service.parse(r) for r in [bad] + [good] * 7])
+        assert all(len(a["neighbours"][0]) == 3 for a in answers[1:]), (field, value)
+
+
 def test_service__knn_equals_brute_force_topk(knn_service, images):
     gallery = knn_service.gallery
     bank = torch.from_numpy(gallery.index.reconstruct_n(0, len(gallery)))

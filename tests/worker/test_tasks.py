@@ -130,3 +130,47 @@ def test_a_job_needing_more_processes_than_this_worker_runs_is_left_queued(embed
     tasks.pretrain(job_id)
     job = _job(job_id)
     assert job.status == "queued" and job.attempts == 0 and job.lease_owner is None
+
+
+@pytest.mark.parametrize(("stored_dir", "spec", "refused"), [
+    ("/etc", {}, "the model's config.data_dir"),  # an uploaded checkpoint's config
+    ("/etc", {"gallery_data_dir": "/etc/ssl"}, "gallery_data_dir: /etc/ssl is outside"),
+    ("/etc", {"gallery_data_dir": "{root}"}, None),  # the request's folder wins
+    ("/etc", {"gallery_dataset": "digits"}, None),  # another dataset: not the stored folder
+    ("{root}", {}, None),
+    (None, {}, None),
+])
+def test_deploy__the_gallery_folder_obeys_the_path_rule_also_from_an_uploaded_config(
+        embedded, tmp_path, stored_dir, spec, refused):
+    import json
+
+    from mec_platform.specs import DeploySpec
+
+    root = embedded.allowed_data_roots[-1]
+    meta = tmp_path / "model.json"
+    meta.write_text(json.dumps({"config": {"dataset": "synthetic", "data_dir": stored_dir and
+                                           stored_dir.format(root=root)}}))
+    spec = DeploySpec(**{k: v.format(root=root) for k, v in spec.items()})
+    if refused is None:
+        tasks._check_gallery_dir(spec, {"meta": str(meta)}, embedded.allowed_data_roots)
+    else:
+        with pytest.raises(tasks.JobFailed, match=refused):
+            tasks._check_gallery_dir(spec, {"meta": str(meta)}, embedded.allowed_data_roots)
+
+
+def test_the_partial_file_of_an_upload_whose_api_died_is_removed(tmp_path):
+    import os
+    import time
+
+    from mec_platform.galleries import STALE_UPLOAD_S, remove_stale_uploads, staging_folder
+
+    folder = staging_folder(tmp_path)
+    folder.mkdir()
+    dead, live, staged = folder / "a.partial", folder / "b.partial", folder / "c.ndjson"
+    for path in (dead, live, staged):
+        path.write_text("{}\n")
+    old = time.time() - STALE_UPLOAD_S - 5
+    os.utime(dead, (old, old))
+    os.utime(staged, (old, old))  # a staged import waits for its job: kept
+    assert remove_stale_uploads(tmp_path, time.time()) == [dead]
+    assert not dead.exists() and live.exists() and staged.exists()

@@ -1,0 +1,92 @@
+"""Deployments are state the platform restores: the database says which models serve at
+which version; TorchServe starts empty (`--ncs`), so whenever it (re)starts every model
+recorded as serving is registered again, at the same version, from the archives its
+deploy left in the model store. Galleries, bound to a deployment number, stay valid."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from mec_platform.jobs import JobKind, JobStatus
+from mec_platform.tables import Job, Model
+from serving.torchserve import Management
+
+log = logging.getLogger(__name__)
+
+LOST = "lost"  # a deployment whose archive is gone: it cannot be served again
+
+
+def endpoints(deployment: dict) -> list[str]:
+    """The TorchServe endpoints of a deployment: the embeddings and the gallery's kNN."""
+    return [deployment["name"], f"{deployment['name']}-knn"]
+
+
+def archive(model_store: Path, endpoint: str, number: int) -> Path:
+    """Where a deploy leaves an endpoint's archive (worker/deploy.py)."""
+    return model_store / f"{endpoint}-v{number}.mar"
+
+
+def restore(open_session: Callable[[], AbstractContextManager[Session]],
+            connect: Callable[[], Management], model_store: Path) -> dict[int, str]:
+    """Register again every endpoint of a serving deployment that TorchServe does not
+    serve, from its archive; a deployment whose archive is gone is marked `lost` with the
+    reason. `connect` gives the management API (called only when a deployment serves).
+    Returns {model id: what was done} for the models it touched."""
+    with open_session() as s:
+        # a deploy or undeploy under way changes what TorchServe serves on its own
+        busy = {c["model_id"] for c in s.scalars(select(Job.config).where(
+            Job.kind == JobKind.DEPLOY, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))))}
+        serving = [(i, d) for i, d in s.execute(select(Model.id, Model.deployment))
+                   if (d or {}).get("status") == "serving" and i not in busy]
+    if not serving:
+        return {}
+    management = connect()
+    served = management.names()
+    done = {}
+    for model_id, deployment in serving:
+        missing = [e for e in endpoints(deployment) if e not in served]
+        if not missing:
+            continue
+        number = deployment["number"]
+        gone = [archive(model_store, e, number).name for e in missing
+                if not archive(model_store, e, number).exists()]
+        if gone:
+            reason = (f"the archive {', '.join(gone)} of version {number} is gone from the "
+                      "model store, so TorchServe cannot serve it again; deploy the model "
+                      "again")
+            _mark_lost(open_session, model_id, number, reason)
+            done[model_id] = reason
+            continue
+        for endpoint in missing:
+            _register(management, endpoint, archive(model_store, endpoint, number), deployment)
+        done[model_id] = f"registered {', '.join(missing)} again at version {number}"
+        log.warning("model %s: %s", model_id, done[model_id])
+    return done
+
+
+def _register(management: Management, endpoint: str, mar: Path, deployment: dict) -> None:
+    """Register one archive; another process restoring the same endpoint at the same time
+    is no error."""
+    try:
+        management.register(mar.name, endpoint, deployment["workers"],
+                            deployment["batch_size"], deployment["max_batch_delay_ms"])
+    except RuntimeError:
+        if endpoint not in management.names():
+            raise
+
+
+def _mark_lost(open_session, model_id: int, number: int, reason: str) -> None:
+    """Mark the deployment lost, unless a deploy replaced it meanwhile."""
+    with open_session() as s:
+        deployment = s.get(Model, model_id).deployment or {}
+        if deployment.get("status") == "serving" and deployment.get("number") == number:
+            s.execute(update(Model).where(Model.id == model_id).values(
+                deployment=deployment | {"status": LOST, "reason": reason}))
+            s.commit()
+    log.error("model %s: %s", model_id, reason)
