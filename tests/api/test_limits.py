@@ -37,7 +37,7 @@ def test_no_key_or_an_unknown_one_is_401_before_the_body_is_read(embedded):
 
 
 def test_a_streamed_body_is_cut_at_the_limit(client):
-    """(TestClient hands the app the whole body; tests/security/test_limits.py measures
+    """(TestClient hands the app the whole body; tests/security/test_limit_attacks.py measures
     that a real API process stops reading.)"""
     chunks = (b" " * 2**20 for _ in range(4))  # 4 MiB, no Content-Length
     r = client.post("/v1/jobs", content=chunks, headers={"Content-Type": "application/json"})
