@@ -131,3 +131,10 @@ def test_the_python_client_and_its_commands_do_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_test_modules_have_unique_basenames():
+    """pytest imports test modules by basename (rootdir mode): a second tests/**/test_x.py
+    stops the whole run at collection."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
