@@ -154,6 +154,26 @@ class MetricsPublic(BaseModel):
     series: dict[str, Series]
 
 
+class LogLinePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int = Field(description="The line's place in the job's log; a cursor for `since`.")
+    attempt: int = Field(description="The job's run (1, 2, ... as it was resumed) the line "
+                         "comes from.")
+    time: datetime
+    source: str = Field(description="Who wrote it: 'worker' (the worker and the trainer of "
+                        "a one-process job), 'rank N' (a process of a multi-process job) or "
+                        "'torchrun'.")
+    line: str
+
+
+class LogsPublic(BaseModel):
+    job_id: int
+    lines: list[LogLinePublic]
+    next: int = Field(description="The id of the last line returned (else `since`): pass "
+                      "it as `since` for the lines after these.")
+
+
 class EvaluationPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

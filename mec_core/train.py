@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from mec_core.methods import Hyper, Method, get_method
 from mec_core.models import MECModel, ema_update
 from mec_core.monitor import Monitor, holdout
 from mec_core.optim import build_optimizer
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -347,6 +350,10 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
     run = setup(config, out, resume, keep_checkpoints)
     clock = StepClock(run.world.device)
     metrics = MetricsBuffer(out / "metrics.jsonl", run.start, run, callbacks, clock)
+    log.info("rank %d of %d on %s: %s (%s) on %s, step %d of %d, %d steps per epoch%s",
+             run.world.rank, run.world.size, run.world.device, config.method, config.backbone,
+             config.dataset, run.start, run.total, run.steps_per_epoch,
+             f", resumed from {run.resumed_from}" if run.resumed_from else "")
     if run.world.is_main:
         callbacks.on_start(run.start, run.total, run.steps_per_epoch)
     saved = run.resumed_from
@@ -373,9 +380,16 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
             metrics.flush(saved)  # before any checkpoint: none ever holds a NaN step
         if due:
             saved = save(run, step, epoch, callbacks) or saved
+        if run.world.is_main and step % run.steps_per_epoch == 0:
+            log.info("epoch %d done (step %d of %d): %s", epoch, step, run.total,
+                     ", ".join(f"{k} {v:.4g}" for k, v in metrics.last.items()
+                               if not k.startswith("time_")))
         if stop:
+            log.info("stopped at step %d of %d", step, run.total)
             stopped = True
             break
     clock.window()
     speed = config.batch_size / max(clock.seconds_per_step(), 1e-9) if step > run.start else 0.0
+    if not stopped:
+        log.info("finished: %d steps, %.1f images/s", step, speed)
     return TrainResult(step, run.total, stopped, saved, speed, metrics.last)

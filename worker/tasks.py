@@ -30,6 +30,7 @@ from mec_platform.tables import Evaluation, Job, Model, Worker
 from worker import galleries, multiprocess, sweeps
 from worker.callbacks import DatabaseCallbacks
 from worker.device import describe_device, process_capacity
+from worker.joblog import JobLogHandler
 from worker.lease import LeaseKeeper
 from worker.process import new_owner, shutting_down, worker_name
 
@@ -66,9 +67,6 @@ def _set_current_job(job_id: int | None, was: int | None = None) -> None:
 
 
 def _end(job_id: int, owner: str, outcome: Outcome) -> None:
-    if outcome.status == JobStatus.FAILED:
-        log.error("job %s failed: %s", job_id, outcome.error)
-
     def write() -> bool:
         with session_scope() as s:
             done = jobs.finish(s, job_id, owner, outcome.status, error=outcome.error,
@@ -97,14 +95,23 @@ def _execute(job_id: int, work: Callable[[int, str], Outcome | None]) -> None:
         log.info("job %s is not queued (already claimed, cancelled or finished)", job_id)
         return
     _set_current_job(job_id)
+    attempt = _load(lambda s: s.get(Job, job_id).attempts)
     try:
         with LeaseKeeper(job_id, owner, settings.lease_seconds, settings.heartbeat_seconds):
-            try:
-                outcome = work(job_id, owner)
-            except JobFailed as exc:
-                outcome = Outcome(JobStatus.FAILED, error=str(exc))
-            except Exception as exc:  # the job must end failed, never stay running
-                outcome = Outcome(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            with JobLogHandler(job_id, attempt):  # all written before the job ends
+                log.info("job %s: attempt %s on %s (%s)", job_id, attempt,
+                         socket.gethostname(), describe_device())
+                try:
+                    outcome = work(job_id, owner)
+                except JobFailed as exc:
+                    outcome = Outcome(JobStatus.FAILED, error=str(exc))
+                except Exception as exc:  # the job must end failed, never stay running
+                    log.exception("job %s: %s", job_id, type(exc).__name__)
+                    outcome = Outcome(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+                if outcome is not None and outcome.status == JobStatus.FAILED:
+                    log.error("job %s failed: %s", job_id, outcome.error)
+                elif outcome is not None:
+                    log.info("job %s: %s", job_id, outcome.status)
             if outcome is not None:
                 _end(job_id, owner, outcome)
                 parent = _load(lambda s: s.get(Job, job_id).parent_id)

@@ -1,12 +1,16 @@
-"""/v1/jobs: submit, list, inspect, follow metrics, cancel."""
+"""/v1/jobs: submit, list, inspect, follow metrics and logs, cancel."""
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response
+from fastapi.responses import StreamingResponse
 from sqlalchemy import String, cast, func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -17,13 +21,16 @@ from api.schemas import (
     JobCreate,
     JobPublic,
     JobsPublic,
+    LogLinePublic,
+    LogsPublic,
     MetricsPublic,
     Series,
     SweepJobCreate,
     errors,
     public,
 )
-from mec_platform import jobs, keys, workers
+from mec_platform import joblogs, jobs, keys, workers
+from mec_platform.db import session_scope
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.settings import get_settings
 from mec_platform.specs import ID_MAX, DeploySpec
@@ -140,6 +147,60 @@ def get_metrics(_: ReadKey, job: JobDep, session: SessionDep,
         entry.steps.append(step)
         entry.values.append(value)
     return MetricsPublic(job_id=job.id, stride=stride, last_step=last, series=series)
+
+
+@router.get("/{job_id}/logs", response_model=LogsPublic, responses={
+    **errors(404), 200: {"content": {"text/event-stream": {}}, "description":
+                         "With follow=true: Server-Sent Events, one `line` event per line "
+                         "(`id` the line's id, `data` the line as JSON), then one `end` "
+                         "event (`data`: the job's status) once the job has finished."}})
+def get_logs(_: ReadKey, job: JobDep, session: SessionDep,
+             attempt: int | None = Query(None, ge=1, le=ID_MAX, description="Only this run "
+                                         "of the job."),
+             since: int = Query(0, ge=0, le=2**62, description="Lines after this line id."),
+             limit: int = Query(1000, ge=1, le=10_000),
+             follow: bool = Query(False, description="Stream lines as they come, until the "
+                                  "job has finished."),
+             last_event_id: Annotated[int | None, Header(ge=0, le=2**62)] = None):
+    """The job's own log lines (its trainer's, the worker's about it, its ranks', with
+    tracebacks), oldest first; the newest MEC_JOB_LOG_LINES lines of a job are kept."""
+    if follow:
+        return StreamingResponse(_follow(job.id, attempt, last_event_id or since),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+    lines = [LogLinePublic.model_validate(line)
+             for line in joblogs.read(session, job.id, since, attempt, limit)]
+    return LogsPublic(job_id=job.id, lines=lines, next=lines[-1].id if lines else since)
+
+
+FOLLOW_POLL_SECONDS = 0.5
+KEEPALIVE_SECONDS = 15.0
+
+
+def _follow(job_id: int, attempt: int | None, since: int) -> Iterator[str]:
+    """Server-Sent Events of the job's lines after `since`, polled from the database (the
+    worker writes them every half second), ended once the job has finished and every line
+    it wrote has been sent (its worker writes the last ones before the job ends)."""
+    quiet = 0.0
+    while True:
+        with session_scope() as s:
+            status = s.scalar(select(Job.status).where(Job.id == job_id))
+            lines = [LogLinePublic.model_validate(line)
+                     for line in joblogs.read(s, job_id, since, attempt)]
+        for line in lines:
+            yield f"event: line\nid: {line.id}\ndata: {line.model_dump_json()}\n\n"
+        if lines:
+            since, quiet = lines[-1].id, 0.0
+            continue
+        if status is None or status in jobs.FINISHED:
+            yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+            return
+        if quiet >= KEEPALIVE_SECONDS:  # a comment line keeps proxies from closing
+            yield ": waiting\n\n"
+            quiet = 0.0
+        time.sleep(FOLLOW_POLL_SECONDS)
+        quiet += FOLLOW_POLL_SECONDS
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(404, 409))

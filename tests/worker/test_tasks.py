@@ -4,10 +4,12 @@ worker processes are tested in tests/integration."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from sqlalchemy import func, select
 
-from mec_platform import jobs
+from mec_platform import joblogs, jobs
 from mec_platform.db import session_scope
 from mec_platform.jobs import JobKind
 from mec_platform.queue import Queue, app
@@ -130,3 +132,33 @@ def test_a_job_needing_more_processes_than_this_worker_runs_is_left_queued(embed
     tasks.pretrain(job_id)
     job = _job(job_id)
     assert job.status == "queued" and job.attempts == 0 and job.lease_owner is None
+
+
+def _log_lines(job_id: int) -> list[tuple[int, str, str]]:
+    with session_scope() as s:
+        return [(line.attempt, line.source, line.line) for line in joblogs.read(s, job_id)]
+
+
+def test_logs__a_failed_job_keeps_its_traceback(embedded):
+    job_id = _submit(JobKind.PRETRAIN, TINY | {"dataset": "imagefolder",
+                                               "data_dir": "/nonexistent/images"})
+    tasks.pretrain(job_id)
+    lines = _log_lines(job_id)
+    text = [line for _, _, line in lines]
+    assert "Traceback (most recent call last):" in text
+    assert any("load_dataset" in line for line in text)  # the frames of the trainer
+    assert any(line.startswith(f"ERROR worker.tasks: job {job_id} failed: ")
+               and "/nonexistent/images" in line for line in text)
+    assert {(attempt, source) for attempt, source, _ in lines} == {(1, "worker")}
+
+
+def test_logs__a_job_has_its_trainers_lines_and_its_end(embedded, caplog):
+    caplog.set_level(logging.INFO)
+    job_id = _submit(JobKind.PRETRAIN, TINY)
+    tasks.pretrain(job_id)
+    text = [line for _, _, line in _log_lines(job_id)]
+    assert text[0].startswith(f"INFO worker.tasks: job {job_id}: attempt 1 on ")
+    assert any(line.startswith("INFO mec_core.train: rank 0 of 1 on cpu: mec (convnet) on "
+                               "synthetic, step 0 of 3") for line in text)
+    assert any(line.startswith("INFO mec_core.train: finished: 3 steps") for line in text)
+    assert text[-1] == f"INFO worker.tasks: job {job_id}: succeeded"
