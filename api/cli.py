@@ -240,6 +240,20 @@ def jobs_metrics(job_id: int, names: tuple[str, ...], max_points: int, as_json: 
     console.print(table)
 
 
+@jobs.command("logs")
+@click.argument("job_id", type=int)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job "
+              "has finished.")
+@click.option("--attempt", type=click.IntRange(1), help="Only this run of the job.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def jobs_logs(job_id: int, follow: bool, attempt: int | None, as_json: bool) -> None:
+    """A job's own log lines: its trainer's, the worker's about it, its ranks', tracebacks."""
+    lines = _client().logs(job_id, attempt=attempt, follow=follow)
+    while (line := _api(next, lines, None)) is not None:
+        click.echo(line.model_dump_json() if as_json else
+                   f"{line.time:%H:%M:%S} [{line.attempt} {line.source}] {line.line}")
+
+
 @main.group()
 def models() -> None:
     """Finished encoders: list, deploy to TorchServe, undeploy."""

@@ -44,7 +44,8 @@ from worker.callbacks import DatabaseCallbacks
 
 STOP_GRACE_SECONDS = 20.0
 _PR_SET_PDEATHSIG = 1
-_RANK_PREFIX = re.compile(r"\[default(\d+)\]:")
+# torchrun's --tee prefix, and the one torch's exception hook puts on a rank's traceback
+_RANK_PREFIX = re.compile(r"\[default(\d+)\]:(?:\[rank\d+\]: )?")
 _log = logging.getLogger(__name__)
 _log.setLevel(logging.INFO)  # the ranks' lines reach the job's log at any worker log level
 
@@ -153,7 +154,7 @@ def launch(job_id: int, owner: str, processes: int, out: Path,
 
 def _relay(lines: IO[str], log: Path, job_id: int) -> None:
     """Copy torchrun's output to `log` and, line by line, to the job's log: a rank's lines
-    (torchrun's --tee prefixes them with '[default<rank>]:') as that rank's."""
+    (torchrun's --tee prefixes them with '[default<rank>]:') as that rank's, unprefixed."""
     with log.open("a") as sink:
         for line in lines:
             sink.write(line)

@@ -133,6 +133,35 @@ def test_client__retries_reads_not_writes_over_a_broken_connection(platform):
         proxy.close()
 
 
+def test_client__logs_follow_streams_lines_as_they_come(platform):
+    client = Client(platform.url, platform.key)
+    job = client.submit(pretrain(300, log_every=50, checkpoint_every=100))
+    arrived = []
+    for line in client.logs(job.id, follow=True):  # ends by itself once the job has ended
+        arrived.append((line, client.job(job.id).status))
+    texts = [line.line for line, _ in arrived]
+    assert arrived[0][1] == "running", texts  # the first line came while the job trained
+    assert texts[0].startswith(f"INFO worker.tasks: job {job.id}: attempt 1 on ")
+    assert any(t.startswith("INFO mec_core.train: epoch 0 done (step 8 of 300)")
+               for t in texts)
+    assert texts[-1] == f"INFO worker.tasks: job {job.id}: succeeded"
+    assert [line.id for line, _ in arrived] == [line.id for line in client.logs(job.id)]
+
+
+def test_cli__logs_of_a_failed_job_end_with_its_traceback(platform):
+    job = Client(platform.url, platform.key).submit(pretrain(8, train_limit=16))
+    platform.wait_status(job.id, ("failed", "succeeded"))
+    printed = mec(platform, "jobs", "logs", str(job.id), "-f").stdout.splitlines()
+    assert any(line.endswith("[1 worker] Traceback (most recent call last):")
+               for line in printed), printed
+    assert any("ValueError: batch_size 32 exceeds the 16 training images" in line
+               for line in printed)
+    assert f"job {job.id} failed: ValueError: batch_size 32" in printed[-1]
+    as_json = [json.loads(line) for line in mec(platform, "jobs", "logs", str(job.id),
+                                                "--json").stdout.splitlines()]
+    assert [j["line"] for j in as_json] == [line.split("] ", 1)[1] for line in printed]
+
+
 def test_cli__submit_watch_show_list_metrics(platform, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("kind: pretrain\nname: from-yaml\ntags: [cli]\nconfig:\n"
