@@ -329,3 +329,43 @@ def test_dashboard__a_sweep_shows_its_trials_and_deploys_the_best(browser, platf
     assert notice.startswith("Waiting: needs 4 processes")
     shot(browser, "12-job-waiting")
     platform.post(f"/v1/jobs/{big['id']}/cancel", expect=200)
+
+
+def _log_lines(browser) -> list[str]:
+    return [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#log .line")]
+
+
+def test_dashboard__the_logs_tab_follows_a_running_job_and_shows_a_traceback(browser, platform):
+    """The Logs tab streams a running job's lines as they come and says when it ended; a
+    failed job's traceback stands out in red."""
+    client = Client(platform.url, platform.key)
+    job = client.submit({"kind": "pretrain", "name": "ui-logs", "config": TINY | {
+        "max_steps": 300, "epochs": 40, "log_every": 50, "checkpoint_every": 100}})
+    login(browser, platform, platform.key)
+    browser.get(f"{platform.url}/ui/jobs/{job.id}")
+    until(browser, lambda d: find(d, '.tab[data-tab="logs"]').is_displayed(), 20, "the tabs")
+    find(browser, '.tab[data-tab="logs"]').click()
+    assert not find(browser, "#logs").get_attribute("hidden") and \
+        find(browser, "#curves").get_attribute("hidden")
+    first = until(browser, lambda d: _log_lines(d), 120, "the job's first line")
+    assert client.job(job.id).status == "running", first  # it came while the job trained
+    assert f"[1 worker] INFO worker.tasks: job {job.id}: attempt 1 on " in first[0]
+    shot(browser, "13-job-logs-running")
+    until(browser, lambda d: "the job is succeeded" in find(d, "#log-state").text, 240,
+          "the stream's end")
+    shown = _log_lines(browser)
+    assert len(shown) == len(list(client.logs(job.id))) and \
+        shown[-1].endswith(f"INFO worker.tasks: job {job.id}: succeeded")
+    assert len(shown) > len(first)  # lines were added while the page followed
+
+    failed = client.submit({"kind": "pretrain", "name": "ui-logs-failed", "config": TINY | {
+        "max_steps": 8, "train_limit": 16}})  # fewer images than one batch
+    platform.wait_status(failed.id, ("failed", "succeeded"))
+    browser.get(f"{platform.url}/ui/jobs/{failed.id}")
+    until(browser, lambda d: find(d, '.tab[data-tab="logs"]').is_displayed(), 20, "the tabs")
+    find(browser, '.tab[data-tab="logs"]').click()
+    until(browser, lambda d: "the job is failed" in find(d, "#log-state").text, 30, "the end")
+    red = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#log .line.bad")]
+    assert any("Traceback (most recent call last):" in t for t in red)
+    assert any("ValueError: batch_size 32 exceeds the 16 training images" in t for t in red)
+    shot(browser, "14-job-logs-failed")

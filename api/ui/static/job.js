@@ -1,6 +1,7 @@
 "use strict";
 // One job: facts, live progress, a chart per metric series (appended as the job logs),
-// cancel and evaluate; a sweep shows its trials instead of curves, and deploys its best.
+// its log lines (followed while it runs), cancel and evaluate; a sweep shows its trials
+// instead of curves, and deploys its best.
 
 const jobId = Number(document.body.dataset.job);
 const charts = {};      // metric name -> {plot, steps, values}
@@ -56,7 +57,8 @@ function showJob(job) {
   document.getElementById("cancel").hidden = !running || job.cancel_requested;
   document.getElementById("evaluate").hidden = !(job.kind === "pretrain" && job.status === "succeeded");
   document.getElementById("promote").hidden = !(job.kind === "sweep" && job.result && job.result.best);
-  document.getElementById("curves").hidden = job.kind === "sweep";
+  document.getElementById("tabs").hidden = job.kind === "sweep";
+  if (job.kind === "sweep") document.getElementById("curves").hidden = true;
   const rows = Object.entries(job.config).map(([k, v]) =>
     el("tr", {}, el("th", { text: k }), el("td", { text: typeof v === "object" ? JSON.stringify(v) : String(v) })));
   document.querySelector("#config tbody").replaceChildren(...rows);
@@ -163,4 +165,38 @@ document.getElementById("evaluate").addEventListener("click", async () => {
     window.location = `/ui/jobs/${job.id}`;
   } catch (e) { toast(e.message, "error"); }
 });
+// The Logs tab: the job's lines as Server-Sent Events, followed until the job has ended
+// (the browser reconnects after the last line it got, by its Last-Event-ID).
+let logStream = null;
+const ERROR_LINE = /^(ERROR|CRITICAL|Traceback|[\w.]+(Error|Exception)\b)|^\s/;  // a traceback's frames are indented
+
+function appendLog(line) {
+  const box = document.getElementById("log");
+  const at = new Date(line.time).toLocaleTimeString();
+  box.append(el("span", { class: `line${ERROR_LINE.test(line.line) ? " bad" : ""}`, "data-id": line.id },
+                el("span", { class: "meta", text: `${at} [${line.attempt} ${line.source}] ` }),
+                line.line, "\n"));
+  if (document.getElementById("log-tail").checked) box.scrollTop = box.scrollHeight;
+}
+
+function followLogs() {
+  if (logStream) return;
+  const state = document.getElementById("log-state");
+  state.textContent = "following";
+  logStream = new EventSource(`/v1/jobs/${jobId}/logs?follow=true`);
+  logStream.addEventListener("line", (e) => appendLog(JSON.parse(e.data)));
+  logStream.addEventListener("end", (e) => {
+    logStream.close();
+    const lines = document.querySelectorAll("#log .line").length;
+    state.textContent = `${lines} line${lines === 1 ? "" : "s"} · the job is ${JSON.parse(e.data).status}`;
+  });
+  logStream.onopen = () => { state.textContent = "following"; };
+  logStream.onerror = () => { state.textContent = "reconnecting…"; };
+}
+
+document.querySelectorAll("#tabs .tab").forEach((tab) => tab.addEventListener("click", () => {
+  document.querySelectorAll("#tabs .tab").forEach((t) => t.classList.toggle("active", t === tab));
+  document.querySelectorAll(".tab-panel").forEach((p) => { p.hidden = p.id !== tab.dataset.tab; });
+  if (tab.dataset.tab === "logs") followLogs();
+}));
 every(2000, refresh);
