@@ -14,7 +14,7 @@ from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
 from mec_platform.specs import ID_MAX, EvaluateSpec, SweepSpec
 from mec_platform.tables import Job, utcnow
-from mec_platform.workers import waiting_reason
+from mec_platform.workers import QueueCapacity, waiting_reason
 
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
@@ -99,8 +99,9 @@ class JobPublic(BaseModel):
     result: dict[str, Any] | None
     error: str | None
     waiting: str | None = Field(description="Why a queued job has not started, where the "
-                                "platform can tell: no live worker takes its queue, or it "
-                                "needs more processes than any live worker can run.")
+                                "platform can tell: no live worker takes its queue, it "
+                                "needs more processes than any live worker can run, or a GPU "
+                                "that no live worker on its queue has.")
     cancel_requested: bool
     attempts: int
     resumes: int = Field(description="Times the job was resumed from a checkpoint.")
@@ -113,7 +114,7 @@ class JobPublic(BaseModel):
 
 
 def public(job: Job, now: datetime | None = None,
-           capacity: dict[str, int] | None = None) -> JobPublic:
+           capacity: dict[str, QueueCapacity] | None = None) -> JobPublic:
     """The API view of a job, with progress and ETA derived from its counters; given the
     live workers' `capacity` (mec_platform.workers), a queued job says why it waits."""
     total = job.total_steps
@@ -135,6 +136,15 @@ def public(job: Job, now: datetime | None = None,
         resumes=max(job.attempts - 1, 0), checkpoint=job.checkpoint,
         worker_host=job.worker_host, device=job.device, created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at)
+
+
+class JobValidated(BaseModel):
+    kind: JobKind
+    queue: Queue
+    config: dict[str, Any] = Field(description="The config the job would run with: every "
+                                   "field, the recipe's defaults filled in.")
+    waiting: str | None = Field(description="Why the job would wait now (as a queued job's "
+                                "`waiting`), or null when a live worker can run it.")
 
 
 class JobsPublic(BaseModel):

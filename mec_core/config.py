@@ -11,13 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 DatasetName = Literal["digits", "fashion-mnist", "cifar10", "imagefolder", "synthetic"]
 BackboneName = Literal["convnet", "resnet18", "resnet50"]
 MethodName = Literal["mec", "simclr", "byol", "simsiam", "barlow_twins", "vicreg"]
 RecipeName = Literal["auto", "small", "imagenet"]
 DATASETS: tuple[str, ...] = get_args(DatasetName)
+# autocast precisions each kind of device runs (fp16 on a CPU: ~500x slower than fp32)
+PRECISIONS = {"cpu": ("auto", "fp32", "bf16"), "cuda": ("auto", "fp32", "bf16", "fp16")}
 BACKBONES: tuple[str, ...] = get_args(BackboneName)
 
 # Side of each dataset's images; imagefolder images are resized to 224 by default.
@@ -214,6 +216,14 @@ class TrainConfig(BaseModel):
         "(effective_rank); 0: off; default: 10 times per run.",
     )
 
+    @field_validator("precision")
+    @classmethod
+    def _precision_runs_on_the_device(cls, precision: str, info: ValidationInfo) -> str:
+        device = str(info.data.get("device", "auto")).split(":")[0]
+        if device in PRECISIONS:
+            check_precision(precision, device)
+        return precision
+
     @model_validator(mode="after")
     def _batch_divides_among_processes(self) -> TrainConfig:
         if self.batch_size % self.processes:
@@ -273,9 +283,18 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def check_precision(precision: str, device_type: str) -> None:
+    """ValueError, listing the supported ones, if this kind of device cannot run `precision`."""
+    supported = PRECISIONS.get(device_type, PRECISIONS["cpu"])
+    if precision not in supported:
+        raise ValueError(f"{precision} is not supported on {device_type}; choose one of "
+                         f"{', '.join(supported)}")
+
+
 def resolve_precision(config: TrainConfig, device_type: str) -> str:
     """fp32, bf16 or fp16 for `config.precision` on this kind of device ('auto' -> bf16
-    where the hardware has it)."""
+    where the hardware has it); ValueError for one the device does not run."""
+    check_precision(config.precision, device_type)
     if config.precision != "auto":
         return config.precision
     return "bf16" if device_type == "cuda" or (device_type == "cpu" and cpu_has_bf16()) \

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from mec_core.config import stored_config
+from mec_core.datafiles import missing
 from mec_core.evaluate import evaluate
 from mec_core.export import export
 from mec_core.train import TrainingDiverged, train
@@ -126,11 +127,15 @@ def pretrain(job_id: int) -> None:
     """Run (or resume) the pretraining of job `job_id`, unless it needs more processes than
     this worker can run: then it stays queued (the API says why) and the reconciler rings
     again later, for a worker that can."""
-    needs = _load(lambda s: (s.get(Job, job_id).config or {}).get("processes", 1))
-    capacity = process_capacity()
+    config = _load(lambda s: s.get(Job, job_id).config or {})
+    needs, capacity = config.get("processes", 1), process_capacity()
     if needs > capacity:
         log.warning("job %s needs %s processes; this worker runs %s: left queued", job_id,
                     needs, capacity)
+        return
+    if str(config.get("device", "auto")).startswith("cuda") and \
+            not describe_device().startswith("cuda"):
+        log.warning("job %s asks for a GPU; this worker has none: left queued", job_id)
         return
     _execute(job_id, run_pretrain)
 
@@ -140,6 +145,8 @@ def run_pretrain(job_id: int, owner: str) -> Outcome | None:
     config, name = _load(lambda s: (stored_config(s.get(Job, job_id).config),
                                     s.get(Job, job_id).name))
     out = settings.artifact_root / "jobs" / str(job_id)
+    if problem := missing(config.dataset, config.data_dir):  # before any process starts
+        raise JobFailed(problem)
     log.info("job %s: training %s on %s in %s process(es)", job_id, config.backbone,
              config.dataset, config.processes)
     try:
@@ -229,6 +236,8 @@ def _evaluation_inputs(s: Session, job_id: int) -> tuple[EvaluateSpec, int, str,
 def run_evaluate(job_id: int, owner: str) -> Outcome:
     spec, model_id, checkpoint, dataset, data_dir = _load(
         lambda s: _evaluation_inputs(s, job_id))
+    if problem := missing(dataset, data_dir, ("train", "test")):
+        raise JobFailed(problem)
     result = evaluate(spec.protocol, dataset, checkpoint_path=checkpoint, data_dir=data_dir,
                       train_limit=spec.train_limit, test_limit=spec.test_limit, k=spec.k,
                       temperature=spec.temperature, steps=spec.steps)

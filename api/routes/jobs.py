@@ -21,14 +21,17 @@ from api.schemas import (
     JobCreate,
     JobPublic,
     JobsPublic,
+    JobValidated,
     LogLinePublic,
     LogsPublic,
     MetricsPublic,
+    PretrainJobCreate,
     Series,
     SweepJobCreate,
     errors,
     public,
 )
+from mec_core.datafiles import DEFAULT_DIRS, missing
 from mec_platform import joblogs, jobs, keys, workers
 from mec_platform.db import session_scope
 from mec_platform.jobs import JobKind, JobStatus
@@ -56,18 +59,7 @@ def submit_job(key: WriteKey, session: SessionDep, response: Response,
         if existing is not None:
             response.status_code = 200
             return public(existing)
-    if isinstance(spec, SweepJobCreate):
-        _check_data_dir(spec.config.base.get("data_dir"), "config.base.data_dir")
-        _check_data_dir((spec.config.objective.evaluation or {}).get("data_dir"),
-                        "config.objective.evaluation.data_dir")
-    else:
-        _check_data_dir(spec.config.data_dir)
-    if isinstance(spec, EvaluateJobCreate):
-        target = session.get(Job, spec.config.job_id)
-        if target is None or not keys.sees(key, target.project) or \
-                target.kind not in (JobKind.PRETRAIN, JobKind.IMPORT):
-            raise HTTPException(422, f"config.job_id: {spec.config.job_id} is not a "
-                                     "pretraining or import job")
+    _check(key, session, spec)
     try:
         job = jobs.submit(session, spec.kind, spec.config.model_dump(mode="json"), spec.queue,
                           spec.name, spec.tags, spec.priority, stored_key, key.project)
@@ -75,6 +67,61 @@ def submit_job(key: WriteKey, session: SessionDep, response: Response,
         response.status_code = 200
         return public(session.scalar(select(Job).where(Job.idempotency_key == stored_key)))
     return public(job, capacity=workers.capacity(session))
+
+
+@router.post("/validate", response_model=JobValidated)
+def validate_job(key: WriteKey, session: SessionDep, spec: Annotated[JobCreate, Body()]):
+    """The config a job of this spec would run with (every field resolved), after the
+    checks a submission gets (422 naming the field), and why it would wait now; nothing
+    is created."""
+    _check(key, session, spec)
+    job = Job(kind=spec.kind, queue=spec.queue, config=spec.config.model_dump(mode="json"),
+              status=JobStatus.QUEUED)
+    return JobValidated(kind=spec.kind, queue=spec.queue, config=job.config,
+                        waiting=workers.waiting_reason(job, workers.capacity(session)))
+
+
+def _check(key, session, spec) -> None:
+    """What a submission can know before queueing: data under the data roots, a dataset's
+    files where the workers look (in the roots this API sees too), an evaluation's job."""
+    if isinstance(spec, SweepJobCreate):
+        base = spec.config.base
+        _check_data_dir(base.get("data_dir"), "config.base.data_dir")
+        _check_data_dir((spec.config.objective.evaluation or {}).get("data_dir"),
+                        "config.objective.evaluation.data_dir")
+        _check_dataset(base.get("dataset", "fashion-mnist"), base.get("data_dir"),
+                       "config.base")
+    else:
+        _check_data_dir(spec.config.data_dir)
+    if isinstance(spec, PretrainJobCreate):
+        _check_dataset(spec.config.dataset, spec.config.data_dir)
+    if isinstance(spec, EvaluateJobCreate):
+        target = session.get(Job, spec.config.job_id)
+        if target is None or not keys.sees(key, target.project) or \
+                target.kind not in (JobKind.PRETRAIN, JobKind.IMPORT):
+            raise HTTPException(422, f"config.job_id: {spec.config.job_id} is not a "
+                                     "pretraining or import job")
+        if spec.config.dataset is not None:
+            _check_dataset(spec.config.dataset, spec.config.data_dir, splits=("train", "test"))
+
+
+def _check_dataset(dataset: str, data_dir: str | None, prefix: str = "config",
+                   splits: tuple[str, ...] = ("train",)) -> None:
+    """422 when the dataset's files are not where a worker will look, if this API sees
+    that data root (one host, or a shared mount); where it does not, the worker that
+    claims the job checks before training and fails it at once with the same words."""
+    where = data_dir or DEFAULT_DIRS.get(dataset)
+    if where is not None and not _root_seen(where):
+        return
+    problem = missing(dataset, data_dir, splits)
+    if problem:
+        raise HTTPException(422, f"{prefix}.{'data_dir' if data_dir else 'dataset'}: {problem}")
+
+
+def _root_seen(path: str) -> bool:
+    resolved = Path(path).resolve()
+    return any(root.is_dir() for root in get_settings().allowed_data_roots
+               if resolved == root or root in resolved.parents)
 
 
 def _check_data_dir(data_dir: str | None, field: str = "config.data_dir") -> None:

@@ -8,6 +8,7 @@ from mec_core.config import (
     RECIPES,
     TrainConfig,
     image_size,
+    resolve_precision,
     small_stem,
     stored_config,
 )
@@ -78,3 +79,14 @@ def test_config__batch_size_must_divide_among_the_processes():
         TrainConfig(batch_size=30, processes=4)
     with pytest.raises(ValidationError, match="processes"):
         TrainConfig(processes=0)
+
+
+def test_precision__one_the_device_cannot_run_is_refused_naming_the_ones_it_can():
+    with pytest.raises(ValidationError, match="fp16 is not supported on cpu; choose one of "
+                                              "auto, fp32, bf16"):
+        TrainConfig(device="cpu", precision="fp16")
+    assert TrainConfig(device="cuda:0", precision="fp16").precision == "fp16"
+    later = TrainConfig(device="auto", precision="fp16")  # the device is known at start
+    with pytest.raises(ValueError, match="fp16 is not supported on cpu"):
+        resolve_precision(later, "cpu")
+    assert resolve_precision(later, "cuda") == "fp16"

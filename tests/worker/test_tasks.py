@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
 from sqlalchemy import func, select
 
 from mec_platform import joblogs, jobs
@@ -140,15 +141,14 @@ def _log_lines(job_id: int) -> list[tuple[int, str, str]]:
 
 
 def test_logs__a_failed_job_keeps_its_traceback(embedded):
-    job_id = _submit(JobKind.PRETRAIN, TINY | {"dataset": "imagefolder",
-                                               "data_dir": "/nonexistent/images"})
+    job_id = _submit(JobKind.PRETRAIN, TINY | {"train_limit": 16})  # fewer than a batch
     tasks.pretrain(job_id)
     lines = _log_lines(job_id)
     text = [line for _, _, line in lines]
     assert "Traceback (most recent call last):" in text
-    assert any("load_dataset" in line for line in text)  # the frames of the trainer
-    assert any(line.startswith(f"ERROR worker.tasks: job {job_id} failed: ")
-               and "/nonexistent/images" in line for line in text)
+    assert any("in setup" in line for line in text)  # the frames of the trainer
+    assert text[-1] == (f"ERROR worker.tasks: job {job_id} failed: ValueError: batch_size "
+                        "32 exceeds the 16 training images of synthetic")
     assert {(attempt, source) for attempt, source, _ in lines} == {(1, "worker")}
 
 
@@ -162,3 +162,23 @@ def test_logs__a_job_has_its_trainers_lines_and_its_end(embedded, caplog):
                                "synthetic, step 0 of 3") for line in text)
     assert any(line.startswith("INFO mec_core.train: finished: 3 steps") for line in text)
     assert text[-1] == f"INFO worker.tasks: job {job_id}: succeeded"
+
+
+def test_claim__missing_data_fails_the_job_before_training_with_the_reason(embedded, tmp_path):
+    (tmp_path / "fashion-mnist").mkdir()
+    job_id = _submit(JobKind.PRETRAIN, TINY | {"dataset": "fashion-mnist",
+                                               "data_dir": str(tmp_path / "fashion")})
+    tasks.pretrain(job_id)
+    job = _job(job_id)
+    assert job.status == "failed" and job.error == (
+        f"fashion-mnist: no such directory {tmp_path}/fashion; did you mean "
+        f"{tmp_path}/fashion-mnist?")
+    assert not any("training" in line for _, _, line in _log_lines(job_id))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host's worker has a GPU")
+def test_a_job_asking_for_a_gpu_is_left_queued_by_a_worker_without_one(embedded):
+    job_id = _submit(JobKind.PRETRAIN, TINY | {"device": "cuda"})
+    tasks.pretrain(job_id)
+    job = _job(job_id)
+    assert job.status == "queued" and job.attempts == 0
