@@ -17,7 +17,8 @@ from mec_platform.tables import Job, Metric, utcnow
 
 class DatabaseCallbacks(Callbacks):
     """Metrics in batches (one transaction per flush of the trainer), progress, the
-    checkpoint path, and the cancel flag polled at most every `poll_seconds`."""
+    checkpoint path, and the cancel flag polled at most every `poll_seconds` (also from
+    inside a step: a cancel interrupts it)."""
 
     def __init__(self, job_id: int, owner: str, poll_seconds: float,
                  shutting_down: threading.Event | None = None) -> None:
@@ -78,3 +79,9 @@ class DatabaseCallbacks(Callbacks):
             # stop also when the job is no longer ours (reaped after a stall)
             self.stop = self.cancelled or owner != self.owner or status != JobStatus.RUNNING
         return self.stop
+
+    def interrupt_requested(self) -> bool:
+        """A cancel abandons the step under way (read with the same rate limit); a
+        hand-over or a lost lease still stops at the step's end, with a checkpoint."""
+        self.should_stop(0)
+        return self.cancelled
