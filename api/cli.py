@@ -5,7 +5,9 @@ mec_platform's commands plus these."""
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from api.client import FINISHED, APIError, Client, save_login
+from api.client import DEFAULT_URL, FINISHED, APIError, Client, save_login
 from api.schemas import JobPublic
 from mec_core.cli import config_options, given_options
 from mec_platform.cli import main
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
+from mec_platform.settings import get_settings
+from mec_platform.stack import running_api_url
 
 console = Console()
 as_json = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
@@ -60,11 +64,14 @@ def _status(status: str) -> str:
 
 
 @main.command()
-@click.option("--url", default="http://127.0.0.1:8000", show_default=True,
-              help="The API's address.")
+@click.option("--url", help="The API's address [default: MEC_API_URL, else the API that "
+              "`mec up` left running in MEC_DATA_DIR (./mec-data), else "
+              f"{DEFAULT_URL}].")
 @click.option("--key", prompt=True, hide_input=True, help="An API key (`mec keys create`).")
-def login(url: str, key: str) -> None:
+def login(url: str | None, key: str) -> None:
     """Check a key against the API and keep it (with the URL) for later commands."""
+    url = url or os.environ.get("MEC_API_URL") or \
+        running_api_url(get_settings().data_dir) or DEFAULT_URL
     _api(Client(url, key, retries=0).jobs, limit=1)
     path = save_login(url, key)
     click.echo(f"logged in to {url}; key kept in {path} (readable by you only)")
@@ -175,12 +182,24 @@ def jobs_show(job_id: int, as_json: bool) -> None:
     console.print(table)
 
 
-def _watch(client: Client, job_id: int, as_json: bool) -> None:
-    """A live progress bar with the latest metrics until the job finishes; exit status 1
-    unless it succeeded."""
+def _watch(client: Client, job_id: int, as_json: bool,
+           after: Callable[[JobPublic], None] | None = None) -> None:
+    """A live progress bar with the latest metrics until the job finishes (not on a
+    terminal: a line each time they change), then `after(job)`; exit status 1 unless it
+    succeeded."""
     if as_json:
         job = _api(client.wait, job_id)
         _echo_json(job)
+    elif not console.is_terminal:  # a log or a pipe: one line per change, as it happens
+        said = [""]
+
+        def say(j) -> None:
+            line = _progress_line(j)
+            if line != said[0]:
+                click.echo(line)
+                said[0] = line
+        job = _api(client.wait, job_id, on_progress=say)
+        click.echo(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
     else:
         columns = (TextColumn("job {task.fields[job]}"), BarColumn(),
                    TextColumn("{task.percentage:>5.1f} %"), TimeRemainingColumn(),
@@ -197,8 +216,22 @@ def _watch(client: Client, job_id: int, as_json: bool) -> None:
             job = _api(client.wait, job_id, on_progress=show)
         console.print(f"job {job.id} {_status(job.status)}" +
                       (f": {job.error}" if job.error else ""))
+    if after is not None:
+        after(job)
     if job.status != JobStatus.SUCCEEDED:
         sys.exit(1)
+
+
+def _progress_line(job: JobPublic) -> str:
+    """A job's state in one line: status, step of total, percent, ETA, main metrics."""
+    p = job.progress
+    shown = {k: v for k, v in (job.last_metrics or {}).items()
+             if k in ("loss", "coding_length", "knn_top1", "lr")}
+    eta = f", about {job.eta_seconds:.0f} s left" if job.eta_seconds else ""
+    return (f"job {job.id} {job.status}" +
+            (f": waiting: {job.waiting}" if job.waiting else "") +
+            (f" step {p.step}/{p.total_steps} ({p.percent:.1f} %{eta})" if p.total_steps else "")
+            + "".join(f" {k} {v:.4g}" for k, v in shown.items()))
 
 
 @jobs.command("watch")
@@ -238,6 +271,39 @@ def jobs_metrics(job_id: int, names: tuple[str, ...], max_points: int, as_json: 
         table.add_row(name, str(len(s.values)), _num(s.values[0]), _num(s.values[-1]),
                       _num(min(s.values)), _num(max(s.values)))
     console.print(table)
+
+
+@jobs.command("evaluate")
+@click.argument("job_id", type=int)
+@click.option("--protocol", type=click.Choice(["knn", "linear"]), default="knn",
+              show_default=True, help="Weighted kNN or a linear probe on frozen features.")
+@click.option("--dataset", help="[default: the job's training set]")
+@click.option("--data-dir", help="The dataset's directory.")
+@click.option("--train-limit", type=click.IntRange(1), help="Use the first N train images.")
+@click.option("--test-limit", type=click.IntRange(1), help="Use the first N test images.")
+@click.option("--wait", "wait", is_flag=True, help="Follow it until it finishes.")
+@as_json
+def jobs_evaluate(job_id, protocol, dataset, data_dir, train_limit, test_limit, wait,
+                  as_json) -> None:
+    """Evaluate the encoder of finished pretraining job JOB_ID (an evaluate job)."""
+    client = _client()
+    given = {"dataset": dataset, "data_dir": data_dir, "train_limit": train_limit,
+             "test_limit": test_limit}
+    job = _api(client.evaluate, job_id, protocol,
+               **{k: v for k, v in given.items() if v is not None})
+    if as_json and not wait:
+        return _echo_json(job)
+    if not as_json:
+        console.print(f"job {job.id} submitted ({protocol} evaluation of job {job_id}, "
+                      f"{_status(job.status)})")
+    if wait:
+        _watch(client, job.id, as_json, None if as_json else _evaluation)
+
+
+def _evaluation(job: JobPublic) -> None:
+    result = job.result or {}
+    if "top1" in result:
+        console.print(f"top-1 {result['top1']:.2f} %, top-5 {result.get('top5', 0):.2f} %")
 
 
 @jobs.command("logs")

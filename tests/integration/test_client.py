@@ -172,8 +172,11 @@ def test_cli__submit_watch_show_list_metrics(platform, tmp_path):
     assert submitted["name"] == "cli-job" and submitted["tags"] == ["cli"]
     assert submitted["config"]["max_steps"] == 6  # the flag over the file's field
 
-    watched = mec(platform, "jobs", "watch", str(submitted["id"]))
-    assert f"job {submitted['id']} succeeded" in watched.stdout
+    watched = mec(platform, "jobs", "watch", str(submitted["id"])).stdout.splitlines()
+    # not a terminal: a line each time the job changes, then how it ended
+    assert watched[-1] == f"job {submitted['id']} succeeded"
+    assert all(a != b for a, b in zip(watched, watched[1:])), watched
+    assert any(" step " in line and "/6 (" in line for line in watched[:-1]), watched
     shown = mec(platform, "jobs", "show", str(submitted["id"])).stdout
     assert "succeeded" in shown and "step 6/6" in shown
     listed = json.loads(mec(platform, "jobs", "list", "--tag", "cli", "--json").stdout)
@@ -207,6 +210,36 @@ def test_cli__bad_field_cancel_and_login(platform, tmp_path):
                                                      "MEC_API_KEY": "k"},
                                  capture_output=True, text=True, timeout=120)
     assert unreachable.returncode == 1 and "cannot reach the API" in unreachable.stderr
+
+
+def test_cli__evaluate_a_finished_job_and_wait_for_its_result(platform):
+    job = Client(platform.url, platform.key).submit(pretrain(4))
+    platform.wait_status(job.id, ("succeeded",))
+    done = mec(platform, "jobs", "evaluate", str(job.id), "--protocol", "knn",
+               "--train-limit", "64", "--test-limit", "32", "--wait").stdout.splitlines()
+    assert done[0].startswith("job ") and f"knn evaluation of job {job.id}" in done[0]
+    evaluation = int(done[0].split()[1])
+    result = platform.get(f"/v1/jobs/{evaluation}")["result"]
+    assert done[-2] == f"job {evaluation} succeeded"
+    assert done[-1] == f"top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} %"
+    missing = mec(platform, "jobs", "evaluate", "999999", check=False)
+    assert missing.returncode == 1 and "config.job_id: 999999 is not a pretraining" in \
+        missing.stderr
+
+
+def test_cli__login_finds_the_api_that_mec_up_left_running(platform, tmp_path):
+    run = tmp_path / "stack" / "run"  # what `mec up` writes in its data directory
+    run.mkdir(parents=True)
+    (run / "api.pid").write_text(str(platform.api.pid))
+    (run / "ports.json").write_text(json.dumps({"api": int(platform.url.rsplit(":", 1)[1])}))
+    env = {k: v for k, v in platform.env.items() if k not in ("MEC_API_URL", "MEC_API_KEY")}
+    done = subprocess.run([sys.executable, "-m", "api.cli", "login", "--key", platform.key],
+                          env=env | {"MEC_DATA_DIR": str(tmp_path / "stack"),
+                                     "MEC_CLIENT_CONFIG": str(tmp_path / "client.json")},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"logged in to {platform.url};")
+    assert json.loads((tmp_path / "client.json").read_text())["url"] == platform.url
 
 
 def test_cli__models_list_deploy_undeploy(platform):
