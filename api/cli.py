@@ -191,14 +191,7 @@ def _watch(client: Client, job_id: int, as_json: bool,
         job = _api(client.wait, job_id)
         _echo_json(job)
     elif not console.is_terminal:  # a log or a pipe: one line per change, as it happens
-        said = [""]
-
-        def say(j) -> None:
-            line = _progress_line(j)
-            if line != said[0]:
-                click.echo(line)
-                said[0] = line
-        job = _api(client.wait, job_id, on_progress=say)
+        job = _api(client.wait, job_id, on_progress=_line_per_change(err=False))
         click.echo(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
     else:
         columns = (TextColumn("job {task.fields[job]}"), BarColumn(),
@@ -222,15 +215,28 @@ def _watch(client: Client, job_id: int, as_json: bool,
         sys.exit(1)
 
 
+def _line_per_change(err: bool) -> Callable[[JobPublic], None]:
+    """An on_progress that prints the job's progress line each time it changes."""
+    said = [""]
+
+    def say(job: JobPublic) -> None:
+        if (line := _progress_line(job)) != said[0]:
+            click.echo(line, err=err)
+            said[0] = line
+    return say
+
+
 def _progress_line(job: JobPublic) -> str:
     """A job's state in one line: status, step of total, percent, ETA, main metrics."""
     p = job.progress
     shown = {k: v for k, v in (job.last_metrics or {}).items()
              if k in ("loss", "coding_length", "knn_top1", "lr")}
     eta = f", about {job.eta_seconds:.0f} s left" if job.eta_seconds else ""
+    done = (f" {p.step}/{p.total_steps} gallery images embedded" if job.kind == JobKind.DEPLOY
+            else f" step {p.step}/{p.total_steps}")
     return (f"job {job.id} {job.status}" +
             (f": waiting: {job.waiting}" if job.waiting else "") +
-            (f" step {p.step}/{p.total_steps} ({p.percent:.1f} %{eta})" if p.total_steps else "")
+            (f"{done} ({p.percent:.1f} %{eta})" if p.total_steps else "")
             + "".join(f" {k} {v:.4g}" for k, v in shown.items()))
 
 
@@ -369,8 +375,8 @@ def models_undeploy(model_id: int, wait: bool, as_json: bool) -> None:
 def _deploy_job(client: Client, action: str, model_id: int, spec: dict, wait: bool,
                 as_json: bool) -> None:
     job = _api(client.deploy if action == "deploy" else client.undeploy, model_id, **spec)
-    if wait:
-        job = _api(client.wait, job.id, poll=1.0)
+    if wait:  # a line each time it moves on (beside --json's answer: on stderr)
+        job = _api(client.wait, job.id, poll=1.0, on_progress=_line_per_change(err=as_json))
     if as_json:
         return _echo_json(job)
     console.print(f"{action} job {job.id}: {_status(job.status)}"

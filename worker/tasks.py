@@ -305,6 +305,14 @@ def advance_sweeps() -> None:
         advance_sweep(job_id)
 
 
+def _progress(job_id: int, done: int, total: int) -> None:
+    """A job's progress in its own units (a deploy: gallery images embedded of all)."""
+    def write() -> None:
+        with session_scope() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(step=done, total_steps=total))
+    retrying(write)
+
+
 @app.task(name="mec.deploy")
 def deploy_job(job_id: int) -> None:
     """Deploy or undeploy a model with TorchServe."""
@@ -322,7 +330,8 @@ def run_deploy(job_id: int, owner: str) -> Outcome:
     action, config, model_id, artifacts, previous = _load(read)
     settings = get_settings()
     if action == "deploy":
-        record = deploy.deploy(settings, model_id, artifacts, previous, DeploySpec(**config))
+        record = deploy.deploy(settings, model_id, artifacts, previous, DeploySpec(**config),
+                               on_progress=lambda done, total: _progress(job_id, done, total))
     else:
         record = deploy.undeploy(settings, model_id, previous)
     return Outcome(JobStatus.SUCCEEDED, result=record, record=lambda s: s.execute(

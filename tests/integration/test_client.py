@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -250,6 +251,10 @@ def test_cli__models_list_deploy_undeploy(platform):
     assert model.id in [m["id"] for m in listed["data"]]
     deployed = mec(platform, "models", "deploy", str(model.id), "--workers", "1", "--wait")
     assert "succeeded" in deployed.stdout
+    # the wait said how far the gallery's embedding was, ending with all of it
+    embedded = re.findall(r"^job \d+ \w+ (\d+)/(\d+) gallery images embedded \(",
+                          deployed.stdout, re.MULTILINE)
+    assert embedded and embedded[-1][0] == embedded[-1][1], deployed.stdout
     assert client.model(model.id).deployment["status"] == "serving"
     assert "serving" in mec(platform, "models", "list").stdout
     undeployed = json.loads(mec(platform, "models", "undeploy", str(model.id), "--wait",
