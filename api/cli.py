@@ -396,7 +396,7 @@ def search(image: str, model_id: int, k: int, as_json: bool) -> None:
     if as_json:
         return _echo_json(found)
     table = Table("rank", "item", "label", "score", title=f"{Path(image).name}: model "
-                  f"{model_id} v{found.model_version}, majority label {found.vote[0]!r}",
+                  f"{model_id} deployment {found.model_version}, majority label {found.vote[0]!r}",
                   title_justify="left")
     for rank, n in enumerate(found.neighbours[0], 1):
         table.add_row(str(rank), str(n.id), str(n.label), f"{n.score:.4f}")
@@ -429,7 +429,7 @@ def gallery_create(name: str, model_id: int, as_json: bool) -> None:
     made = _api(_client().galleries.create, name, model_id)
     if as_json:
         return _echo_json(made)
-    console.print(f"gallery {made.name}: model {made.model_id} v{made.model_version}, "
+    console.print(f"gallery {made.name}: model {made.model_id} deployment {made.model_version}, "
                   f"{made.dim} dimensions")
 
 
@@ -439,7 +439,7 @@ def gallery_list(as_json: bool) -> None:
     found = _api(_client().galleries.list)
     if as_json:
         return _echo_json([g.model_dump(mode="json") for g in found])
-    table = Table("name", "model", "version", "dim", "items", "created")
+    table = Table("name", "model", "deployment", "dim", "items", "created")
     for g in found:
         table.add_row(g.name, str(g.model_id), str(g.model_version), str(g.dim), str(g.items),
                       f"{g.created_at:%Y-%m-%d %H:%M}")
@@ -510,7 +510,7 @@ def gallery_search(name: str, image: str | None, item_id: str | None, k: int,
     if as_json:
         return _echo_json(found)
     table = Table("rank", "item", "score", "metadata",
-                  title=f"{name} (model version {found.model_version})", title_justify="left")
+                  title=f"{name} (model deployment {found.model_version})", title_justify="left")
     for rank, hit in enumerate(found.results, 1):
         table.add_row(str(rank), hit.id, f"{hit.score:.4f}", json.dumps(hit.metadata))
     console.print(table)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mec_core.config import TrainConfig
 from mec_platform.galleries import NAME_PATTERN
@@ -206,9 +206,18 @@ class ModelPublic(BaseModel):
     dataset: str
     artifacts: dict[str, Any]
     deployment: dict[str, Any] | None = Field(description="TorchServe deployment: status, "
-                                              "version and inference URLs.")
+                                              "`number` (1, 2, ... as it is redeployed: the "
+                                              "version answers and galleries name) and "
+                                              "inference URLs.")
     created_at: datetime
     evaluations: list[EvaluationPublic]
+
+    @field_validator("deployment")
+    @classmethod
+    def _one_version(cls, deployment: dict[str, Any] | None) -> dict[str, Any] | None:
+        """TorchServe's own version string ('1.0') stays inside: the number is the one."""
+        return None if deployment is None else \
+            {k: v for k, v in deployment.items() if k != "version"}
 
 
 class ModelsPublic(BaseModel):
@@ -217,7 +226,8 @@ class ModelsPublic(BaseModel):
 
 
 class EmbeddingsPublic(BaseModel):
-    model_version: str = Field(description="The served version of the model.")
+    model_version: int | None = Field(description="The model's deployment that answered "
+                                      "(its number: 1, 2, ... as it was redeployed).")
     batch_size: int = Field(description="Images in the server's batch this request joined.")
     dim: int
     embeddings: list[list[float]] = Field(description="One l2-normalised vector per image, "
@@ -231,7 +241,7 @@ class Neighbour(BaseModel):
 
 
 class SearchPublic(BaseModel):
-    model_version: str
+    model_version: int | None = Field(description="The model's deployment that answered.")
     batch_size: int
     k: int
     neighbours: list[list[Neighbour]] = Field(description="Per image, best first.")

@@ -48,14 +48,16 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
             max_k: int = 100, projector: bool = False,
             torch_threads: int | None = None,
             gallery_images: Path | None = None,
-            on_progress: Callable[[int, int], None] | None = None) -> dict[str, Path]:
+            on_progress: Callable[[int, int], None] | None = None,
+            deployment: int | None = None) -> dict[str, Path]:
     """Write `{name}.mar` (embedding) and `{name}-knn.mar` (retrieval) into `out_dir`.
 
     Embeddings are the backbone's features (what kNN evaluation measures), or the
     projector's outputs with `projector`. `torch_threads`: the intra-op threads of each
     TorchServe worker (default: torch's, one per core). `gallery_images`: where to keep the
     gallery's pixels for showing search results (build_gallery's `images_to`).
-    `on_progress`: (gallery images embedded, of all)."""
+    `on_progress`: (gallery images embedded, of all). `deployment`: the platform's number
+    of this deployment, the answers' `model_version` (`version` is TorchServe's own)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,7 +74,7 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
         for task, suffix in (("embed", ""), ("knn", "-knn")):
             (work / "serving.json").write_text(json.dumps({
                 "task": task, "max_k": max_k, "projector": projector,
-                "torch_threads": torch_threads}))
+                "torch_threads": torch_threads, "deployment": deployment}))
             # the archiver puts every file at the archive's root
             extra = [work / "export" / "encoder.pt", work / "export" / "model.json",
                      work / "serving.json"]

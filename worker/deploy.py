@@ -36,7 +36,7 @@ def deploy(settings: Settings, model_id: int, artifacts: dict, previous: dict | 
     archives = package(artifacts["checkpoint"], staging, name, version, spec.gallery_dataset,
                        spec.gallery_data_dir, spec.gallery_split, spec.gallery_limit,
                        torch_threads=plan.threads, gallery_images=images,
-                       on_progress=on_progress)
+                       on_progress=on_progress, deployment=number)
     management = _management(settings)
     urls = {}
     for task, mar in archives.items():

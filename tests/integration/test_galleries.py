@@ -256,7 +256,8 @@ def test_a_redeployed_model_leaves_its_galleries_bound_to_the_old_version(platfo
         try:
             call()
         except APIError as exc:
-            assert exc.status == 409 and "version 1" in exc.detail and "version 2" in exc.detail
+            assert exc.status == 409 and "deployment 1;" in exc.detail and \
+                "serves deployment 2" in exc.detail
         else:
             raise AssertionError("a gallery of version 1 answered for version 2")
     fresh = app.galleries.create("new-space", model_id)
