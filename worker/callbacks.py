@@ -27,6 +27,7 @@ class DatabaseCallbacks(Callbacks):
         self.last_poll = 0.0
         self.stop = False
         self.cancelled = False
+        self.latest: dict[str, float] = {}  # each metric's newest value (the monitor's too)
 
     def on_start(self, start_step: int, total_steps: int, steps_per_epoch: int) -> None:
         def write():
@@ -44,6 +45,9 @@ class DatabaseCallbacks(Callbacks):
         rows = [{"job_id": self.job_id, "step": r.step, "epoch": r.epoch, "name": k,
                  "value": v, "time": now} for r in records for k, v in r.values.items()]
         last = records[-1]
+        for r in records:  # the monitor's values come every N steps: keep them until the next
+            self.latest.update(r.values)
+        latest = dict(self.latest)
 
         def write():
             with session_scope() as s:
@@ -54,7 +58,7 @@ class DatabaseCallbacks(Callbacks):
                 s.execute(stmt.on_conflict_do_nothing(
                     index_elements=["job_id", "name", "step"]), rows)
                 s.execute(update(Job).where(Job.id == self.job_id).values(
-                    step=last.step, epoch=last.epoch, last_metrics=last.values))
+                    step=last.step, epoch=last.epoch, last_metrics=latest))
         retrying(write)
 
     def on_checkpoint(self, path: Path, step: int) -> None:

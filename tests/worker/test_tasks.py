@@ -10,12 +10,14 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
+from mec_core.train import StepMetrics
 from mec_platform import joblogs, jobs
 from mec_platform.db import session_scope
 from mec_platform.jobs import JobKind
 from mec_platform.queue import Queue, app
 from mec_platform.tables import Evaluation, Job, Metric, Model
 from worker import tasks
+from worker.callbacks import DatabaseCallbacks
 from worker.process import shutting_down
 
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
@@ -182,3 +184,11 @@ def test_a_job_asking_for_a_gpu_is_left_queued_by_a_worker_without_one(embedded)
     tasks.pretrain(job_id)
     job = _job(job_id)
     assert job.status == "queued" and job.attempts == 0
+
+
+def test_last_metrics__keep_the_monitors_values_between_its_runs(embedded):
+    job_id = _submit(JobKind.PRETRAIN, TINY)
+    callbacks = DatabaseCallbacks(job_id, "owner", 1.0)
+    callbacks.on_metrics([StepMetrics(1, 0, {"loss": -1.0, "knn_top1": 70.0})])
+    callbacks.on_metrics([StepMetrics(2, 0, {"loss": -2.0})])  # the monitor ran at step 1
+    assert _job(job_id).last_metrics == {"loss": -2.0, "knn_top1": 70.0}
