@@ -5,7 +5,9 @@ mec_platform's commands plus these."""
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from api.client import FINISHED, APIError, Client, save_login
+from api.client import DEFAULT_URL, FINISHED, APIError, Client, save_login
 from api.schemas import JobPublic
 from mec_core.cli import config_options, given_options
 from mec_platform.cli import main
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
+from mec_platform.settings import get_settings
+from mec_platform.stack import running_api_url
 
 console = Console()
 as_json = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
@@ -60,11 +64,14 @@ def _status(status: str) -> str:
 
 
 @main.command()
-@click.option("--url", default="http://127.0.0.1:8000", show_default=True,
-              help="The API's address.")
+@click.option("--url", help="The API's address [default: MEC_API_URL, else the API that "
+              "`mec up` left running in MEC_DATA_DIR (./mec-data), else "
+              f"{DEFAULT_URL}].")
 @click.option("--key", prompt=True, hide_input=True, help="An API key (`mec keys create`).")
-def login(url: str, key: str) -> None:
+def login(url: str | None, key: str) -> None:
     """Check a key against the API and keep it (with the URL) for later commands."""
+    url = url or os.environ.get("MEC_API_URL") or \
+        running_api_url(get_settings().data_dir) or DEFAULT_URL
     _api(Client(url, key, retries=0).jobs, limit=1)
     path = save_login(url, key)
     click.echo(f"logged in to {url}; key kept in {path} (readable by you only)")
@@ -175,12 +182,17 @@ def jobs_show(job_id: int, as_json: bool) -> None:
     console.print(table)
 
 
-def _watch(client: Client, job_id: int, as_json: bool) -> None:
-    """A live progress bar with the latest metrics until the job finishes; exit status 1
-    unless it succeeded."""
+def _watch(client: Client, job_id: int, as_json: bool,
+           after: Callable[[JobPublic], None] | None = None) -> None:
+    """A live progress bar with the latest metrics until the job finishes (not on a
+    terminal: a line each time they change), then `after(job)`; exit status 1 unless it
+    succeeded."""
     if as_json:
         job = _api(client.wait, job_id)
         _echo_json(job)
+    elif not console.is_terminal:  # a log or a pipe: one line per change, as it happens
+        job = _api(client.wait, job_id, on_progress=_line_per_change(err=False))
+        click.echo(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
     else:
         columns = (TextColumn("job {task.fields[job]}"), BarColumn(),
                    TextColumn("{task.percentage:>5.1f} %"), TimeRemainingColumn(),
@@ -197,8 +209,35 @@ def _watch(client: Client, job_id: int, as_json: bool) -> None:
             job = _api(client.wait, job_id, on_progress=show)
         console.print(f"job {job.id} {_status(job.status)}" +
                       (f": {job.error}" if job.error else ""))
+    if after is not None:
+        after(job)
     if job.status != JobStatus.SUCCEEDED:
         sys.exit(1)
+
+
+def _line_per_change(err: bool) -> Callable[[JobPublic], None]:
+    """An on_progress that prints the job's progress line each time it changes."""
+    said = [""]
+
+    def say(job: JobPublic) -> None:
+        if (line := _progress_line(job)) != said[0]:
+            click.echo(line, err=err)
+            said[0] = line
+    return say
+
+
+def _progress_line(job: JobPublic) -> str:
+    """A job's state in one line: status, step of total, percent, ETA, main metrics."""
+    p = job.progress
+    shown = {k: v for k, v in (job.last_metrics or {}).items()
+             if k in ("loss", "coding_length", "knn_top1", "lr")}
+    eta = f", about {job.eta_seconds:.0f} s left" if job.eta_seconds else ""
+    done = (f" {p.step}/{p.total_steps} gallery images embedded" if job.kind == JobKind.DEPLOY
+            else f" step {p.step}/{p.total_steps}")
+    return (f"job {job.id} {job.status}" +
+            (f": waiting: {job.waiting}" if job.waiting else "") +
+            (f"{done} ({p.percent:.1f} %{eta})" if p.total_steps else "")
+            + "".join(f" {k} {v:.4g}" for k, v in shown.items()))
 
 
 @jobs.command("watch")
@@ -238,6 +277,53 @@ def jobs_metrics(job_id: int, names: tuple[str, ...], max_points: int, as_json: 
         table.add_row(name, str(len(s.values)), _num(s.values[0]), _num(s.values[-1]),
                       _num(min(s.values)), _num(max(s.values)))
     console.print(table)
+
+
+@jobs.command("evaluate")
+@click.argument("job_id", type=int)
+@click.option("--protocol", type=click.Choice(["knn", "linear"]), default="knn",
+              show_default=True, help="Weighted kNN or a linear probe on frozen features.")
+@click.option("--dataset", help="[default: the job's training set]")
+@click.option("--data-dir", help="The dataset's directory.")
+@click.option("--train-limit", type=click.IntRange(1), help="Use the first N train images.")
+@click.option("--test-limit", type=click.IntRange(1), help="Use the first N test images.")
+@click.option("--wait", "wait", is_flag=True, help="Follow it until it finishes.")
+@as_json
+def jobs_evaluate(job_id, protocol, dataset, data_dir, train_limit, test_limit, wait,
+                  as_json) -> None:
+    """Evaluate the encoder of finished pretraining job JOB_ID (an evaluate job)."""
+    client = _client()
+    given = {"dataset": dataset, "data_dir": data_dir, "train_limit": train_limit,
+             "test_limit": test_limit}
+    job = _api(client.evaluate, job_id, protocol,
+               **{k: v for k, v in given.items() if v is not None})
+    if as_json and not wait:
+        return _echo_json(job)
+    if not as_json:
+        console.print(f"job {job.id} submitted ({protocol} evaluation of job {job_id}, "
+                      f"{_status(job.status)})")
+    if wait:
+        _watch(client, job.id, as_json, None if as_json else _evaluation)
+
+
+def _evaluation(job: JobPublic) -> None:
+    result = job.result or {}
+    if "top1" in result:
+        console.print(f"top-1 {result['top1']:.2f} %, top-5 {result.get('top5', 0):.2f} %")
+
+
+@jobs.command("logs")
+@click.argument("job_id", type=int)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job "
+              "has finished.")
+@click.option("--attempt", type=click.IntRange(1), help="Only this run of the job.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def jobs_logs(job_id: int, follow: bool, attempt: int | None, as_json: bool) -> None:
+    """A job's own log lines: its trainer's, the worker's about it, its ranks', tracebacks."""
+    lines = _client().logs(job_id, attempt=attempt, follow=follow)
+    while (line := _api(next, lines, None)) is not None:
+        click.echo(line.model_dump_json() if as_json else
+                   f"{line.time:%H:%M:%S} [{line.attempt} {line.source}] {line.line}")
 
 
 @main.group()
@@ -289,8 +375,8 @@ def models_undeploy(model_id: int, wait: bool, as_json: bool) -> None:
 def _deploy_job(client: Client, action: str, model_id: int, spec: dict, wait: bool,
                 as_json: bool) -> None:
     job = _api(client.deploy if action == "deploy" else client.undeploy, model_id, **spec)
-    if wait:
-        job = _api(client.wait, job.id, poll=1.0)
+    if wait:  # a line each time it moves on (beside --json's answer: on stderr)
+        job = _api(client.wait, job.id, poll=1.0, on_progress=_line_per_change(err=as_json))
     if as_json:
         return _echo_json(job)
     console.print(f"{action} job {job.id}: {_status(job.status)}"
@@ -310,7 +396,7 @@ def search(image: str, model_id: int, k: int, as_json: bool) -> None:
     if as_json:
         return _echo_json(found)
     table = Table("rank", "item", "label", "score", title=f"{Path(image).name}: model "
-                  f"{model_id} v{found.model_version}, majority label {found.vote[0]!r}",
+                  f"{model_id} deployment {found.model_version}, majority label {found.vote[0]!r}",
                   title_justify="left")
     for rank, n in enumerate(found.neighbours[0], 1):
         table.add_row(str(rank), str(n.id), str(n.label), f"{n.score:.4f}")
@@ -343,7 +429,7 @@ def gallery_create(name: str, model_id: int, as_json: bool) -> None:
     made = _api(_client().galleries.create, name, model_id)
     if as_json:
         return _echo_json(made)
-    console.print(f"gallery {made.name}: model {made.model_id} v{made.model_version}, "
+    console.print(f"gallery {made.name}: model {made.model_id} deployment {made.model_version}, "
                   f"{made.dim} dimensions")
 
 
@@ -353,7 +439,7 @@ def gallery_list(as_json: bool) -> None:
     found = _api(_client().galleries.list)
     if as_json:
         return _echo_json([g.model_dump(mode="json") for g in found])
-    table = Table("name", "model", "version", "dim", "items", "created")
+    table = Table("name", "model", "deployment", "dim", "items", "created")
     for g in found:
         table.add_row(g.name, str(g.model_id), str(g.model_version), str(g.dim), str(g.items),
                       f"{g.created_at:%Y-%m-%d %H:%M}")
@@ -424,7 +510,7 @@ def gallery_search(name: str, image: str | None, item_id: str | None, k: int,
     if as_json:
         return _echo_json(found)
     table = Table("rank", "item", "score", "metadata",
-                  title=f"{name} (model version {found.model_version})", title_justify="left")
+                  title=f"{name} (model deployment {found.model_version})", title_justify="left")
     for rank, hit in enumerate(found.results, 1):
         table.add_row(str(rank), hit.id, f"{hit.score:.4f}", json.dumps(hit.metadata))
     console.print(table)

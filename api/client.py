@@ -32,6 +32,8 @@ from api.schemas import (
     GallerySearchPublic,
     JobPublic,
     JobsPublic,
+    LogLinePublic,
+    LogsPublic,
     MetricsPublic,
     ModelPublic,
     ModelsPublic,
@@ -145,6 +147,37 @@ class Client:
         table = pd.DataFrame(columns)
         table.index.name = "step"
         return table
+
+    def logs(self, job_id: int, attempt: int | None = None, since: int = 0,
+             follow: bool = False) -> Iterator[LogLinePublic]:
+        """The job's log lines after line id `since` (every attempt, or one), oldest first;
+        with `follow`, also the lines still to come, until the job has finished."""
+        params: dict[str, Any] = {"since": since} | ({"attempt": attempt} if attempt else {})
+        if not follow:
+            while lines := LogsPublic.model_validate(self._call(
+                    "GET", f"/v1/jobs/{job_id}/logs", params=params)).lines:
+                yield from lines
+                params["since"] = lines[-1].id
+            return
+        failures = 0
+        while True:  # a stream cut short is taken up again after the last line seen
+            try:
+                with self.http.stream("GET", f"/v1/jobs/{job_id}/logs", timeout=None,
+                                      params=params | {"follow": "true"}) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise APIError(response.status_code, _detail(response))
+                    for event, data in _events(response.iter_lines()):
+                        if event == "end":
+                            return
+                        line = LogLinePublic.model_validate_json(data)
+                        params["since"], failures = line.id, 0
+                        yield line
+            except httpx.TransportError:
+                failures += 1
+                if failures > self.retries:
+                    raise
+                time.sleep(self.backoff * 2 ** failures)
 
     def cancel(self, job_id: int) -> JobPublic:
         return JobPublic.model_validate(self._call("POST", f"/v1/jobs/{job_id}/cancel"))
@@ -300,6 +333,20 @@ def _item(item: dict) -> dict:
 def _lines(items: list[dict]) -> Iterator[bytes]:
     for item in items:
         yield (json.dumps(_item(item)) + "\n").encode()
+
+
+def _events(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(event, data) of a Server-Sent Events stream; comment lines are skipped."""
+    event, data = "message", ""
+    for line in lines:
+        if not line:
+            if data:
+                yield event, data
+            event, data = "message", ""
+        elif line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            data = line[6:]
 
 
 def _images(images: list[bytes]) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mec_core.config import TrainConfig
 from mec_platform.galleries import NAME_PATTERN
@@ -14,7 +14,7 @@ from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
 from mec_platform.specs import ID_MAX, EvaluateSpec, SweepSpec
 from mec_platform.tables import Job, utcnow
-from mec_platform.workers import waiting_reason
+from mec_platform.workers import QueueCapacity, waiting_reason
 
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
@@ -106,8 +106,9 @@ class JobPublic(BaseModel):
     result: dict[str, Any] | None
     error: str | None
     waiting: str | None = Field(description="Why a queued job has not started, where the "
-                                "platform can tell: no live worker takes its queue, or it "
-                                "needs more processes than any live worker can run.")
+                                "platform can tell: no live worker takes its queue, it "
+                                "needs more processes than any live worker can run, or a GPU "
+                                "that no live worker on its queue has.")
     cancel_requested: bool
     attempts: int
     resumes: int = Field(description="Times the job was resumed from a checkpoint.")
@@ -120,7 +121,7 @@ class JobPublic(BaseModel):
 
 
 def public(job: Job, now: datetime | None = None,
-           capacity: dict[str, int] | None = None) -> JobPublic:
+           capacity: dict[str, QueueCapacity] | None = None) -> JobPublic:
     """The API view of a job, with progress and ETA derived from its counters; given the
     live workers' `capacity` (mec_platform.workers), a queued job says why it waits."""
     total = job.total_steps
@@ -144,6 +145,15 @@ def public(job: Job, now: datetime | None = None,
         started_at=job.started_at, finished_at=job.finished_at)
 
 
+class JobValidated(BaseModel):
+    kind: JobKind
+    queue: Queue
+    config: dict[str, Any] = Field(description="The config the job would run with: every "
+                                   "field, the recipe's defaults filled in.")
+    waiting: str | None = Field(description="Why the job would wait now (as a queued job's "
+                                "`waiting`), or null when a live worker can run it.")
+
+
 class JobsPublic(BaseModel):
     data: list[JobPublic]
     count: int = Field(description="Jobs matching the filters, over all pages.")
@@ -159,6 +169,26 @@ class MetricsPublic(BaseModel):
     stride: int = Field(description="Every stride-th step is returned (downsampling).")
     last_step: int = Field(description="Highest step returned; pass it as since_step to poll.")
     series: dict[str, Series]
+
+
+class LogLinePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int = Field(description="The line's place in the job's log; a cursor for `since`.")
+    attempt: int = Field(description="The job's run (1, 2, ... as it was resumed) the line "
+                         "comes from.")
+    time: datetime
+    source: str = Field(description="Who wrote it: 'worker' (the worker and the trainer of "
+                        "a one-process job), 'rank N' (a process of a multi-process job) or "
+                        "'torchrun'.")
+    line: str
+
+
+class LogsPublic(BaseModel):
+    job_id: int
+    lines: list[LogLinePublic]
+    next: int = Field(description="The id of the last line returned (else `since`): pass "
+                      "it as `since` for the lines after these.")
 
 
 class EvaluationPublic(BaseModel):
@@ -183,9 +213,18 @@ class ModelPublic(BaseModel):
     dataset: str
     artifacts: dict[str, Any]
     deployment: dict[str, Any] | None = Field(description="TorchServe deployment: status, "
-                                              "version and inference URLs.")
+                                              "`number` (1, 2, ... as it is redeployed: the "
+                                              "version answers and galleries name) and "
+                                              "inference URLs.")
     created_at: datetime
     evaluations: list[EvaluationPublic]
+
+    @field_validator("deployment")
+    @classmethod
+    def _one_version(cls, deployment: dict[str, Any] | None) -> dict[str, Any] | None:
+        """TorchServe's own version string ('1.0') stays inside: the number is the one."""
+        return None if deployment is None else \
+            {k: v for k, v in deployment.items() if k != "version"}
 
 
 class ModelsPublic(BaseModel):
@@ -194,7 +233,8 @@ class ModelsPublic(BaseModel):
 
 
 class EmbeddingsPublic(BaseModel):
-    model_version: str = Field(description="The served version of the model.")
+    model_version: int | None = Field(description="The model's deployment that answered "
+                                      "(its number: 1, 2, ... as it was redeployed).")
     batch_size: int = Field(description="Images in the server's batch this request joined.")
     dim: int
     embeddings: list[list[float]] = Field(description="One l2-normalised vector per image, "
@@ -208,7 +248,7 @@ class Neighbour(BaseModel):
 
 
 class SearchPublic(BaseModel):
-    model_version: str
+    model_version: int | None = Field(description="The model's deployment that answered.")
     batch_size: int
     k: int
     neighbours: list[list[Neighbour]] = Field(description="Per image, best first.")

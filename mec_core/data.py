@@ -17,8 +17,14 @@ import numpy as np
 import torch
 
 from mec_core.config import DATASETS, NATIVE_SIZE
+from mec_core.datafiles import (
+    CIFAR_BATCHES,
+    DEFAULT_DIRS,
+    IDX_PREFIX,
+    SPLIT_FOLDERS,
+    no_directory,
+)
 
-DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -74,9 +80,7 @@ def load_dataset(name: str, split: str = "train", data_dir: str | None = None,
         raise DatasetError(f"dataset {name!r} needs a data directory (--data-dir)")
     path = Path(root)
     if not path.is_dir():
-        hint = " (install it with: apt-get install dataset-fashion-mnist)" \
-            if name == "fashion-mnist" else ""
-        raise DatasetError(f"{name}: directory {path} does not exist{hint}")
+        raise DatasetError(no_directory(name, path, data_dir is None))
     if name == "fashion-mnist":
         return _fashion_mnist(path, split)
     if name == "cifar10":
@@ -142,7 +146,7 @@ def _idx(path: Path, magic: int) -> np.ndarray:
 
 
 def _fashion_mnist(path: Path, split: str) -> ImageSet:
-    prefix = "train" if split == "train" else "t10k"
+    prefix = IDX_PREFIX[split]
     images = _idx(path / f"{prefix}-images-idx3-ubyte", 2051)
     labels = _idx(path / f"{prefix}-labels-idx1-ubyte", 2049)
     if len(images) != len(labels):
@@ -169,7 +173,7 @@ class _ArraysOnly(pickle.Unpickler):
 def _cifar10(path: Path, split: str) -> ImageSet:
     if (path / "cifar-10-batches-py").is_dir():
         path = path / "cifar-10-batches-py"
-    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    names = CIFAR_BATCHES[split]
     images, labels = [], []
     for name in names:
         file = path / name
@@ -191,7 +195,7 @@ def _image_folder(path: Path, split: str, size: int) -> ImageSet:
     """root/{train,val|test}/<class>/<image>; a root without split folders is all 'train'."""
     from PIL import Image, UnidentifiedImageError
 
-    sub = {"train": ["train"], "test": ["val", "test"]}[split]
+    sub = SPLIT_FOLDERS[split]
     split_dir = next((path / s for s in sub if (path / s).is_dir()), None)
     if split_dir is None:
         if split == "test":

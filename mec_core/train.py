@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -45,9 +46,15 @@ from mec_core.monitor import Monitor, holdout
 from mec_core.optim import build_optimizer
 from mec_core.system import SystemStats
 
+log = logging.getLogger(__name__)
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class Interrupted(Exception):
+    """The callbacks asked to abandon the step under way."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,12 @@ class Callbacks:
     def on_checkpoint(self, path: Path, step: int) -> None: ...
 
     def should_stop(self, step: int) -> bool:
+        return False
+
+    def interrupt_requested(self) -> bool:
+        """True to abandon the step under way at once (a cancel): asked before each module
+        of a forward and as each gradient is computed, on a one-process run only (ranks
+        must agree). The step's work is lost and no checkpoint is written for it."""
         return False
 
 
@@ -333,6 +346,17 @@ def save(run: Run, step: int, epoch: int, callbacks: Callbacks) -> Path | None:
     return path
 
 
+def _interruptible(model: nn.Module, callbacks: Callbacks) -> list:
+    """Hooks that raise Interrupted inside a step once `callbacks.interrupt_requested()`:
+    before each module's forward, and as each parameter's gradient is computed, so a step
+    of many seconds stops within about one layer's time."""
+    def check(*_) -> None:
+        if callbacks.interrupt_requested():
+            raise Interrupted
+    return [m.register_forward_pre_hook(check) for m in model.modules()] + \
+        [p.register_hook(check) for p in model.parameters() if p.requires_grad]
+
+
 def _agreed(run: Run, stop: bool) -> bool:
     """Every rank must leave the loop at the same step: stop if any rank stops."""
     if run.world.size == 1:
@@ -354,35 +378,55 @@ def train(config: TrainConfig, out_dir: str | Path, callbacks: Callbacks | None 
     run = setup(config, out, resume, keep_checkpoints)
     clock = StepClock(run.world.device)
     metrics = MetricsBuffer(out / "metrics.jsonl", run.start, run, callbacks, clock)
+    log.info("rank %d of %d on %s: %s (%s) on %s, step %d of %d, %d steps per epoch%s",
+             run.world.rank, run.world.size, run.world.device, config.method, config.backbone,
+             config.dataset, run.start, run.total, run.steps_per_epoch,
+             f", resumed from {run.resumed_from}" if run.resumed_from else "")
     if run.world.is_main:
         callbacks.on_start(run.start, run.total, run.steps_per_epoch)
     saved = run.resumed_from
     step, stopped = run.start, False
     run.net.train()
     started = time.perf_counter()
-    while step < run.total:
-        epoch = step // run.steps_per_epoch
-        clock.start()
-        x1, x2 = batch_views(run, step)
-        clock.mark()
-        values = train_step(run, x1, x2, step, clock)
-        step += 1
-        observed = {}
-        if run.monitor is not None and run.world.is_main and (
-                step == run.total or run.monitor.due(step, time.perf_counter() - started)):
-            with record_function("mec.monitor"), run.autocast:
-                observed = run.monitor(run.model.encoder.backbone)
-        metrics.add(step, epoch, values, observed)
+    hooks = _interruptible(run.model, callbacks) if run.world.size == 1 else []
+    try:
+        while step < run.total:
+            epoch = step // run.steps_per_epoch
+            clock.start()
+            x1, x2 = batch_views(run, step)
+            clock.mark()
+            values = train_step(run, x1, x2, step, clock)
+            step += 1
+            observed = {}
+            if run.monitor is not None and run.world.is_main and (
+                    step == run.total or run.monitor.due(step, time.perf_counter() - started)):
+                with record_function("mec.monitor"), run.autocast:
+                    observed = run.monitor(run.model.encoder.backbone)
+            metrics.add(step, epoch, values, observed)
 
-        stop = _agreed(run, callbacks.should_stop(step))
-        due = step % config.checkpoint_every == 0 or step == run.total or stop
-        if due or step % run.steps_per_epoch == 0 or step % config.log_every == 0:
-            metrics.flush(saved)  # before any checkpoint: none ever holds a NaN step
-        if due:
-            saved = save(run, step, epoch, callbacks) or saved
-        if stop:
-            stopped = True
-            break
+            stop = _agreed(run, callbacks.should_stop(step))
+            due = step % config.checkpoint_every == 0 or step == run.total or stop
+            if due or step % run.steps_per_epoch == 0 or step % config.log_every == 0:
+                metrics.flush(saved)  # before any checkpoint: none ever holds a NaN step
+            if due:
+                saved = save(run, step, epoch, callbacks) or saved
+            if run.world.is_main and step % run.steps_per_epoch == 0:
+                log.info("epoch %d done (step %d of %d): %s", epoch, step, run.total,
+                         ", ".join(f"{k} {v:.4g}" for k, v in metrics.last.items()
+                                   if not k.startswith("time_")))
+            if stop and step < run.total:  # asked at the last step: it finished all the same
+                log.info("stopped at step %d of %d", step, run.total)
+                stopped = True
+                break
+    except Interrupted:  # the step under way is lost; the newest checkpoint stays as it is
+        log.info("interrupted after step %d of %d", step, run.total)
+        metrics.flush(saved)
+        stopped = True
+    finally:
+        for hook in hooks:
+            hook.remove()
     clock.window()
     speed = config.batch_size / max(clock.seconds_per_step(), 1e-9) if step > run.start else 0.0
+    if not stopped:
+        log.info("finished: %d steps, %.1f images/s", step, speed)
     return TrainResult(step, run.total, stopped, saved, speed, metrics.last)

@@ -73,9 +73,9 @@ def endpoint(session: Session, gallery: Gallery) -> str | None:
     number = deployment.get("number")
     if number != gallery.model_version:
         raise OtherVersion(f"gallery {gallery.name!r} holds embeddings of model "
-                           f"{gallery.model_id} version {gallery.model_version}; the model now "
-                           f"serves version {number}, whose embeddings are not comparable: "
-                           f"create a gallery for it and add the items again")
+                           f"{gallery.model_id} deployment {gallery.model_version}; the model "
+                           f"now serves deployment {number}, whose embeddings are not "
+                           "comparable: create a gallery for it and add the items again")
     return deployment["name"] if deployment.get("status") == "serving" else None
 
 

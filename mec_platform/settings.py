@@ -41,6 +41,8 @@ class Settings(BaseSettings):
                                          "this worker can launch for one job "
                                          "(config.processes); default: its visible GPUs, "
                                          "1 without CUDA.")
+    job_log_lines: int = Field(10_000, ge=100, description="Log lines kept per job (the "
+                               "newest; each line cut to 2,000 characters).")
     visibility_timeout: int = Field(43_200, gt=0, description="Redis visibility timeout in "
                                     "seconds (unacknowledged messages are redelivered after it).")
 

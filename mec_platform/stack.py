@@ -255,6 +255,17 @@ class Stack:
                 time.sleep(0.1)
 
 
+def running_api_url(data_dir: Path) -> str | None:
+    """The API's URL of the stack `mec up` left running in `data_dir`, else None."""
+    run = data_dir / "run"
+    try:
+        pid = int((run / "api.pid").read_text())
+        port = json.loads((run / "ports.json").read_text())["api"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return f"http://127.0.0.1:{port}" if _alive(pid) else None
+
+
 def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 

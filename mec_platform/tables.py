@@ -112,6 +112,22 @@ class Metric(Base):
     job: Mapped[Job] = relationship(back_populates="metrics")
 
 
+class LogLine(Base):
+    """One line a job wrote (its trainer, the worker about it, a rank of a multi-process
+    job), in order of `id` (a reader's cursor), per attempt (the job's run it came from)."""
+
+    __tablename__ = "job_logs"
+    __table_args__ = (Index("ix_job_logs_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int]
+    time: Mapped[datetime] = mapped_column(default=utcnow)
+    source: Mapped[str] = mapped_column(String(32))  # "worker", "rank 0", "torchrun"
+    line: Mapped[str] = mapped_column(Text)
+
+
 class Model(Base):
     """A finished encoder: the artifacts of a succeeded pretraining job."""
 

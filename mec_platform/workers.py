@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -18,22 +19,38 @@ def live(session: Session) -> list[Worker]:
                                 .order_by(Worker.name)))
 
 
-def capacity(session: Session) -> dict[str, int]:
-    """For each queue a live worker takes: the most processes one of them can run."""
-    most: dict[str, int] = {}
+@dataclass
+class QueueCapacity:
+    """What the live workers of one queue can run: the most processes for one job, and
+    whether one of them has a GPU."""
+
+    processes: int = 0
+    gpu: bool = False
+
+
+def capacity(session: Session) -> dict[str, QueueCapacity]:
+    """For each queue a live worker takes: what its workers can run."""
+    queues: dict[str, QueueCapacity] = {}
     for worker in live(session):
         for queue in worker.queues:
-            most[queue] = max(most.get(queue, 0), worker.processes)
-    return most
+            entry = queues.setdefault(queue, QueueCapacity())
+            entry.processes = max(entry.processes, worker.processes)
+            entry.gpu = entry.gpu or worker.device.startswith("cuda")
+    return queues
 
 
-def waiting_reason(job: Job, capacity: dict[str, int]) -> str | None:
+def waiting_reason(job: Job, capacity: dict[str, QueueCapacity]) -> str | None:
     """Why queued `job` cannot start on the live workers, or None if one of them can run it."""
     if job.queue not in capacity:
         return f"no live worker takes queue '{job.queue}'"
-    needs = int((job.config or {}).get("processes", 1))
-    if needs > capacity[job.queue]:
+    config = job.config or {}
+    needs, most = int(config.get("processes", 1)), capacity[job.queue].processes
+    if needs > most:
         return (f"needs {needs} processes; the largest live worker on queue '{job.queue}' "
-                f"runs {capacity[job.queue]} (MEC_WORKER_PROCESSES, or its GPUs); it stays "
+                f"runs {most} (MEC_WORKER_PROCESSES, or its GPUs); it stays "
                 "queued until a worker that can run it joins")
+    if str(config.get("device", "auto")).startswith("cuda") and not capacity[job.queue].gpu:
+        return (f"asks for device {config['device']}; no live worker on queue '{job.queue}' "
+                "has a GPU (they run on cpu); it stays queued until one with a GPU joins, "
+                "or resubmit it with device auto or cpu")
     return None

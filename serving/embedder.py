@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,10 +42,14 @@ class Embedder:
         return self.embed(blank).shape[1]
 
     @torch.inference_mode()
-    def embed(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """uint8 (N, C, S, S) -> float32 (N, D) unit vectors, on the CPU."""
+    def embed(self, images: torch.Tensor, batch_size: int = 256,
+              on_progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """uint8 (N, C, S, S) -> float32 (N, D) unit vectors, on the CPU; `on_progress`
+        sees (images embedded, N) after each batch."""
         out = []
         for chunk in images.split(batch_size):
             x = preprocess(chunk.to(self.device), self.norm)
             out.append(F.normalize(self.net(x).float(), dim=1).cpu())
+            if on_progress is not None:
+                on_progress(sum(len(v) for v in out), len(images))
         return torch.cat(out) if out else torch.empty(0, 0)

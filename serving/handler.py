@@ -37,7 +37,8 @@ class MECHandler(BaseHandler):
                                gallery_dir=model_dir,
                                default_k=options.get("default_k", 10),
                                max_k=options.get("max_k", 100),
-                               projector=options.get("projector", False))
+                               projector=options.get("projector", False),
+                               deployment=options.get("deployment"))
         self.initialized = True
 
     def preprocess(self, data):

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,15 @@ HANDLER = Path(__file__).with_name("handler.py")
 
 def build_gallery(export_dir: Path, dataset: str, data_dir: str | None, split: str,
                   limit: int | None, kind: str = "auto", projector: bool = False,
-                  images_to: Path | None = None) -> Gallery:
+                  images_to: Path | None = None,
+                  on_progress: Callable[[int, int], None] | None = None) -> Gallery:
     """Embed a labelled dataset; item ids are '<split>/<index>'. `images_to`: also write the
     items' pixels there (uint8, N x H x W x C, .npy; row i is item '<split>/<i>'), written
-    atomically, for showing search results."""
+    atomically, for showing search results. `on_progress`: (images embedded, of all)."""
     embedder = Embedder(export_dir, projector=projector)
     items = load_dataset(dataset, split, data_dir, embedder.norm.image_size).head(limit)
-    vectors = embedder.embed(items.images)  # resized like evaluation when sizes differ
+    # resized like evaluation when sizes differ
+    vectors = embedder.embed(items.images, on_progress=on_progress)
     labels = [items.classes[i] for i in items.labels.tolist()]
     if images_to is not None:
         images_to.parent.mkdir(parents=True, exist_ok=True)
@@ -45,13 +48,17 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
             gallery_split: str = "train", gallery_limit: int | None = None,
             max_k: int = 100, projector: bool = False,
             torch_threads: int | None = None,
-            gallery_images: Path | None = None) -> dict[str, Path]:
+            gallery_images: Path | None = None,
+            on_progress: Callable[[int, int], None] | None = None,
+            deployment: int | None = None) -> dict[str, Path]:
     """Write `{name}.mar` (embedding) and `{name}-knn.mar` (retrieval) into `out_dir`.
 
     Embeddings are the backbone's features (what kNN evaluation measures), or the
     projector's outputs with `projector`. `torch_threads`: the intra-op threads of each
     TorchServe worker (default: torch's, one per core). `gallery_images`: where to keep the
-    gallery's pixels for showing search results (build_gallery's `images_to`)."""
+    gallery's pixels for showing search results (build_gallery's `images_to`).
+    `on_progress`: (gallery images embedded, of all). `deployment`: the platform's number
+    of this deployment, the answers' `model_version` (`version` is TorchServe's own)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,12 +69,13 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
         data_dir = gallery_data_dir or (meta["config"].get("data_dir")
                                         if dataset == meta["config"]["dataset"] else None)
         build_gallery(work / "export", dataset, data_dir, gallery_split, gallery_limit,
-                      projector=projector, images_to=gallery_images).save(work / "gallery")
+                      projector=projector, images_to=gallery_images,
+                      on_progress=on_progress).save(work / "gallery")
         archives = {}
         for task, suffix in (("embed", ""), ("knn", "-knn")):
             (work / "serving.json").write_text(json.dumps({
                 "task": task, "max_k": max_k, "projector": projector,
-                "torch_threads": torch_threads}))
+                "torch_threads": torch_threads, "deployment": deployment}))
             # the archiver puts every file at the archive's root
             extra = [work / "export" / "encoder.pt", work / "export" / "model.json",
                      work / "serving.json"]

@@ -36,10 +36,12 @@ class Service:
 
     def __init__(self, export_dir: str | Path, task: str = "embed", device: str = "cpu",
                  gallery_dir: str | Path | None = None, default_k: int = 10,
-                 max_k: int = 100, max_bytes: int = MAX_BYTES, projector: bool = False) -> None:
+                 max_k: int = 100, max_bytes: int = MAX_BYTES, projector: bool = False,
+                 deployment: int | None = None) -> None:
         if task not in ("embed", "knn"):
             raise ValueError(f"task must be 'embed' or 'knn', got {task!r}")
         self.task, self.default_k, self.max_k, self.max_bytes = task, default_k, max_k, max_bytes
+        self.deployment = deployment  # the platform's number of this deployment (1, 2, ...)
         self.embedder = Embedder(export_dir, device, projector)
         gpu = int(device.split(":")[1]) if device.startswith("cuda:") else None
         self.gallery = Gallery.load(Path(gallery_dir), gpu) if task == "knn" else None
@@ -128,7 +130,7 @@ class Service:
     def _answer(self, p: Parsed, vectors, batch: int) -> dict:
         """The answer to one request; embeddings stay a float32 array (the handler encodes
         them)."""
-        head = {"model_version": self.embedder.version, "batch_size": batch}
+        head = {"model_version": self.deployment, "batch_size": batch}
         if self.task == "embed":
             return head | {"dim": int(vectors.shape[1]), "embeddings": vectors}
         found = self.gallery.search(vectors, p.k)

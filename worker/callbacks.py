@@ -17,7 +17,8 @@ from mec_platform.tables import Job, Metric, utcnow
 
 class DatabaseCallbacks(Callbacks):
     """Metrics in batches (one transaction per flush of the trainer), progress, the
-    checkpoint path, and the cancel flag polled at most every `poll_seconds`."""
+    checkpoint path, and the cancel flag polled at most every `poll_seconds` (also from
+    inside a step: a cancel interrupts it)."""
 
     def __init__(self, job_id: int, owner: str, poll_seconds: float,
                  shutting_down: threading.Event | None = None) -> None:
@@ -26,6 +27,7 @@ class DatabaseCallbacks(Callbacks):
         self.last_poll = 0.0
         self.stop = False
         self.cancelled = False
+        self.latest: dict[str, float] = {}  # each metric's newest value (the monitor's too)
 
     def on_start(self, start_step: int, total_steps: int, steps_per_epoch: int) -> None:
         def write():
@@ -43,6 +45,9 @@ class DatabaseCallbacks(Callbacks):
         rows = [{"job_id": self.job_id, "step": r.step, "epoch": r.epoch, "name": k,
                  "value": v, "time": now} for r in records for k, v in r.values.items()]
         last = records[-1]
+        for r in records:  # the monitor's values come every N steps: keep them until the next
+            self.latest.update(r.values)
+        latest = dict(self.latest)
 
         def write():
             with session_scope() as s:
@@ -53,7 +58,7 @@ class DatabaseCallbacks(Callbacks):
                 s.execute(stmt.on_conflict_do_nothing(
                     index_elements=["job_id", "name", "step"]), rows)
                 s.execute(update(Job).where(Job.id == self.job_id).values(
-                    step=last.step, epoch=last.epoch, last_metrics=last.values))
+                    step=last.step, epoch=last.epoch, last_metrics=latest))
         retrying(write)
 
     def on_checkpoint(self, path: Path, step: int) -> None:
@@ -78,3 +83,9 @@ class DatabaseCallbacks(Callbacks):
             # stop also when the job is no longer ours (reaped after a stall)
             self.stop = self.cancelled or owner != self.owner or status != JobStatus.RUNNING
         return self.stop
+
+    def interrupt_requested(self) -> bool:
+        """A cancel abandons the step under way (read with the same rate limit); a
+        hand-over or a lost lease still stops at the step's end, with a checkpoint."""
+        self.should_stop(0)
+        return self.cancelled

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,10 +23,11 @@ def _management(settings: Settings) -> Management:
 
 
 def deploy(settings: Settings, model_id: int, artifacts: dict, previous: dict | None,
-           spec: DeploySpec) -> dict:
+           spec: DeploySpec, on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Build archives for the next version, register them, make them the default, then
     retire the previous version. Returns the new deployment record (with the embeddings'
-    width, `dim`, which galleries check vectors against)."""
+    width, `dim`, which galleries check vectors against). `on_progress`: (gallery images
+    embedded, of all)."""
     name = f"mec-{model_id}"
     number = int((previous or {}).get("number", 0)) + 1
     version = f"{number}.0"
@@ -35,7 +37,8 @@ def deploy(settings: Settings, model_id: int, artifacts: dict, previous: dict | 
     images = settings.artifact_root / "galleries" / f"{name}-v{number}.npy"
     archives = package(artifacts["checkpoint"], staging, name, version, spec.gallery_dataset,
                        spec.gallery_data_dir, spec.gallery_split, spec.gallery_limit,
-                       torch_threads=plan.threads, gallery_images=images)
+                       torch_threads=plan.threads, gallery_images=images,
+                       on_progress=on_progress, deployment=number)
     management = _management(settings)
     urls = {}
     for task, mar in archives.items():

@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,6 +31,7 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import IO
 
 import psutil
 
@@ -41,6 +44,10 @@ from worker.callbacks import DatabaseCallbacks
 
 STOP_GRACE_SECONDS = 20.0
 _PR_SET_PDEATHSIG = 1
+# torchrun's --tee prefix, and the one torch's exception hook puts on a rank's traceback
+_RANK_PREFIX = re.compile(r"\[default(\d+)\]:(?:\[rank\d+\]: )?")
+_log = logging.getLogger(__name__)
+_log.setLevel(logging.INFO)  # the ranks' lines reach the job's log at any worker log level
 
 
 class RanksFailed(RuntimeError):
@@ -101,16 +108,18 @@ def launch(job_id: int, owner: str, processes: int, out: Path,
     ranks.mkdir(parents=True, exist_ok=True)
     for old in ranks.iterdir():
         old.unlink()
-    env = dict(os.environ)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # each line as it is written
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     log = out / "torchrun.log"
-    with log.open("a") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone",
-             f"--nproc-per-node={processes}", "--max-restarts=0",
-             "-m", "worker.multiprocess", str(job_id), owner],
-            env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone",
+         f"--nproc-per-node={processes}", "--max-restarts=0", "--tee=3",
+         f"--log-dir={out / 'torchrun-logs'}",
+         "-m", "worker.multiprocess", str(job_id), owner],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_die_with_parent, text=True, errors="replace")
+    reader = threading.Thread(target=_relay, args=(proc.stdout, log, job_id), daemon=True)
+    reader.start()
     watch = DatabaseCallbacks(job_id, owner, settings.cancel_poll_seconds)  # cancel, lost lease
     asked_at, killed = None, False
     while proc.poll() is None:
@@ -122,6 +131,7 @@ def launch(job_id: int, owner: str, processes: int, out: Path,
         if asked_at is not None and time.monotonic() - asked_at > STOP_GRACE_SECONDS:
             _kill_tree(proc.pid)
             killed = True
+    reader.join(timeout=10)
     reports = sorted(ranks.glob("rank-*.json"), key=lambda p: p.stat().st_mtime)
     ended = {p.stem.replace("-", " "): json.loads(p.read_text()) for p in reports}
     if "result" in ended.get("rank 0", {}):
@@ -142,6 +152,18 @@ def launch(job_id: int, owner: str, processes: int, out: Path,
     raise _died(proc.returncode, log, errors[:1])
 
 
+def _relay(lines: IO[str], log: Path, job_id: int) -> None:
+    """Copy torchrun's output to `log` and, line by line, to the job's log: a rank's lines
+    (torchrun's --tee prefixes them with '[default<rank>]:') as that rank's, unprefixed."""
+    with log.open("a") as sink:
+        for line in lines:
+            sink.write(line)
+            sink.flush()
+            rank = _RANK_PREFIX.match(line)
+            source, text = (f"rank {rank[1]}", line[rank.end():]) if rank else ("torchrun", line)
+            _log.info("%s", text.rstrip("\n"), extra={"job_id": job_id, "source": source})
+
+
 def _write(path: Path, value: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(value))
@@ -150,6 +172,7 @@ def _write(path: Path, value: dict) -> None:
 
 def main(job_id: int, owner: str) -> None:
     """One rank of job `job_id` (torchrun gives RANK); the job's config from the database."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     with session_scope() as s:
         config = stored_config(s.get(Job, job_id).config)

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from mec_core.config import stored_config
+from mec_core.datafiles import missing
 from mec_core.evaluate import evaluate
 from mec_core.export import export
 from mec_core.train import TrainingDiverged, train
@@ -30,6 +31,7 @@ from mec_platform.tables import Evaluation, Job, Model, Worker
 from worker import galleries, multiprocess, prometheus, sweeps
 from worker.callbacks import DatabaseCallbacks
 from worker.device import describe_device, process_capacity
+from worker.joblog import JobLogHandler
 from worker.lease import LeaseKeeper
 from worker.process import new_owner, shutting_down, worker_name
 
@@ -67,9 +69,6 @@ def _set_current_job(job_id: int | None, was: int | None = None) -> None:
 
 
 def _end(job_id: int, owner: str, outcome: Outcome) -> None:
-    if outcome.status == JobStatus.FAILED:
-        log.error("job %s failed: %s", job_id, outcome.error)
-
     def write() -> bool:
         with session_scope() as s:
             done = jobs.finish(s, job_id, owner, outcome.status, error=outcome.error,
@@ -98,17 +97,26 @@ def _execute(job_id: int, work: Callable[[int, str], Outcome | None]) -> None:
         log.info("job %s is not queued (already claimed, cancelled or finished)", job_id)
         return
     _set_current_job(job_id)
+    attempt = _load(lambda s: s.get(Job, job_id).attempts)
     try:
         with LeaseKeeper(job_id, owner, settings.lease_seconds, settings.heartbeat_seconds):
             reason = "reported"  # a failed outcome the work returned
-            try:
-                outcome = work(job_id, owner)
-            except JobFailed as exc:
-                outcome = Outcome(JobStatus.FAILED, error=str(exc))
-                reason = type(exc.__cause__ or exc).__name__
-            except Exception as exc:  # the job must end failed, never stay running
-                outcome = Outcome(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
-                reason = type(exc).__name__
+            with JobLogHandler(job_id, attempt):  # all written before the job ends
+                log.info("job %s: attempt %s on %s (%s)", job_id, attempt,
+                         socket.gethostname(), describe_device())
+                try:
+                    outcome = work(job_id, owner)
+                except JobFailed as exc:
+                    outcome = Outcome(JobStatus.FAILED, error=str(exc))
+                    reason = type(exc.__cause__ or exc).__name__
+                except Exception as exc:  # the job must end failed, never stay running
+                    log.exception("job %s: %s", job_id, type(exc).__name__)
+                    outcome = Outcome(JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+                    reason = type(exc).__name__
+                if outcome is not None and outcome.status == JobStatus.FAILED:
+                    log.error("job %s failed: %s", job_id, outcome.error)
+                elif outcome is not None:
+                    log.info("job %s: %s", job_id, outcome.status)
             if outcome is not None:
                 _end(job_id, owner, outcome)
                 kind = work.__name__.removeprefix("run_")
@@ -127,11 +135,15 @@ def pretrain(job_id: int) -> None:
     """Run (or resume) the pretraining of job `job_id`, unless it needs more processes than
     this worker can run: then it stays queued (the API says why) and the reconciler rings
     again later, for a worker that can."""
-    needs = _load(lambda s: (s.get(Job, job_id).config or {}).get("processes", 1))
-    capacity = process_capacity()
+    config = _load(lambda s: s.get(Job, job_id).config or {})
+    needs, capacity = config.get("processes", 1), process_capacity()
     if needs > capacity:
         log.warning("job %s needs %s processes; this worker runs %s: left queued", job_id,
                     needs, capacity)
+        return
+    if str(config.get("device", "auto")).startswith("cuda") and \
+            not describe_device().startswith("cuda"):
+        log.warning("job %s asks for a GPU; this worker has none: left queued", job_id)
         return
     _execute(job_id, run_pretrain)
 
@@ -141,6 +153,8 @@ def run_pretrain(job_id: int, owner: str) -> Outcome | None:
     config, name = _load(lambda s: (stored_config(s.get(Job, job_id).config),
                                     s.get(Job, job_id).name))
     out = settings.artifact_root / "jobs" / str(job_id)
+    if problem := missing(config.dataset, config.data_dir):  # before any process starts
+        raise JobFailed(problem)
     log.info("job %s: training %s on %s in %s process(es)", job_id, config.backbone,
              config.dataset, config.processes)
     try:
@@ -230,6 +244,8 @@ def _evaluation_inputs(s: Session, job_id: int) -> tuple[EvaluateSpec, int, str,
 def run_evaluate(job_id: int, owner: str) -> Outcome:
     spec, model_id, checkpoint, dataset, data_dir = _load(
         lambda s: _evaluation_inputs(s, job_id))
+    if problem := missing(dataset, data_dir, ("train", "test")):
+        raise JobFailed(problem)
     result = evaluate(spec.protocol, dataset, checkpoint_path=checkpoint, data_dir=data_dir,
                       train_limit=spec.train_limit, test_limit=spec.test_limit, k=spec.k,
                       temperature=spec.temperature, steps=spec.steps)
@@ -312,6 +328,14 @@ def _check_gallery_dir(spec: DeploySpec, artifacts: dict, roots: list[Path]) -> 
         raise JobFailed(str(exc)) from None
 
 
+def _progress(job_id: int, done: int, total: int) -> None:
+    """A job's progress in its own units (a deploy: gallery images embedded of all)."""
+    def write() -> None:
+        with session_scope() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(step=done, total_steps=total))
+    retrying(write)
+
+
 @app.task(name="mec.deploy")
 def deploy_job(job_id: int) -> None:
     """Deploy or undeploy a model with TorchServe."""
@@ -331,7 +355,8 @@ def run_deploy(job_id: int, owner: str) -> Outcome:
     if action == "deploy":
         spec = DeploySpec(**config)
         _check_gallery_dir(spec, artifacts, settings.allowed_data_roots)
-        record = deploy.deploy(settings, model_id, artifacts, previous, spec)
+        record = deploy.deploy(settings, model_id, artifacts, previous, spec,
+                               on_progress=lambda done, total: _progress(job_id, done, total))
     else:
         record = deploy.undeploy(settings, model_id, previous)
     return Outcome(JobStatus.SUCCEEDED, result=record, record=lambda s: s.execute(

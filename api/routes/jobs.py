@@ -1,11 +1,16 @@
-"""/v1/jobs: submit, list, inspect, follow metrics, cancel."""
+"""/v1/jobs: submit, list, inspect, follow metrics and logs, cancel."""
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response
+from fastapi.responses import StreamingResponse
 from sqlalchemy import String, cast, func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -16,13 +21,19 @@ from api.schemas import (
     JobCreate,
     JobPublic,
     JobsPublic,
+    JobValidated,
+    LogLinePublic,
+    LogsPublic,
     MetricsPublic,
+    PretrainJobCreate,
     Series,
     SweepJobCreate,
     errors,
     public,
 )
-from mec_platform import jobs, keys, paths, workers
+from mec_core.datafiles import DEFAULT_DIRS, missing
+from mec_platform import joblogs, jobs, keys, paths, workers
+from mec_platform.db import session_scope
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.settings import get_settings
 from mec_platform.specs import ID_MAX, DeploySpec
@@ -47,23 +58,7 @@ def submit_job(key: WriteKey, session: SessionDep, response: Response,
         existing = session.scalar(select(Job).where(Job.idempotency_key == stored_key))
         if existing is not None:
             return _replay(existing, spec, response)
-    roots = get_settings().allowed_data_roots
-    try:
-        if isinstance(spec, SweepJobCreate):
-            paths.check_sweep(spec.config, roots)
-        else:
-            paths.check(spec.config.data_dir, "config.data_dir", roots)
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
-    if isinstance(spec, EvaluateJobCreate):
-        # the job named is a resource the body refers to: 404 when there is none (in the
-        # key's projects), 409 when it is of another kind; the schema cannot say either
-        target = session.get(Job, spec.config.job_id)
-        if target is None or not keys.sees(key, target.project):
-            raise HTTPException(404, f"config.job_id: job {spec.config.job_id} not found")
-        if target.kind not in (JobKind.PRETRAIN, JobKind.IMPORT):
-            raise HTTPException(409, f"config.job_id: job {spec.config.job_id} is a "
-                                     f"{target.kind} job, not a pretraining or import job")
+    _check(key, session, spec)
     try:
         job = jobs.submit(session, spec.kind, spec.config.model_dump(mode="json"), spec.queue,
                           spec.name, spec.tags, spec.priority, stored_key, key.project)
@@ -82,6 +77,68 @@ def _replay(existing: Job, spec: JobCreate, response: Response) -> JobPublic:
                                  "submitted with another body; use a new key")
     response.status_code = 200
     return public(existing)
+
+
+@router.post("/validate", response_model=JobValidated, responses=errors(404, 409))
+def validate_job(key: WriteKey, session: SessionDep, spec: Annotated[JobCreate, Body()]):
+    """The config a job of this spec would run with (every field resolved), after the
+    checks a submission gets (422 naming the field), and why it would wait now; nothing
+    is created."""
+    _check(key, session, spec)
+    job = Job(kind=spec.kind, queue=spec.queue, config=spec.config.model_dump(mode="json"),
+              status=JobStatus.QUEUED)
+    return JobValidated(kind=spec.kind, queue=spec.queue, config=job.config,
+                        waiting=workers.waiting_reason(job, workers.capacity(session)))
+
+
+def _check(key, session, spec) -> None:
+    """What a submission can know before queueing: every path under the data roots (one
+    rule, mec_platform.paths), a dataset's files where the workers look (in the roots this
+    API sees too), an evaluation's job."""
+    roots = get_settings().allowed_data_roots
+    try:
+        if isinstance(spec, SweepJobCreate):
+            paths.check_sweep(spec.config, roots)
+        else:
+            paths.check(spec.config.data_dir, "config.data_dir", roots)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if isinstance(spec, SweepJobCreate):
+        base = spec.config.base
+        _check_dataset(base.get("dataset", "fashion-mnist"), base.get("data_dir"),
+                       "config.base")
+    if isinstance(spec, PretrainJobCreate):
+        _check_dataset(spec.config.dataset, spec.config.data_dir)
+    if isinstance(spec, EvaluateJobCreate):
+        # the job named is a resource the body refers to: 404 when there is none (in the
+        # key's projects), 409 when it is of another kind; the schema cannot say either
+        target = session.get(Job, spec.config.job_id)
+        if target is None or not keys.sees(key, target.project):
+            raise HTTPException(404, f"config.job_id: job {spec.config.job_id} not found")
+        if target.kind not in (JobKind.PRETRAIN, JobKind.IMPORT):
+            raise HTTPException(409, f"config.job_id: job {spec.config.job_id} is a "
+                                     f"{target.kind} job, not a pretraining or import job")
+        if spec.config.dataset is not None:
+            _check_dataset(spec.config.dataset, spec.config.data_dir, splits=("train", "test"))
+
+
+def _check_dataset(dataset: str, data_dir: str | None, prefix: str = "config",
+                   splits: tuple[str, ...] = ("train",)) -> None:
+    """422 when the dataset's files are not where a worker will look, if this API sees
+    that data root (one host, or a shared mount); where it does not, the worker that
+    claims the job checks before training and fails it at once with the same words."""
+    where = data_dir or DEFAULT_DIRS.get(dataset)
+    if where is not None and not _root_seen(where):
+        return
+    problem = missing(dataset, data_dir, splits)
+    if problem:
+        raise HTTPException(422, f"{prefix}.{'data_dir' if data_dir else 'dataset'}: {problem}")
+
+
+def _root_seen(path: str) -> bool:
+    resolved = Path(path).resolve()
+    return any(root.is_dir() for root in get_settings().allowed_data_roots
+               if resolved == root or root in resolved.parents)
 
 
 @router.get("", response_model=JobsPublic)
@@ -143,6 +200,60 @@ def get_metrics(_: ReadKey, job: JobDep, session: SessionDep,
         entry.steps.append(step)
         entry.values.append(value)
     return MetricsPublic(job_id=job.id, stride=stride, last_step=last, series=series)
+
+
+@router.get("/{job_id}/logs", response_model=LogsPublic, responses={
+    **errors(404), 200: {"content": {"text/event-stream": {}}, "description":
+                         "With follow=true: Server-Sent Events, one `line` event per line "
+                         "(`id` the line's id, `data` the line as JSON), then one `end` "
+                         "event (`data`: the job's status) once the job has finished."}})
+def get_logs(_: ReadKey, job: JobDep, session: SessionDep,
+             attempt: int | None = Query(None, ge=1, le=ID_MAX, description="Only this run "
+                                         "of the job."),
+             since: int = Query(0, ge=0, le=2**62, description="Lines after this line id."),
+             limit: int = Query(1000, ge=1, le=10_000),
+             follow: bool = Query(False, description="Stream lines as they come, until the "
+                                  "job has finished."),
+             last_event_id: Annotated[int | None, Header(ge=0, le=2**62)] = None):
+    """The job's own log lines (its trainer's, the worker's about it, its ranks', with
+    tracebacks), oldest first; the newest MEC_JOB_LOG_LINES lines of a job are kept."""
+    if follow:
+        return StreamingResponse(_follow(job.id, attempt, last_event_id or since),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+    lines = [LogLinePublic.model_validate(line)
+             for line in joblogs.read(session, job.id, since, attempt, limit)]
+    return LogsPublic(job_id=job.id, lines=lines, next=lines[-1].id if lines else since)
+
+
+FOLLOW_POLL_SECONDS = 0.5
+KEEPALIVE_SECONDS = 15.0
+
+
+def _follow(job_id: int, attempt: int | None, since: int) -> Iterator[str]:
+    """Server-Sent Events of the job's lines after `since`, polled from the database (the
+    worker writes them every half second), ended once the job has finished and every line
+    it wrote has been sent (its worker writes the last ones before the job ends)."""
+    quiet = 0.0
+    while True:
+        with session_scope() as s:
+            status = s.scalar(select(Job.status).where(Job.id == job_id))
+            lines = [LogLinePublic.model_validate(line)
+                     for line in joblogs.read(s, job_id, since, attempt)]
+        for line in lines:
+            yield f"event: line\nid: {line.id}\ndata: {line.model_dump_json()}\n\n"
+        if lines:
+            since, quiet = lines[-1].id, 0.0
+            continue
+        if status is None or status in jobs.FINISHED:
+            yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+            return
+        if quiet >= KEEPALIVE_SECONDS:  # a comment line keeps proxies from closing
+            yield ": waiting\n\n"
+            quiet = 0.0
+        time.sleep(FOLLOW_POLL_SECONDS)
+        quiet += FOLLOW_POLL_SECONDS
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(404, 409))

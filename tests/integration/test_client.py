@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -133,6 +134,35 @@ def test_client__retries_reads_not_writes_over_a_broken_connection(platform):
         proxy.close()
 
 
+def test_client__logs_follow_streams_lines_as_they_come(platform):
+    client = Client(platform.url, platform.key)
+    job = client.submit(pretrain(300, log_every=50, checkpoint_every=100))
+    arrived = []
+    for line in client.logs(job.id, follow=True):  # ends by itself once the job has ended
+        arrived.append((line, client.job(job.id).status))
+    texts = [line.line for line, _ in arrived]
+    assert arrived[0][1] == "running", texts  # the first line came while the job trained
+    assert texts[0].startswith(f"INFO worker.tasks: job {job.id}: attempt 1 on ")
+    assert any(t.startswith("INFO mec_core.train: epoch 0 done (step 8 of 300)")
+               for t in texts)
+    assert texts[-1] == f"INFO worker.tasks: job {job.id}: succeeded"
+    assert [line.id for line, _ in arrived] == [line.id for line in client.logs(job.id)]
+
+
+def test_cli__logs_of_a_failed_job_end_with_its_traceback(platform):
+    job = Client(platform.url, platform.key).submit(pretrain(8, train_limit=16))
+    platform.wait_status(job.id, ("failed", "succeeded"))
+    printed = mec(platform, "jobs", "logs", str(job.id), "-f").stdout.splitlines()
+    assert any(line.endswith("[1 worker] Traceback (most recent call last):")
+               for line in printed), printed
+    assert any("ValueError: batch_size 32 exceeds the 16 training images" in line
+               for line in printed)
+    assert f"job {job.id} failed: ValueError: batch_size 32" in printed[-1]
+    as_json = [json.loads(line) for line in mec(platform, "jobs", "logs", str(job.id),
+                                                "--json").stdout.splitlines()]
+    assert [j["line"] for j in as_json] == [line.split("] ", 1)[1] for line in printed]
+
+
 def test_cli__submit_watch_show_list_metrics(platform, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("kind: pretrain\nname: from-yaml\ntags: [cli]\nconfig:\n"
@@ -143,8 +173,11 @@ def test_cli__submit_watch_show_list_metrics(platform, tmp_path):
     assert submitted["name"] == "cli-job" and submitted["tags"] == ["cli"]
     assert submitted["config"]["max_steps"] == 6  # the flag over the file's field
 
-    watched = mec(platform, "jobs", "watch", str(submitted["id"]))
-    assert f"job {submitted['id']} succeeded" in watched.stdout
+    watched = mec(platform, "jobs", "watch", str(submitted["id"])).stdout.splitlines()
+    # not a terminal: a line each time the job changes, then how it ended
+    assert watched[-1] == f"job {submitted['id']} succeeded"
+    assert all(a != b for a, b in zip(watched, watched[1:])), watched
+    assert any(" step " in line and "/6 (" in line for line in watched[:-1]), watched
     shown = mec(platform, "jobs", "show", str(submitted["id"])).stdout
     assert "succeeded" in shown and "step 6/6" in shown
     listed = json.loads(mec(platform, "jobs", "list", "--tag", "cli", "--json").stdout)
@@ -180,6 +213,36 @@ def test_cli__bad_field_cancel_and_login(platform, tmp_path):
     assert unreachable.returncode == 1 and "cannot reach the API" in unreachable.stderr
 
 
+def test_cli__evaluate_a_finished_job_and_wait_for_its_result(platform):
+    job = Client(platform.url, platform.key).submit(pretrain(4))
+    platform.wait_status(job.id, ("succeeded",))
+    done = mec(platform, "jobs", "evaluate", str(job.id), "--protocol", "knn",
+               "--train-limit", "64", "--test-limit", "32", "--wait").stdout.splitlines()
+    assert done[0].startswith("job ") and f"knn evaluation of job {job.id}" in done[0]
+    evaluation = int(done[0].split()[1])
+    result = platform.get(f"/v1/jobs/{evaluation}")["result"]
+    assert done[-2] == f"job {evaluation} succeeded"
+    assert done[-1] == f"top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} %"
+    missing = mec(platform, "jobs", "evaluate", "999999", check=False)
+    assert missing.returncode == 1 and "config.job_id: 999999 is not a pretraining" in \
+        missing.stderr
+
+
+def test_cli__login_finds_the_api_that_mec_up_left_running(platform, tmp_path):
+    run = tmp_path / "stack" / "run"  # what `mec up` writes in its data directory
+    run.mkdir(parents=True)
+    (run / "api.pid").write_text(str(platform.api.pid))
+    (run / "ports.json").write_text(json.dumps({"api": int(platform.url.rsplit(":", 1)[1])}))
+    env = {k: v for k, v in platform.env.items() if k not in ("MEC_API_URL", "MEC_API_KEY")}
+    done = subprocess.run([sys.executable, "-m", "api.cli", "login", "--key", platform.key],
+                          env=env | {"MEC_DATA_DIR": str(tmp_path / "stack"),
+                                     "MEC_CLIENT_CONFIG": str(tmp_path / "client.json")},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"logged in to {platform.url};")
+    assert json.loads((tmp_path / "client.json").read_text())["url"] == platform.url
+
+
 def test_cli__models_list_deploy_undeploy(platform):
     client = Client(platform.url, platform.key)
     job = client.wait(client.submit(pretrain(4)).id, timeout=240, poll=0.5)
@@ -188,6 +251,10 @@ def test_cli__models_list_deploy_undeploy(platform):
     assert model.id in [m["id"] for m in listed["data"]]
     deployed = mec(platform, "models", "deploy", str(model.id), "--workers", "1", "--wait")
     assert "succeeded" in deployed.stdout
+    # the wait said how far the gallery's embedding was, ending with all of it
+    embedded = re.findall(r"^job \d+ \w+ (\d+)/(\d+) gallery images embedded \(",
+                          deployed.stdout, re.MULTILINE)
+    assert embedded and embedded[-1][0] == embedded[-1][1], deployed.stdout
     assert client.model(model.id).deployment["status"] == "serving"
     assert "serving" in mec(platform, "models", "list").stdout
     undeployed = json.loads(mec(platform, "models", "undeploy", str(model.id), "--wait",

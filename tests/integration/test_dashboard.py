@@ -332,3 +332,112 @@ def test_dashboard__a_sweep_shows_its_trials_and_deploys_the_best(browser, platf
     assert notice.startswith("Waiting: needs 4 processes")
     shot(browser, "12-job-waiting")
     platform.post(f"/v1/jobs/{big['id']}/cancel", expect=200)
+
+
+def _pct(text: str) -> float:
+    """The number of a cell that reads '76.40 %'."""
+    return float(text.removesuffix(" %"))
+
+
+def _log_lines(browser) -> list[str]:
+    return [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#log .line")]
+
+
+def test_dashboard__the_logs_tab_follows_a_running_job_and_shows_a_traceback(browser, platform):
+    """The Logs tab streams a running job's lines as they come and says when it ended; a
+    failed job's traceback stands out in red."""
+    client = Client(platform.url, platform.key)
+    job = client.submit({"kind": "pretrain", "name": "ui-logs", "config": TINY | {
+        "max_steps": 300, "epochs": 40, "log_every": 50, "checkpoint_every": 100}})
+    login(browser, platform, platform.key)
+    browser.get(f"{platform.url}/ui/jobs/{job.id}")
+    until(browser, lambda d: find(d, '.tab[data-tab="logs"]').is_displayed(), 20, "the tabs")
+    find(browser, '.tab[data-tab="logs"]').click()
+    assert not find(browser, "#logs").get_attribute("hidden") and \
+        find(browser, "#curves").get_attribute("hidden")
+    first = until(browser, lambda d: _log_lines(d), 120, "the job's first line")
+    assert client.job(job.id).status == "running", first  # it came while the job trained
+    assert f"[1 worker] INFO worker.tasks: job {job.id}: attempt 1 on " in first[0]
+    shot(browser, "13-job-logs-running")
+    until(browser, lambda d: "the job is succeeded" in find(d, "#log-state").text, 240,
+          "the stream's end")
+    shown = _log_lines(browser)
+    assert len(shown) == len(list(client.logs(job.id))) and \
+        shown[-1].endswith(f"INFO worker.tasks: job {job.id}: succeeded")
+    assert len(shown) > len(first)  # lines were added while the page followed
+
+    failed = client.submit({"kind": "pretrain", "name": "ui-logs-failed", "config": TINY | {
+        "max_steps": 8, "train_limit": 16}})  # fewer images than one batch
+    platform.wait_status(failed.id, ("failed", "succeeded"))
+    browser.get(f"{platform.url}/ui/jobs/{failed.id}")
+    until(browser, lambda d: find(d, '.tab[data-tab="logs"]').is_displayed(), 20, "the tabs")
+    find(browser, '.tab[data-tab="logs"]').click()
+    until(browser, lambda d: "the job is failed" in find(d, "#log-state").text, 30, "the end")
+    red = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#log .line.bad")]
+    assert any("Traceback (most recent call last):" in t for t in red)
+    assert any("ValueError: batch_size 32 exceeds the 16 training images" in t for t in red)
+    shot(browser, "14-job-logs-failed")
+
+
+def test_dashboard__reasons_two_knn_measures_an_evaluations_result_clone_and_search(
+        browser, platform):
+    """The jobs table says why a job failed and keeps the online kNN apart from an
+    evaluation's top-1; an evaluate job's page shows its result and the job it evaluated;
+    a training job's tile shows its newest online kNN; Clone submits the same spec; the
+    search page shows no result before a search."""
+    client = Client(platform.url, platform.key)
+    trained = client.submit({"kind": "pretrain", "name": "ui-knn", "config": TINY | {
+        "max_steps": 8, "epochs": 1, "monitor_every": 3, "log_every": 1}})
+    failed = client.submit({"kind": "pretrain", "name": "ui-failed", "config": TINY | {
+        "max_steps": 8, "train_limit": 16}})
+    for job in (trained, failed):
+        platform.wait_status(job.id, ("succeeded", "failed"))
+    evaluation = client.evaluate(trained.id, "knn", train_limit=64, test_limit=32)
+    result = platform.wait_status(evaluation.id, ("succeeded", "failed"))["result"]
+    knn = client.metrics(trained.id, names=["knn_top1"]).series["knn_top1"].values[-1]
+
+    login(browser, platform, platform.key)
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-id="{evaluation.id}"]'),
+          20, "the jobs table")
+    row = find(browser, f'tr[data-id="{failed.id}"]')
+    assert "ValueError: batch_size 32 exceeds the 16 training images" in \
+        row.find_element(By.CSS_SELECTOR, ".reason").get_attribute("title")
+    heads = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#jobs thead th")]
+    online, evaluated = heads.index("ONLINE KNN"), heads.index("EVALUATION TOP-1")
+    cells = lambda job_id: [td.text for td in browser.find_elements(  # noqa: E731
+        By.CSS_SELECTOR, f'tr[data-id="{job_id}"] td')]
+    assert _pct(cells(trained.id)[online]) == pytest.approx(knn, abs=0.006)
+    assert cells(trained.id)[evaluated] == "—" and cells(evaluation.id)[online] == "—"
+    assert _pct(cells(evaluation.id)[evaluated]) == pytest.approx(result["top1"], abs=0.006)
+    shot(browser, "15-jobs-reasons-and-two-knn")
+
+    browser.get(f"{platform.url}/ui/jobs/{evaluation.id}")
+    until(browser, lambda d: "top-1" in find(d, "#progress-text").text, 20, "the result")
+    said = find(browser, "#progress-text").text
+    assert said.startswith("knn evaluation on synthetic: top-1 ") and \
+        said.endswith(" % (64 train, 32 test images)")
+    top1, top5 = (float(v.split()[1]) for v in said.split("top-")[1:])  # "1 53.13 %, "
+    assert (top1, top5) == pytest.approx((result["top1"], result["top5"]), abs=0.006)
+    link = find(browser, f'#facts a[href="/ui/jobs/{trained.id}"]')
+    assert link.text == f"job {trained.id}"
+    assert not find(browser, "#no-metrics").is_displayed()
+    assert not find(browser, '.tab[data-tab="curves"]').is_displayed()
+    shot(browser, "16-evaluation-job")
+
+    browser.get(f"{platform.url}/ui/jobs/{trained.id}")
+    tile = '#facts .fact:last-child strong'
+    until(browser, lambda d: find(d, tile).text != "—", 20, "the kNN tile")
+    assert "online kNN top-1" in find(browser, "#facts").text
+    assert _pct(find(browser, tile).text) == pytest.approx(knn, abs=0.006)
+    shot(browser, "17-job-online-knn-tile")
+    find(browser, "#clone").click()
+    until(browser, lambda d: d.current_url.rstrip("/") != f"{platform.url}/ui/jobs/{trained.id}",
+          20, "the clone's page")
+    clone = client.job(int(browser.current_url.rsplit("/", 1)[1]))
+    assert clone.id != trained.id and clone.config == client.job(trained.id).config
+    client.cancel(clone.id)
+
+    browser.get(f"{platform.url}/ui/search")
+    until(browser, lambda d: find(d, "#search").is_displayed(), 20, "the search page")
+    assert not find(browser, "#result").is_displayed()  # no broken image, no empty table
+    shot(browser, "18-search-before-a-search")

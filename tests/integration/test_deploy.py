@@ -39,10 +39,12 @@ def test_deploy_redeploy_and_undeploy(platform):
 
     served = deploy(platform, model["id"], batch_size=4, max_batch_delay_ms=10,
                     gallery_limit=200)["deployment"]
-    assert served["status"] == "serving" and served["version"] == "1.0"
+    assert served["status"] == "serving" and served["number"] == 1
+    assert "version" not in served  # TorchServe's "1.0" stays inside
     auth = {"Authorization": f"Bearer {Keys.read(platform.torchserve.home).inference}"}
     r = httpx.post(served["urls"]["embed"], content=png(0), headers=auth, timeout=30)
     assert r.status_code == 200 and r.json()["dim"] == 1024  # 256 channels on a 2x2 grid
+    assert r.json()["model_version"] == 1  # the deployment's number, not the handler's
     r = httpx.post(served["urls"]["knn"], files={"image": png(1)}, data={"k": "3"},
                    headers=auth, timeout=30)
     assert r.status_code == 200 and len(r.json()["neighbours"][0]) == 3
@@ -61,7 +63,7 @@ def test_deploy_redeploy_and_undeploy(platform):
     finally:
         stop.set()
         asker.join()
-    assert again["version"] == "2.0" and again["urls"] == served["urls"]
+    assert again["number"] == 2 and again["urls"] == served["urls"]
     assert codes and set(codes) == {200}, codes  # the old version served until the new one
     versions = platform.torchserve.management().describe(served["name"])
     assert [v["modelVersion"] for v in versions] == ["2.0"]

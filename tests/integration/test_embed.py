@@ -52,6 +52,8 @@ def test_embed_and_search__one_key_one_url(platform, tmp_path):
     raw = app.post(url, content=images[0], headers={"Content-Type": "image/png"})
     assert raw.status_code == 200, raw.text
     assert np.allclose(raw.json()["embeddings"][0], direct[0], atol=1e-6)
+    # one version: the deployment's number, as the model's record says it
+    assert raw.json()["model_version"] == 1 == client.model(model.id).deployment["number"]
     multipart = app.post(url, files={"image": ("a.png", images[2], "image/png")})
     assert np.allclose(multipart.json()["embeddings"], direct[2:], atol=1e-6)
     batch = Client(platform.url, app_key).embed(model.id, images)

@@ -256,10 +256,53 @@ def test_a_redeployed_model_leaves_its_galleries_bound_to_the_old_version(platfo
         try:
             call()
         except APIError as exc:
-            assert exc.status == 409 and "version 1" in exc.detail and "version 2" in exc.detail
+            assert exc.status == 409 and "deployment 1;" in exc.detail and \
+                "serves deployment 2" in exc.detail
         else:
             raise AssertionError("a gallery of version 1 answered for version 2")
     fresh = app.galleries.create("new-space", model_id)
     assert fresh.model_version == 2
     app.galleries.add("new-space", [{"id": "a", "image": _png(1)}])
     assert app.galleries.search("new-space", image=_png(1), k=1).results[0].id == "a"
+
+
+@pytest.mark.parametrize("shared_platform", ["embedded"], indirect=True)
+def test_the_guides_app_path__the_apps_project_trains_and_deploys_its_model(platform):
+    """docs/guide.md, Galleries: a key of project "shop" trains and deploys the model, the
+    app's key (scope embed, project "shop") fills and searches a gallery of it; a key of
+    another project does not see that model."""
+    team = Client(platform.url, platform.new_key(
+        "shop-team", "--project", "shop", "--scope", "jobs:read", "--scope", "jobs:write",
+        "--scope", "models:deploy"))
+    job = team.wait(team.submit({"kind": "pretrain", "config": TINY}).id, timeout=240,
+                    poll=0.5)
+    assert job.status == "succeeded", job.error
+    model_id = next(m.id for m in team.models().data if m.job_id == job.id)
+    deployed = team.wait(team.deploy(model_id, workers=1).id, timeout=240, poll=0.5)
+    assert deployed.status == "succeeded", deployed.error
+    try:
+        app = Client(platform.url, platform.new_key("shop", "--scope", "embed", "--project",
+                                                    "shop"))
+        made = app.galleries.create("products", model_id=model_id)
+        assert made.model_id == model_id and made.model_version == 1
+        vector = [1.0] + [0.0] * (made.dim - 1)
+        app.galleries.add("products", [
+            {"id": "sku-1", "image": _png(1), "metadata": {"colour": "red"}},
+            {"id": "sku-2", "vector": vector, "metadata": {"colour": "blue"}}])
+        found = app.galleries.search("products", image=_png(1), k=5,
+                                     filter={"colour": {"in": ["red", "blue"]}})
+        assert found.results[0].id == "sku-1"  # its own image is nearest
+        assert [r.id for r in app.galleries.search("products", item_id="sku-1").results] \
+            == ["sku-2"]
+        assert app.galleries.remove("products", filter={"colour": "blue"}) == 1
+
+        other = Client(platform.url, platform.new_key("elsewhere", "--scope", "embed",
+                                                      "--project", "elsewhere"))
+        try:
+            other.galleries.create("products", model_id=model_id)
+        except APIError as exc:
+            assert exc.status == 404 and exc.detail == f"model_id: model {model_id} not found"
+        else:
+            raise AssertionError("another project's key saw the model")
+    finally:
+        team.wait(team.undeploy(model_id).id, timeout=120, poll=0.5)

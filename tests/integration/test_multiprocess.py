@@ -72,6 +72,13 @@ def test_two_processes_follow_the_one_process_losses(platform, precision, tolera
         assert y == pytest.approx(x, abs=tolerance)
     models = {m["job_id"] for m in platform.get("/v1/models")["data"]}
     assert two["id"] in models  # rank 0's checkpoint became a model
+    lines = platform.get(f"/v1/jobs/{two['id']}/logs")["lines"]
+    said = {(line["source"], line["line"].split(":")[0]) for line in lines}
+    for rank in (0, 1):  # each rank's own trainer line, under its name
+        assert any(line["source"] == f"rank {rank}" and
+                   line["line"].startswith(f"INFO mec_core.train: rank {rank} of 2 on cpu")
+                   for line in lines), said
+    assert lines[-1]["line"] == f"INFO worker.tasks: job {two['id']}: succeeded"
 
 
 @pytest.mark.parametrize("shared_platform", ["embedded"], indirect=True)
@@ -81,6 +88,11 @@ def test_an_error_every_rank_raises_fails_the_job_with_it(platform):
     assert done["status"] == "failed" and done["attempts"] == 1
     assert done["error"].startswith("rank ") and \
         "ValueError: batch_size 32 exceeds the 16 training images" in done["error"]
+    lines = platform.get(f"/v1/jobs/{job['id']}/logs")["lines"]
+    for rank in ("rank 0", "rank 1"):  # each rank's traceback, under its name
+        told = [line["line"] for line in lines if line["source"] == rank]
+        assert "Traceback (most recent call last):" in told, lines
+        assert any(t.startswith("ValueError: batch_size 32 exceeds") for t in told)
 
 
 @pytest.mark.parametrize("shared_platform", ["embedded"], indirect=True)

@@ -46,7 +46,7 @@ def test_fashion_mnist__reads_idx_files_plain_or_gzipped(tmp_path):
 
 
 def test_fashion_mnist__missing_or_malformed_files_name_the_path(tmp_path):
-    with pytest.raises(DatasetError, match=f"{tmp_path}/nowhere does not exist"):
+    with pytest.raises(DatasetError, match=f"no such directory {tmp_path}/nowhere"):
         load_dataset("fashion-mnist", "train", str(tmp_path / "nowhere"))
     with pytest.raises(DatasetError, match="train-images-idx3-ubyte"):
         load_dataset("fashion-mnist", "train", str(tmp_path))
@@ -111,3 +111,10 @@ def test_load_dataset__unknown_name_and_split():
         load_dataset("imagenet", "train", "/tmp")
     with pytest.raises(ValueError, match="split must be"):
         load_dataset("digits", "validation")
+
+
+
+def test_load_dataset__a_mistyped_directory_gets_its_nearest_sibling(tmp_path):
+    (tmp_path / "cifar10").mkdir()
+    with pytest.raises(DatasetError, match="did you mean .*/cifar10\\?"):
+        load_dataset("cifar10", "train", str(tmp_path / "cifar-10"))

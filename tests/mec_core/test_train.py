@@ -206,3 +206,42 @@ def test_train__an_ema_teacher_under_bf16_autocast_stays_float32_and_follows(tmp
     for k in moved:  # and it lies between its start and the student (momentum 0.99)
         start, student = initial[f"teacher.{k}"], state[f"encoder.{k}"]
         assert (teacher[k] - start).norm() < (student - start).norm(), k
+
+
+class InterruptAfter(StopAt):
+    """Asks to abandon the step under way once step `step` has been reported."""
+
+    def should_stop(self, step: int) -> bool:
+        return False
+
+    def interrupt_requested(self) -> bool:
+        return bool(self.seen) and self.seen[-1] >= self.step
+
+
+def test_train__an_interrupt_abandons_the_step_under_way_and_keeps_the_last_checkpoint(
+        tmp_path):
+    callbacks = InterruptAfter(4)
+    result = train(TrainConfig(**TINY | {"log_every": 1, "checkpoint_every": 2}), tmp_path,
+                   callbacks)
+    assert result.stopped and result.steps == 4 and callbacks.seen == [1, 2, 3, 4]
+    assert result.checkpoint == checkpoint.step_path(tmp_path / "checkpoints", 4)
+    assert [r["step"] for r in _metrics(tmp_path)] == [1, 2, 3, 4]  # step 5 never finished
+    assert not checkpoint.step_path(tmp_path / "checkpoints", 5).exists()
+
+
+def test_train__an_interrupt_stops_a_backward_pass_midway():
+    model = MECModel.from_config(TrainConfig(**TINY))
+    asked = Callbacks()
+    hooks = train_module._interruptible(model, asked)
+    z = model.encoder(torch.rand(4, 3, 32, 32))  # forward: nothing asked yet
+    asked.interrupt_requested = lambda: True
+    with pytest.raises(train_module.Interrupted):
+        z.sum().backward()
+    for hook in hooks:
+        hook.remove()
+    model.encoder(torch.rand(4, 3, 32, 32))  # the hooks are gone
+
+
+def test_train__a_stop_asked_at_the_last_step_is_a_finished_run(tmp_path):
+    result = train(TrainConfig(**TINY), tmp_path, StopAt(6))
+    assert result.steps == 6 and not result.stopped

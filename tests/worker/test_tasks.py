@@ -4,15 +4,20 @@ worker processes are tested in tests/integration."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+import torch
 from sqlalchemy import func, select
 
-from mec_platform import jobs
+from mec_core.train import StepMetrics
+from mec_platform import joblogs, jobs
 from mec_platform.db import session_scope
 from mec_platform.jobs import JobKind
 from mec_platform.queue import Queue, app
 from mec_platform.tables import Evaluation, Job, Metric, Model
 from worker import tasks
+from worker.callbacks import DatabaseCallbacks
 from worker.process import shutting_down
 
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
@@ -174,3 +179,60 @@ def test_the_partial_file_of_an_upload_whose_api_died_is_removed(tmp_path):
     os.utime(staged, (old, old))  # a staged import waits for its job: kept
     assert remove_stale_uploads(tmp_path, time.time()) == [dead]
     assert not dead.exists() and live.exists() and staged.exists()
+
+
+def _log_lines(job_id: int) -> list[tuple[int, str, str]]:
+    with session_scope() as s:
+        return [(line.attempt, line.source, line.line) for line in joblogs.read(s, job_id)]
+
+
+def test_logs__a_failed_job_keeps_its_traceback(embedded):
+    job_id = _submit(JobKind.PRETRAIN, TINY | {"train_limit": 16})  # fewer than a batch
+    tasks.pretrain(job_id)
+    lines = _log_lines(job_id)
+    text = [line for _, _, line in lines]
+    assert "Traceback (most recent call last):" in text
+    assert any("in setup" in line for line in text)  # the frames of the trainer
+    assert text[-1] == (f"ERROR worker.tasks: job {job_id} failed: ValueError: batch_size "
+                        "32 exceeds the 16 training images of synthetic")
+    assert {(attempt, source) for attempt, source, _ in lines} == {(1, "worker")}
+
+
+def test_logs__a_job_has_its_trainers_lines_and_its_end(embedded, caplog):
+    caplog.set_level(logging.INFO)
+    job_id = _submit(JobKind.PRETRAIN, TINY)
+    tasks.pretrain(job_id)
+    text = [line for _, _, line in _log_lines(job_id)]
+    assert text[0].startswith(f"INFO worker.tasks: job {job_id}: attempt 1 on ")
+    assert any(line.startswith("INFO mec_core.train: rank 0 of 1 on cpu: mec (convnet) on "
+                               "synthetic, step 0 of 3") for line in text)
+    assert any(line.startswith("INFO mec_core.train: finished: 3 steps") for line in text)
+    assert text[-1] == f"INFO worker.tasks: job {job_id}: succeeded"
+
+
+def test_claim__missing_data_fails_the_job_before_training_with_the_reason(embedded, tmp_path):
+    (tmp_path / "fashion-mnist").mkdir()
+    job_id = _submit(JobKind.PRETRAIN, TINY | {"dataset": "fashion-mnist",
+                                               "data_dir": str(tmp_path / "fashion")})
+    tasks.pretrain(job_id)
+    job = _job(job_id)
+    assert job.status == "failed" and job.error == (
+        f"fashion-mnist: no such directory {tmp_path}/fashion; did you mean "
+        f"{tmp_path}/fashion-mnist?")
+    assert not any("training" in line for _, _, line in _log_lines(job_id))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host's worker has a GPU")
+def test_a_job_asking_for_a_gpu_is_left_queued_by_a_worker_without_one(embedded):
+    job_id = _submit(JobKind.PRETRAIN, TINY | {"device": "cuda"})
+    tasks.pretrain(job_id)
+    job = _job(job_id)
+    assert job.status == "queued" and job.attempts == 0
+
+
+def test_last_metrics__keep_the_monitors_values_between_its_runs(embedded):
+    job_id = _submit(JobKind.PRETRAIN, TINY)
+    callbacks = DatabaseCallbacks(job_id, "owner", 1.0)
+    callbacks.on_metrics([StepMetrics(1, 0, {"loss": -1.0, "knn_top1": 70.0})])
+    callbacks.on_metrics([StepMetrics(2, 0, {"loss": -2.0})])  # the monitor ran at step 1
+    assert _job(job_id).last_metrics == {"loss": -2.0, "knn_top1": 70.0}

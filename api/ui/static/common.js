@@ -70,10 +70,11 @@ function progressBar(job) {
             el("span", { class: "small muted", text: `${job.progress.percent.toFixed(0)} %${eta}` }));
 }
 
-function knnOf(job) {
-  if (job.result && job.result.top1 !== undefined) return job.result.top1;
-  return job.last_metrics ? job.last_metrics.knn_top1 : undefined;
-}
+// The monitor's kNN top-1 while a job trains, and an evaluate job's top-1: two measures,
+// shown apart.
+const onlineKnnOf = (job) => (job.last_metrics ? job.last_metrics.knn_top1 : undefined);
+const evaluationOf = (job) => (job.kind === "evaluate" && job.result ? job.result.top1 : undefined);
+const orDash = (v) => (v === undefined ? "—" : pct(v));
 
 function toast(message, kind = "info") {
   const box = document.getElementById("toast");

@@ -1,6 +1,7 @@
 "use strict";
 // One job: facts, live progress, a chart per metric series (appended as the job logs),
-// cancel and evaluate; a sweep shows its trials instead of curves, and deploys its best.
+// its log lines (followed while it runs), cancel and evaluate; a sweep shows its trials
+// instead of curves, and deploys its best.
 
 const jobId = Number(document.body.dataset.job);
 const charts = {};      // metric name -> {plot, steps, values}
@@ -24,6 +25,29 @@ function bestOf(sweep) {
   return best ? `job ${best.job_id}: ${objectiveLabel(sweep.config.objective)} ${num(best.value)}` : "";
 }
 
+// The latest online kNN top-1: the curve's newest point (a job's last metrics hold only
+// what its last flush carried), else its last metrics.
+function onlineKnn(job) {
+  const chart = charts.knn_top1;
+  return chart && chart.values.length ? chart.values[chart.values.length - 1] : onlineKnnOf(job);
+}
+
+// An evaluate job's outcome in one line, and the facts of its result.
+function evaluationText(job) {
+  const r = job.result || {};
+  if (r.top1 === undefined) return `${job.config.protocol || "knn"} evaluation of job ${job.config.job_id}`;
+  return `${r.protocol} evaluation on ${r.dataset}: top-1 ${pct(r.top1)}, top-5 ${pct(r.top5)}` +
+    ` (${r.train_size} train, ${r.test_size} test images)`;
+}
+
+function evaluationFacts(job) {
+  const r = job.result || {};
+  return [el("div", { class: "fact" }, el("span", { class: "muted small", text: "evaluated job" }),
+             el("strong", {}, el("a", { href: `/ui/jobs/${job.config.job_id}`, text: `job ${job.config.job_id}` }))),
+          fact("evaluation top-1", orDash(r.top1)), fact("top-5", orDash(r.top5)),
+          fact("train / test images", r.train_size === undefined ? "" : `${r.train_size} / ${r.test_size}`)];
+}
+
 function showJob(job) {
   document.getElementById("name").textContent = job.name;
   document.getElementById("status").replaceChildren(badge(job.status));
@@ -32,7 +56,7 @@ function showJob(job) {
   bar.style.width = `${Math.min(100, job.progress.percent)}%`;
   const p = job.progress;
   const unit = job.kind === "sweep" ? "trials finished" : "";
-  document.getElementById("progress-text").textContent =
+  document.getElementById("progress-text").textContent = job.kind === "evaluate" ? evaluationText(job) :
     (unit ? `${p.step} of ${p.total_steps ?? "?"} ${unit}` : `step ${p.step} of ${p.total_steps ?? "?"}`) +
     ` (${p.percent.toFixed(1)} %)` +
     (job.eta_seconds ? ` · about ${duration(job.eta_seconds)} left` : "");
@@ -50,13 +74,20 @@ function showJob(job) {
     fact("attempts", `${job.attempts}${job.resumes ? ` (${job.resumes} resumed)` : ""}`),
     fact("created", when(job.created_at)), fact("started", when(job.started_at)),
     fact("finished", when(job.finished_at)),
-    job.kind === "sweep" ? fact("best trial", bestOf(job))
-      : fact("kNN top-1", knnOf(job) === undefined ? "" : pct(knnOf(job))));
+    ...(job.kind === "sweep" ? [fact("best trial", bestOf(job))]
+      : job.kind === "evaluate" ? evaluationFacts(job)
+        : [fact("online kNN top-1", orDash(onlineKnn(job)))]));
   const running = job.status === "queued" || job.status === "running";
   document.getElementById("cancel").hidden = !running || job.cancel_requested;
   document.getElementById("evaluate").hidden = !(job.kind === "pretrain" && job.status === "succeeded");
   document.getElementById("promote").hidden = !(job.kind === "sweep" && job.result && job.result.best);
-  document.getElementById("curves").hidden = job.kind === "sweep";
+  document.getElementById("tabs").hidden = job.kind === "sweep";
+  if (job.kind === "sweep") document.getElementById("curves").hidden = true;
+  if (job.kind === "evaluate" && !document.querySelector('.tab[data-tab="curves"]').hidden) {
+    document.querySelector('.tab[data-tab="curves"]').hidden = true;  // it logs no curves
+    document.querySelector('.tab[data-tab="logs"]').click();
+  }
+  document.getElementById("clone").hidden = running || !CLONABLE.includes(job.kind);
   const rows = Object.entries(job.config).map(([k, v]) =>
     el("tr", {}, el("th", { text: k }), el("td", { text: typeof v === "object" ? JSON.stringify(v) : String(v) })));
   document.querySelector("#config tbody").replaceChildren(...rows);
@@ -139,6 +170,8 @@ async function zoomDetail(name, min, max) {
   chart.plot.root.parentNode.dataset.zoomStride = m.stride;
 }
 
+const CLONABLE = ["pretrain", "evaluate", "sweep"];  // the kinds POST /v1/jobs takes
+
 async function refresh() {
   const wasFinished = finished;
   const job = await api(`/v1/jobs/${jobId}`);
@@ -163,6 +196,49 @@ document.getElementById("evaluate").addEventListener("click", async () => {
     const job = await api("/v1/jobs", { method: "POST",
       json: { kind: "evaluate", name: `knn of ${jobId}`, config: { job_id: jobId, protocol: "knn" } } });
     window.location = `/ui/jobs/${job.id}`;
+  } catch (e) { toast(e.message, "error"); }
+});
+// The Logs tab: the job's lines as Server-Sent Events, followed until the job has ended
+// (the browser reconnects after the last line it got, by its Last-Event-ID).
+let logStream = null;
+const ERROR_LINE = /^(ERROR|CRITICAL|Traceback|[\w.]+(Error|Exception)\b)|^\s/;  // a traceback's frames are indented
+
+function appendLog(line) {
+  const box = document.getElementById("log");
+  const at = new Date(line.time).toLocaleTimeString();
+  box.append(el("span", { class: `line${ERROR_LINE.test(line.line) ? " bad" : ""}`, "data-id": line.id },
+                el("span", { class: "meta", text: `${at} [${line.attempt} ${line.source}] ` }),
+                line.line, "\n"));
+  if (document.getElementById("log-tail").checked) box.scrollTop = box.scrollHeight;
+}
+
+function followLogs() {
+  if (logStream) return;
+  const state = document.getElementById("log-state");
+  state.textContent = "following";
+  logStream = new EventSource(`/v1/jobs/${jobId}/logs?follow=true`);
+  logStream.addEventListener("line", (e) => appendLog(JSON.parse(e.data)));
+  logStream.addEventListener("end", (e) => {
+    logStream.close();
+    const lines = document.querySelectorAll("#log .line").length;
+    state.textContent = `${lines} line${lines === 1 ? "" : "s"} · the job is ${JSON.parse(e.data).status}`;
+  });
+  logStream.onopen = () => { state.textContent = "following"; };
+  logStream.onerror = () => { state.textContent = "reconnecting…"; };
+}
+
+document.querySelectorAll("#tabs .tab").forEach((tab) => tab.addEventListener("click", () => {
+  document.querySelectorAll("#tabs .tab").forEach((t) => t.classList.toggle("active", t === tab));
+  document.querySelectorAll(".tab-panel").forEach((p) => { p.hidden = p.id !== tab.dataset.tab; });
+  if (tab.dataset.tab === "logs") followLogs();
+}));
+document.getElementById("clone").addEventListener("click", async () => {
+  try {
+    const job = await api(`/v1/jobs/${jobId}`);
+    const copy = await api("/v1/jobs", { method: "POST", json: {
+      kind: job.kind, name: job.name, tags: job.tags, priority: job.priority, queue: job.queue,
+      config: job.config } });
+    window.location = `/ui/jobs/${copy.id}`;
   } catch (e) { toast(e.message, "error"); }
 });
 every(2000, refresh);

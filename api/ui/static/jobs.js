@@ -13,6 +13,12 @@ function query() {
   return params;
 }
 
+// Why a job failed, was cancelled or waits, under its status.
+function reason(job) {
+  const why = job.status === "queued" ? job.waiting : job.status !== "succeeded" ? job.error : null;
+  return why ? el("div", { class: "reason small muted", title: why, text: why }) : null;
+}
+
 function row(job) {
   const c = job.config || {};
   const box = el("input", { type: "checkbox", "aria-label": `select job ${job.id}`,
@@ -29,11 +35,12 @@ function row(job) {
     el("td", {}, el("a", { href: `/ui/jobs/${job.id}`, text: job.name || "—" }),
        ...job.tags.map((t) => el("span", { class: "tag", text: t }))),
     el("td", { text: job.kind }),
-    el("td", {}, badge(job.status)),
+    el("td", {}, badge(job.status), reason(job)),
     el("td", {}, progressBar(job)),
     el("td", { class: "muted", text: what }),
     el("td", { class: "num", text: num(job.last_metrics && job.last_metrics.loss) }),
-    el("td", { class: "num", text: knnOf(job) === undefined ? "—" : pct(knnOf(job)) }),
+    el("td", { class: "num", text: orDash(onlineKnnOf(job)) }),
+    el("td", { class: "num", text: orDash(evaluationOf(job)) }),
     el("td", { class: "muted small", text: when(job.created_at) }));
 }
 

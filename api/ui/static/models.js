@@ -28,7 +28,7 @@ function row(model) {
     el("td", {}, evals.length ? evals : el("span", { class: "muted", text: "—" }),
        el("div", { class: "small muted", text: Object.keys(model.artifacts || {}).join(" · ") })),
     el("td", {}, d.status ? badge(d.status) : "—",
-       d.version && serving ? el("span", { class: "small muted", text: ` v${d.version}` }) : null),
+       d.number && serving ? el("span", { class: "small muted", text: ` deployment ${d.number}` }) : null),
     el("td", {}, urls),
     el("td", { class: "actions" },
        el("button", { class: "primary", text: serving ? "Redeploy" : "Deploy", onclick: () => act(model, "deploy") }),
