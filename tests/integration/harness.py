@@ -4,6 +4,8 @@ modules that build a platform of their own (a name no other test directory uses)
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import signal
 import subprocess
@@ -14,8 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psycopg
 import redis
+from PIL import Image
 
 from serving.torchserve import LocalTorchServe, unused_port, unused_ports
 
@@ -190,3 +194,17 @@ def full_platform(root: Path, backend: str, api_env: dict[str, str] | None = Non
         if database:
             _drop_database(database)
             redis.Redis(db=REDIS_DB).flushdb()
+
+
+def png(seed: int, side: int = 32) -> bytes:
+    """A random RGB image (side x side) as PNG bytes, the same for the same seed."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (side, side, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def b64png(seed: int) -> str:
+    """png(seed) in base64, as JSON bodies carry images."""
+    return base64.b64encode(png(seed)).decode()
+

@@ -5,15 +5,13 @@ screenshot is kept in test-artifacts/dashboard/ (MEC_TEST_ARTIFACTS overrides)."
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from harness import png
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -220,12 +218,6 @@ def test_dashboard__pages_send_csp_and_writes_need_the_csrf_header(platform):
     assert httpx.get(f"{platform.url}/ui/", follow_redirects=False).headers["location"] \
         == "/ui/login"
 
-
-def png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def fill(browser, values: dict) -> None:

@@ -12,6 +12,7 @@ import sys
 
 import httpx
 import numpy as np
+from harness import png
 from PIL import Image
 
 from api.client import APIError, Client
@@ -21,12 +22,6 @@ TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_d
         "proj_hidden_dim": 64, "pred_hidden_dim": 16, "train_limit": 256, "epochs": 1,
         "max_steps": 4, "log_every": 2}
 
-
-def _png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def test_embed_and_search__one_key_one_url(platform, tmp_path):
@@ -39,12 +34,12 @@ def test_embed_and_search__one_key_one_url(platform, tmp_path):
                        headers={"Authorization": f"Bearer {app_key}"})
     url = f"/v1/models/{model.id}/embed"
 
-    not_yet = app.post(url, content=_png(0), headers={"Content-Type": "image/png"})
+    not_yet = app.post(url, content=png(0), headers={"Content-Type": "image/png"})
     assert not_yet.status_code == 409 and "not deployed" in not_yet.json()["detail"]
     deploy = client.wait(client.deploy(model.id, workers=1).id, timeout=240, poll=0.5)
     assert deploy.status == "succeeded", deploy.error
 
-    images = [_png(i) for i in range(3)]
+    images = [png(i) for i in range(3)]
     served = Keys.read(platform.torchserve.home).inference
     direct = [httpx.post(f"{platform.torchserve.inference_url}/predictions/mec-{model.id}",
                          content=image, headers={"Authorization": f"Bearer {served}"}

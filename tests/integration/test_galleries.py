@@ -7,7 +7,6 @@ own API key."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
+from harness import png
 
 from api.client import APIError, Client
 from serving.torchserve import Keys
@@ -28,12 +27,6 @@ TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_d
         "proj_hidden_dim": 64, "pred_hidden_dim": 16, "train_limit": 256, "epochs": 1,
         "max_steps": 4, "log_every": 2}
 
-
-def _png(seed: int, side: int = 32) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (side, side, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _b64(data: bytes) -> str:
@@ -65,7 +58,7 @@ def test_add_search_filter_upsert_delete(platform, served):
     again = app.post("/v1/galleries", json={"name": "shop", "model_id": model_id})
     assert again.status_code == 409 and "name" in again.json()["detail"]
 
-    images = [_png(i) for i in range(6)]
+    images = [png(i) for i in range(6)]
     colours = ["red", "green", "blue", "red", "green", "blue"]
     items = [{"id": f"sku-{i}", "image": _b64(png), "metadata": {"colour": colours[i],
                                                                 "size": i % 2}}
@@ -180,7 +173,7 @@ def test_an_import_survives_kill_9_of_the_worker_and_the_api(platform, served, t
     app = Client(platform.url, app_key)
     app.galleries.create("photos", model_id)
     n = 1500
-    items = [{"id": f"p{i}", "image": _png(10_000 + i, side=8), "metadata": {"shard": i % 10}}
+    items = [{"id": f"p{i}", "image": png(10_000 + i, side=8), "metadata": {"shard": i % 10}}
              for i in range(n)]
     items[7]["image"] = b"broken"  # skipped and listed; the rest goes in
     job = app.galleries.add("photos", items)
@@ -204,7 +197,7 @@ def test_an_import_survives_kill_9_of_the_worker_and_the_api(platform, served, t
     # an acknowledged small add, then kill -9 of the API: all of it is there after a restart
     before = app.galleries.search("photos", item_id="p3", k=5, filter={"shard": 3})
     assert all(h.metadata == {"shard": 3} for h in before.results) and len(before.results) == 5
-    ack = app.galleries.add("photos", [{"id": "last", "image": _png(1, side=8)}])
+    ack = app.galleries.add("photos", [{"id": "last", "image": png(1, side=8)}])
     assert ack.added == 1
     os.killpg(platform.api.pid, signal.SIGKILL)
     platform.api.wait()
@@ -218,7 +211,7 @@ def test_an_import_survives_kill_9_of_the_worker_and_the_api(platform, served, t
     folder = tmp_path / "pictures"
     folder.mkdir()
     for i in range(3):
-        (folder / f"cat{i}.png").write_bytes(_png(500 + i))
+        (folder / f"cat{i}.png").write_bytes(png(500 + i))
     env = platform.env | {"MEC_API_URL": platform.url, "MEC_API_KEY": app_key,
                           "COLUMNS": "160"}
 
@@ -246,13 +239,13 @@ def test_a_redeployed_model_leaves_its_galleries_bound_to_the_old_version(platfo
     client, model_id, app_key = served
     app = Client(platform.url, app_key)
     app.galleries.create("old-space", model_id)
-    app.galleries.add("old-space", [{"id": "a", "image": _png(1)}])
+    app.galleries.add("old-space", [{"id": "a", "image": png(1)}])
     deploy = client.wait(client.deploy(model_id, workers=1, drain_seconds=0).id, timeout=240,
                          poll=0.5)
     assert deploy.status == "succeeded", deploy.error
-    for call in (lambda: app.galleries.search("old-space", image=_png(1)),
+    for call in (lambda: app.galleries.search("old-space", image=png(1)),
                  lambda: app.galleries.search("old-space", item_id="a"),
-                 lambda: app.galleries.add("old-space", [{"id": "b", "image": _png(2)}])):
+                 lambda: app.galleries.add("old-space", [{"id": "b", "image": png(2)}])):
         try:
             call()
         except APIError as exc:
@@ -262,8 +255,8 @@ def test_a_redeployed_model_leaves_its_galleries_bound_to_the_old_version(platfo
             raise AssertionError("a gallery of version 1 answered for version 2")
     fresh = app.galleries.create("new-space", model_id)
     assert fresh.model_version == 2
-    app.galleries.add("new-space", [{"id": "a", "image": _png(1)}])
-    assert app.galleries.search("new-space", image=_png(1), k=1).results[0].id == "a"
+    app.galleries.add("new-space", [{"id": "a", "image": png(1)}])
+    assert app.galleries.search("new-space", image=png(1), k=1).results[0].id == "a"
 
 
 @pytest.mark.parametrize("shared_platform", ["embedded"], indirect=True)
@@ -287,9 +280,9 @@ def test_the_guides_app_path__the_apps_project_trains_and_deploys_its_model(plat
         assert made.model_id == model_id and made.model_version == 1
         vector = [1.0] + [0.0] * (made.dim - 1)
         app.galleries.add("products", [
-            {"id": "sku-1", "image": _png(1), "metadata": {"colour": "red"}},
+            {"id": "sku-1", "image": png(1), "metadata": {"colour": "red"}},
             {"id": "sku-2", "vector": vector, "metadata": {"colour": "blue"}}])
-        found = app.galleries.search("products", image=_png(1), k=5,
+        found = app.galleries.search("products", image=png(1), k=5,
                                      filter={"colour": {"in": ["red", "blue"]}})
         assert found.results[0].id == "sku-1"  # its own image is nearest
         assert [r.id for r in app.galleries.search("products", item_id="sku-1").results] \

@@ -6,7 +6,6 @@ on PostgreSQL and Redis. The PromQL is the Grafana board's own
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import subprocess
@@ -15,10 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from harness import full_platform
-from PIL import Image
+from harness import full_platform, png
 
 from api.client import Client
 from serving.torchserve import Keys, unused_port
@@ -93,12 +90,6 @@ def prometheus_server(root: Path, targets: dict[str, str]):
         proc.wait(30)
         log.close()
 
-
-def png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def by(result: dict, label: str) -> dict[str, float]:

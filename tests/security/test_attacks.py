@@ -4,8 +4,6 @@ worker and TorchServe, on SQLite and on PostgreSQL+Redis."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import signal
@@ -15,8 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from harness import full_platform
-from PIL import Image
+from harness import b64png, full_platform
 
 from mec_core import checkpoint
 from mec_core.config import TrainConfig
@@ -28,12 +25,6 @@ TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_d
         "max_steps": 4, "log_every": 2}
 NDJSON = "application/x-ndjson"
 
-
-def _b64png(seed: int) -> str:
-    pixels = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 @pytest.fixture(scope="module", params=["embedded", "postgres+redis"])
@@ -126,8 +117,8 @@ def test_one_bad_request_fails_alone_in_its_batch(served):
     """Finding 4: 1 request with k = 1e309 and 7 good ones at once, many rounds, straight
     to TorchServe (batches of 8) and through the API: only the bad one is refused."""
     platform, model_id = served
-    good = json.dumps({"images": [_b64png(1)], "k": 3}).encode()
-    bad = b'{"images": ["' + _b64png(2).encode() + b'"], "k": 1e309}'
+    good = json.dumps({"images": [b64png(1)], "k": 3}).encode()
+    bad = b'{"images": ["' + b64png(2).encode() + b'"], "k": 1e309}'
     key = Keys.read(platform.torchserve.home).inference
     direct = f"{platform.torchserve.inference_url}/predictions/mec-{model_id}-knn"
     api = f"{platform.url}/v1/models/{model_id}/search"

@@ -5,8 +5,6 @@ same version. A deployment whose archive is gone is marked lost, with the reason
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 import signal
 import subprocess
@@ -18,8 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import redis
-from harness import REDIS_DB, _drop_database, _postgres_database, base_env
-from PIL import Image
+from harness import REDIS_DB, _drop_database, _postgres_database, b64png, base_env
 
 from mec_platform.stack import Ports, Stack, group_members
 from serving.torchserve import Management, fresh_keys, unused_ports
@@ -28,12 +25,6 @@ TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_d
         "proj_hidden_dim": 64, "pred_hidden_dim": 16, "train_limit": 256, "epochs": 1,
         "max_steps": 4, "log_every": 2}
 
-
-def _b64png(seed: int) -> str:
-    pixels = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 class LocalStack:
@@ -111,16 +102,16 @@ def test_deployments_survive_restarts_and_kill_9(tmp_path, backend):
         deployed = api.get(f"/v1/models/{model_id}").json()["deployment"]
         made = api.post("/v1/galleries", json={"name": "shop", "model_id": model_id})
         assert made.status_code == 201, made.text
-        items = [{"id": f"sku-{i}", "image": _b64png(i)} for i in range(4)]
+        items = [{"id": f"sku-{i}", "image": b64png(i)} for i in range(4)]
         assert api.post("/v1/galleries/shop/items", json={"items": items}).status_code == 200
         before = api.post(f"/v1/models/{model_id}/embed",
-                          json={"images": [_b64png(2)]}).json()["embeddings"][0]
+                          json={"images": [b64png(2)]}).json()["embeddings"][0]
 
         def still_served(what: str) -> None:
-            embedded = api.post(f"/v1/models/{model_id}/embed", json={"images": [_b64png(2)]})
+            embedded = api.post(f"/v1/models/{model_id}/embed", json={"images": [b64png(2)]})
             assert embedded.status_code == 200, f"after {what}: {embedded.text}"
             assert np.allclose(embedded.json()["embeddings"][0], before, atol=1e-6)
-            found = api.post("/v1/galleries/shop/search", json={"image": _b64png(2), "k": 2})
+            found = api.post("/v1/galleries/shop/search", json={"image": b64png(2), "k": 2})
             assert found.status_code == 200, f"after {what}: {found.text}"
             assert found.json()["results"][0]["id"] == "sku-2"
             assert found.json()["model_version"] == made.json()["model_version"]
@@ -167,7 +158,7 @@ def test_deployments_survive_restarts_and_kill_9(tmp_path, backend):
         lost = _wait(lambda: (d := api.get(f"/v1/models/{model_id}").json()["deployment"])
                      ["status"] == "lost" and d, 60, "the deployment to be marked lost")
         assert "is gone from the model store" in lost["reason"]
-        refused = api.post(f"/v1/models/{model_id}/embed", json={"images": [_b64png(2)]})
+        refused = api.post(f"/v1/models/{model_id}/embed", json={"images": [b64png(2)]})
         assert refused.status_code == 409 and "is gone" in refused.json()["detail"]
     finally:
         stack.close()
