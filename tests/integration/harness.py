@@ -26,6 +26,21 @@ from serving.torchserve import LocalTorchServe, unused_port, unused_ports
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # Several checkouts may run their tests at once against the one Redis: each its own database.
 REDIS_DB = int(os.environ.get("MEC_TEST_REDIS_DB", "7"))
+# Platforms alive at once (the session's shared one and a module's own) need a Redis
+# database each: a worker on another platform's database takes that platform's jobs.
+_FREE_REDIS_DBS = [REDIS_DB] + [db for db in range(12, 16) if db != REDIS_DB]
+
+
+def take_redis_db() -> int:
+    """A Redis database no live platform of this run uses, emptied."""
+    db = _FREE_REDIS_DBS.pop(0)
+    redis.Redis(db=db).flushdb()
+    return db
+
+
+def release_redis_db(db: int) -> None:
+    redis.Redis(db=db).flushdb()
+    _FREE_REDIS_DBS.insert(0, db)
 
 
 class Platform:
@@ -169,12 +184,11 @@ def full_platform(root: Path, backend: str, api_env: dict[str, str] | None = Non
     a database of its own, dropped afterwards), all stopped on exit; `api_env`: variables
     of the API process only."""
     env = base_env(root) | env_overrides
-    database = None
+    database = redis_db = None
     if backend == "postgres+redis":
-        database = _postgres_database()
+        database, redis_db = _postgres_database(), take_redis_db()
         env["MEC_DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
-        env["MEC_BROKER_URL"] = f"redis://127.0.0.1:6379/{REDIS_DB}"
-        redis.Redis(db=REDIS_DB).flushdb()
+        env["MEC_BROKER_URL"] = f"redis://127.0.0.1:6379/{redis_db}"
     ts_ports = unused_ports(3)
     env |= {"MEC_TORCHSERVE_INFERENCE_URL": f"http://127.0.0.1:{ts_ports[0]}",
             "MEC_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{ts_ports[1]}",
@@ -193,7 +207,7 @@ def full_platform(root: Path, backend: str, api_env: dict[str, str] | None = Non
         plat.torchserve.stop()
         if database:
             _drop_database(database)
-            redis.Redis(db=REDIS_DB).flushdb()
+            release_redis_db(redis_db)
 
 
 def png(seed: int, side: int = 32) -> bytes:

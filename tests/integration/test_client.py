@@ -224,7 +224,7 @@ def test_cli__evaluate_a_finished_job_and_wait_for_its_result(platform):
     assert done[-2] == f"job {evaluation} succeeded"
     assert done[-1] == f"top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} %"
     missing = mec(platform, "jobs", "evaluate", "999999", check=False)
-    assert missing.returncode == 1 and "config.job_id: 999999 is not a pretraining" in \
+    assert missing.returncode == 1 and "404: config.job_id: job 999999 not found" in \
         missing.stderr
 
 

@@ -15,8 +15,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import redis
-from harness import REDIS_DB, _drop_database, _postgres_database, b64png, base_env
+from harness import (
+    _drop_database,
+    _postgres_database,
+    b64png,
+    base_env,
+    release_redis_db,
+    take_redis_db,
+)
 
 from mec_platform.stack import Ports, Stack, group_members
 from serving.torchserve import Management, fresh_keys, unused_ports
@@ -33,13 +39,12 @@ class LocalStack:
     def __init__(self, root: Path, backend: str) -> None:
         self.data = root / "data"
         self.env = base_env(root) | {"MEC_DATA_DIR": str(self.data)}
-        self.database = None
+        self.database = self.redis_db = None
         if backend == "postgres+redis":
-            self.database = _postgres_database()
+            self.database, self.redis_db = _postgres_database(), take_redis_db()
             self.env |= {"MEC_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/"
                                              f"{self.database}",
-                         "MEC_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}"}
-            redis.Redis(db=REDIS_DB).flushdb()
+                         "MEC_BROKER_URL": f"redis://127.0.0.1:6379/{self.redis_db}"}
         self.ports = unused_ports(4)
 
     def mec(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -67,7 +72,7 @@ class LocalStack:
         self.mec("down", "--data-dir", str(self.data), check=False)
         if self.database:
             _drop_database(self.database)
-            redis.Redis(db=REDIS_DB).flushdb()
+            release_redis_db(self.redis_db)
 
 
 def _wait(predicate, timeout: float, what: str):
@@ -79,7 +84,8 @@ def _wait(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-@pytest.mark.parametrize("backend", ["embedded", "postgres+redis"])
+@pytest.mark.parametrize("backend", [
+    "embedded", pytest.param("postgres+redis", marks=pytest.mark.slow)])  # ~4 min: CI time
 def test_deployments_survive_restarts_and_kill_9(tmp_path, backend):
     stack = LocalStack(tmp_path, backend)
     try:
