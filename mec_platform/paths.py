@@ -21,10 +21,15 @@ def check(value: str | None, field: str, roots: list[Path]) -> None:
         value.encode()
     except UnicodeEncodeError:
         raise ValueError(f"{field}: not valid UTF-8") from None
-    resolved = Path(value).resolve()
-    if not any(resolved == root or root in resolved.parents for root in roots):
+    if root_of(value, roots) is None:
         raise ValueError(f"{field}: {value} is outside the data roots "
                          f"({', '.join(map(str, roots))}; see MEC_DATA_ROOTS)")
+
+
+def root_of(value: str, roots: list[Path]) -> Path | None:
+    """The data root `value` lies under once its symlinks and '..' are resolved, or None."""
+    resolved = Path(value).resolve()
+    return next((root for root in roots if resolved == root or root in resolved.parents), None)
 
 
 def is_path_field(name: str) -> bool:

@@ -6,7 +6,6 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response
@@ -136,9 +135,8 @@ def _check_dataset(dataset: str, data_dir: str | None, prefix: str = "config",
 
 
 def _root_seen(path: str) -> bool:
-    resolved = Path(path).resolve()
-    return any(root.is_dir() for root in get_settings().allowed_data_roots
-               if resolved == root or root in resolved.parents)
+    root = paths.root_of(path, get_settings().allowed_data_roots)
+    return root is not None and root.is_dir()
 
 
 @router.get("", response_model=JobsPublic)
