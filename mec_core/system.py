@@ -51,16 +51,18 @@ def device_figures() -> list[dict[str, float]]:
                    for i in range(pynvml.nvmlDeviceGetCount())]
     except pynvml.NVMLError:
         return []
-    found = []
-    for index, handle in enumerate(handles):
-        figures = {"index": float(index)}
-        with contextlib.suppress(pynvml.NVMLError):
-            figures["util_percent"] = float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-            figures["memory_used_bytes"] = float(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-        with contextlib.suppress(pynvml.NVMLError):
-            figures["power_w"] = pynvml.nvmlDeviceGetPowerUsage(handle) / 1e3
-        found.append(figures)
-    return found
+    return [{"index": float(index)} | _figures(handle) for index, handle in enumerate(handles)]
+
+
+def _figures(handle) -> dict[str, float]:
+    """`util_percent`, `memory_used_bytes` and `power_w` of one GPU, each where NVML has it."""
+    figures = {}
+    with contextlib.suppress(pynvml.NVMLError):
+        figures["util_percent"] = float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        figures["memory_used_bytes"] = float(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+    with contextlib.suppress(pynvml.NVMLError):  # milliwatts; not every board has it
+        figures["power_w"] = pynvml.nvmlDeviceGetPowerUsage(handle) / 1e3
+    return figures
 
 
 class SystemStats:
@@ -89,14 +91,7 @@ class SystemStats:
         if self.device.type == "cuda":
             values["system_gpu_memory_mb"] = torch.cuda.memory_reserved(self.device) / 2**20
         if self.nvml is not None:
-            values |= self._nvml()
-        return values
-
-    def _nvml(self) -> dict[str, float]:
-        values = {}
-        with contextlib.suppress(pynvml.NVMLError):
-            values["system_gpu_util_percent"] = float(
-                pynvml.nvmlDeviceGetUtilizationRates(self.nvml).gpu)
-        with contextlib.suppress(pynvml.NVMLError):  # milliwatts; not every board has it
-            values["system_gpu_power_w"] = pynvml.nvmlDeviceGetPowerUsage(self.nvml) / 1e3
+            device = _figures(self.nvml)
+            values |= {f"system_gpu_{name}": device[name] for name in ("util_percent", "power_w")
+                       if name in device}
         return values
