@@ -6,11 +6,11 @@ TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install demo test test-slow lint clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml client/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev,bench,onnx]'
+	$(PY) -m pip install -q -e ./client -e '.[dev,bench,onnx]'
 	touch $@
 
 install: $(VENV)/.installed

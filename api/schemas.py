@@ -1,17 +1,16 @@
-"""Request and response bodies, and the public views of database rows. A pretraining
-job's `config` *is* mec_core's TrainConfig."""
+"""Request bodies, and the public views of database rows (built as the response bodies of
+mec_client.models). A pretraining job's `config` *is* mec_core's TrainConfig."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mec_client.models import ErrorPublic, JobKind, JobPublic, JobStatus, Progress, Queue
 from mec_core.config import TrainConfig
 from mec_platform.galleries import NAME_PATTERN
-from mec_platform.jobs import JobKind, JobStatus
-from mec_platform.queue import Queue
 from mec_platform.specs import ID_MAX, EvaluateSpec, SweepSpec
 from mec_platform.tables import Job, utcnow
 from mec_platform.workers import QueueCapacity, waiting_reason
@@ -81,45 +80,6 @@ JobCreate = Annotated[PretrainJobCreate | EvaluateJobCreate | SweepJobCreate,
                       Field(discriminator="kind")]
 
 
-class Progress(BaseModel):
-    step: int
-    total_steps: int | None
-    epoch: int
-    steps_per_epoch: int | None
-    percent: float
-
-
-class JobPublic(BaseModel):
-    id: int
-    kind: JobKind
-    name: str
-    tags: list[str]
-    priority: int
-    queue: Queue
-    status: JobStatus
-    config: dict[str, Any]
-    parent_id: int | None = Field(description="For a sweep's trial: the sweep.")
-    progress: Progress
-    eta_seconds: float | None = Field(description="Estimated time to finish, from the rate "
-                                      "of progress so far.")
-    last_metrics: dict[str, float] | None
-    result: dict[str, Any] | None
-    error: str | None
-    waiting: str | None = Field(description="Why a queued job has not started, where the "
-                                "platform can tell: no live worker takes its queue, it "
-                                "needs more processes than any live worker can run, or a GPU "
-                                "that no live worker on its queue has.")
-    cancel_requested: bool
-    attempts: int
-    resumes: int = Field(description="Times the job was resumed from a checkpoint.")
-    checkpoint: str | None
-    worker_host: str | None
-    device: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
 def public(job: Job, now: datetime | None = None,
            capacity: dict[str, QueueCapacity] | None = None) -> JobPublic:
     """The API view of a job, with progress and ETA derived from its counters; given the
@@ -145,117 +105,6 @@ def public(job: Job, now: datetime | None = None,
         started_at=job.started_at, finished_at=job.finished_at)
 
 
-class JobValidated(BaseModel):
-    kind: JobKind
-    queue: Queue
-    config: dict[str, Any] = Field(description="The config the job would run with: every "
-                                   "field, the recipe's defaults filled in.")
-    waiting: str | None = Field(description="Why the job would wait now (as a queued job's "
-                                "`waiting`), or null when a live worker can run it.")
-
-
-class JobsPublic(BaseModel):
-    data: list[JobPublic]
-    count: int = Field(description="Jobs matching the filters, over all pages.")
-
-
-class Series(BaseModel):
-    steps: list[int]
-    values: list[float]
-
-
-class MetricsPublic(BaseModel):
-    job_id: int
-    stride: int = Field(description="Every stride-th step is returned (downsampling).")
-    last_step: int = Field(description="Highest step returned; pass it as since_step to poll.")
-    series: dict[str, Series]
-
-
-class LogLinePublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int = Field(description="The line's place in the job's log; a cursor for `since`.")
-    attempt: int = Field(description="The job's run (1, 2, ... as it was resumed) the line "
-                         "comes from.")
-    time: datetime
-    source: str = Field(description="Who wrote it: 'worker' (the worker and the trainer of "
-                        "a one-process job), 'rank N' (a process of a multi-process job) or "
-                        "'torchrun'.")
-    line: str
-
-
-class LogsPublic(BaseModel):
-    job_id: int
-    lines: list[LogLinePublic]
-    next: int = Field(description="The id of the last line returned (else `since`): pass "
-                      "it as `since` for the lines after these.")
-
-
-class EvaluationPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    job_id: int
-    protocol: str
-    dataset: str
-    top1: float
-    top5: float
-    created_at: datetime
-
-
-class ModelPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    job_id: int
-    name: str
-    backbone: str
-    dataset: str
-    artifacts: dict[str, Any]
-    deployment: dict[str, Any] | None = Field(description="TorchServe deployment: status, "
-                                              "`number` (1, 2, ... as it is redeployed: the "
-                                              "version answers and galleries name) and "
-                                              "inference URLs.")
-    created_at: datetime
-    evaluations: list[EvaluationPublic]
-
-    @field_validator("deployment")
-    @classmethod
-    def _one_version(cls, deployment: dict[str, Any] | None) -> dict[str, Any] | None:
-        """TorchServe's own version string ('1.0') stays inside: the number is the one."""
-        return None if deployment is None else \
-            {k: v for k, v in deployment.items() if k != "version"}
-
-
-class ModelsPublic(BaseModel):
-    data: list[ModelPublic]
-    count: int
-
-
-class EmbeddingsPublic(BaseModel):
-    model_version: int | None = Field(description="The model's deployment that answered "
-                                      "(its number: 1, 2, ... as it was redeployed).")
-    batch_size: int = Field(description="Images in the server's batch this request joined.")
-    dim: int
-    embeddings: list[list[float]] = Field(description="One l2-normalised vector per image, "
-                                          "in the request's order.")
-
-
-class Neighbour(BaseModel):
-    id: str = Field(description="The gallery item: its split and index, e.g. 'train/1929'.")
-    label: str | int | None
-    score: float = Field(description="Cosine similarity to the query.")
-
-
-class SearchPublic(BaseModel):
-    model_version: int | None = Field(description="The model's deployment that answered.")
-    batch_size: int
-    k: int
-    neighbours: list[list[Neighbour]] = Field(description="Per image, best first.")
-    vote: list[str | int | None] | None = Field(None, description="Per image, the majority "
-                                                "label of its neighbours (with vote=true).")
-
-
 GalleryName = Annotated[str, Field(pattern=NAME_PATTERN, description="Letters, digits, "
                                    "'_', '.', '-'; up to 100 characters.")]
 ItemId = Annotated[str, Field(min_length=1, max_length=200)]
@@ -267,20 +116,6 @@ class GalleryCreate(BaseModel):
     name: GalleryName
     model_id: int = Field(ge=1, le=ID_MAX, description="The deployed model whose embeddings "
                           "the gallery holds (bound to its current version).")
-
-
-class GalleryPublic(BaseModel):
-    name: str
-    model_id: int
-    model_version: int | None = Field(description="The deployment number whose embedding "
-                                      "space the vectors are in.")
-    dim: int
-    items: int
-    created_at: datetime
-
-
-class GalleriesPublic(BaseModel):
-    data: list[GalleryPublic]
 
 
 Scalar = str | int | float | bool | None
@@ -323,17 +158,6 @@ class GalleryItemsIn(BaseModel):
     items: list[GalleryItemIn] = Field(min_length=1, max_length=10_000)
 
 
-class GalleryAdded(BaseModel):
-    added: int = Field(description="Items written (new or replaced).")
-    seq: int = Field(description="The gallery's write number that holds them.")
-
-
-class GalleryItemPublic(BaseModel):
-    id: str
-    metadata: dict[str, Any] | None
-    vector: list[float]
-
-
 class GalleryDelete(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=_exactly_one(
         "ids", "filter", extra={"required": ["all"], "properties": {"all": {"const": True}}}))
@@ -373,17 +197,6 @@ class GallerySearch(BaseModel):
         return self
 
 
-class GalleryHit(BaseModel):
-    id: str
-    score: float = Field(description="Cosine similarity to the query.")
-    metadata: dict[str, Any] | None
-
-
-class GallerySearchPublic(BaseModel):
-    results: list[GalleryHit]
-    model_version: int | None
-
-
 class WorkerPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -414,19 +227,6 @@ class AuditEntryPublic(BaseModel):
 class AuditPublic(BaseModel):
     data: list[AuditEntryPublic]
     count: int
-
-
-class FieldError(BaseModel):
-    field: str = Field(description="Dotted path of the offending field, e.g. config.batch_size.")
-    message: str
-    type: str
-
-
-class ErrorPublic(BaseModel):
-    """Every error answer: `detail` says what was wrong and names the field."""
-
-    detail: str
-    errors: list[FieldError] | None = Field(None, description="422 only: one per field.")
 
 
 def errors(*codes: int) -> dict[int | str, dict]:

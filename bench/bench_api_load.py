@@ -107,10 +107,10 @@ def run(submissions: int, reads: int) -> list[dict]:
         "MEC_SUBMIT_RATE_PER_MINUTE": "1000000", "MEC_SUBMIT_BURST": "1000000"}
     api = None
     try:
-        subprocess.run([sys.executable, "-m", "mec_platform.cli", "db", "upgrade"], env=env,
+        subprocess.run([sys.executable, "-m", "mec_client", "db", "upgrade"], env=env,
                        check=True,
                        capture_output=True)
-        key = subprocess.run([sys.executable, "-m", "mec_platform.cli", "keys", "create",
+        key = subprocess.run([sys.executable, "-m", "mec_client", "keys", "create",
                               "--name", "load"],
                              env=env, check=True, capture_output=True, text=True).stdout.strip()
         api, url = start_api(env)

@@ -26,7 +26,7 @@ import psutil
 import records
 from bench_serving import clients, pngs
 
-from api.client import Client
+from mec_client import Client
 from mec_platform.stack import Ports, Stack
 from serving.torchserve import Keys
 

@@ -27,7 +27,7 @@ from bench_embed_route import CONFIG
 from bench_knn import data
 from bench_serving import pngs
 
-from api.client import Client
+from mec_client import Client
 from mec_platform.stack import Ports, Stack
 from serving.vector_index import VectorIndex, parse_filter
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import records
 
-from api.client import Client
+from mec_client import Client
 from mec_platform.stack import Ports, Stack
 
 SPACE = {"eps_sq": {"choice": [8, 16, 64]}, "base_lr": {"choice": [0.5, 1.0]}}

@@ -6,11 +6,13 @@ WORKDIR /app
 # the API imports mec_core's config only; the CPU build of torch keeps the image small
 RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
+COPY client ./client
 COPY mec_core ./mec_core
+COPY mec_platform ./mec_platform
 COPY api ./api
 COPY worker ./worker
 COPY serving ./serving
-RUN pip install . && useradd --create-home --uid 10001 mec
+RUN pip install ./client . && useradd --create-home --uid 10001 mec
 USER mec
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=5 \

@@ -3,11 +3,13 @@ FROM pytorch/torchserve:0.12.0-cpu
 
 USER root
 COPY pyproject.toml README.md /src/
+COPY client /src/client
 COPY mec_core /src/mec_core
+COPY mec_platform /src/mec_platform
 COPY api /src/api
 COPY worker /src/worker
 COPY serving /src/serving
-RUN pip install --no-cache-dir /src && mkdir -p /home/model-server/ts-home \
+RUN pip install --no-cache-dir /src/client /src && mkdir -p /home/model-server/ts-home \
     && chown -R model-server /home/model-server
 COPY docker/torchserve.properties /home/model-server/config.properties
 COPY serving/log4j2.xml /home/model-server/log4j2.xml

@@ -10,11 +10,13 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 python3
 WORKDIR /app
 RUN pip install torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
+COPY client ./client
 COPY mec_core ./mec_core
+COPY mec_platform ./mec_platform
 COPY api ./api
 COPY worker ./worker
 COPY serving ./serving
-RUN pip install . && useradd --create-home --uid 10001 mec
+RUN pip install ./client . && useradd --create-home --uid 10001 mec
 USER mec
 # solo pool: the job runs in the worker process; a killed worker takes its job with it,
 # the lease expires and another worker resumes the job from its checkpoint

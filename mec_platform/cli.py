@@ -1,4 +1,5 @@
-"""The `mec` console script: mec_core's commands plus the platform's (serving, database)."""
+"""The platform's own commands of `mec`: db, keys, up, down and demo (declared with mec_core's
+and serving's as "mec.commands" entry points in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,10 @@ from pathlib import Path
 
 import click
 
-import serving.cli  # noqa: F401  (registers `mec package` and `mec embed`)
-from mec_core.cli import main
 from mec_platform.keys import DEFAULT_PROJECT, Scope
 
 
-@main.group()
+@click.group()
 def db() -> None:
     """Database schema (Alembic migrations)."""
 
@@ -28,7 +27,7 @@ def upgrade(url: str | None) -> None:
     click.echo("database schema is up to date")
 
 
-@main.group()
+@click.group()
 def keys() -> None:
     """API keys of the control plane (every route but the health checks needs one)."""
 
@@ -107,7 +106,7 @@ def _data_dir(value: str | None) -> Path:
     return Path(value) if value else get_settings().data_dir
 
 
-@main.command()
+@click.command()
 @click.option("--data-dir", default=None, help="Data directory [default: MEC_DATA_DIR or "
               "./mec-data].")
 @_port_options
@@ -127,7 +126,7 @@ def up(data_dir, api_port, inference_port, management_port, metrics_port,
     click.echo("stop with: mec down" + (f" --data-dir {data_dir}" if data_dir else ""))
 
 
-@main.command()
+@click.command()
 @click.option("--data-dir", default=None, help="Data directory of the stack to stop.")
 def down(data_dir) -> None:
     """Stop what `mec up` started."""
@@ -137,7 +136,7 @@ def down(data_dir) -> None:
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
-@main.command()
+@click.command()
 @click.option("--dataset", type=click.Choice(["auto", "fashion-mnist", "digits", "synthetic"]),
               default="auto", show_default=True,
               help="auto: fashion-mnist when installed, else digits.")
@@ -189,8 +188,3 @@ DEMO_CONFIGS = {
     "synthetic": {"backbone": "convnet", "proj_dim": 64, "pred_hidden_dim": 32,
                   "batch_size": 64, "epochs": 1, "train_limit": 512},
 }
-
-__all__ = ["main"]
-
-if __name__ == "__main__":
-    main()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import signal
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,8 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from mec_client import APIError, Client, JobStatus
+from mec_client.models import JobPublic
 from mec_platform.stack import Ports, Stack
 from serving.torchserve import Keys
 
@@ -33,22 +34,21 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
-def _wait(client: httpx.Client, job_id: int, bar: Progress | None = None, task=None,
-          timeout: float = 3600) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if bar is not None and job["progress"]["total_steps"]:
-            loss = (job["last_metrics"] or {}).get("loss")
-            bar.update(task, total=job["progress"]["total_steps"],
-                       completed=job["progress"]["step"],
+def _wait(client: Client, job_id: int, bar: Progress | None = None, task=None,
+          timeout: float = 3600) -> JobPublic:
+    def show(job: JobPublic) -> None:
+        if bar is not None and job.progress.total_steps:
+            loss = (job.last_metrics or {}).get("loss")
+            bar.update(task, total=job.progress.total_steps, completed=job.progress.step,
                        info="" if loss is None else f"loss {loss:.4f}")
-        if job["finished_at"]:  # an HTTP client: the API says when a job has ended
-            if job["status"] != "succeeded":
-                raise DemoFailed(f"job {job_id} {job['status']}: {job['error']}")
-            return job
-        time.sleep(0.5)
-    raise DemoFailed(f"job {job_id} did not finish within {timeout}s")
+
+    try:
+        job = client.wait(job_id, timeout=timeout, poll=0.5, on_progress=show)
+    except TimeoutError:
+        raise DemoFailed(f"job {job_id} did not finish within {timeout}s") from None
+    if job.status != JobStatus.SUCCEEDED:
+        raise DemoFailed(f"job {job_id} {job.status}: {job.error}")
+    return job
 
 
 def run(dataset: str, config: dict, data_dir: Path | None, ports: Ports | None,
@@ -68,28 +68,26 @@ def run(dataset: str, config: dict, data_dir: Path | None, ports: Ports | None,
             console.print(f"      {name:<22} {url}")
         key = stack.create_key("demo")
         console.print(f"      API key for this demo: {key[:12]}... (`mec keys create` makes more)")
-        client = httpx.Client(base_url=stack.api_url, timeout=60,
-                              headers={"Authorization": f"Bearer {key}"})
+        client = Client(stack.api_url, key, timeout=60)
 
         console.print(f"[2/6] MEC pretraining on {dataset}")
-        job = client.post("/v1/jobs", json={"kind": "pretrain", "name": f"demo-{dataset}",
-                                            "tags": ["demo"], "config": config})
-        if job.status_code != 201:
-            raise DemoFailed(f"submission refused: {job.text}")
+        try:
+            job = client.submit({"kind": "pretrain", "name": f"demo-{dataset}",
+                                 "tags": ["demo"], "config": config})
+        except APIError as exc:
+            raise DemoFailed(f"submission refused: {exc}") from None
         with Progress(TextColumn("      training"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
                       console=console, transient=False) as bar:
             task = bar.add_task("train", total=None, info="")
-            done = _wait(client, job.json()["id"], bar, task)
-        summary["pretrain"] = {"job_id": done["id"], "steps": done["progress"]["step"],
-                               "images_per_sec": done["result"]["images_per_sec"],
-                               "coding_length": done["result"]["coding_length"]}
+            done = _wait(client, job.id, bar, task)
+        summary["pretrain"] = {"job_id": done.id, "steps": done.progress.step,
+                               "images_per_sec": done.result["images_per_sec"],
+                               "coding_length": done.result["coding_length"]}
 
         console.print("[3/6] kNN evaluation (k=200, T=0.1) next to the same backbone at "
                       "random init and to raw pixels")
-        ev = client.post("/v1/jobs", json={"kind": "evaluate", "config": {
-            "job_id": done["id"], "protocol": "knn"}}).json()
-        knn = _wait(client, ev["id"])["result"]
+        knn = _wait(client, client.evaluate(done.id, "knn").id).result
         baseline = evaluate("knn", dataset, backbone=config["backbone"],
                             data_dir=config.get("data_dir"))
         pixels = evaluate("knn", dataset, pixels=True, data_dir=config.get("data_dir"))
@@ -101,11 +99,9 @@ def run(dataset: str, config: dict, data_dir: Path | None, ports: Ports | None,
                       f"(this short run {verdict} raw pixels)")
 
         console.print("[4/6] deploying to TorchServe (embedding + kNN endpoints)")
-        model = client.get("/v1/models").json()["data"][0]
-        dep = client.post(f"/v1/models/{model['id']}/deploy",
-                          json={"gallery_limit": config.get("train_limit")}).json()
-        _wait(client, dep["id"])
-        deployment = client.get(f"/v1/models/{model['id']}").json()["deployment"]
+        model = client.models().data[0]
+        _wait(client, client.deploy(model.id, gallery_limit=config.get("train_limit")).id)
+        deployment = client.model(model.id).deployment
         summary["endpoints"] = deployment["urls"]
         for task_name, url in deployment["urls"].items():
             console.print(f"      {task_name:<6} {url}")

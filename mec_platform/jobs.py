@@ -6,36 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import timedelta
-from enum import StrEnum
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from mec_client.models import FINISHED, JobKind, JobStatus
 from mec_platform.keys import DEFAULT_PROJECT
 from mec_platform.queue import Queue, enqueue
 from mec_platform.tables import Job, Lease, utcnow
-
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class JobKind(StrEnum):
-    """What a job does; each kind is a worker task named `mec.<kind>`."""
-
-    PRETRAIN = "pretrain"
-    EVALUATE = "evaluate"
-    DEPLOY = "deploy"
-    IMPORT = "import"
-    GALLERY = "gallery"  # a large add of items to a gallery
-    SWEEP = "sweep"  # pretraining trials over a search space (worker.sweeps)
-
-
-FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 def submit(session: Session, kind: JobKind, config: dict, queue: Queue, name: str = "",

@@ -7,20 +7,12 @@ cheap (no torch).
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import kombu
 from celery import Celery
 
+from mec_client.models import Queue
 from mec_platform.db import make_sqlite_folder
 from mec_platform.settings import get_settings
-
-
-class Queue(StrEnum):
-    """Worker queues: GPU jobs (pretraining) and CPU jobs (evaluation, import, deploy)."""
-
-    GPU = "gpu"
-    CPU = "cpu"
 
 
 def make_app() -> Celery:

@@ -1,4 +1,5 @@
-"""`mec package` and `mec embed`: serving commands of the `mec` console script."""
+"""`mec package` and `mec embed`: the serving commands of `mec` (declared as "mec.commands"
+entry points in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from mec_core.cli import main
 from mec_core.config import DATASETS
 
 
-@main.command()
+@click.command()
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
               help="Training checkpoint to package.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -59,7 +59,7 @@ def _image_files(paths: tuple[str, ...]) -> list[Path]:
     return files
 
 
-@main.command()
+@click.command()
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE_OR_DIR...")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
               help="Training checkpoint whose encoder embeds.")

@@ -1,5 +1,6 @@
 """The layers of docs/architecture.md, read from the source: imports run one way,
-mec_core <- serving <- mec_platform <- api, worker, and no module-level import cycle."""
+mec_client (alone) and mec_core <- serving <- mec_platform <- api, worker, and no
+module-level import cycle; the client stays small."""
 
 from __future__ import annotations
 
@@ -9,19 +10,21 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mec_core", "serving", "mec_platform", "api", "worker")
+# each package and the folder it lives in (mec_client is a distribution of its own)
+PACKAGES = {"mec_client": ROOT / "client", "mec_core": ROOT, "serving": ROOT,
+            "mec_platform": ROOT, "api": ROOT, "worker": ROOT}
 # what each package may import, besides itself and third-party code
-ALLOWED = {"mec_core": set(), "serving": {"mec_core"},
-           "mec_platform": {"mec_core", "serving"},
-           "api": {"mec_core", "serving", "mec_platform"},
-           "worker": {"mec_core", "serving", "mec_platform"}}
+ALLOWED = {"mec_client": set(), "mec_core": set(), "serving": {"mec_core"},
+           "mec_platform": {"mec_client", "mec_core", "serving"},
+           "api": {"mec_client", "mec_core", "serving", "mec_platform"},
+           "worker": {"mec_client", "mec_core", "serving", "mec_platform"}}
 
 
 def _modules() -> dict[str, Path]:
     found = {}
-    for package in PACKAGES:
-        for path in (ROOT / package).rglob("*.py"):
-            parts = path.relative_to(ROOT).with_suffix("").parts
+    for package, folder in PACKAGES.items():
+        for path in (folder / package).rglob("*.py"):
+            parts = path.relative_to(folder).with_suffix("").parts
             found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 
@@ -114,7 +117,7 @@ def test_the_walk_sees_imports_inside_functions_and_relative_ones(tmp_path):
 
 
 def test_mec_db_upgrade_does_not_import_torch(tmp_path):
-    code = ("import sys\nfrom mec_platform.cli import main\n"
+    code = ("import sys\nfrom mec_client.cli import main\n"
             "try:\n    main(['db', 'upgrade'])\nexcept SystemExit as e:\n    assert not e.code\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -124,13 +127,35 @@ def test_mec_db_upgrade_does_not_import_torch(tmp_path):
     assert (tmp_path / "mec.db").is_file()
 
 
-def test_the_python_client_and_its_commands_do_not_import_torch():
-    """Downstream code imports api.client (and runs `mec jobs list`) without torch."""
-    code = ("import sys\nimport api.client, api.cli\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+def _import_cost(statement: str, cwd: Path) -> tuple[float, float]:
+    """(modules added, seconds) of running `statement` in a fresh interpreter: the median
+    of 3 runs. The interpreter's own start is not counted; torch must stay out."""
+    code = (f"import sys, time\nbare = len(sys.modules)\nt = time.perf_counter()\n"
+            f"{statement}\nseconds = time.perf_counter() - t\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "print(len(sys.modules) - bare, seconds)\n")
+    runs = []
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=cwd, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs.append([float(x) for x in done.stdout.split()])
+    return sorted(r[0] for r in runs)[1], sorted(r[1] for r in runs)[1]
+
+
+def test_importing_the_client_is_small_fast_and_writes_nothing(tmp_path):
+    """What an app that only wants embed() and search() pays for `from mec_client import
+    Client`: under 0.3 s, no file created, no torch, and under 30 modules beyond pydantic's
+    own cost for one model class (149 modules on Python 3.11 with pydantic 2.14: its plugin
+    loader imports importlib.metadata; the server's import was 831). Its commands (click,
+    rich) load no torch either."""
+    floor, _ = _import_cost("from pydantic import BaseModel\nclass M(BaseModel):\n    x: int",
+                            tmp_path)
+    modules, seconds = _import_cost("from mec_client import Client", tmp_path)
+    assert modules - floor < 30, f"mec_client: {modules:.0f} modules, pydantic alone {floor:.0f}"
+    assert seconds < 0.3
+    _import_cost("import mec_client.cli", tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_test_modules_have_unique_basenames():

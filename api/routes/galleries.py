@@ -26,20 +26,22 @@ from api import galleries as cache
 from api.deps import EmbedKey, SessionDep
 from api.rate_limit import limiter
 from api.schemas import (
-    GalleriesPublic,
-    GalleryAdded,
     GalleryCreate,
     GalleryDelete,
     GalleryDeleted,
     GalleryItemIn,
-    GalleryItemPublic,
     GalleryItemsIn,
-    GalleryPublic,
     GallerySearch,
-    GallerySearchPublic,
-    JobPublic,
     errors,
     public,
+)
+from mec_client.models import (
+    GalleriesPublic,
+    GalleryAdded,
+    GalleryItemPublic,
+    GalleryPublic,
+    GallerySearchPublic,
+    JobPublic,
 )
 from mec_platform import galleries, jobs, keys
 from mec_platform.db import session_scope

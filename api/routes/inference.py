@@ -15,7 +15,8 @@ from PIL import Image
 
 from api.deps import EmbedKey, ServedModelDep
 from api.inference import Answer, torchserve
-from api.schemas import EmbeddingsPublic, SearchPublic, errors
+from api.schemas import errors
+from mec_client.models import EmbeddingsPublic, SearchPublic
 from mec_platform.tables import Model
 
 router = APIRouter(prefix="/v1/models", tags=["inference"],

@@ -18,17 +18,19 @@ from api.routes.models import deploy_job
 from api.schemas import (
     EvaluateJobCreate,
     JobCreate,
+    PretrainJobCreate,
+    SweepJobCreate,
+    errors,
+    public,
+)
+from mec_client.models import (
     JobPublic,
     JobsPublic,
     JobValidated,
     LogLinePublic,
     LogsPublic,
     MetricsPublic,
-    PretrainJobCreate,
     Series,
-    SweepJobCreate,
-    errors,
-    public,
 )
 from mec_core.datafiles import DEFAULT_DIRS, missing
 from mec_platform import joblogs, jobs, keys, paths, workers

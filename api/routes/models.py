@@ -10,7 +10,8 @@ from fastapi import APIRouter, Body, Depends, Form, HTTPException, Query, Upload
 from sqlalchemy import func, select
 
 from api.deps import DeployKey, ModelDep, ReadKey, SessionDep, WriteKey, submission_quota
-from api.schemas import PRINTABLE, JobPublic, ModelPublic, ModelsPublic, errors, public
+from api.schemas import PRINTABLE, errors, public
+from mec_client.models import JobPublic, ModelPublic, ModelsPublic
 from mec_platform import jobs, keys, paths
 from mec_platform.jobs import JobKind
 from mec_platform.queue import Queue

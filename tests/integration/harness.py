@@ -57,7 +57,7 @@ class Platform:
 
     def new_key(self, name: str, *options: str) -> str:
         """`mec keys create` with `options` (--scope, --project), as an operator runs it."""
-        done = subprocess.run([sys.executable, "-m", "mec_platform.cli", "keys", "create",
+        done = subprocess.run([sys.executable, "-m", "mec_client", "keys", "create",
                                "--name", name, *options],
                               env=self.env, check=True, capture_output=True, text=True)
         return done.stdout.strip()
@@ -168,7 +168,7 @@ def base_env(root: Path) -> dict[str, str]:
 
 def open_platform(root: Path, env: dict[str, str], backend: str) -> Platform:
     """Migrate the database and create an API key; no process is started yet."""
-    subprocess.run([sys.executable, "-m", "mec_platform.cli", "db", "upgrade"], env=env, check=True,
+    subprocess.run([sys.executable, "-m", "mec_client", "db", "upgrade"], env=env, check=True,
                    capture_output=True)
     plat = Platform(root, env)
     plat.key = plat.new_key("tests")

@@ -30,7 +30,7 @@ def test_a_revoked_key_gets_403(platform):
     client = httpx.Client(base_url=platform.url, timeout=30,
                           headers={"Authorization": f"Bearer {key}"})
     assert client.get("/v1/jobs").status_code == 200
-    subprocess.run([sys.executable, "-m", "mec_platform.cli", "keys", "revoke", key[:12]],
+    subprocess.run([sys.executable, "-m", "mec_client", "keys", "revoke", key[:12]],
                    env=platform.env, check=True, capture_output=True)
     revoked = time.monotonic()
     while (r := client.get("/v1/jobs")).status_code == 200:
@@ -62,11 +62,11 @@ def test_scoped_keys_and_projects_from_the_command_line(platform):
     audit = admin.get("/v1/audit", params={"project": "team-a"}).json()["data"]
     assert {(e["action"], e["status"]) for e in audit} >= {
         ("POST /v1/jobs", 201), ("POST /v1/jobs/{job_id}/cancel", 403)}
-    bad = subprocess.run([sys.executable, "-m", "mec_platform.cli", "keys", "create", "--name",
+    bad = subprocess.run([sys.executable, "-m", "mec_client", "keys", "create", "--name",
                           "x", "--project", "Team A"], env=platform.env, capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "--project" in bad.stderr and "project name" in bad.stderr
-    listed = subprocess.run([sys.executable, "-m", "mec_platform.cli", "keys", "list"],
+    listed = subprocess.run([sys.executable, "-m", "mec_client", "keys", "list"],
                             env=platform.env, capture_output=True, text=True, check=True)
     assert any("team-b" in line and "jobs:read" in line and "b-reader" in line
                for line in listed.stdout.splitlines())

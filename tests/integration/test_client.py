@@ -1,4 +1,4 @@
-"""api.client and the `mec jobs|models|login` commands against the real API and Celery
+"""mec_client and the `mec jobs|models|login` commands against the real API and Celery
 worker (embedded backend; the routes under them are tested on PostgreSQL + Redis too)."""
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import sys
 import threading
 import time
 
-import httpx
 import pytest
 from tcp_proxy import TcpProxy
 
-from api.client import APIError, Client
-from api.schemas import JobPublic
+from mec_client import APIError, Client, TransportError
+from mec_client.models import JobPublic
 
 pytestmark = pytest.mark.parametrize("shared_platform", ["embedded"], indirect=True)
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
@@ -37,7 +36,7 @@ def mec(platform, *args: str, key: str | None = None, config: str | None = None,
     if config:
         env = {k: v for k, v in env.items() if k not in ("MEC_API_URL", "MEC_API_KEY")}
         env["MEC_CLIENT_CONFIG"] = config
-    done = subprocess.run([sys.executable, "-m", "api.cli", *args], env=env,
+    done = subprocess.run([sys.executable, "-m", "mec_client", *args], env=env,
                           capture_output=True, text=True, timeout=300)
     if check:
         assert done.returncode == 0, done.stderr + done.stdout
@@ -124,7 +123,7 @@ def test_client__retries_reads_not_writes_over_a_broken_connection(platform):
                         backoff=0.2)
         job = client.submit(pretrain(400))
         proxy.cut()
-        with pytest.raises(httpx.TransportError):
+        with pytest.raises(TransportError):
             client.cancel(job.id)  # not repeatable: it may have been done; not retried
         threading.Timer(0.5, proxy.restore).start()
         assert client.job(job.id).id == job.id  # a read: retried until the link is back
@@ -206,7 +205,7 @@ def test_cli__bad_field_cancel_and_login(platform, tmp_path):
     listed = json.loads(mec(platform, "jobs", "list", "--limit", "1", "--json",
                             config=str(config)).stdout)
     assert listed["count"] >= 1
-    unreachable = subprocess.run([sys.executable, "-m", "api.cli", "jobs", "list"],
+    unreachable = subprocess.run([sys.executable, "-m", "mec_client", "jobs", "list"],
                                  env=platform.env | {"MEC_API_URL": "http://127.0.0.1:9",
                                                      "MEC_API_KEY": "k"},
                                  capture_output=True, text=True, timeout=120)
@@ -234,7 +233,7 @@ def test_cli__login_finds_the_api_that_mec_up_left_running(platform, tmp_path):
     (run / "api.pid").write_text(str(platform.api.pid))
     (run / "ports.json").write_text(json.dumps({"api": int(platform.url.rsplit(":", 1)[1])}))
     env = {k: v for k, v in platform.env.items() if k not in ("MEC_API_URL", "MEC_API_KEY")}
-    done = subprocess.run([sys.executable, "-m", "api.cli", "login", "--key", platform.key],
+    done = subprocess.run([sys.executable, "-m", "mec_client", "login", "--key", platform.key],
                           env=env | {"MEC_DATA_DIR": str(tmp_path / "stack"),
                                      "MEC_CLIENT_CONFIG": str(tmp_path / "client.json")},
                           capture_output=True, text=True, timeout=120)

@@ -19,7 +19,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from api.client import Client
+from mec_client import Client
 
 pytestmark = [pytest.mark.parametrize("shared_platform", ["embedded"], indirect=True),
               pytest.mark.skipif(shutil.which("chromedriver") is None,

@@ -15,7 +15,7 @@ import numpy as np
 from harness import png
 from PIL import Image
 
-from api.client import APIError, Client
+from mec_client import APIError, Client
 from serving.torchserve import Keys
 
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
@@ -111,13 +111,13 @@ def test_embed_and_search__one_key_one_url(platform, tmp_path):
     path.write_bytes(images[0])
     env = platform.env | {"MEC_API_URL": platform.url, "MEC_API_KEY": app_key,
                           "COLUMNS": "160"}
-    cli = subprocess.run([sys.executable, "-m", "api.cli", "search", str(path), "--model",
+    cli = subprocess.run([sys.executable, "-m", "mec_client", "search", str(path), "--model",
                           str(model.id), "-k", "4", "--json"], env=env, capture_output=True,
                          text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     assert [n["id"] for n in json.loads(cli.stdout)["neighbours"][0]] == \
         [n["id"] for n in direct_knn[:4]]
-    table = subprocess.run([sys.executable, "-m", "api.cli", "search", str(path), "--model",
+    table = subprocess.run([sys.executable, "-m", "mec_client", "search", str(path), "--model",
                             str(model.id)], env=env, capture_output=True, text=True,
                            timeout=120).stdout
     assert "majority label" in table and str(direct_knn[0]["id"]) in table

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from harness import png
 
-from api.client import APIError, Client
+from mec_client import APIError, Client
 from serving.torchserve import Keys
 
 NDJSON = "application/x-ndjson"
@@ -216,7 +216,7 @@ def test_an_import_survives_kill_9_of_the_worker_and_the_api(platform, served, t
                           "COLUMNS": "160"}
 
     def mec(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "api.cli", "gallery", *args], env=env,
+        done = subprocess.run([sys.executable, "-m", "mec_client", "gallery", *args], env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         return done.stdout

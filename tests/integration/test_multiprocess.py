@@ -173,7 +173,7 @@ def test_a_job_needing_more_processes_than_any_worker_stays_queued_saying_why(pl
     waiting = platform.get(f"/v1/jobs/{job['id']}")
     assert waiting["status"] == "queued" and why in waiting["waiting"]
     assert why in platform.get("/v1/jobs", params={"status": "queued"})["data"][0]["waiting"]
-    shown = subprocess.run([sys.executable, "-m", "api.cli", "jobs", "show", str(job["id"])],
+    shown = subprocess.run([sys.executable, "-m", "mec_client", "jobs", "show", str(job["id"])],
                            env=platform.env | {"MEC_API_URL": platform.url, "COLUMNS": "300",
                                                "MEC_API_KEY": platform.key},
                            capture_output=True, text=True, timeout=120, check=True).stdout

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from harness import full_platform, png
 
-from api.client import Client
+from mec_client import Client
 from serving.torchserve import Keys, unused_port
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,

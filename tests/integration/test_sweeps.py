@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from api.client import Client
+from mec_client import Client
 
 BASE = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
         "proj_hidden_dim": 64, "pred_hidden_dim": 16, "train_limit": 256, "epochs": 1,

@@ -98,3 +98,14 @@ def test_compose__monitoring_profile_scrapes_api_workers_and_torchserve():
         {source["datasources"][0]["uid"]}
     provider = yaml.safe_load((provisioning / "dashboards/mec.yml").read_text())
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_every_image_copies_every_package_it_installs():
+    """`pip install ./client .` in an image needs the client and all five packages copied
+    in (pyproject's package list); a missing COPY builds an image that fails at import."""
+    root = Path(__file__).resolve().parents[2]
+    for dockerfile in (root / "docker").glob("*.Dockerfile"):
+        copied = {line.split()[1] for line in dockerfile.read_text().splitlines()
+                  if line.startswith("COPY ")}
+        assert {"client", "mec_core", "mec_platform", "api", "worker", "serving"} <= copied, \
+            dockerfile.name

@@ -21,7 +21,7 @@ def processes_mentioning(text: str) -> list[str]:
 
 def test_demo__whole_loop_and_clean_exit(tmp_path):
     workdir = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "mec_platform.cli", "demo", "--dataset",
+    done = subprocess.run([sys.executable, "-m", "mec_client", "demo", "--dataset",
                            "synthetic",
                            "--max-steps", "8", "--data-dir", str(workdir), "--json"],
                           capture_output=True, text=True, timeout=900)

@@ -48,7 +48,7 @@ class LocalStack:
         self.ports = unused_ports(4)
 
     def mec(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "mec_platform.cli", *args], env=self.env,
+        done = subprocess.run([sys.executable, "-m", "mec_client", *args], env=self.env,
                               capture_output=True, text=True, timeout=300)
         assert not check or done.returncode == 0, done.stdout + done.stderr + self.logs()
         return done

@@ -153,7 +153,7 @@ def test_mec_embed__offline_equals_served(served, images, trained, tmp_path):
         (tmp_path / f"{i}.png").write_bytes(png_of(image))
     (tmp_path / "notes.txt").write_text("ignored")
     out = tmp_path / "emb.npy"
-    subprocess.run([sys.executable, "-m", "mec_platform.cli", "embed", "--checkpoint",
+    subprocess.run([sys.executable, "-m", "mec_client", "embed", "--checkpoint",
                     str(checkpoint),
                     str(tmp_path), "--out", str(out), "--batch-size", "2"], check=True,
                    capture_output=True)

@@ -1,13 +1,13 @@
-"""Python client of the platform's REST API, for downstream code and the `mec jobs` commands.
+"""Python client of the platform's REST API, for downstream code and the `mec` commands.
 
-    from api.client import Client
+    from mec_client import Client
     client = Client()                      # MEC_API_URL / MEC_API_KEY, or `mec login`'s file
     job = client.submit({"kind": "pretrain", "config": {"dataset": "fashion-mnist"}})
     job = client.wait(job.id, on_progress=lambda j: print(j.progress.percent))
     frame = client.metrics(job.id, frame=True)  # a pandas DataFrame, when pandas is installed
 
-Answers are the API's own pydantic models (api.schemas); an error answer raises APIError
-with the API's `detail`. Imports neither torch nor the server.
+Answers are the API's own pydantic models (mec_client.models); an error answer raises
+APIError with the API's `detail`; no answer at all raises TransportError.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
-
-from api.schemas import (
+from mec_client.login import DEFAULT_URL, saved_login
+from mec_client.models import (
+    FINISHED,
     EmbeddingsPublic,
     GalleriesPublic,
     GalleryAdded,
@@ -39,27 +38,7 @@ from api.schemas import (
     ModelsPublic,
     SearchPublic,
 )
-from mec_platform.jobs import JobStatus
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-def config_path() -> Path:
-    """Where `mec login` keeps the URL and key (MEC_CLIENT_CONFIG overrides)."""
-    default = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "mec" / \
-        "client.json"
-    return Path(os.environ.get("MEC_CLIENT_CONFIG", default))
-
-
-def save_login(url: str, key: str) -> Path:
-    """Write the URL and key for later commands, readable by the user only."""
-    path = config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"url": url, "key": key}, f)
-    return path
+from mec_client.transport import HTTPTransport, Response, TransportError
 
 
 class APIError(Exception):
@@ -73,22 +52,24 @@ class APIError(Exception):
 class Client:
     """The platform's REST API. url and key: arguments, else MEC_API_URL and MEC_API_KEY,
     else the file `mec login` wrote. `retries`: attempts after a 429 (waiting its
-    Retry-After) and after a connection error on a call that is safe to repeat."""
+    Retry-After) and after a connection error on a call that is safe to repeat.
+    `transport`: what sends the requests (tests pass a fake one)."""
 
     def __init__(self, url: str | None = None, key: str | None = None, timeout: float = 30,
-                 retries: int = 3, backoff: float = 0.5) -> None:
-        saved = json.loads(config_path().read_text()) if config_path().exists() else {}
+                 retries: int = 3, backoff: float = 0.5, transport=None) -> None:
+        saved = saved_login()
         url = url or os.environ.get("MEC_API_URL") or saved.get("url") or DEFAULT_URL
         key = key or os.environ.get("MEC_API_KEY") or saved.get("key")
         if not key:
             raise APIError(401, "no API key: pass key=, set MEC_API_KEY or run `mec login`")
         self.url, self.retries, self.backoff = url.rstrip("/"), retries, backoff
-        self.http = httpx.Client(base_url=self.url, timeout=timeout,
-                                 headers={"Authorization": f"Bearer {key}"})
+        self.transport = transport or HTTPTransport(
+            self.url, timeout, headers={"Authorization": f"Bearer {key}",
+                                        "User-Agent": "mec-client/0.1"})
         self.galleries = Galleries(self)
 
     def close(self) -> None:
-        self.http.close()
+        self.transport.close()
 
     def __enter__(self) -> Client:
         return self
@@ -162,18 +143,18 @@ class Client:
         failures = 0
         while True:  # a stream cut short is taken up again after the last line seen
             try:
-                with self.http.stream("GET", f"/v1/jobs/{job_id}/logs", timeout=None,
-                                      params=params | {"follow": "true"}) as response:
-                    if response.status_code >= 400:
-                        response.read()
-                        raise APIError(response.status_code, _detail(response))
-                    for event, data in _events(response.iter_lines()):
+                with self.transport.stream("GET", f"/v1/jobs/{job_id}/logs",
+                                           params=params | {"follow": "true"}) as (response,
+                                                                                   lines):
+                    if response.status >= 400:
+                        raise APIError(response.status, _detail(response))
+                    for event, data in _events(lines):
                         if event == "end":
                             return
                         line = LogLinePublic.model_validate_json(data)
                         params["since"], failures = line.id, 0
                         yield line
-            except httpx.TransportError:
+            except TransportError:
                 failures += 1
                 if failures > self.retries:
                     raise
@@ -222,27 +203,33 @@ class Client:
             repeatable=True))
 
     # --- transport ---------------------------------------------------------------------
-    def _call(self, method: str, path: str, repeatable: bool | None = None, **kw) -> Any:
+    def _call(self, method: str, path: str, repeatable: bool | None = None,
+              params: dict | None = None, json: Any = None, content: bytes | None = None,
+              headers: dict[str, str] | None = None) -> Any:
         """One API call with retries: after a 429 (any call: it was refused, not done) and
         after a connection error, when the call is safe to repeat (GETs, and calls marked
         `repeatable`) or when the connection never opened."""
         repeatable = method == "GET" if repeatable is None else repeatable
+        if json is not None:
+            content, headers = _json_bytes(json), {"Content-Type": "application/json",
+                                                   **(headers or {})}
+        params = {k: v for k, v in (params or {}).items() if v is not None}
         attempt = 0
         while True:
             try:
-                response = self.http.request(method, path, **kw)
-            except httpx.TransportError as exc:
-                unsent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
-                if attempt >= self.retries or not (unsent or repeatable):
+                response = self.transport.request(method, path, params=params,
+                                                  headers=headers, body=content)
+            except TransportError as exc:
+                if attempt >= self.retries or not (exc.unsent or repeatable):
                     raise
                 time.sleep(self.backoff * 2 ** attempt)
             else:
-                if response.status_code != 429 or attempt >= self.retries:
+                if response.status != 429 or attempt >= self.retries:
                     break
-                time.sleep(float(response.headers.get("Retry-After", 1)))
+                time.sleep(float(response.headers.get("retry-after", 1)))
             attempt += 1
-        if response.status_code >= 400:
-            raise APIError(response.status_code, _detail(response))
+        if response.status >= 400:
+            raise APIError(response.status, _detail(response))
         return response.json() if response.content else None
 
 
@@ -354,8 +341,12 @@ def _images(images: list[bytes]) -> dict:
     return {"images": [base64.b64encode(image).decode() for image in images]}
 
 
-def _detail(response: httpx.Response) -> str:
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _detail(response: Response) -> str:
     try:
         return str(response.json()["detail"])
     except (ValueError, KeyError, TypeError):
-        return response.text or response.reason_phrase
+        return response.text or response.reason

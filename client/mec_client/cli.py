@@ -1,6 +1,7 @@
-"""`mec login`, `mec jobs …`, `mec models …`, `mec search` and `mec gallery …`: the
-platform from a terminal, through api.client. The `mec` console script is mec_core's and
-mec_platform's commands plus these."""
+"""The `mec` command: the client commands (`mec login`, `mec jobs …`, `mec models …`,
+`mec search`, `mec gallery …`) through mec_client.Client, and the commands other installed
+distributions declare as "mec.commands" entry points (the platform's train, up, keys, ...),
+each imported only when it is run."""
 
 from __future__ import annotations
 
@@ -8,30 +9,50 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 import yaml
 from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from api.client import DEFAULT_URL, FINISHED, APIError, Client, save_login
-from api.schemas import JobPublic
-from mec_core.cli import config_options, given_options
-from mec_platform.cli import main
-from mec_platform.jobs import JobKind, JobStatus
-from mec_platform.queue import Queue
-from mec_platform.settings import get_settings
-from mec_platform.stack import running_api_url
+from mec_client.client import APIError, Client
+from mec_client.login import DEFAULT_URL, save_login, stack_url
+from mec_client.models import FINISHED, JobKind, JobPublic, JobStatus, Queue
+from mec_client.transport import TransportError
 
 console = Console()
 as_json = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
 COLOURS = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red",
            "cancelled": "magenta"}
+
+
+class _Commands(click.Group):
+    """The client's own commands, then those that installed distributions declare as
+    "mec.commands" entry points (each imported only when it is run, or listed by --help)."""
+
+    @staticmethod
+    def _declared() -> dict:
+        return {point.name: point for point in entry_points(group="mec.commands")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._declared()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and (point := self._declared().get(name)) is not None:
+            command = point.load()
+        return command
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Self-supervised pretraining with Maximum Entropy Coding (MEC, NeurIPS 2022): the
+    platform's client, and with the platform installed, its own commands."""
 
 
 def _client() -> Client:
@@ -47,7 +68,7 @@ def _api(call, *args, **kw):
         return call(*args, **kw)
     except APIError as exc:
         raise click.ClickException(f"the API answered {exc.status}: {exc.detail}") from None
-    except httpx.TransportError as exc:
+    except TransportError as exc:
         raise click.ClickException(f"cannot reach the API ({exc}); is MEC_API_URL right?") \
             from None
 
@@ -70,8 +91,7 @@ def _status(status: str) -> str:
 @click.option("--key", prompt=True, hide_input=True, help="An API key (`mec keys create`).")
 def login(url: str | None, key: str) -> None:
     """Check a key against the API and keep it (with the URL) for later commands."""
-    url = url or os.environ.get("MEC_API_URL") or \
-        running_api_url(get_settings().data_dir) or DEFAULT_URL
+    url = url or os.environ.get("MEC_API_URL") or stack_url() or DEFAULT_URL
     _api(Client(url, key, retries=0).jobs, limit=1)
     path = save_login(url, key)
     click.echo(f"logged in to {url}; key kept in {path} (readable by you only)")
@@ -95,7 +115,7 @@ def _spec(spec_file: str | None, kind: str | None, name: str | None, tags: tuple
         if not isinstance(spec, dict):
             raise click.BadParameter("the spec must be a mapping", param_hint="-f")
     spec["kind"] = kind or spec.get("kind", JobKind.PRETRAIN.value)
-    spec["config"] = {**spec.get("config", {}), **given_options(values)}
+    spec["config"] = {**spec.get("config", {}), **values}
     for field, value in (("name", name), ("tags", list(tags) or None), ("priority", priority),
                          ("queue", queue)):
         if value is not None:
@@ -103,7 +123,45 @@ def _spec(spec_file: str | None, kind: str | None, name: str | None, tags: tuple
     return spec
 
 
-@jobs.command("submit")
+def _config_flags(args: list[str]) -> dict[str, Any]:
+    """Config fields from `--batch-size 64 --order none --no-hflip --channels-last`: a flag
+    with a value sets it (read as JSON where it is a number, true or false; `none` is null;
+    else a string), a flag alone is true and `--no-NAME` false. The API checks the names
+    and the values (a 422 names the field), so new fields need no new client."""
+    config: dict[str, Any] = {}
+    args = list(args)
+    while args:
+        flag = args.pop(0)
+        if not flag.startswith("--") or flag == "--":
+            raise click.UsageError(f"unexpected {flag!r}: config fields are given as "
+                                   "--field-name VALUE")
+        name, given, text = flag[2:].partition("=")
+        if not given and args and not args[0].startswith("--"):
+            text, given = args.pop(0), "="
+        field = name.replace("-", "_")
+        if given:
+            config[field] = _value(text)
+        elif field.startswith("no_"):
+            config[field[3:]] = False
+        else:
+            config[field] = True
+    return config
+
+
+def _value(text: str) -> Any:
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return json.loads(text.lower() if text.lower() in ("true", "false") else text)
+    except ValueError:
+        return text
+
+
+@jobs.command("submit", context_settings={"ignore_unknown_options": True,
+                                          "allow_extra_args": True},
+              epilog="Config fields: any field of a pretraining config (`mec train --help` "
+              "with the platform installed, or the API's /docs) as --field-name VALUE, "
+              "e.g. --dataset fashion-mnist --backbone convnet --epochs 2 --no-hflip.")
 @click.option("-f", "--file", "spec_file", help="A job spec in YAML or JSON (the body of POST "
               "/v1/jobs; '-' reads stdin); flags override its fields.")
 @click.option("--kind", type=click.Choice([JobKind.PRETRAIN.value, JobKind.EVALUATE.value]),
@@ -113,12 +171,13 @@ def _spec(spec_file: str | None, kind: str | None, name: str | None, tags: tuple
 @click.option("--priority", type=click.IntRange(0, 9), help="9 = most urgent.")
 @click.option("--queue", type=click.Choice([q.value for q in Queue]))
 @click.option("--watch", is_flag=True, help="Follow the job until it finishes.")
-@config_options
 @as_json
-def jobs_submit(spec_file, kind, name, tags, priority, queue, watch, as_json, **values) -> None:
-    """Submit a job: flags with the fields of `mec train`, or a spec file (-f spec.yaml)."""
+@click.pass_context
+def jobs_submit(ctx, spec_file, kind, name, tags, priority, queue, watch, as_json) -> None:
+    """Submit a job: config fields as flags (--epochs 2), or a spec file (-f spec.yaml)."""
+    spec = _spec(spec_file, kind, name, tags, priority, queue, _config_flags(ctx.args))
     client = _client()
-    job = _api(client.submit, _spec(spec_file, kind, name, tags, priority, queue, values))
+    job = _api(client.submit, spec)
     if as_json and not watch:
         return _echo_json(job)
     if not as_json:

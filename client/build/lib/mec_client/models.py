@@ -1,0 +1,239 @@
+"""What the API answers: the enums and response bodies of the REST API, in one place. The
+server builds its answers with these same classes (api.schemas imports them), so the client
+and the API cannot drift apart."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class JobKind(StrEnum):
+    """What a job does; each kind is a worker task named `mec.<kind>`."""
+
+    PRETRAIN = "pretrain"
+    EVALUATE = "evaluate"
+    DEPLOY = "deploy"
+    IMPORT = "import"
+    GALLERY = "gallery"  # a large add of items to a gallery
+    SWEEP = "sweep"  # pretraining trials over a search space (worker.sweeps)
+
+
+class Queue(StrEnum):
+    """Worker queues: GPU jobs (pretraining) and CPU jobs (evaluation, import, deploy)."""
+
+    GPU = "gpu"
+    CPU = "cpu"
+
+
+class Progress(BaseModel):
+    step: int
+    total_steps: int | None
+    epoch: int
+    steps_per_epoch: int | None
+    percent: float
+
+
+class JobPublic(BaseModel):
+    id: int
+    kind: JobKind
+    name: str
+    tags: list[str]
+    priority: int
+    queue: Queue
+    status: JobStatus
+    config: dict[str, Any]
+    parent_id: int | None = Field(description="For a sweep's trial: the sweep.")
+    progress: Progress
+    eta_seconds: float | None = Field(description="Estimated time to finish, from the rate "
+                                      "of progress so far.")
+    last_metrics: dict[str, float] | None
+    result: dict[str, Any] | None
+    error: str | None
+    waiting: str | None = Field(description="Why a queued job has not started, where the "
+                                "platform can tell: no live worker takes its queue, it "
+                                "needs more processes than any live worker can run, or a GPU "
+                                "that no live worker on its queue has.")
+    cancel_requested: bool
+    attempts: int
+    resumes: int = Field(description="Times the job was resumed from a checkpoint.")
+    checkpoint: str | None
+    worker_host: str | None
+    device: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobValidated(BaseModel):
+    kind: JobKind
+    queue: Queue
+    config: dict[str, Any] = Field(description="The config the job would run with: every "
+                                   "field, the recipe's defaults filled in.")
+    waiting: str | None = Field(description="Why the job would wait now (as a queued job's "
+                                "`waiting`), or null when a live worker can run it.")
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int = Field(description="Jobs matching the filters, over all pages.")
+
+
+class Series(BaseModel):
+    steps: list[int]
+    values: list[float]
+
+
+class MetricsPublic(BaseModel):
+    job_id: int
+    stride: int = Field(description="Every stride-th step is returned (downsampling).")
+    last_step: int = Field(description="Highest step returned; pass it as since_step to poll.")
+    series: dict[str, Series]
+
+
+class LogLinePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int = Field(description="The line's place in the job's log; a cursor for `since`.")
+    attempt: int = Field(description="The job's run (1, 2, ... as it was resumed) the line "
+                         "comes from.")
+    time: datetime
+    source: str = Field(description="Who wrote it: 'worker' (the worker and the trainer of "
+                        "a one-process job), 'rank N' (a process of a multi-process job) or "
+                        "'torchrun'.")
+    line: str
+
+
+class LogsPublic(BaseModel):
+    job_id: int
+    lines: list[LogLinePublic]
+    next: int = Field(description="The id of the last line returned (else `since`): pass "
+                      "it as `since` for the lines after these.")
+
+
+class EvaluationPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    job_id: int
+    protocol: str
+    dataset: str
+    top1: float
+    top5: float
+    created_at: datetime
+
+
+class ModelPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    job_id: int
+    name: str
+    backbone: str
+    dataset: str
+    artifacts: dict[str, Any]
+    deployment: dict[str, Any] | None = Field(description="TorchServe deployment: status, "
+                                              "`number` (1, 2, ... as it is redeployed: the "
+                                              "version answers and galleries name) and "
+                                              "inference URLs.")
+    created_at: datetime
+    evaluations: list[EvaluationPublic]
+
+    @field_validator("deployment")
+    @classmethod
+    def _one_version(cls, deployment: dict[str, Any] | None) -> dict[str, Any] | None:
+        """TorchServe's own version string ('1.0') stays inside: the number is the one."""
+        return None if deployment is None else \
+            {k: v for k, v in deployment.items() if k != "version"}
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
+
+
+class EmbeddingsPublic(BaseModel):
+    model_version: int | None = Field(description="The model's deployment that answered "
+                                      "(its number: 1, 2, ... as it was redeployed).")
+    batch_size: int = Field(description="Images in the server's batch this request joined.")
+    dim: int
+    embeddings: list[list[float]] = Field(description="One l2-normalised vector per image, "
+                                          "in the request's order.")
+
+
+class Neighbour(BaseModel):
+    id: str = Field(description="The gallery item: its split and index, e.g. 'train/1929'.")
+    label: str | int | None
+    score: float = Field(description="Cosine similarity to the query.")
+
+
+class SearchPublic(BaseModel):
+    model_version: int | None = Field(description="The model's deployment that answered.")
+    batch_size: int
+    k: int
+    neighbours: list[list[Neighbour]] = Field(description="Per image, best first.")
+    vote: list[str | int | None] | None = Field(None, description="Per image, the majority "
+                                                "label of its neighbours (with vote=true).")
+
+
+class GalleryPublic(BaseModel):
+    name: str
+    model_id: int
+    model_version: int | None = Field(description="The deployment number whose embedding "
+                                      "space the vectors are in.")
+    dim: int
+    items: int
+    created_at: datetime
+
+
+class GalleriesPublic(BaseModel):
+    data: list[GalleryPublic]
+
+
+class GalleryAdded(BaseModel):
+    added: int = Field(description="Items written (new or replaced).")
+    seq: int = Field(description="The gallery's write number that holds them.")
+
+
+class GalleryItemPublic(BaseModel):
+    id: str
+    metadata: dict[str, Any] | None
+    vector: list[float]
+
+
+class GalleryHit(BaseModel):
+    id: str
+    score: float = Field(description="Cosine similarity to the query.")
+    metadata: dict[str, Any] | None
+
+
+class GallerySearchPublic(BaseModel):
+    results: list[GalleryHit]
+    model_version: int | None
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Dotted path of the offending field, e.g. config.batch_size.")
+    message: str
+    type: str
+
+
+class ErrorPublic(BaseModel):
+    """Every error answer: `detail` says what was wrong and names the field."""
+
+    detail: str
+    errors: list[FieldError] | None = Field(None, description="422 only: one per field.")

@@ -1,0 +1,3 @@
+from mec_client.cli import main
+
+main()
