@@ -4,6 +4,7 @@ the Python client and the `mec` client commands work against the running platfor
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,11 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def client_venv(tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("client-venv")
+    source = shutil.copytree(ROOT / "client", venv / "src",  # pip builds in the tree
+                             ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "-q",
-                    str(ROOT / "client")], check=True, timeout=600)
+    subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "-q", str(source)],
+                   check=True, timeout=600)
     return venv
 
 

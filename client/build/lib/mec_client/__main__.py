@@ -1,3 +1,0 @@
-from mec_client.cli import main
-
-main()
