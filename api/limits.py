@@ -29,6 +29,9 @@ def limit(method: str, path: str, content_type: str) -> tuple[int, str]:
             re.fullmatch(r"/v1/galleries/[^/]+/items", path) and \
             content_type.startswith("application/x-ndjson"):
         return settings.max_upload_mb * 2**20, " (MEC_MAX_UPLOAD_MB)"  # streamed to disk
+    if method == "POST" and re.fullmatch(r"/v1/datasets/[^/]+/versions", path) and \
+            not content_type.startswith("application/json"):
+        return settings.max_dataset_mb * 2**20, " (MEC_MAX_DATASET_MB)"  # streamed to disk
     if re.fullmatch(r"/v1/galleries/[^/]+/items", path):
         return settings.max_json_mb * 2**20, " (MEC_MAX_JSON_MB)"  # parsed in memory
     if re.fullmatch(r"/v1/models/[^/]+/(embed|search)", path):

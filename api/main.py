@@ -13,7 +13,7 @@ from pydantic.json_schema import models_json_schema
 
 from api import audit, limits
 from api.routes import audit as audit_routes
-from api.routes import galleries, inference, jobs, models, monitoring, system, ui
+from api.routes import datasets, galleries, inference, jobs, models, monitoring, system, ui
 from api.schemas import GalleryItemsIn
 from mec_platform.jobs import JobKind
 
@@ -27,6 +27,7 @@ app.include_router(jobs.router)
 app.include_router(models.router)
 app.include_router(inference.router)
 app.include_router(galleries.router)
+app.include_router(datasets.router)
 app.include_router(system.router)
 app.include_router(monitoring.router)
 app.include_router(audit_routes.router)

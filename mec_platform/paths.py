@@ -13,7 +13,7 @@ from mec_platform.specs import EvaluateSpec, SweepSpec
 
 def check(value: str | None, field: str, roots: list[Path]) -> None:
     """Raise ValueError naming `field` unless `value` (None: unset) obeys the rule."""
-    if value is None:
+    if value is None or value.startswith("dataset://"):  # not a path: see datasets.resolve
         return
     if "\0" in value:
         raise ValueError(f"{field}: contains a NUL byte")

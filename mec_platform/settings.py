@@ -24,6 +24,20 @@ class Settings(BaseSettings):
                             "SQLite-backed kombu transport in data_dir.")
     artifact_root: Path = Field(description="Checkpoints, exports and .mar files; "
                                 "default: data_dir/artifacts.")
+    storage_url: str = Field(description="Where what the platform keeps goes (dataset "
+                             "versions): file:///path, or s3://bucket/prefix on any "
+                             "S3-compatible server (MEC_S3_ENDPOINT_URL and the usual "
+                             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). Default: "
+                             "file://artifact_root/store.")
+    s3_endpoint_url: str | None = Field(None, description="The S3 server of an s3:// "
+                                        "storage URL (SeaweedFS, MinIO, Ceph); unset: AWS.")
+    cache_dir: Path = Field(description="Each process's local copies of stored objects "
+                            "(datasets unpacked), keyed by content digest; default: "
+                            "data_dir/cache.")
+    cache_mb: int = Field(20_480, ge=1, description="Bound of cache_dir, in MiB: the least "
+                          "recently used entries are removed beyond it.")
+    max_dataset_mb: int = Field(10_240, ge=1, description="Largest dataset archive "
+                                "(POST /v1/datasets/{name}/versions), in MiB.")
     lease_seconds: float = Field(60.0, gt=0, description="A running job whose lease is not "
                                  "renewed for this long is presumed dead and re-queued.")
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker renews the "
@@ -103,6 +117,8 @@ class Settings(BaseSettings):
             "database_url": values.get("database_url") or f"sqlite:///{data / 'mec.db'}",
             "broker_url": values.get("broker_url") or f"sqla+sqlite:///{data / 'broker.db'}",
             "artifact_root": artifacts,
+            "storage_url": values.get("storage_url") or f"file://{artifacts / 'store'}",
+            "cache_dir": Path(values.get("cache_dir") or data / "cache").resolve(),
             "torchserve_home": Path(values.get("torchserve_home") or data / "torchserve").resolve(),
             "model_store": Path(values.get("model_store") or artifacts / "model-store").resolve(),
         }

@@ -211,6 +211,42 @@ class AuditEntry(Base):
     address: Mapped[str | None] = mapped_column(String(64))
 
 
+class Dataset(Base):
+    """A project's named dataset; its content is in its versions."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("project", "name"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DatasetVersion(Base):
+    """One immutable upload of a dataset, arranged as an image folder (train/ and test/ of
+    class folders) in one tar in the store (`key`); `digest` is the uploaded archive's
+    sha256; `classes` maps each class to its train and test counts."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (UniqueConstraint("dataset_id", "number"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"),
+                                            index=True)
+    number: Mapped[int]
+    key: Mapped[str] = mapped_column(String(500))
+    digest: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(500))
+    images: Mapped[int]
+    classes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sizes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    split: Mapped[dict[str, Any]] = mapped_column(JSON)
+    thumbnails: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Gallery(Base):
     """An app's named collection of embedded items, bound to one model and to the version
     of its deployment whose embedding space the vectors are in. `seq` counts the gallery's

@@ -145,15 +145,15 @@ def _import_cost(statement: str, cwd: Path) -> tuple[float, float]:
 
 def test_importing_the_client_is_small_fast_and_writes_nothing(tmp_path):
     """What an app that only wants embed() and search() pays for `from mec_client import
-    Client`: under 0.3 s, no file created, no torch, and under 30 modules beyond pydantic's
-    own cost for one model class (149 modules on Python 3.11 with pydantic 2.14: its plugin
-    loader imports importlib.metadata; the server's import was 831). Its commands (click,
-    rich) load no torch either."""
-    floor, _ = _import_cost("from pydantic import BaseModel\nclass M(BaseModel):\n    x: int",
-                            tmp_path)
+    Client`, next to pydantic's own cost for one model class (149 modules on Python 3.11
+    with pydantic 2.14: its plugin loader imports importlib.metadata): under 30 modules and
+    60 % more time beyond it (0.09 s in all on an idle 2-core machine; the server's import
+    was 831 modules in 1 s), no file created, no torch. Its commands load no torch either."""
+    floor, floor_seconds = _import_cost(
+        "from pydantic import BaseModel\nclass M(BaseModel):\n    x: int", tmp_path)
     modules, seconds = _import_cost("from mec_client import Client", tmp_path)
     assert modules - floor < 30, f"mec_client: {modules:.0f} modules, pydantic alone {floor:.0f}"
-    assert seconds < 0.3
+    assert seconds < 1.6 * floor_seconds, (seconds, floor_seconds)
     _import_cost("import mec_client.cli", tmp_path)
     assert list(tmp_path.iterdir()) == []
 

@@ -37,6 +37,7 @@ import psutil
 
 from mec_core.config import stored_config
 from mec_core.train import Callbacks, TrainingDiverged, TrainResult, train
+from mec_platform import datasets
 from mec_platform.db import session_scope
 from mec_platform.settings import get_settings
 from mec_platform.tables import Job
@@ -174,8 +175,11 @@ def main(job_id: int, owner: str) -> None:
     """One rank of job `job_id` (torchrun gives RANK); the job's config from the database."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = get_settings()
-    with session_scope() as s:
-        config = stored_config(s.get(Job, job_id).config)
+    with session_scope() as s:  # a dataset:// version: the folder the launcher unpacked
+        job = s.get(Job, job_id)
+        config = stored_config(job.config)
+        config = config.model_copy(update={"data_dir": datasets.local_dir(
+            s, job.project, config.data_dir)})
     out = settings.artifact_root / "jobs" / str(job_id)
     rank = int(os.environ["RANK"])
     report = out / "ranks" / f"rank-{rank}.json"

@@ -21,12 +21,13 @@ from mec_core.datafiles import missing
 from mec_core.evaluate import evaluate
 from mec_core.export import export
 from mec_core.train import TrainingDiverged, train
-from mec_platform import jobs, paths
+from mec_platform import datasets, jobs, paths
 from mec_platform.db import retrying, session_scope
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import app
 from mec_platform.settings import get_settings
 from mec_platform.specs import DeploySpec, EvaluateSpec
+from mec_platform.storage import StorageError
 from mec_platform.tables import Evaluation, Job, Model, Worker
 from worker import galleries, multiprocess, prometheus, sweeps
 from worker.callbacks import DatabaseCallbacks
@@ -150,8 +151,9 @@ def pretrain(job_id: int) -> None:
 
 def run_pretrain(job_id: int, owner: str) -> Outcome | None:
     settings = get_settings()
-    config, name = _load(lambda s: (stored_config(s.get(Job, job_id).config),
-                                    s.get(Job, job_id).name))
+    config, name, project = _load(lambda s: (stored_config(s.get(Job, job_id).config),
+                                             s.get(Job, job_id).name, s.get(Job, job_id).project))
+    config = config.model_copy(update={"data_dir": _local_dir(project, config.data_dir)})
     out = settings.artifact_root / "jobs" / str(job_id)
     if problem := missing(config.dataset, config.data_dir):  # before any process starts
         raise JobFailed(problem)
@@ -182,6 +184,17 @@ def run_pretrain(job_id: int, owner: str) -> Outcome | None:
     summary = {"steps": result.steps, "images_per_sec": round(result.images_per_sec, 2),
                **result.last}
     return _model_outcome(job_id, result.checkpoint, out, name, summary)
+
+
+def _local_dir(project: str, data_dir: str | None) -> str | None:
+    """`data_dir` as a path on this host: a dataset:// version unpacked into the cache
+    first (where a job's ranks find it too); the job fails at once, with the reason, when
+    the version is gone."""
+    try:
+        with session_scope() as s:
+            return datasets.local_dir(s, project, data_dir)
+    except (LookupError, StorageError) as exc:
+        raise JobFailed(str(exc)) from exc
 
 
 def _after_ranks_died(job_id: int, exc: multiprocess.RanksDied) -> Outcome:
@@ -244,6 +257,7 @@ def _evaluation_inputs(s: Session, job_id: int) -> tuple[EvaluateSpec, int, str,
 def run_evaluate(job_id: int, owner: str) -> Outcome:
     spec, model_id, checkpoint, dataset, data_dir = _load(
         lambda s: _evaluation_inputs(s, job_id))
+    data_dir = _local_dir(_load(lambda s: s.get(Job, job_id).project), data_dir)
     if problem := missing(dataset, data_dir, ("train", "test")):
         raise JobFailed(problem)
     result = evaluate(spec.protocol, dataset, checkpoint_path=checkpoint, data_dir=data_dir,

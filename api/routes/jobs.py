@@ -33,7 +33,7 @@ from mec_client.models import (
     Series,
 )
 from mec_core.datafiles import DEFAULT_DIRS, missing
-from mec_platform import joblogs, jobs, keys, paths, workers
+from mec_platform import datasets, joblogs, jobs, keys, paths, workers
 from mec_platform.db import session_scope
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.settings import get_settings
@@ -54,6 +54,7 @@ def submit_job(key: WriteKey, session: SessionDep, response: Response,
     """Submit a pretraining or evaluation job to the key's project; it is queued and runs
     on a worker."""
     # idempotency keys are per project: another project's use of the same key is not seen
+    spec = _pinned(key, session, spec)
     stored_key = f"{key.project}:{idempotency_key}" if idempotency_key else None
     if stored_key:
         existing = session.scalar(select(Job).where(Job.idempotency_key == stored_key))
@@ -85,11 +86,41 @@ def validate_job(key: WriteKey, session: SessionDep, spec: Annotated[JobCreate, 
     """The config a job of this spec would run with (every field resolved), after the
     checks a submission gets (422 naming the field), and why it would wait now; nothing
     is created."""
+    spec = _pinned(key, session, spec)
     _check(key, session, spec)
     job = Job(kind=spec.kind, queue=spec.queue, config=spec.config.model_dump(mode="json"),
               status=JobStatus.QUEUED)
     return JobValidated(kind=spec.kind, queue=spec.queue, config=job.config,
                         waiting=workers.waiting_reason(job, workers.capacity(session)))
+
+
+def _pinned(key, session, spec):
+    """The spec with each dataset:// data_dir naming the exact version it will train or
+    evaluate on (the latest, when it names none): 404 naming the field when there is none
+    in the key's project; a dataset version is an image folder."""
+    if isinstance(spec, SweepJobCreate):
+        config, field = spec.config.base, "config.base.data_dir"
+        dataset = config.get("dataset", "fashion-mnist")
+    else:
+        config, field = spec.config.model_dump(), "config.data_dir"
+        dataset = spec.config.dataset
+    uri = config.get("data_dir")
+    if not (uri or "").startswith(datasets.SCHEME):
+        return spec
+    if dataset not in ("imagefolder", None):
+        raise HTTPException(422, f"{field}: a dataset:// version is an image folder: set "
+                                 f"{field.rsplit('.', 1)[0]}.dataset to imagefolder")
+    try:
+        exact = datasets.resolve(session, key.project, uri, field)
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if isinstance(spec, SweepJobCreate):
+        return spec.model_copy(update={"config": spec.config.model_copy(
+            update={"base": spec.config.base | {"data_dir": exact}})})
+    return spec.model_copy(update={"config": spec.config.model_copy(
+        update={"data_dir": exact})})
 
 
 def _check(key, session, spec) -> None:

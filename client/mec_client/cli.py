@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tarfile
+import tempfile
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -586,6 +588,89 @@ def gallery_rm(name: str, item_ids: tuple[str, ...], filter_: str | None) -> Non
     deleted = _api(_client().galleries.remove, name, ids=list(item_ids) or None,
                    filter=_json_option(filter_, "--filter"))
     console.print(f"deleted {deleted} items from {name}")
+
+
+@main.group()
+def datasets() -> None:
+    """The project's datasets: image archives uploaded as versions, trained on with
+    --dataset imagefolder --data-dir dataset://NAME."""
+
+
+@datasets.command("create")
+@click.argument("name")
+@click.option("--description", default="", help="What the images are.")
+@as_json
+def datasets_create(name: str, description: str, as_json: bool) -> None:
+    made = _api(_client().datasets.create, name, description)
+    _echo_json(made) if as_json else console.print(f"dataset {made.name} created")
+
+
+@datasets.command("upload")
+@click.argument("name")
+@click.argument("archive", type=click.Path(exists=True))
+@click.option("--test-fraction", type=click.FloatRange(0, 0.9), default=0.1, show_default=True,
+              help="Of each class, the part held out for evaluation (unless the archive has "
+              "its own train/ and test/ folders).")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@as_json
+def datasets_upload(name: str, archive: str, test_fraction: float, seed: int,
+                    as_json: bool) -> None:
+    """Upload ARCHIVE (.tar, .tar.gz or .zip of class folders of images, or a folder, sent
+    as a tar) as the dataset's next version."""
+    client = _client()
+    if Path(archive).is_dir():
+        with tempfile.TemporaryDirectory() as tmp:
+            packed = Path(tmp) / "images.tar"
+            with tarfile.open(packed, "w") as tar:
+                for path in sorted(Path(archive).rglob("*")):
+                    if path.is_file():
+                        tar.add(path, arcname=str(path.relative_to(archive)))
+            version = _api(client.datasets.upload, name, packed, test_fraction, seed)
+    else:
+        version = _api(client.datasets.upload, name, archive, test_fraction, seed)
+    if as_json:
+        return _echo_json(version)
+    console.print(f"{version.uri}: {version.images} images in {len(version.classes)} "
+                  f"classes (digest {version.digest[:12]})")
+
+
+@datasets.command("list")
+@as_json
+def datasets_list(as_json: bool) -> None:
+    found = _api(_client().datasets.list)
+    if as_json:
+        return _echo_json([d.model_dump(mode="json") for d in found])
+    table = Table("name", "latest", "images", "classes", "description")
+    for d in found:
+        last = d.versions[-1] if d.versions else None
+        table.add_row(d.name, str(d.latest or "-"), str(last.images) if last else "-",
+                      str(len(last.classes)) if last else "-", d.description)
+    console.print(table)
+
+
+@datasets.command("show")
+@click.argument("name")
+@as_json
+def datasets_show(name: str, as_json: bool) -> None:
+    found = _api(_client().datasets.get, name)
+    if as_json:
+        return _echo_json(found)
+    console.print(f"dataset {found.name}: {found.description or '(no description)'}")
+    for v in found.versions:
+        console.print(f"  {v.uri}  {v.images} images, split {v.split}, "
+                      f"{v.created_at:%Y-%m-%d %H:%M}")
+    if found.versions:
+        table = Table("class", "train", "test")
+        for cls, counts in found.versions[-1].classes.items():
+            table.add_row(cls, str(counts["train"]), str(counts["test"]))
+        console.print(table)
+
+
+@datasets.command("rm")
+@click.argument("name")
+def datasets_rm(name: str) -> None:
+    _api(_client().datasets.delete, name)
+    console.print(f"dataset {name} deleted")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,15 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from mec_client.login import DEFAULT_URL, saved_login
 from mec_client.models import (
     FINISHED,
+    DatasetPublic,
+    DatasetsPublic,
+    DatasetVersionPublic,
     EmbeddingsPublic,
     GalleriesPublic,
     GalleryAdded,
@@ -67,6 +71,7 @@ class Client:
             self.url, timeout, headers={"Authorization": f"Bearer {key}",
                                         "User-Agent": "mec-client/0.1"})
         self.galleries = Galleries(self)
+        self.datasets = Datasets(self)
 
     def close(self) -> None:
         self.transport.close()
@@ -204,7 +209,8 @@ class Client:
 
     # --- transport ---------------------------------------------------------------------
     def _call(self, method: str, path: str, repeatable: bool | None = None,
-              params: dict | None = None, json: Any = None, content: bytes | None = None,
+              params: dict | None = None, json: Any = None,
+              content: bytes | BinaryIO | None = None,
               headers: dict[str, str] | None = None) -> Any:
         """One API call with retries: after a 429 (any call: it was refused, not done) and
         after a connection error, when the call is safe to repeat (GETs, and calls marked
@@ -216,6 +222,8 @@ class Client:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         attempt = 0
         while True:
+            if hasattr(content, "seek"):  # a file body is sent from its start each time
+                content.seek(0)
             try:
                 response = self.transport.request(method, path, params=params,
                                                   headers=headers, body=content)
@@ -305,6 +313,45 @@ class Galleries:
         return GallerySearchPublic.model_validate(self.client._call(
             "POST", f"/v1/galleries/{name}/search", repeatable=True,
             json={k: v for k, v in body.items() if v is not None}))
+
+
+class Datasets:
+    """The project's datasets: `client.datasets.create("shoes")`, then
+    `.upload("shoes", "shoes.tar.gz")` (class folders of images; a new version each time its
+    content changes), and jobs train on `{"dataset": "imagefolder", "data_dir":
+    "dataset://shoes"}`."""
+
+    KINDS = {".zip": "application/zip", ".gz": "application/gzip", ".tgz": "application/gzip",
+             ".tar": "application/x-tar"}
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def create(self, name: str, description: str = "") -> DatasetPublic:
+        return DatasetPublic.model_validate(self.client._call(
+            "POST", "/v1/datasets", json={"name": name, "description": description}))
+
+    def list(self) -> list[DatasetPublic]:
+        return DatasetsPublic.model_validate(self.client._call("GET", "/v1/datasets")).data
+
+    def get(self, name: str) -> DatasetPublic:
+        return DatasetPublic.model_validate(self.client._call("GET", f"/v1/datasets/{name}"))
+
+    def delete(self, name: str) -> None:
+        self.client._call("DELETE", f"/v1/datasets/{name}")
+
+    def upload(self, name: str, archive: str | Path, test_fraction: float = 0.1,
+               seed: int = 0) -> DatasetVersionPublic:
+        """A new version from a .tar, .tar.gz or .zip file, streamed from disk. Sending the
+        same archive again (after a broken upload, say) answers its existing version."""
+        path = Path(archive)
+        kind = self.KINDS.get(path.suffix.lower(), "application/octet-stream")
+        with path.open("rb") as body:
+            return DatasetVersionPublic.model_validate(self.client._call(
+                "POST", f"/v1/datasets/{name}/versions", content=body, repeatable=True,
+                params={"test_fraction": test_fraction, "seed": seed},
+                headers={"Content-Type": kind,
+                         "Content-Length": str(path.stat().st_size)}))
 
 
 def _item(item: dict) -> dict:

@@ -237,3 +237,36 @@ class ErrorPublic(BaseModel):
 
     detail: str
     errors: list[FieldError] | None = Field(None, description="422 only: one per field.")
+
+
+class DatasetVersionPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    number: int
+    uri: str = Field(description="What a job's data_dir names it by: dataset://NAME/NUMBER.")
+    digest: str = Field(description="sha256 of the uploaded archive.")
+    source: str
+    images: int
+    classes: dict[str, dict[str, int]] = Field(description="Per class, its train and test "
+                                               "images.")
+    sizes: dict[str, int] = Field(description="The most common image sizes (WxH) and their "
+                                  "counts.")
+    split: dict[str, Any] = Field(description="How test images were chosen: the archive's "
+                                  "own train/ and test/ folders ({\"given\": true}), or a "
+                                  "held-out fraction per class with its seed.")
+    thumbnails: list[dict[str, str]] = Field(description="A few training images, one per "
+                                             "class: {\"class\", \"png\": base64}.")
+    created_at: datetime
+
+
+class DatasetPublic(BaseModel):
+    name: str
+    description: str
+    latest: int | None = Field(description="The newest version's number (what "
+                               "dataset://NAME trains on).")
+    versions: list[DatasetVersionPublic]
+    created_at: datetime
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]

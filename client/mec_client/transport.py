@@ -10,7 +10,7 @@ import select
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlencode, urlsplit
 
 
@@ -49,7 +49,7 @@ class HTTPTransport:
         self._local = threading.local()
 
     def request(self, method: str, path: str, params: dict | None = None,
-                headers: dict[str, str] | None = None, body: bytes | None = None
+                headers: dict[str, str] | None = None, body: bytes | BinaryIO | None = None
                 ) -> Response:
         conn = self._connection()
         try:
@@ -84,8 +84,8 @@ class HTTPTransport:
             self._local.conn = None
 
     def _send(self, conn: http.client.HTTPConnection, method: str, path: str,
-              params: dict | None, headers: dict[str, str] | None, body: bytes | None
-              ) -> http.client.HTTPResponse:
+              params: dict | None, headers: dict[str, str] | None,
+              body: bytes | BinaryIO | None) -> http.client.HTTPResponse:
         target = self.prefix + path
         if params:
             target += "?" + urlencode(params, doseq=True)

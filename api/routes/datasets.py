@@ -1,0 +1,156 @@
+"""/v1/datasets: a project's datasets and their versions, uploaded as image archives and
+named in jobs by dataset://NAME[/VERSION] (mec_platform.datasets)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import Path as PathParam
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ReadKey, SessionDep, WriteKey
+from api.schemas import PRINTABLE, errors
+from mec_client.models import DatasetPublic, DatasetsPublic, DatasetVersionPublic
+from mec_platform import datasets, storage
+from mec_platform.db import session_scope
+from mec_platform.galleries import NAME_PATTERN
+from mec_platform.settings import get_settings
+from mec_platform.tables import ApiKey, Dataset, DatasetVersion
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"],
+                   responses=errors(400, 401, 403, 422))
+Name = Annotated[str, PathParam(pattern=NAME_PATTERN, description="The dataset's name.")]
+ARCHIVES = ("application/x-tar", "application/gzip", "application/x-gzip", "application/zip",
+            "application/octet-stream")
+
+
+class DatasetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="Letters, digits, '_', '.', '-'; "
+                      "up to 100 characters.")
+    description: str = Field("", max_length=2000, pattern=PRINTABLE)
+
+
+def _view(session, dataset: Dataset) -> DatasetPublic:
+    rows = session.scalars(select(DatasetVersion).where(
+        DatasetVersion.dataset_id == dataset.id).order_by(DatasetVersion.number)).all()
+    return DatasetPublic(name=dataset.name, description=dataset.description,
+                         created_at=dataset.created_at,
+                         latest=rows[-1].number if rows else None,
+                         versions=[_version(dataset, v) for v in rows])
+
+
+def _version(dataset: Dataset, version: DatasetVersion) -> DatasetVersionPublic:
+    return DatasetVersionPublic(
+        uri=f"{datasets.SCHEME}{dataset.name}/{version.number}",
+        **{f: getattr(version, f) for f in DatasetVersionPublic.model_fields if f != "uri"})
+
+
+def _find(session, key: ApiKey, name: str) -> Dataset:
+    dataset = session.scalar(select(Dataset).where(Dataset.project == key.project,
+                                                   Dataset.name == name))
+    if dataset is None:
+        raise HTTPException(404, f"dataset {name!r} not found")
+    return dataset
+
+
+@router.post("", response_model=DatasetPublic, status_code=201, responses=errors(409))
+def create_dataset(key: WriteKey, session: SessionDep, body: DatasetCreate):
+    """A new, empty dataset of the key's project; its content comes as versions."""
+    if session.scalar(select(Dataset).where(Dataset.project == key.project,
+                                            Dataset.name == body.name)):
+        raise HTTPException(409, f"name: dataset {body.name!r} already exists")
+    dataset = Dataset(project=key.project, name=body.name, description=body.description)
+    session.add(dataset)
+    session.commit()
+    return _view(session, dataset)
+
+
+@router.get("", response_model=DatasetsPublic)
+def list_datasets(key: ReadKey, session: SessionDep):
+    """The key's project's datasets, by name."""
+    rows = session.scalars(select(Dataset).where(Dataset.project == key.project)
+                           .order_by(Dataset.name))
+    return DatasetsPublic(data=[_view(session, d) for d in rows])
+
+
+@router.get("/{name}", response_model=DatasetPublic, responses=errors(404))
+def get_dataset(key: ReadKey, session: SessionDep, name: Name):
+    return _view(session, _find(session, key, name))
+
+
+@router.delete("/{name}", status_code=204, responses=errors(404))
+def delete_dataset(key: WriteKey, session: SessionDep, name: Name):
+    """The dataset, its versions and their stored files. Jobs that name it and have not
+    yet started fail with the reason when a worker claims them."""
+    dataset = _find(session, key, name)
+    ident = dataset.id
+    session.delete(dataset)
+    session.commit()
+    storage.get_store().delete_prefix(f"datasets/{ident}")
+    return Response(status_code=204)
+
+
+@router.post("/{name}/versions", response_model=DatasetVersionPublic, status_code=201,
+             responses=errors(404, 413, 415), openapi_extra={"requestBody": {
+                 "required": True, "content": {t: {"schema": {"type": "string",
+                                                              "format": "binary"}}
+                                               for t in ARCHIVES}}})
+async def upload_version(key: WriteKey, request: Request, name: Name,
+                         test_fraction: float = Query(0.1, ge=0, le=0.9, description=(
+                             "Of each class, the part held out as test images (seeded); "
+                             "unused when the archive has its own train/ and test/ "
+                             "folders.")),
+                         seed: int = Query(0, ge=0, le=2**31 - 1)):
+    """A new version from a .tar, .tar.gz or .zip of images: class folders (CLASS/IMAGE),
+    with or without train/ and test/ (or val/) above them, or images alone (no labels).
+    The body is streamed to disk, checked whole, then kept in the store; a bad archive is
+    refused (422) with its bad members listed, and nothing of it is kept. Sending the
+    same archive again answers its existing version."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type not in ARCHIVES:
+        raise HTTPException(415, f"body: send the archive as one of {', '.join(ARCHIVES)}, "
+                                 f"not {content_type or 'no Content-Type'}")
+    staging = Path(tempfile.mkdtemp(prefix="dataset-", dir=_staging_root()))
+    try:
+        archive, digest = staging / "upload", hashlib.sha256()
+        with archive.open("wb") as out:
+            async for chunk in request.stream():
+                digest.update(chunk)
+                out.write(chunk)
+        return await run_in_threadpool(_add, key.project, name, archive, digest.hexdigest(),
+                                       test_fraction, seed)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staging_root() -> Path:
+    root = get_settings().data_dir / "staging"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _add(project: str, name: str, archive: Path, digest: str, test_fraction: float,
+         seed: int) -> DatasetVersionPublic:
+    with session_scope() as session:
+        dataset = session.scalar(select(Dataset).where(Dataset.project == project,
+                                                       Dataset.name == name))
+        if dataset is None:
+            raise HTTPException(404, f"dataset {name!r} not found")
+        try:
+            version = datasets.add_version(session, dataset, archive, digest,
+                                           f"upload of {archive.stat().st_size} bytes",
+                                           test_fraction, seed)
+        except datasets.ArchiveRefused as exc:
+            raise HTTPException(422, f"body: {exc}") from None
+        session.flush()
+        return _version(dataset, version)
+

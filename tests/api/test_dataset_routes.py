@@ -1,0 +1,122 @@
+"""/v1/datasets in process (SQLite, a file:// store): create, upload versions, read, delete,
+the scopes and projects, and jobs that name a dataset:// version."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import uuid
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from api.main import app
+from mec_platform import keys
+from mec_platform.db import session_scope
+from mec_platform.keys import Scope
+from mec_platform.storage import get_store
+
+
+def archive(classes: int = 2, per_class: int = 5, seed: int = 0, extra: dict | None = None
+            ) -> bytes:
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(seed)
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        members = {f"c{c}/{i}.png": _png(rng) for c in range(classes) for i in range(per_class)}
+        for name, data in (members | (extra or {})).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _png(rng) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def upload(client, name: str, body: bytes, **params):
+    return client.post(f"/v1/datasets/{name}/versions", content=body, params=params,
+                       headers={"Content-Type": "application/gzip"})
+
+
+@pytest.fixture
+def name(client) -> str:
+    name = f"ds-{uuid.uuid4().hex[:8]}"
+    assert client.post("/v1/datasets", json={"name": name, "description": "tiny"}
+                       ).status_code == 201
+    return name
+
+
+def test_versions_are_numbered_described_and_an_upload_sent_again_is_the_same(client, name):
+    first = upload(client, name, archive(), test_fraction=0.2, seed=3)
+    assert first.status_code == 201, first.text
+    v1 = first.json()
+    assert v1["number"] == 1 and v1["uri"] == f"dataset://{name}/1"
+    assert v1["images"] == 10 and v1["classes"] == {"c0": {"train": 4, "test": 1},
+                                                    "c1": {"train": 4, "test": 1}}
+    assert v1["split"] == {"test_fraction": 0.2, "seed": 3} and len(v1["thumbnails"]) == 2
+    assert upload(client, name, archive(), test_fraction=0.2, seed=3).json()["number"] == 1
+    assert upload(client, name, archive(seed=1)).json()["number"] == 2
+    shown = client.get(f"/v1/datasets/{name}").json()
+    assert shown["latest"] == 2 and [v["number"] for v in shown["versions"]] == [1, 2]
+    assert name in [d["name"] for d in client.get("/v1/datasets").json()["data"]]
+
+
+def test_a_bad_archive_is_refused_with_its_members_and_keeps_nothing(client, name):
+    bad = upload(client, name, archive(extra={"../../etc/x.png": b"x", "c0/read.me": b"hi"}))
+    assert bad.status_code == 422
+    assert "../../etc/x.png: its path leaves the archive" in bad.json()["detail"]
+    assert "c0/read.me: not an image file" in bad.json()["detail"]
+    assert client.get(f"/v1/datasets/{name}").json()["versions"] == []
+    wrong_type = client.post(f"/v1/datasets/{name}/versions", content=b"{}",
+                             headers={"Content-Type": "text/plain"})
+    assert wrong_type.status_code == 415 and "body:" in wrong_type.json()["detail"]
+    assert upload(client, "nope", archive()).status_code == 404
+
+
+def test_names_are_unique_per_project_and_other_projects_see_nothing(client, name):
+    assert client.post("/v1/datasets", json={"name": name}).status_code == 409
+    assert client.post("/v1/datasets", json={"name": "../x"}).status_code == 422
+    with session_scope() as s:
+        _, other = keys.create(s, "other", project="elsewhere")
+        _, reader = keys.create(s, "reader", scopes=[Scope.JOBS_READ])
+    with TestClient(app, headers={"Authorization": f"Bearer {other}"}) as c:
+        assert c.get(f"/v1/datasets/{name}").status_code == 404
+        assert name not in [d["name"] for d in c.get("/v1/datasets").json()["data"]]
+        assert upload(c, name, archive()).status_code == 404
+    with TestClient(app, headers={"Authorization": f"Bearer {reader}"}) as c:
+        assert c.get(f"/v1/datasets/{name}").status_code == 200
+        assert upload(c, name, archive()).status_code == 403
+        assert c.post("/v1/datasets", json={"name": "mine"}).status_code == 403
+
+
+def test_a_job_trains_on_the_exact_version_it_was_submitted_with(client, name):
+    upload(client, name, archive())
+    spec = {"kind": "pretrain", "config": {"dataset": "imagefolder",
+                                           "data_dir": f"dataset://{name}"}}
+    job = client.post("/v1/jobs", json=spec)
+    assert job.status_code == 201, job.text
+    assert job.json()["config"]["data_dir"] == f"dataset://{name}/1"  # pinned
+    upload(client, name, archive(seed=5))
+    assert client.post("/v1/jobs/validate", json=spec).json()["config"]["data_dir"] == \
+        f"dataset://{name}/2"
+    missing = client.post("/v1/jobs", json={"kind": "pretrain", "config": {
+        "dataset": "imagefolder", "data_dir": f"dataset://{name}/9"}})
+    assert missing.status_code == 404 and missing.json()["detail"] == \
+        f"config.data_dir: dataset '{name}' has no version 9"
+    wrong = client.post("/v1/jobs", json={"kind": "pretrain", "config": {
+        "dataset": "cifar10", "data_dir": f"dataset://{name}"}})
+    assert wrong.status_code == 422 and "imagefolder" in wrong.json()["detail"]
+
+
+def test_deleting_a_dataset_removes_its_versions_files(client, name):
+    version = upload(client, name, archive()).json()
+    stored = get_store()
+    key = next(k for k in [f"datasets/{i}/1/{version['digest'][:16]}.tar" for i in range(1, 999)]
+               if stored.stat(k))
+    assert client.delete(f"/v1/datasets/{name}").status_code == 204
+    assert stored.stat(key) is None and client.get(f"/v1/datasets/{name}").status_code == 404

@@ -1,0 +1,77 @@
+"""The object store on file:// and on a real S3 server (SeaweedFS), and the local cache."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from mec_platform.storage import FileStore, StorageError, evict, fetch, open_store
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request, tmp_path):
+    if request.param == "file":
+        return open_store(f"file://{tmp_path / 'store'}")
+    server = request.getfixturevalue("s3_server")
+    bucket = server.bucket(f"t{time.monotonic_ns()}")
+    for name, value in server.env.items():  # boto3 reads its credentials from there
+        request.getfixturevalue("monkeypatch").setenv(name, value)
+    return open_store(f"s3://{bucket}/platform", server.url)
+
+
+def test_an_object_is_written_whole_read_back_and_deleted_by_prefix(store, tmp_path):
+    source = tmp_path / "blob"
+    source.write_bytes(os.urandom(9 << 20))  # over boto3's 8 MiB: a multipart upload
+    stored = store.put("datasets/1/2/a.tar", source)
+    assert stored.size == 9 << 20 and store.stat("datasets/1/2/a.tar") == stored
+    copy = tmp_path / "copy"
+    store.get("datasets/1/2/a.tar", copy)
+    assert copy.read_bytes() == source.read_bytes()
+    source.write_bytes(b"changed")
+    assert store.put("datasets/1/2/a.tar", source).digest != stored.digest
+    store.delete_prefix("datasets/1")
+    assert store.stat("datasets/1/2/a.tar") is None
+    with pytest.raises(StorageError):
+        store.get("datasets/1/2/a.tar", copy)
+
+
+def test_keys_cannot_leave_the_store(store, tmp_path):
+    (tmp_path / "x").write_bytes(b"x")
+    for key in ("../outside", "a/../../outside", "/etc/passwd"):
+        with pytest.raises(StorageError, match="leaves the store"):
+            store.put(key, tmp_path / "x")
+
+
+def test_a_file_store_is_read_in_place_and_an_s3_object_through_the_cache(store, tmp_path):
+    (tmp_path / "x").write_bytes(b"content")
+    store.put("k/x.bin", tmp_path / "x")
+    cache = tmp_path / "cache"
+    local = fetch(store, "k/x.bin", cache, bound=1 << 20)
+    assert local.read_bytes() == b"content"
+    if isinstance(store, FileStore):
+        assert local == store.root / "k" / "x.bin" and not cache.exists()
+    else:
+        assert local.is_relative_to(cache)
+        assert fetch(store, "k/x.bin", cache, bound=1 << 20) == local  # downloaded once
+        (tmp_path / "x").write_bytes(b"new content")
+        store.put("k/x.bin", tmp_path / "x")
+        assert fetch(store, "k/x.bin", cache, bound=1 << 20).read_bytes() == b"new content"
+
+
+def test_the_cache_drops_the_least_recently_used_entries_beyond_its_bound(tmp_path):
+    for i, age in enumerate((300, 100, 200)):
+        entry = tmp_path / f"e{i}"
+        entry.mkdir()
+        (entry / "f").write_bytes(b"x" * 1000)
+        os.utime(entry, (time.time() - age, time.time() - age))
+    removed = evict(tmp_path, bound=2000)
+    assert removed == [tmp_path / "e0"]  # the oldest use; e1 and e2 fit the bound
+    assert evict(tmp_path, bound=0, keep=tmp_path / "e1") == [tmp_path / "e2"]
+
+
+def test_a_storage_url_is_file_or_s3():
+    for url in ("http://x", "file://", "s3://", "/tmp/x"):
+        with pytest.raises(StorageError, match="file:///path or s3://bucket/prefix"):
+            open_store(url)
