@@ -1,0 +1,92 @@
+"""A team's own images over REST, with nothing shared on disk between the API and the
+worker: each has its own MEC_DATA_DIR; they share PostgreSQL, Redis and an S3 server
+(SeaweedFS). Upload an archive of PNGs made here -> pretrain on dataset://NAME ->
+evaluate with kNN on the version's held-out split (also through the `mec datasets`
+commands and the client)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tarfile
+
+import pytest
+from harness import (
+    _drop_database,
+    _postgres_database,
+    base_env,
+    open_platform,
+    png,
+    release_redis_db,
+    take_redis_db,
+)
+
+from mec_client import Client
+
+
+@pytest.fixture
+def split_platform(tmp_path, s3_server):
+    database, redis_db = _postgres_database(), take_redis_db()
+    bucket = s3_server.bucket(f"mec-{database.replace('_', '-')}")
+    env = base_env(tmp_path) | s3_server.env | {
+        "MEC_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
+        "MEC_BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
+        "MEC_STORAGE_URL": f"s3://{bucket}/platform"}
+    plat = open_platform(tmp_path, env | {"MEC_DATA_DIR": str(tmp_path / "api")},
+                         "postgres+redis")
+    try:
+        plat.start_api(MEC_DATA_DIR=str(tmp_path / "api"))
+        plat.start_worker("w1", MEC_DATA_DIR=str(tmp_path / "worker"))
+        yield plat
+    finally:
+        plat.stop()
+        _drop_database(database)
+        release_redis_db(redis_db)
+
+
+def images_archive(path, classes: int = 4, per_class: int = 60) -> None:
+    """Class c: images drawn from seeds of c's own range, so that classes differ."""
+    with tarfile.open(path, "w:gz") as tar:
+        for c in range(classes):
+            for i in range(per_class):
+                data = png(1000 * c + i % 7, side=16)  # 7 looks per class, repeated
+                info = tarfile.TarInfo(f"shapes/class{c}/{i}.png")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_train_and_evaluate_on_an_uploaded_dataset_with_nothing_shared_on_disk(
+        split_platform, tmp_path):
+    plat = split_platform
+    archive = tmp_path / "shapes.tar.gz"
+    images_archive(archive)
+    env = plat.env | {"MEC_API_URL": plat.url, "MEC_API_KEY": plat.key}
+    mec = lambda *a: subprocess.run([sys.executable, "-m", "mec_client", *a], env=env,
+                                    capture_output=True, text=True, timeout=300)
+    assert mec("datasets", "create", "shapes", "--description", "made by the test"
+               ).returncode == 0
+    done = mec("datasets", "upload", "shapes", str(archive), "--test-fraction", "0.25")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("dataset://shapes/1: 240 images in 4 classes")
+
+    client = Client(plat.url, plat.key)
+    version = client.datasets.get("shapes").versions[0]
+    assert version.classes["class0"] == {"train": 45, "test": 15}
+    job = client.submit({"kind": "pretrain", "name": "on-shapes", "config": {
+        "dataset": "imagefolder", "data_dir": "dataset://shapes", "image_size": 16,
+        "backbone": "convnet", "batch_size": 32, "proj_dim": 32, "pred_hidden_dim": 16,
+        "epochs": 1, "max_steps": 4, "log_every": 2, "warmup_epochs": 0.1,
+        "lambda_warmup_epochs": 0.1}})
+    assert job.config["data_dir"] == "dataset://shapes/1"
+    done = client.wait(job.id, timeout=300, poll=0.5)
+    assert done.status == "succeeded", done.error
+    evaluation = client.wait(client.evaluate(job.id, "knn", k=5).id, timeout=300, poll=0.5)
+    assert evaluation.status == "succeeded", evaluation.error
+    assert evaluation.result["test_size"] == 60 and evaluation.result["top1"] > 25
+    # the worker unpacked the version into its own cache; the API never held it on disk
+    assert list((tmp_path / "worker" / "cache").glob("*/image-folder/test/class3/*.png"))
+    assert not (tmp_path / "api" / "artifacts").exists() or not list(
+        (tmp_path / "api" / "artifacts").rglob("*.tar"))
+    listed = mec("datasets", "list")
+    assert "shapes" in listed.stdout and "240" in listed.stdout
