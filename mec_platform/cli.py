@@ -19,11 +19,14 @@ def db() -> None:
 @click.option("--url", default=None, help="Database URL [default: MEC_DATABASE_URL, or the "
               "embedded SQLite file].")
 def upgrade(url: str | None) -> None:
-    """Apply all migrations; safe to run again."""
+    """Apply all migrations, and create the store's bucket (an s3:// MEC_STORAGE_URL) if it
+    is missing; safe to run again."""
     from mec_platform.migrate import upgrade as run
     from mec_platform.settings import get_settings
+    from mec_platform.storage import get_store
 
     run(url or get_settings().database_url)
+    get_store().prepare()
     click.echo("database schema is up to date")
 
 

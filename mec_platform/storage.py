@@ -37,6 +37,9 @@ class FileStore:
     def url(self, key: str) -> str:
         return f"file://{self._path(key)}"
 
+    def prepare(self) -> None:
+        """Nothing to do: folders are made as objects are written."""
+
     def put(self, key: str, source: Path) -> Stored:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +95,15 @@ class S3Store:
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def prepare(self) -> None:
+        """Create the bucket if it does not exist (`mec db upgrade` calls this)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.s3.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.s3.create_bucket(Bucket=self.bucket)
 
     def put(self, key: str, source: Path) -> Stored:
         self.s3.upload_file(str(source), self.bucket, self._key(key))

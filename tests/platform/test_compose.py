@@ -21,10 +21,10 @@ def config() -> dict:
 
 def test_compose__services_health_checks_and_profiles():
     default = config()
-    assert set(default["services"]) == {"postgres", "redis", "api", "worker", "worker-cpu",
-                                        "torchserve", "prometheus", "grafana"}
+    assert set(default["services"]) == {"postgres", "redis", "s3", "api", "worker",
+                                        "worker-cpu", "torchserve", "prometheus", "grafana"}
     assert default["services"]["worker-cpu"]["profiles"] == ["cpu"]
-    for name in ("postgres", "redis", "api", "torchserve"):
+    for name in ("postgres", "redis", "s3", "api", "torchserve"):
         assert "healthcheck" in default["services"][name] or name == "api"
         assert default["services"][name]["restart"] == "unless-stopped"
     gpu = default["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
@@ -36,6 +36,10 @@ def test_compose__services_health_checks_and_profiles():
     env = default["services"]["worker"]["environment"]
     assert env["MEC_BROKER_URL"].startswith("redis://")
     assert env["MEC_DATABASE_URL"].startswith("postgresql+psycopg://")
+    # the store is the bundled S3 server unless told otherwise; it is not published
+    assert env["MEC_STORAGE_URL"] == "s3://mec/platform"
+    assert env["MEC_S3_ENDPOINT_URL"] == "http://s3:8333"
+    assert default["services"]["api"]["depends_on"]["s3"]["condition"] == "service_healthy"
 
 
 def test_compose__runs_n_workers(monkeypatch):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -35,6 +37,16 @@ def test_an_object_is_written_whole_read_back_and_deleted_by_prefix(store, tmp_p
     assert store.stat("datasets/1/2/a.tar") is None
     with pytest.raises(StorageError):
         store.get("datasets/1/2/a.tar", copy)
+
+
+def test_db_upgrade_creates_the_bucket_of_an_s3_storage_url(s3_server, tmp_path):
+    bucket = f"fresh{time.monotonic_ns()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEC_")} | s3_server.env
+    done = subprocess.run([sys.executable, "-m", "mec_client", "db", "upgrade"], env=env | {
+        "MEC_DATA_DIR": str(tmp_path), "MEC_STORAGE_URL": f"s3://{bucket}/p"},
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    s3_server.s3().head_bucket(Bucket=bucket)  # raises when it does not exist
 
 
 def test_keys_cannot_leave_the_store(store, tmp_path):
