@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import random
 import shutil
 import tarfile
@@ -36,6 +37,7 @@ SCHEME = "dataset://"
 MAX_MEMBERS = 2_000_000
 MAX_RATIO = 100  # a zip member this many times larger than its compressed bytes: a bomb
 SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "test"}
+MANIFEST = "manifest.json"  # a version read in place: its objects, not their content
 THUMBNAILS, THUMB_SIDE = 8, 64
 
 
@@ -63,24 +65,38 @@ def unpack(archive: Path, into: Path, max_bytes: int) -> Unpacked:
     """Check and extract every member of a .tar, .tar.gz or .zip archive into `into`
     (flat, renamed), keeping where each came from; ArchiveRefused lists what is wrong."""
     extracted, bad = _extract(archive, into, max_bytes)
-    top = _common_top(name for name, _ in extracted)
-    out, seen = Unpacked(), set()
+    places, bad = _placed([name for name, _ in extracted], bad)
+    out = Unpacked()
     for name, target in extracted:
-        place = _place(PurePosixPath(name).parts[1 if top else 0:])
-        if place is None:
-            bad.append(f"{name}: too deep (CLASS/IMAGE, or train|test|val/CLASS/IMAGE)")
-        elif place in seen:
-            bad.append(f"{name}: a second member of the same name")
-        elif (size := _image_size(target)) is None:
+        if name not in places:
+            continue
+        if (size := _image_size(target)) is None:
             bad.append(f"{name}: not a readable image")
         else:
-            seen.add(place)
-            out.files[place], out.sizes[size] = target, out.sizes[size] + 1
+            out.files[places[name]], out.sizes[size] = target, out.sizes[size] + 1
     if bad:
         raise ArchiveRefused("the archive has bad members, nothing was kept", bad)
     if not out.files:
         raise ArchiveRefused("the archive holds no images")
     return out
+
+
+def _placed(names: list[str], bad: list[str]) -> tuple[dict[str, tuple], list[str]]:
+    """Where each image of a layout goes ((split or None, class or None, name), one top
+    folder stripped), and the bad names added to `bad`: too deep, or a second of a name."""
+    top = _common_top(names)
+    places: dict[str, tuple] = {}
+    seen = set()
+    for name in names:
+        place = _place(PurePosixPath(name).parts[1 if top else 0:])
+        if place is None:
+            bad.append(f"{name}: too deep (CLASS/IMAGE, or train|test|val/CLASS/IMAGE)")
+        elif place in seen:
+            bad.append(f"{name}: a second member of the same name")
+        else:
+            seen.add(place)
+            places[name] = place
+    return places, bad
 
 
 def _extract(archive: Path, into: Path, max_bytes: int) -> tuple[list, list[str]]:
@@ -174,42 +190,53 @@ def _image_size(path: Path) -> str | None:
         return None
 
 
-def image_folder(found: Unpacked, test_fraction: float, seed: int, out: Path) -> dict:
-    """Write `found` as one tar of train/CLASS/… and test/CLASS/… (every class folder in
-    both, so that labels agree; images with no class go to class 'unlabelled'); returns the
-    version's description."""
-    given = any(split for split, _, _ in found.files)
-    if given and any(split is None for split, _, _ in found.files):
+def assign(places: list[tuple], test_fraction: float, seed: int
+           ) -> tuple[list[tuple[tuple, str, str]], dict, dict]:
+    """Each image's (place, split, class): the layout's own split when it has train/ and
+    test/ folders, else `test_fraction` of each class held out (at least one of a class of
+    two or more), drawn with `seed`; images with no class are class 'unlabelled'. Also the
+    counts per class and split, and how the split was made."""
+    given = any(split for split, _, _ in places)
+    if given and any(split is None for split, _, _ in places):
         raise ArchiveRefused("some images are under train/, test/ or val/ and some are not")
     by_class: dict[str, list] = {}
-    for place in sorted(found.files, key=lambda p: (p[1] or "", p[2], p[0] or "")):
+    for place in sorted(places, key=lambda p: (p[1] or "", p[2], p[0] or "")):
         by_class.setdefault(place[1] or "unlabelled", []).append(place)
-    rng = random.Random(seed)
-    counts, thumbnails = {}, []
+    rng, out, counts = random.Random(seed), [], {}
+    for cls, members in sorted(by_class.items()):
+        if given:
+            splits = [place[0] for place in members]
+        else:
+            rng.shuffle(members)
+            held = max(1, round(len(members) * test_fraction)) \
+                if len(members) > 1 and test_fraction > 0 else 0
+            splits = ["test" if i < held else "train" for i in range(len(members))]
+        counts[cls] = {"train": splits.count("train"), "test": splits.count("test")}
+        out += [(place, split, cls) for place, split in zip(members, splits)]
+    return out, counts, {"given": True} if given else {"test_fraction": test_fraction,
+                                                         "seed": seed}
+
+
+def image_folder(found: Unpacked, test_fraction: float, seed: int, out: Path) -> dict:
+    """Write `found` as one tar of train/CLASS/… and test/CLASS/… (every class folder in
+    both, so that labels agree); returns the version's description."""
+    assigned, counts, split = assign(list(found.files), test_fraction, seed)
+    thumbnails: list[dict] = []
     with tarfile.open(out, "w") as tar:
-        for cls, places in sorted(by_class.items()):
-            if given:
-                splits = [place[0] for place in places]
-            else:
-                rng.shuffle(places)
-                held = max(1, round(len(places) * test_fraction)) \
-                    if len(places) > 1 and test_fraction > 0 else 0
-                splits = ["test" if i < held else "train" for i in range(len(places))]
-            for split in ("train", "test"):
-                folder = tarfile.TarInfo(f"{split}/{cls}")
+        for cls in counts:
+            for part in ("train", "test"):
+                folder = tarfile.TarInfo(f"{part}/{cls}")
                 folder.type, folder.mode = tarfile.DIRTYPE, 0o755
                 tar.addfile(folder)
-            counts[cls] = {"train": splits.count("train"), "test": splits.count("test")}
-            for i, (place, split) in enumerate(zip(places, splits)):
-                source = found.files[place]
-                tar.add(source, arcname=f"{split}/{cls}/{i}{source.suffix}")
-                if split == "train" and len(thumbnails) < THUMBNAILS and \
-                        not any(t["class"] == cls for t in thumbnails):
-                    thumbnails.append({"class": cls, "png": _thumbnail(source)})
+        for i, (place, part, cls) in enumerate(assigned):
+            source = found.files[place]
+            tar.add(source, arcname=f"{part}/{cls}/{i}{source.suffix}")
+            if part == "train" and len(thumbnails) < THUMBNAILS and \
+                    not any(t["class"] == cls for t in thumbnails):
+                thumbnails.append({"class": cls, "png": _thumbnail(source)})
     return {"images": len(found.files), "classes": counts,
             "sizes": dict(found.sizes.most_common(10)), "thumbnails": thumbnails,
-            "split": {"given": True} if given else {"test_fraction": test_fraction,
-                                                     "seed": seed}}
+            "split": split}
 
 
 def _thumbnail(path: Path) -> str:
@@ -227,21 +254,75 @@ def add_version(session: Session, dataset: Dataset, archive: Path, digest: str,
     """Check, arrange and store an uploaded archive as the dataset's next version (the
     latest one, unchanged, when it has the same digest and split: an upload sent again).
     Nothing is kept of an archive that is refused."""
+    def write(work: Path, key: str) -> dict:
+        found = unpack(archive, work, 4 * get_settings().max_dataset_mb << 20)
+        described = image_folder(found, test_fraction, seed, work / "image-folder.tar")
+        storage.get_store().put(key, work / "image-folder.tar")
+        return described
+
+    return _new_version(session, dataset, digest, source, test_fraction, seed,
+                        f"{digest[:16]}.tar", archive.parent, write)
+
+
+def add_source_version(session: Session, dataset: Dataset, source: str,
+                       test_fraction: float, seed: int, workdir: Path) -> DatasetVersion:
+    """A version read in place from an S3 prefix of images (the layout of an archive):
+    its objects are listed and checked by name (a worker decodes them when it reads them),
+    and a manifest of each object's key, ETag, split and class is kept in the store; a
+    worker reading the version downloads exactly those contents (If-Match), so a changed
+    object fails the job instead of changing the version."""
+    origin = storage.open_store(source, get_settings().s3_endpoint_url)
+    if not isinstance(origin, storage.S3Store):
+        raise ArchiveRefused("source: only s3://bucket/prefix is read in place")
+    objects = dict(origin.listing())
+    wrong = {k: _bad_name(k) or "not an image file" for k in objects
+             if _bad_name(k) or PurePosixPath(k).suffix.lower() not in IMAGE_SUFFIXES}
+    places, bad = _placed([k for k in objects if k not in wrong],
+                          [f"{k}: {why}" for k, why in wrong.items()])
+    if bad:
+        raise ArchiveRefused("the source has bad objects, nothing was kept", bad)
+    if not places:
+        raise ArchiveRefused(f"source: no images under {source}")
+    assigned, counts, split = assign(list(places.values()), test_fraction, seed)
+    key_of = {place: key for key, place in places.items()}
+    manifest = [{"key": key_of[place], "etag": objects[key_of[place]], "split": part,
+                 "class": cls} for place, part, cls in assigned]
+    text = json.dumps({"source": source, "objects": manifest}, sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+
+    def write(work: Path, key: str) -> dict:
+        (work / "manifest.json").write_text(text)
+        thumbnails, sizes = [], Counter()
+        for entry in manifest:  # a sample: the first training image of each class
+            if entry["split"] == "train" and len(thumbnails) < THUMBNAILS and \
+                    not any(t["class"] == entry["class"] for t in thumbnails):
+                sample = work / f"sample{PurePosixPath(entry['key']).suffix}"
+                origin.get(entry["key"], sample, entry["etag"])
+                sizes[_image_size(sample) or "unreadable"] += 1
+                thumbnails.append({"class": entry["class"], "png": _thumbnail(sample)})
+        storage.get_store().put(key, work / "manifest.json")
+        return {"images": len(manifest), "classes": counts, "split": split,
+                "sizes": dict(sizes), "thumbnails": thumbnails}
+
+    return _new_version(session, dataset, digest, source, test_fraction, seed,
+                        MANIFEST, workdir, write)
+
+
+def _new_version(session: Session, dataset: Dataset, digest: str, source: str,
+                 test_fraction: float, seed: int, filename: str, workdir: Path,
+                 write) -> DatasetVersion:
+    """The dataset's next version, `write(work, key)` storing its content at `key` and
+    describing it; the latest version instead when it has this digest and split."""
     latest = latest_version(session, dataset)
-    split = {"test_fraction": test_fraction, "seed": seed}
-    if latest is not None and latest.digest == digest and latest.split in (split,
-                                                                            {"given": True}):
+    if latest is not None and latest.digest == digest and latest.split in (
+            {"test_fraction": test_fraction, "seed": seed}, {"given": True}):
         return latest
-    settings = get_settings()
-    work = archive.parent / f"unpack-{uuid.uuid4().hex}"
+    number = (latest.number if latest else 0) + 1
+    key = f"datasets/{dataset.id}/{number}/{filename}"
+    work = workdir / f"version-{uuid.uuid4().hex}"
     work.mkdir()
     try:
-        found = unpack(archive, work, 4 * settings.max_dataset_mb << 20)
-        arranged = work / "image-folder.tar"
-        described = image_folder(found, test_fraction, seed, arranged)
-        number = (latest.number if latest else 0) + 1
-        key = f"datasets/{dataset.id}/{number}/{digest[:16]}.tar"
-        storage.get_store().put(key, arranged)
+        described = write(work, key)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     version = DatasetVersion(dataset_id=dataset.id, number=number, key=key, digest=digest,
@@ -307,26 +388,43 @@ def _version(session: Session, project: str, name: str, number: int | None
 
 
 def local_folder(session: Session, project: str, uri: str) -> Path:
-    """The image folder of a dataset version on this host: unpacked once into the cache
-    (keyed by the stored object's digest), then shared by every job here."""
+    """The image folder of a dataset version on this host: made once in the cache (keyed
+    by the stored object's digest) from the version's tar or, for a version read in place,
+    from its manifest's objects; then shared by every job here."""
     name, number = parse(uri)
     version = _version(session, project, name, number)
     if version is None:
         raise LookupError(f"{uri}: no such dataset version in project {project!r}")
     settings = get_settings()
-    store = storage.get_store()
+    store, bound = storage.get_store(), settings.cache_mb << 20
     entry = storage.cache_entry(store, version.key, settings.cache_dir)
     folder = entry / "image-folder"
     if not folder.is_dir():
-        archive = storage.fetch(store, version.key, settings.cache_dir, settings.cache_mb << 20)
+        stored = storage.fetch(store, version.key, settings.cache_dir, bound)
         partial = entry / f".image-folder-{uuid.uuid4().hex}"
-        with tarfile.open(archive, "r") as tar:
-            tar.extractall(partial, filter="data")
+        if version.key.endswith(MANIFEST):
+            _download(json.loads(stored.read_text()), partial)
+        else:
+            with tarfile.open(stored, "r") as tar:
+                tar.extractall(partial, filter="data")
         partial.rename(folder)
-        if archive.is_relative_to(settings.cache_dir):
-            archive.unlink()  # the unpacked folder is what is read
-    storage.touch(entry, settings.cache_dir, settings.cache_mb << 20)
+        if stored.is_relative_to(settings.cache_dir):
+            stored.unlink()  # the folder is what is read
+    storage.touch(entry, settings.cache_dir, bound)
     return folder
+
+
+def _download(manifest: dict, into: Path) -> None:
+    """A manifest's objects as train/CLASS/… and test/CLASS/… under `into`, each exactly
+    the content listed (StorageError when an object has changed or gone)."""
+    origin = storage.open_store(manifest["source"], get_settings().s3_endpoint_url)
+    for cls in {entry["class"] for entry in manifest["objects"]}:
+        for part in ("train", "test"):
+            (into / part / cls).mkdir(parents=True, exist_ok=True)
+    for i, entry in enumerate(manifest["objects"]):
+        suffix = PurePosixPath(entry["key"]).suffix.lower()
+        origin.get(entry["key"], into / entry["split"] / entry["class"] / f"{i}{suffix}",
+                   entry["etag"])
 
 
 def local_dir(session: Session, project: str, data_dir: str | None) -> str | None:

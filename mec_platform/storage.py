@@ -109,13 +109,33 @@ class S3Store:
         self.s3.upload_file(str(source), self.bucket, self._key(key))
         return self.stat(key)
 
-    def get(self, key: str, dest: Path) -> None:
+    def get(self, key: str, dest: Path, etag: str | None = None) -> None:
+        """Download the object; with `etag`, only that content (StorageError otherwise)."""
         from botocore.exceptions import ClientError
 
         try:
-            self.s3.download_file(self.bucket, self._key(key), str(dest))
+            if etag is None:
+                self.s3.download_file(self.bucket, self._key(key), str(dest))
+                return
+            answer = self.s3.get_object(Bucket=self.bucket, Key=self._key(key),
+                                        IfMatch=f'"{etag}"')
+            with open(dest, "wb") as out:
+                shutil.copyfileobj(answer["Body"], out, 1 << 20)
         except ClientError as exc:
             raise StorageError(f"{self.url(key)}: {exc}") from exc
+
+    def listing(self) -> list[tuple[str, str]]:
+        """(key under the prefix, ETag) of every object under the prefix."""
+        from botocore.exceptions import ClientError
+
+        base = f"{self.prefix}/" if self.prefix else ""
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                 Prefix=base)
+        try:
+            return [(o["Key"][len(base):], o["ETag"].strip('"')) for page in pages
+                    for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+        except ClientError as exc:
+            raise StorageError(f"s3://{self.bucket}/{base}: {exc}") from exc
 
     def local(self, key: str) -> Path | None:
         return None

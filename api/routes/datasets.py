@@ -31,6 +31,14 @@ ARCHIVES = ("application/x-tar", "application/gzip", "application/x-gzip", "appl
             "application/octet-stream")
 
 
+class DatasetSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(pattern=r"^s3://[^/]+(/.*)?$", max_length=1000, description=(
+        "An S3 prefix of images (class folders, as in an archive), read in place on the "
+        "platform's S3 server (MEC_S3_ENDPOINT_URL, its credentials)."))
+
+
 class DatasetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -55,11 +63,7 @@ def _version(dataset: Dataset, version: DatasetVersion) -> DatasetVersionPublic:
 
 
 def _find(session, key: ApiKey, name: str) -> Dataset:
-    dataset = session.scalar(select(Dataset).where(Dataset.project == key.project,
-                                                   Dataset.name == name))
-    if dataset is None:
-        raise HTTPException(404, f"dataset {name!r} not found")
-    return dataset
+    return _dataset(session, key.project, name)
 
 
 @router.post("", response_model=DatasetPublic, status_code=201, responses=errors(409))
@@ -101,9 +105,10 @@ def delete_dataset(key: WriteKey, session: SessionDep, name: Name):
 
 @router.post("/{name}/versions", response_model=DatasetVersionPublic, status_code=201,
              responses=errors(404, 413, 415), openapi_extra={"requestBody": {
-                 "required": True, "content": {t: {"schema": {"type": "string",
-                                                              "format": "binary"}}
-                                               for t in ARCHIVES}}})
+                 "required": True, "content": {
+                     **{t: {"schema": {"type": "string", "format": "binary"}}
+                        for t in ARCHIVES},
+                     "application/json": {"schema": DatasetSource.model_json_schema()}}}})
 async def upload_version(key: WriteKey, request: Request, name: Name,
                          test_fraction: float = Query(0.1, ge=0, le=0.9, description=(
                              "Of each class, the part held out as test images (seeded); "
@@ -114,8 +119,17 @@ async def upload_version(key: WriteKey, request: Request, name: Name,
     with or without train/ and test/ (or val/) above them, or images alone (no labels).
     The body is streamed to disk, checked whole, then kept in the store; a bad archive is
     refused (422) with its bad members listed, and nothing of it is kept. Sending the
-    same archive again answers its existing version."""
+    same archive again answers its existing version. Or, with a JSON body
+    `{"source": "s3://bucket/prefix"}`, a version read in place from an S3 prefix of the
+    same layout (its objects' names checked now, their contents pinned by ETag)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type == "application/json":
+        try:
+            body = DatasetSource.model_validate_json(await request.body())
+        except ValueError as exc:
+            raise HTTPException(422, f"body: {exc}") from None
+        return await run_in_threadpool(_add_source, key.project, name, body.source,
+                                       test_fraction, seed)
     if content_type not in ARCHIVES:
         raise HTTPException(415, f"body: send the archive as one of {', '.join(ARCHIVES)}, "
                                  f"not {content_type or 'no Content-Type'}")
@@ -138,13 +152,33 @@ def _staging_root() -> Path:
     return root
 
 
+def _add_source(project: str, name: str, source: str, test_fraction: float, seed: int
+                ) -> DatasetVersionPublic:
+    with session_scope() as session:
+        dataset = _dataset(session, project, name)
+        try:
+            version = datasets.add_source_version(session, dataset, source, test_fraction,
+                                                  seed, _staging_root())
+        except datasets.ArchiveRefused as exc:
+            raise HTTPException(422, str(exc)) from None
+        except storage.StorageError as exc:
+            raise HTTPException(422, f"source: {exc}") from None
+        session.flush()
+        return _version(dataset, version)
+
+
+def _dataset(session, project: str, name: str) -> Dataset:
+    dataset = session.scalar(select(Dataset).where(Dataset.project == project,
+                                                   Dataset.name == name))
+    if dataset is None:
+        raise HTTPException(404, f"dataset {name!r} not found")
+    return dataset
+
+
 def _add(project: str, name: str, archive: Path, digest: str, test_fraction: float,
          seed: int) -> DatasetVersionPublic:
     with session_scope() as session:
-        dataset = session.scalar(select(Dataset).where(Dataset.project == project,
-                                                       Dataset.name == name))
-        if dataset is None:
-            raise HTTPException(404, f"dataset {name!r} not found")
+        dataset = _dataset(session, project, name)
         try:
             version = datasets.add_version(session, dataset, archive, digest,
                                            f"upload of {archive.stat().st_size} bytes",

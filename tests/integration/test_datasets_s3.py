@@ -7,6 +7,7 @@ commands and the client)."""
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -22,7 +23,7 @@ from harness import (
     take_redis_db,
 )
 
-from mec_client import Client
+from mec_client import APIError, Client
 
 
 @pytest.fixture
@@ -90,3 +91,44 @@ def test_train_and_evaluate_on_an_uploaded_dataset_with_nothing_shared_on_disk(
         (tmp_path / "api" / "artifacts").rglob("*.tar"))
     listed = mec("datasets", "list")
     assert "shapes" in listed.stdout and "240" in listed.stdout
+
+
+def test_a_version_read_in_place_from_an_s3_prefix_is_pinned_to_its_contents(
+        split_platform, s3_server, tmp_path):
+    plat = split_platform
+    bucket = s3_server.bucket("team-images")
+    s3 = s3_server.s3()
+    for c in range(3):
+        for i in range(20):
+            s3.put_object(Bucket=bucket, Key=f"catalogue/class{c}/{i}.png",
+                          Body=png(1000 * c + i % 5, side=16))
+    client = Client(plat.url, plat.key)
+    client.datasets.create("catalogue")
+    made = client._call("POST", "/v1/datasets/catalogue/versions",
+                        json={"source": f"s3://{bucket}/catalogue"},
+                        params={"test_fraction": 0.25})
+    assert made["source"] == f"s3://{bucket}/catalogue" and made["images"] == 60
+    assert made["classes"]["class2"] == {"train": 15, "test": 5}
+    assert len(made["thumbnails"]) == 3
+    config = {"dataset": "imagefolder", "data_dir": "dataset://catalogue", "image_size": 16,
+              "backbone": "convnet", "batch_size": 16, "proj_dim": 32, "pred_hidden_dim": 16,
+              "epochs": 1, "max_steps": 2, "warmup_epochs": 0.1, "lambda_warmup_epochs": 0.1}
+    job = client.wait(client.submit({"kind": "pretrain", "config": config}).id, timeout=300,
+                      poll=0.5)
+    assert job.status == "succeeded", job.error
+
+    s3.put_object(Bucket=bucket, Key="catalogue/readme.txt", Body=b"not an image")
+    with pytest.raises(APIError) as refused:
+        client._call("POST", "/v1/datasets/catalogue/versions",
+                     json={"source": f"s3://{bucket}/catalogue"})
+    assert refused.value.status == 422 and "readme.txt: not an image file" in \
+        refused.value.detail
+    assert client.datasets.get("catalogue").latest == 1  # nothing kept
+
+    # an object changed after the version was made: a host without the version cached
+    # refuses to train on other contents than the version's
+    s3.put_object(Bucket=bucket, Key="catalogue/class0/0.png", Body=png(99, side=16))
+    shutil.rmtree(tmp_path / "worker" / "cache")
+    failed = client.wait(client.submit({"kind": "pretrain", "config": config}).id,
+                         timeout=300, poll=0.5)
+    assert failed.status == "failed" and "catalogue/class0/0.png" in failed.error
