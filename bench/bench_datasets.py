@@ -74,8 +74,11 @@ def run(megabytes: int) -> dict:
             "    datasets.add_version(s, d, __import__('pathlib').Path(sys.argv[1]), digest,\n"
             "                         'bench', 0.0, 0)\n"
             "    print(time.perf_counter() - t)\n")
-        upload = float(subprocess.run([sys.executable, "-c", script, str(archive)], env=env,
-                                      capture_output=True, text=True, check=True).stdout)
+        done = subprocess.run([sys.executable, "-c", script, str(archive)], env=env,
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"the upload failed: {done.stderr[-3000:]}")
+        upload = float(done.stdout)
         local = root / "local"
         started = time.perf_counter()
         local.mkdir()

@@ -43,7 +43,7 @@ class S3Server:
              f"-master.port={ports[0]}", f"-volume.port={ports[1]}",
              f"-filer.port={ports[2]}", "-s3", f"-s3.port={self.port}",
              "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=64",
-             "-volume.max=16"],
+             "-volume.max=200"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.env = {"MEC_S3_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "test",
                     "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
