@@ -3,6 +3,7 @@ and serving's as "mec.commands" entry points in pyproject.toml)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -112,12 +113,22 @@ def _data_dir(value: str | None) -> Path:
 @click.command()
 @click.option("--data-dir", default=None, help="Data directory [default: MEC_DATA_DIR or "
               "./mec-data].")
+@click.option("--storage-url", default=None, help="The store of datasets: s3://bucket/prefix "
+              "(with MEC_S3_ENDPOINT_URL and the AWS_* credentials; the bucket is created "
+              "if missing) [default: MEC_STORAGE_URL, else a folder in the data directory].")
 @_port_options
-def up(data_dir, api_port, inference_port, management_port, metrics_port,
+def up(data_dir, storage_url, api_port, inference_port, management_port, metrics_port,
        worker_metrics_port) -> None:
     """Start the API, a worker and TorchServe as local processes, and leave them running."""
     from mec_platform.stack import Ports, Stack
+    from mec_platform.storage import open_store
 
+    if storage_url:
+        try:
+            open_store(storage_url, os.environ.get("MEC_S3_ENDPOINT_URL")).prepare()
+        except Exception as exc:  # a bad URL, an unreachable server, refused credentials
+            raise click.BadParameter(str(exc), param_hint="--storage-url") from None
+        os.environ["MEC_STORAGE_URL"] = storage_url  # the stack's processes inherit it
     stack = Stack(_data_dir(data_dir), Ports(api_port, inference_port, management_port,
                                              metrics_port, worker_metrics_port))
     try:
