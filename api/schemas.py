@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mec_core.config import TrainConfig
+from mec_core.config import TrainConfig, resolved, stored_config
 from mec_platform.galleries import NAME_PATTERN
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
@@ -98,6 +98,10 @@ class JobPublic(BaseModel):
     queue: Queue
     status: JobStatus
     config: dict[str, Any]
+    resolved_config: dict[str, Any] | None = Field(description="A pretraining job's config "
+                                                   "as its run decides it: image_size, "
+                                                   "small_stem, channels_last filled in, and "
+                                                   "monitor_every once its steps are known.")
     parent_id: int | None = Field(description="For a sweep's trial: the sweep.")
     progress: Progress
     eta_seconds: float | None = Field(description="Estimated time to finish, from the rate "
@@ -133,7 +137,9 @@ def public(job: Job, now: datetime | None = None,
         eta = elapsed / job.step * (total - job.step)
     return JobPublic(
         id=job.id, kind=job.kind, name=job.name, tags=job.tags, priority=job.priority,
-        queue=job.queue, status=job.status, config=job.config, parent_id=job.parent_id,
+        queue=job.queue, status=job.status, config=job.config,
+        resolved_config=resolved(stored_config(job.config), total)
+        if job.kind == JobKind.PRETRAIN else None, parent_id=job.parent_id,
         progress=Progress(step=job.step, total_steps=total, epoch=job.epoch,
                           steps_per_epoch=job.steps_per_epoch, percent=round(percent, 2)),
         eta_seconds=eta, last_metrics=job.last_metrics, result=job.result, error=job.error,
@@ -162,6 +168,7 @@ class JobsPublic(BaseModel):
 class Series(BaseModel):
     steps: list[int]
     values: list[float]
+    times: list[float] = Field(description="When each value was logged (Unix seconds).")
 
 
 class MetricsPublic(BaseModel):
