@@ -34,6 +34,7 @@ from mec_core.clock import StepClock
 from mec_core.config import (
     TrainConfig,
     channels_last,
+    hflip,
     image_size,
     monitor_every,
     resolve_device,
@@ -211,7 +212,7 @@ def setup(config: TrainConfig, out: Path, resume: bool, keep_checkpoints: int = 
         config=config, world=world, data=data, images=data.images.to(device),
         order=DataOrder(len(data), config.batch_size, config.seed, world), norm=norm,
         views=recipe_for(config.augmentation, data.channels, config.crop_min_scale,
-                         small=small_images(config), hflip=config.hflip is not False),
+                         small=small_images(config), hflip=hflip(config)),
         method=get_method(config.method), model=model, net=net, optimizer=optimizer,
         autocast=autocast, scaler=scaler, monitor=monitor, checkpointer=checkpointer,
         steps_per_epoch=steps_per_epoch, total=total, start=start, resumed_from=resumed_from,
