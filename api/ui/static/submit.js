@@ -25,10 +25,13 @@ function input(name, spec) {
       ...choices.map((v) => el("option", { value: v, text: v })));
   } else {
     const numeric = spec.type === "integer" || spec.type === "number";
-    control = el("input", { name, "data-field": name, type: "text", placeholder: "auto",
+    control = el("input", { name, "data-field": name, type: "text",
       inputmode: numeric ? (spec.type === "integer" ? "numeric" : "decimal") : null });
   }
   control.dataset.kind = spec.enum ? "enum" : spec.type;
+  // empty and resolved to null: "auto" where the field leaves it to the run, "null" where
+  // a recipe chose null (order: the exact log-det)
+  control.dataset.none = spec.default === null || spec.default === undefined ? "auto" : "null";
   if (spec.nullable) control.dataset.nullable = "true";
   inputs[name] = control;
   return el("label", { class: "field" },
@@ -117,7 +120,7 @@ function showResolved(config) {
     const v = config[name];
     const shown = v === null || v === undefined ? null : String(v);
     if (control.tagName === "SELECT") control.options[0].text = shown === null ? "default" : `default (${shown})`;
-    else control.placeholder = shown === null ? "auto" : shown;
+    else control.placeholder = shown ?? control.dataset.none;
   }
 }
 
@@ -142,12 +145,15 @@ async function build() {
   const schema = await (await fetch("/openapi.json")).json();
   const config = schema.components.schemas.TrainConfig;
   document.getElementById("fields").replaceChildren(...Object.entries(config.properties)
-    .map(([name, spec]) => input(name, { ...resolve(schema, spec), description: spec.description })));
+    .map(([name, spec]) => input(name, { ...resolve(schema, spec), description: spec.description,
+                                          default: spec.default })));
   await check();
 }
 
 let pending = null;
-form.addEventListener("input", () => { clearTimeout(pending); pending = setTimeout(check, 400); });
+const later = () => { clearTimeout(pending); pending = setTimeout(check, 400); };
+form.addEventListener("input", later);
+form.addEventListener("change", later);  // a select changed by a script fires only this
 
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
