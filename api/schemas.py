@@ -341,6 +341,18 @@ class GalleryItemPublic(BaseModel):
     vector: list[float]
 
 
+class GalleryItemListed(BaseModel):
+    id: str
+    metadata: dict[str, Any] | None
+    thumbnail: str | None = Field(description="An image item's image, at most 96 px a side "
+                                  "(PNG, base64); null for an item added as a vector.")
+
+
+class GalleryItemsPublic(BaseModel):
+    data: list[GalleryItemListed]
+    count: int = Field(description="Items in the gallery (or of the ids asked for).")
+
+
 class GalleryDelete(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=_exactly_one(
         "ids", "filter", extra={"required": ["all"], "properties": {"all": {"const": True}}}))
