@@ -6,7 +6,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mec_core.config import TrainConfig, resolved, stored_config
 from mec_platform.galleries import NAME_PATTERN
@@ -138,8 +145,7 @@ def public(job: Job, now: datetime | None = None,
     return JobPublic(
         id=job.id, kind=job.kind, name=job.name, tags=job.tags, priority=job.priority,
         queue=job.queue, status=job.status, config=job.config,
-        resolved_config=resolved(stored_config(job.config), total)
-        if job.kind == JobKind.PRETRAIN else None, parent_id=job.parent_id,
+        resolved_config=_resolved(job), parent_id=job.parent_id,
         progress=Progress(step=job.step, total_steps=total, epoch=job.epoch,
                           steps_per_epoch=job.steps_per_epoch, percent=round(percent, 2)),
         eta_seconds=eta, last_metrics=job.last_metrics, result=job.result, error=job.error,
@@ -149,6 +155,15 @@ def public(job: Job, now: datetime | None = None,
         resumes=max(job.attempts - 1, 0), checkpoint=job.checkpoint,
         worker_host=job.worker_host, device=job.device, created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at)
+
+
+def _resolved(job: Job) -> dict[str, Any] | None:
+    if job.kind != JobKind.PRETRAIN:
+        return None
+    try:
+        return resolved(stored_config(job.config), job.total_steps)
+    except ValidationError:  # a row of a schema older than stored_config reads: as stored
+        return None
 
 
 class JobValidated(BaseModel):

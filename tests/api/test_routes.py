@@ -96,6 +96,9 @@ def test_job__the_resolved_config_beside_the_one_submitted(client):
     with session_scope() as s:
         s.execute(update(Job).where(Job.id == job["id"]).values(total_steps=50))
     assert client.get(f"/v1/jobs/{job['id']}").json()["resolved_config"]["monitor_every"] == 5
+    with session_scope() as s:  # a row no config of today reads: shown as stored, no 500
+        s.execute(update(Job).where(Job.id == job["id"]).values(config={"gone": 1}))
+    assert client.get(f"/v1/jobs/{job['id']}").json()["resolved_config"] is None
 
 
 def test_keys__missing_unknown_and_revoked(client):
