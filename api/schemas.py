@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mec_client.models import ErrorPublic, JobKind, JobPublic, JobStatus, Progress, Queue
-from mec_core.config import TrainConfig
+from mec_core.config import TrainConfig, resolved, stored_config
 from mec_platform.galleries import NAME_PATTERN
 from mec_platform.specs import ID_MAX, EvaluateSpec, SweepSpec
 from mec_platform.tables import Job, utcnow
@@ -93,7 +93,8 @@ def public(job: Job, now: datetime | None = None,
         eta = elapsed / job.step * (total - job.step)
     return JobPublic(
         id=job.id, kind=job.kind, name=job.name, tags=job.tags, priority=job.priority,
-        queue=job.queue, status=job.status, config=job.config, parent_id=job.parent_id,
+        queue=job.queue, status=job.status, config=job.config,
+        resolved_config=_resolved(job), parent_id=job.parent_id,
         progress=Progress(step=job.step, total_steps=total, epoch=job.epoch,
                           steps_per_epoch=job.steps_per_epoch, percent=round(percent, 2)),
         eta_seconds=eta, last_metrics=job.last_metrics, result=job.result, error=job.error,
@@ -103,6 +104,15 @@ def public(job: Job, now: datetime | None = None,
         resumes=max(job.attempts - 1, 0), checkpoint=job.checkpoint,
         worker_host=job.worker_host, device=job.device, created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at)
+
+
+def _resolved(job: Job) -> dict[str, Any] | None:
+    if job.kind != JobKind.PRETRAIN:
+        return None
+    try:
+        return resolved(stored_config(job.config), job.total_steps)
+    except ValidationError:  # a row of a schema older than stored_config reads: as stored
+        return None
 
 
 GalleryName = Annotated[str, Field(pattern=NAME_PATTERN, description="Letters, digits, "

@@ -286,6 +286,33 @@ def small_stem(config: TrainConfig) -> bool:
     return small_images(config)
 
 
+def channels_last(config: TrainConfig) -> bool:
+    """Whether the network runs in the channels_last memory format: as configured, else on."""
+    return config.channels_last is not False
+
+
+def hflip(config: TrainConfig) -> bool:
+    """Whether views are mirrored at random: as configured (or the dataset's), else on."""
+    return config.hflip is not False
+
+
+def monitor_every(config: TrainConfig, total_steps: int) -> int:
+    """Steps between the monitor's checks: as configured (0: off), else 10 per run."""
+    return config.monitor_every if config.monitor_every is not None else max(1, total_steps // 10)
+
+
+def resolved(config: TrainConfig, total_steps: int | None = None) -> dict:
+    """The config as a run decides it (JSON values): the image size, stem and memory format
+    it uses, whether it mirrors views, and monitor_every once the run's length in steps is
+    known."""
+    values = config.model_dump(mode="json") | {
+        "image_size": image_size(config), "small_stem": small_stem(config),
+        "channels_last": channels_last(config), "hflip": hflip(config)}
+    if total_steps is not None:
+        values["monitor_every"] = monitor_every(config, total_steps)
+    return values
+
+
 def cpu_has_bf16() -> bool:
     """The CPU computes in bfloat16 natively (AVX512-BF16 or AMX), as Linux reports it."""
     try:

@@ -33,7 +33,10 @@ from mec_core.checkpoint import Checkpointer, load
 from mec_core.clock import StepClock
 from mec_core.config import (
     TrainConfig,
+    channels_last,
+    hflip,
     image_size,
+    monitor_every,
     resolve_device,
     resolve_precision,
     small_images,
@@ -183,7 +186,7 @@ def setup(config: TrainConfig, out: Path, resume: bool, keep_checkpoints: int = 
 
     torch.manual_seed(config.seed)
     model = MECModel.from_config(config).to(device)
-    if config.channels_last is not False:  # None (default): on
+    if channels_last(config):
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
     checkpointer = Checkpointer(out / "checkpoints", keep_checkpoints)
@@ -202,14 +205,14 @@ def setup(config: TrainConfig, out: Path, resume: bool, keep_checkpoints: int = 
             distributed.sync_batchnorm(model, device),
             device_ids=[device.index] if device.type == "cuda" else None)
 
-    every = config.monitor_every if config.monitor_every is not None else max(1, total // 10)
-    monitor = Monitor(data, held_out, norm, every, device) if held_out else None
+    monitor = Monitor(data, held_out, norm, monitor_every(config, total), device) \
+        if held_out else None
     autocast, scaler = _autocast(config, device)
     return Run(
         config=config, world=world, data=data, images=data.images.to(device),
         order=DataOrder(len(data), config.batch_size, config.seed, world), norm=norm,
         views=recipe_for(config.augmentation, data.channels, config.crop_min_scale,
-                         small=small_images(config), hflip=config.hflip is not False),
+                         small=small_images(config), hflip=hflip(config)),
         method=get_method(config.method), model=model, net=net, optimizer=optimizer,
         autocast=autocast, scaler=scaler, monitor=monitor, checkpointer=checkpointer,
         steps_per_epoch=steps_per_epoch, total=total, start=start, resumed_from=resumed_from,
@@ -229,7 +232,7 @@ def batch_views(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(_step_seed(run.config.seed, step))
         x1 = augment(batch, run.views[0], run.norm, gen, m, offset)
         x2 = augment(batch, run.views[1], run.norm, gen, m, offset)
-        if run.config.channels_last is not False:
+        if channels_last(run.config):
             x1 = x1.contiguous(memory_format=torch.channels_last)
             x2 = x2.contiguous(memory_format=torch.channels_last)
     return x1, x2

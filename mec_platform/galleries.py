@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import io
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +23,7 @@ from mec_platform.tables import Gallery, GalleryItem, Model, utcnow
 from serving.embed_client import EmbedClient
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+THUMBNAIL = 96  # px, the longer side of an image item's thumbnail
 
 
 class OtherVersion(RuntimeError):
@@ -93,22 +95,39 @@ def _next_seq(session: Session, gallery_id: int) -> int:
                            .values(seq=Gallery.seq + 1).returning(Gallery.seq)).scalar_one()
 
 
-def upsert(session: Session, gallery_id: int, ids: list[str], vectors: np.ndarray,
-           metas: list[dict | None]) -> int:
-    """Insert the items or replace those with the same ids (in this transaction; the
-    caller commits). Returns the write's seq."""
+def upsert(session: Session, gallery_id: int, items: list[dict], vectors: np.ndarray) -> int:
+    """Insert the items (as added: id, metadata, image or vector) with their vectors, or
+    replace those with the same ids (in this transaction; the caller commits). Returns the
+    write's seq."""
     seq = _next_seq(session, gallery_id)
     vectors = np.ascontiguousarray(vectors, np.float32)
-    rows = {item_id: {"gallery_id": gallery_id, "item_id": item_id, "metadata": meta,
-                      "vector": vector.tobytes(), "seq": seq, "updated_at": utcnow()}
-            for item_id, vector, meta in zip(ids, vectors, metas)}  # a repeated id: the last
+    rows = {item["id"]: {"gallery_id": gallery_id, "item_id": item["id"],
+                         "metadata": item["metadata"], "vector": vector.tobytes(),
+                         "thumbnail": thumbnail(item.get("image")), "seq": seq,
+                         "updated_at": utcnow()}
+            for item, vector in zip(items, vectors)}  # a repeated id: the last
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     insert = dialect.insert(GalleryItem.__table__)
     session.execute(insert.on_conflict_do_update(
         index_elements=["gallery_id", "item_id"],
-        set_={c: insert.excluded[c] for c in ("metadata", "vector", "seq", "updated_at")}),
+        set_={c: insert.excluded[c] for c in ("metadata", "vector", "thumbnail", "seq",
+                                               "updated_at")}),
         list(rows.values()))
     return seq
+
+
+def thumbnail(image: str | None) -> bytes | None:
+    """A PNG of an image item (base64, already embedded) at most THUMBNAIL px a side, for
+    pages that list a gallery; None for a vector item."""
+    if image is None:
+        return None
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(image))) as picture:
+        picture.thumbnail((THUMBNAIL, THUMBNAIL))
+        out = io.BytesIO()
+        picture.convert("L" if picture.mode == "L" else "RGB").save(out, "PNG")
+    return out.getvalue()
 
 
 def delete(session: Session, gallery_id: int, ids: list[str]) -> int:
@@ -117,7 +136,7 @@ def delete(session: Session, gallery_id: int, ids: list[str]) -> int:
     return session.execute(update(GalleryItem).where(
         GalleryItem.gallery_id == gallery_id, GalleryItem.item_id.in_(ids),
         GalleryItem.vector.is_not(None)).values(
-        vector=None, meta=None, seq=seq, updated_at=utcnow())).rowcount
+        vector=None, meta=None, thumbnail=None, seq=seq, updated_at=utcnow())).rowcount
 
 
 def item(session: Session, gallery_id: int, item_id: str) -> GalleryItem | None:

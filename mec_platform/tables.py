@@ -281,5 +281,6 @@ class GalleryItem(Base):
     item_id: Mapped[str] = mapped_column(String(200))
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata")
     vector: Mapped[bytes | None] = mapped_column(LargeBinary)
+    thumbnail: Mapped[bytes | None] = mapped_column(LargeBinary)  # PNG, of an image item
     seq: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -64,7 +64,8 @@ def _image_files(paths: tuple[str, ...]) -> list[Path]:
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
               help="Training checkpoint whose encoder embeds.")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
-              help="Output .npy (N x D, l2-normalized); OUT.json lists the files in order.")
+              help="Output .npy (N x D, l2-normalized); OUT.json lists the files in order "
+                   "and the checkpoint.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Images per batch.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of stopping.")
@@ -102,5 +103,5 @@ def embed(images, checkpoint, out_file, batch_size, device, skip_bad) -> None:
     matrix = torch.cat(vectors).numpy()
     np.save(out_file, matrix)
     Path(f"{out_file}.json").write_text(json.dumps({"files": kept,
-                                                    "model_version": embedder.version}))
+                                                    "checkpoint": checkpoint}))
     click.echo(json.dumps({"out": out_file, "count": len(kept), "dim": int(matrix.shape[1])}))

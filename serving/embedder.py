@@ -31,7 +31,6 @@ class Embedder:
         self.net.to(device).eval()
         self.device = device
         self.norm = Normalization.from_dict(meta["normalization"])
-        self.version = f"{meta['backbone']}@step{meta['step']}"
         self.projector = projector
 
     @property

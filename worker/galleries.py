@@ -81,8 +81,7 @@ def _write(config: dict, chunk: list[dict], job_id: int, owner: str, done: int,
         with session_scope() as s:
             _bound(s, config)  # not redeployed while the chunk was embedded
             if kept:
-                galleries.upsert(s, gallery_id, [chunk[p]["id"] for p in kept], vectors,
-                                 [chunk[p]["metadata"] for p in kept])
+                galleries.upsert(s, gallery_id, [chunk[p] for p in kept], vectors)
             mine = s.execute(update(Job).where(Job.id == job_id, Job.lease_owner == owner)
                              .values(step=done + len(chunk), result=after, last_metrics={
                                  "added": after["added"], "failures": after["failures"]})

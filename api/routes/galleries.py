@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -32,13 +32,16 @@ from api.schemas import (
     GalleryItemIn,
     GalleryItemsIn,
     GallerySearch,
+    ItemId,
     errors,
     public,
 )
 from mec_client.models import (
     GalleriesPublic,
     GalleryAdded,
+    GalleryItemListed,
     GalleryItemPublic,
+    GalleryItemsPublic,
     GalleryPublic,
     GallerySearchPublic,
     JobPublic,
@@ -203,8 +206,7 @@ def _add_now(key, name: str, items: list[dict]) -> GalleryAdded:
             status = 400 if bad[first].startswith("image") else 422
             raise HTTPException(status, "; ".join(f"items[{p}].{bad[p]}" for p in sorted(bad)))
         _endpoint(session, gallery)  # still the same version after embedding
-        seq = galleries.upsert(session, gallery_id, [items[p]["id"] for p in kept], vectors,
-                               [items[p]["metadata"] for p in kept])
+        seq = galleries.upsert(session, gallery_id, [items[p] for p in kept], vectors)
         session.commit()
     return GalleryAdded(added=len(kept), seq=seq)
 
@@ -285,6 +287,25 @@ def get_import(key: EmbedKey, session: SessionDep, name: Name,
     if job is None or job.kind != JobKind.GALLERY or not galleries.is_bound(gallery, job.config):
         raise HTTPException(404, f"job_id: no import {job_id} into gallery {name!r}")
     return public(job)
+
+
+@router.get("/{name}/items", response_model=GalleryItemsPublic)
+def list_items(key: EmbedKey, session: SessionDep, name: Name,
+               ids: Annotated[list[ItemId] | None, Query(alias="id", max_length=1000)] = None,
+               offset: Annotated[int, Query(ge=0, le=ID_MAX)] = 0,
+               limit: Annotated[int, Query(ge=1, le=500)] = 50):
+    """The gallery's items in the order they were added (or those of the `id`s given),
+    with a thumbnail of each image item: what a page that shows a gallery needs."""
+    gallery = _gallery(session, key, name)
+    where = [GalleryItem.gallery_id == gallery.id, GalleryItem.vector.is_not(None)]
+    if ids is not None:
+        where.append(GalleryItem.item_id.in_(ids))
+    rows = session.execute(select(GalleryItem.item_id, GalleryItem.meta, GalleryItem.thumbnail)
+                           .where(*where).order_by(GalleryItem.id).offset(offset).limit(limit))
+    return GalleryItemsPublic(
+        data=[GalleryItemListed(id=item_id, metadata=meta, thumbnail=base64.b64encode(png)
+                                .decode() if png else None) for item_id, meta, png in rows],
+        count=session.scalar(select(func.count()).where(*where)))
 
 
 @router.get("/{name}/items/{item_id:path}", response_model=GalleryItemPublic)

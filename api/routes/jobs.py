@@ -32,6 +32,7 @@ from mec_client.models import (
     MetricsPublic,
     Series,
 )
+from mec_core.config import resolved
 from mec_core.datafiles import DEFAULT_DIRS, missing
 from mec_platform import datasets, joblogs, jobs, keys, paths, workers
 from mec_platform.db import session_scope
@@ -90,7 +91,8 @@ def validate_job(key: WriteKey, session: SessionDep, spec: Annotated[JobCreate, 
     _check(key, session, spec)
     job = Job(kind=spec.kind, queue=spec.queue, config=spec.config.model_dump(mode="json"),
               status=JobStatus.QUEUED)
-    return JobValidated(kind=spec.kind, queue=spec.queue, config=job.config,
+    config = resolved(spec.config) if isinstance(spec, PretrainJobCreate) else job.config
+    return JobValidated(kind=spec.kind, queue=spec.queue, config=config,
                         waiting=workers.waiting_reason(job, workers.capacity(session)))
 
 
@@ -219,17 +221,18 @@ def get_metrics(_: ReadKey, job: JobDep, session: SessionDep,
     if last is None:
         return MetricsPublic(job_id=job.id, stride=1, last_step=since_step, series={})
     stride = max(1, math.ceil((last - since_step) / max_points))
-    query = select(Metric.name, Metric.step, Metric.value).where(
+    query = select(Metric.name, Metric.step, Metric.value, Metric.time).where(
         Metric.job_id == job.id, Metric.step > since_step)
     if stride > 1:  # keep every stride-th step, and the newest one
         query = query.where((Metric.step.op("%")(stride) == 0) | (Metric.step == last))
     if name:
         query = query.where(Metric.name.in_(name))
     series: dict[str, Series] = {}
-    for metric, step, value in session.execute(query.order_by(Metric.name, Metric.step)):
-        entry = series.setdefault(metric, Series(steps=[], values=[]))
+    for metric, step, value, at in session.execute(query.order_by(Metric.name, Metric.step)):
+        entry = series.setdefault(metric, Series(steps=[], values=[], times=[]))
         entry.steps.append(step)
         entry.values.append(value)
+        entry.times.append(round(at.timestamp(), 3))
     return MetricsPublic(job_id=job.id, stride=stride, last_step=last, series=series)
 
 

@@ -57,6 +57,10 @@ class JobPublic(BaseModel):
     queue: Queue
     status: JobStatus
     config: dict[str, Any]
+    resolved_config: dict[str, Any] | None = Field(description="A pretraining job's config "
+                                                   "as its run decides it: image_size, "
+                                                   "small_stem, channels_last filled in, and "
+                                                   "monitor_every once its steps are known.")
     parent_id: int | None = Field(description="For a sweep's trial: the sweep.")
     progress: Progress
     eta_seconds: float | None = Field(description="Estimated time to finish, from the rate "
@@ -96,6 +100,7 @@ class JobsPublic(BaseModel):
 class Series(BaseModel):
     steps: list[int]
     values: list[float]
+    times: list[float] = Field(description="When each value was logged (Unix seconds).")
 
 
 class MetricsPublic(BaseModel):
@@ -213,6 +218,18 @@ class GalleryItemPublic(BaseModel):
     id: str
     metadata: dict[str, Any] | None
     vector: list[float]
+
+
+class GalleryItemListed(BaseModel):
+    id: str
+    metadata: dict[str, Any] | None
+    thumbnail: str | None = Field(description="An image item's image, at most 96 px a side "
+                                  "(PNG, base64); null for an item added as a vector.")
+
+
+class GalleryItemsPublic(BaseModel):
+    data: list[GalleryItemListed]
+    count: int = Field(description="Items in the gallery (or of the ids asked for).")
 
 
 class GalleryHit(BaseModel):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from fastapi.testclient import TestClient
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from api.deps import ROW_CACHE_SECONDS
 from api.main import app
@@ -83,6 +83,22 @@ def test_metrics__downsampled_with_the_newest_step(client):
     assert r["series"]["loss"]["steps"] == list(range(10, 101, 10))
     later = client.get(f"/v1/jobs/{job['id']}/metrics", params={"since_step": 95}).json()
     assert later["series"]["loss"]["steps"] == [96, 97, 98, 99, 100]
+    times = later["series"]["loss"]["times"]  # when each was logged: here, just now
+    assert len(times) == 5 and all(abs(t - time.time()) < 60 for t in times)
+
+
+def test_job__the_resolved_config_beside_the_one_submitted(client):
+    job = client.post("/v1/jobs", json={"kind": "pretrain", "config": TINY}).json()
+    assert job["config"]["image_size"] is None and job["config"]["monitor_every"] is None
+    assert {k: job["resolved_config"][k] for k in ("image_size", "channels_last",
+                                                   "monitor_every")} == {
+        "image_size": 32, "channels_last": True, "monitor_every": None}  # steps not known yet
+    with session_scope() as s:
+        s.execute(update(Job).where(Job.id == job["id"]).values(total_steps=50))
+    assert client.get(f"/v1/jobs/{job['id']}").json()["resolved_config"]["monitor_every"] == 5
+    with session_scope() as s:  # a row no config of today reads: shown as stored, no 500
+        s.execute(update(Job).where(Job.id == job["id"]).values(config={"gone": 1}))
+    assert client.get(f"/v1/jobs/{job['id']}").json()["resolved_config"] is None
 
 
 def test_keys__missing_unknown_and_revoked(client):

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import png
+from harness import b64png, png
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -77,7 +77,7 @@ def login(browser, platform, key: str) -> None:
           or d.current_url.rstrip("/").endswith("/ui"), 20, "the login's answer")
 
 
-def test_dashboard__login_submit_watch_cancel_compare_deploy(browser, platform):
+def test_dashboard__login_submit_watch_cancel_compare_deploy_galleries(browser, platform):
     # login: a wrong key is refused on the page; the right one opens the jobs table
     browser.get(platform.url)
     until(browser, lambda d: d.current_url.endswith("/ui/login"), 10, "redirect to login")
@@ -118,9 +118,9 @@ def test_dashboard__login_submit_watch_cancel_compare_deploy(browser, platform):
     shot(browser, "03-job-running")
     until(browser, lambda d: "succeeded" in find(d, "#status").text, 240, "the job to succeed")
     assert len(browser.find_elements(By.CSS_SELECTOR, ".chart")) >= 4  # loss, coding length...
-    assert find(browser, "#system-group").is_displayed()  # the process's CPU and memory
+    assert find(browser, "#group-system").is_displayed()  # the process's CPU and memory
     assert {c.get_attribute("data-metric") for c in browser.find_elements(
-        By.CSS_SELECTOR, "#system-charts .chart")} >= {"system_cpu_percent", "system_rss_mb"}
+        By.CSS_SELECTOR, "#group-system .chart")} >= {"system_cpu_percent", "system_rss_mb"}
     shot(browser, "04-job-succeeded")
 
     # cancel a long job from its page
@@ -196,6 +196,34 @@ def test_dashboard__login_submit_watch_cancel_compare_deploy(browser, platform):
         "return [...document.querySelectorAll('#neighbours img.thumb')]"
         ".every(i => i.complete && i.naturalWidth === 32)"), 20, "the neighbours' images")
     shot(browser, "09-search")
+
+    # galleries: an app's gallery of that model, its items' thumbnails, a filtered search
+    colours = ["red", "green", "blue"]
+    platform.post("/v1/galleries", {"name": "ui-shop", "model_id": model.id})
+    platform.post("/v1/galleries/ui-shop/items", {"items": [
+        {"id": f"sku-{i}", "image": b64png(i), "metadata": {"colour": colours[i % 3]}}
+        for i in range(9)]}, expect=200)
+    browser.get(f"{platform.url}/ui/galleries")
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-name="ui-shop"] a'), 20,
+          "the galleries table")[0].click()
+    until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#items .tile")) == 9, 20,
+          "the gallery's items")
+    until(browser, lambda d: d.execute_script(
+        "return [...document.querySelectorAll('#items img')]"
+        ".every(i => i.complete && i.naturalWidth === 32)"), 20, "the items' thumbnails")
+    assert "9 items" in find(browser, "#items-count").text
+    shot(browser, "09b-gallery")
+    find(browser, "#item").send_keys("sku-3")
+    find(browser, "#filter").send_keys('{"colour": {"in": ["red", "blue"]}}')
+    find(browser, "#search button[type=submit]").click()
+    until(browser, lambda d: "nearest to item sku-3" in find(d, "#showing").text, 20, "results")
+    expected = platform.post("/v1/galleries/ui-shop/search", {
+        "item_id": "sku-3", "k": 10, "filter": {"colour": {"in": ["red", "blue"]}}},
+        expect=200)["results"]
+    tiles = browser.find_elements(By.CSS_SELECTOR, "#items .tile")
+    assert [t.get_attribute("data-id") for t in tiles] == [h["id"] for h in expected]
+    assert len(tiles) == 5 and all("green" not in t.text for t in tiles)  # sku-3 left out
+    shot(browser, "09c-gallery-search")
     client.wait(client.undeploy(model.id).id, timeout=120, poll=0.5)
 
 
@@ -433,3 +461,104 @@ def test_dashboard__reasons_two_knn_measures_an_evaluations_result_clone_and_sea
     until(browser, lambda d: find(d, "#search").is_displayed(), 20, "the search page")
     assert not find(browser, "#result").is_displayed()  # no broken image, no empty table
     shot(browser, "18-search-before-a-search")
+
+
+def _hint(browser, field: str):
+    return find(browser, f"[data-field={field}]").find_element(By.XPATH, "../span[@class='hint']")
+
+
+def test_dashboard__the_form_shows_the_resolved_config_and_refuses_a_wrong_type(browser,
+                                                                              platform):
+    """The submit form shows what a job of the chosen dataset would run with (the API's
+    validate route: the small recipe for Fashion-MNIST, not the paper's ImageNet values),
+    no "default (undefined)", whole help texts, and refuses "abc" for a number at the field
+    without sending anything."""
+    login(browser, platform, platform.key)
+    browser.get(f"{platform.url}/ui/submit")
+    placeholder = lambda d, f: find(d, f"[data-field={f}]").get_attribute("placeholder")  # noqa: E731
+    until(browser, lambda d: placeholder(d, "image_size") == "28", 20, "fashion-mnist's config")
+    expected = platform.post("/v1/jobs/validate", {"kind": "pretrain", "config": {}},
+                             expect=200)["config"]
+    assert expected["recipe"] == "small" and expected["proj_dim"] == 512
+    for field in ("proj_dim", "eps_sq", "epochs", "teacher_momentum", "warmup_epochs"):
+        assert float(placeholder(browser, field)) == expected[field], field
+    assert placeholder(browser, "order") == "null"  # the small recipe's exact log-det
+    firsts = [o.text for o in browser.find_elements(By.CSS_SELECTOR, "select option:first-child")]
+    assert "undefined" not in " ".join(firsts) and "default (small)" in firsts
+    assert find(browser, "[data-field=channels_last] option").text == "default (true)"
+    hint = _hint(browser, "precision")
+    assert hint.text.endswith("fp16 on CUDA only.") and browser.execute_script(
+        "return arguments[0].scrollHeight <= arguments[0].clientHeight + 1", hint)
+    fill(browser, {"dataset": "digits"})
+    until(browser, lambda d: placeholder(d, "image_size") == "16", 20, "digits' config")
+    assert find(browser, "[data-field=hflip] option").text == "default (false)"
+    shot(browser, "19-submit-resolved")
+
+    before = platform.get("/v1/jobs")["count"]
+    fill(browser, TINY | {"epochs": "abc", "max_steps": 4})
+    find(browser, "#submit button[type=submit]").click()
+    message = until(browser, lambda d: find(d, '.field-error[data-for="config.epochs"]').text,
+                    10, "the message at the field")
+    assert message == '"abc" is not a whole number'
+    assert "invalid" in find(browser, "[data-field=epochs]").get_attribute("class")
+    time.sleep(1)
+    assert "/ui/submit" in browser.current_url and platform.get("/v1/jobs")["count"] == before
+    shot(browser, "20-submit-refused")
+
+
+def test_dashboard__curves_grouped_by_axis_and_smoothed_with_the_resolved_config(browser,
+                                                                                platform):
+    """A job's curves stand in groups (training, representation health, system; the
+    internal ones folded), drawn over steps, epochs or time, smoothed on demand; the config
+    shows what the run decided for the fields left open; the time left is rounded."""
+    job = platform.post("/v1/jobs", {"kind": "pretrain", "name": "ui-curves", "config":
+                                     TINY | {"max_steps": 20, "epochs": 5, "log_every": 1}})
+    done = platform.wait_status(job["id"], ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["error"]
+    login(browser, platform, platform.key)
+    browser.get(f"{platform.url}/ui/jobs/{job['id']}")
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#group-system .chart'), 20,
+          "the curves")
+    groups = {g: {c.get_attribute("data-metric") for c in browser.find_elements(
+        By.CSS_SELECTOR, f"#group-{g} .chart")} for g in ("training", "health", "system",
+                                                           "internal")}
+    assert {"loss", "coding_length", "lr"} <= groups["training"]
+    assert groups["health"] == {"knn_top1", "effective_rank", "spectral_norm"}
+    assert {"time_forward", "lambda_inv"} <= groups["internal"]
+    assert not find(browser, '#group-internal .chart[data-metric="time_forward"]').is_displayed()
+    find(browser, "#group-internal summary").click()
+    until(browser, lambda d: find(d, '#group-internal .chart[data-metric="time_forward"] canvas')
+          .size["width"] > 400, 10, "the folded group, opened at full width")
+
+    plot = "return document.querySelector('.chart[data-metric=loss]').plot"  # uPlot's
+    steps = browser.execute_script(f"{plot}.data[0]")
+    assert steps[-1] == 20 and browser.execute_script(f"{plot}.series[0].label") == "step"
+    per_epoch = done["progress"]["steps_per_epoch"]
+    Select(find(browser, "#x-axis")).select_by_value("epoch")
+    assert browser.execute_script(f"{plot}.series[0].label") == "epoch"
+    assert browser.execute_script(f"{plot}.data[0]") == pytest.approx(
+        [s / per_epoch for s in steps])
+    Select(find(browser, "#x-axis")).select_by_value("time")
+    minutes = browser.execute_script(f"{plot}.data[0]")
+    assert browser.execute_script(f"{plot}.series[0].label") == "minutes"
+    assert minutes == sorted(minutes) and 0 <= minutes[0] < minutes[-1] < 10
+    browser.execute_script("const s = document.getElementById('smoothing'); s.value = '0.9';"
+                           "s.dispatchEvent(new Event('input'))")
+    raw, smoothed = browser.execute_script(f"{plot}.data.slice(1)")
+    mean, expected = 0.0, []
+    for n, v in enumerate(raw, 1):  # the debiased moving average
+        mean = 0.9 * mean + 0.1 * v
+        expected.append(mean / (1 - 0.9 ** n))
+    assert smoothed == pytest.approx(expected) and smoothed != pytest.approx(raw)
+    assert find(browser, "#smoothing-value").text == "0.90"
+    shot(browser, "21-job-curves-time-smoothed")
+
+    rows = dict(browser.execute_script(  # at once: the page redraws the table as it polls
+        "return [...document.querySelectorAll('#config tr')].map(r => [...r.cells]"
+        ".map(c => c.innerText.trim()))"))
+    assert rows["image_size"] == "32 the run's default"
+    assert rows["channels_last"] == "true the run's default"
+    assert rows["monitor_every"] == "2 the run's default"  # a tenth of its 20 steps
+    assert rows["batch_size"] == "32" and rows["order"] == "null"
+    assert browser.execute_script("return [eta(5), eta(150), eta(7700), eta(7300)]") == [
+        "under a minute left", "about 3 min left", "about 2 h 10 min left", "about 2 h left"]

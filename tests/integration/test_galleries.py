@@ -7,6 +7,7 @@ own API key."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 from harness import png
+from PIL import Image
 
 from mec_client import APIError, Client
 from serving.torchserve import Keys
@@ -31,6 +33,10 @@ TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_d
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +75,16 @@ def test_add_search_filter_upsert_delete(platform, served):
               for i, v in enumerate(vectors)]
     added = app.post("/v1/galleries/shop/items", json={"items": items})
     assert added.status_code == 200 and added.json()["added"] == 8, added.text
+
+    # the list for pages: in the order added, a thumbnail of each image item
+    listed = app.get("/v1/galleries/shop/items", params={"limit": 7}).json()
+    assert listed["count"] == 8 and [i["id"] for i in listed["data"]] == \
+        [item["id"] for item in items[:7]]
+    thumbnail = base64.b64decode(listed["data"][2]["thumbnail"])  # 32 px: under 96, as it was
+    assert np.array_equal(_pixels(thumbnail), _pixels(images[2]))
+    named = app.get("/v1/galleries/shop/items", params={"id": ["vec-1", "sku-5"]}).json()
+    assert [(i["id"], i["thumbnail"] is None) for i in named["data"]] == \
+        [("sku-5", False), ("vec-1", True)] and named["count"] == 2
 
     # the stored vector of an image is the deployed model's embedding of it
     embedded = app.post(f"/v1/models/{model_id}/embed", json={"images": [_b64(images[2])]})

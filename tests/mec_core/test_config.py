@@ -9,6 +9,7 @@ from mec_core.config import (
     TrainConfig,
     image_size,
     resolve_precision,
+    resolved,
     small_stem,
     stored_config,
 )
@@ -103,3 +104,19 @@ def test_config__digits_views_default_to_no_flips_and_larger_crops():
     del old["hflip"]
     assert stored_config(old).hflip is True and stored_config(old).crop_min_scale is None
     assert stored_config(digits.model_dump(mode="json")) == digits
+
+
+def test_resolved__fills_what_the_run_decides_and_keeps_what_the_caller_set():
+    config = TrainConfig(dataset="fashion-mnist", max_steps=40)
+    values = resolved(config, total_steps=40)
+    assert (values["image_size"], values["small_stem"], values["channels_last"],
+            values["monitor_every"]) == (28, True, True, 4)
+    assert resolved(config)["monitor_every"] is None  # the run's length is not known yet
+    assert resolved(TrainConfig(dataset="digits"))["hflip"] is False  # the dataset's views
+    mine = TrainConfig(dataset="cifar10", image_size=96, channels_last=False, monitor_every=0)
+    assert {k: resolved(mine, 500)[k] for k in ("image_size", "small_stem", "channels_last",
+                                                 "monitor_every")} == {
+        "image_size": 96, "small_stem": False, "channels_last": False, "monitor_every": 0}
+    assert TrainConfig(**resolved(config, 40)) == TrainConfig(
+        **config.model_dump() | {"image_size": 28, "small_stem": True, "channels_last": True,
+                                 "hflip": True, "monitor_every": 4})  # a valid config again

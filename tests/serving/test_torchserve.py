@@ -158,8 +158,10 @@ def test_mec_embed__offline_equals_served(served, images, trained, tmp_path):
                     str(tmp_path), "--out", str(out), "--batch-size", "2"], check=True,
                    capture_output=True)
     offline = np.load(out)
-    files = json.loads((tmp_path / "emb.npy.json").read_text())["files"]
-    assert [f.rsplit("/", 1)[1] for f in files] == ["0.png", "1.png", "2.png"]
+    side = json.loads((tmp_path / "emb.npy.json").read_text())
+    assert [f.rsplit("/", 1)[1] for f in side["files"]] == ["0.png", "1.png", "2.png"]
+    # no version label of its own: a deployment's number is the one version users see
+    assert side == {"files": side["files"], "checkpoint": str(checkpoint)}
     for row, image in zip(offline, images[:3]):
         served_vec = client.post("/predictions/tiny", content=png_of(image)).json()
         assert np.abs(row - np.array(served_vec["embeddings"][0])).max() < 1e-4

@@ -50,12 +50,14 @@ const badge = (status) => el("span", { class: `badge ${status}`, text: status })
 const num = (v, digits = 4) => (v === null || v === undefined ? "—" : Number(v).toPrecision(digits));
 const pct = (v) => (v === null || v === undefined ? "—" : `${Number(v).toFixed(2)} %`);
 
-function duration(seconds) {
-  if (seconds === null || seconds === undefined) return "";
-  const s = Math.round(seconds);
-  if (s < 60) return `${s} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
-  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+// A running job's time left, rounded as honestly as a rate from the steps so far allows
+// (none before the first step).
+function eta(seconds) {
+  if (seconds < 60) return "under a minute left";
+  const minutes = Math.round(seconds / 60);
+  if (minutes < 60) return `about ${minutes} min left`;
+  const tens = Math.round(minutes / 10) * 10;  // 2 h 10 min, not 2 h 7 min
+  return `about ${Math.floor(tens / 60)} h${tens % 60 ? ` ${tens % 60} min` : ""} left`;
 }
 
 const when = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
@@ -65,9 +67,9 @@ function progressBar(job) {
   const inner = el("div", { class: job.status });
   inner.style.width = `${Math.min(100, job.progress.percent)}%`;
   outer.append(inner);
-  const eta = job.eta_seconds ? ` · ${duration(job.eta_seconds)} left` : "";
+  const left = job.eta_seconds ? ` · ${eta(job.eta_seconds)}` : "";
   return el("div", { class: "progress-cell" }, outer,
-            el("span", { class: "small muted", text: `${job.progress.percent.toFixed(0)} %${eta}` }));
+            el("span", { class: "small muted", text: `${job.progress.percent.toFixed(0)} %${left}` }));
 }
 
 // The monitor's kNN top-1 while a job trains, and an evaluate job's top-1: two measures,
@@ -98,22 +100,22 @@ function every(ms, fn) {
 
 const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
 
-// One uPlot chart of several series that share the x axis (steps). `onZoom(min, max)`:
-// called with the step range the user dragged over (the chart zooms to it).
-function lineChart(container, title, xs, series, onZoom = null) {
+// One uPlot chart of several series that share the x axis (`xLabel`, steps by default).
+// `onZoom(min, max)`: called with the x range the user dragged over (the chart zooms to it).
+function lineChart(container, title, xs, series, { xLabel = "step", onZoom = null } = {}) {
   const wrap = el("div", { class: "chart", "data-metric": title });
   container.append(wrap);
   const width = Math.max(280, wrap.clientWidth - 16);
   const options = {
     title, width, height: 220,
     scales: { x: { time: false } },
-    axes: [{ label: "step" }, { size: 60 }],
+    axes: [{ label: xLabel }, { size: 60 }],
     cursor: { drag: { x: true, y: false } },
     hooks: onZoom ? { setSelect: [(u) => {
       if (u.select.width < 2) return;
       onZoom(u.posToVal(u.select.left, "x"), u.posToVal(u.select.left + u.select.width, "x"));
     }] } : {},
-    series: [{ label: "step" }, ...series.map((s, i) => ({
+    series: [{ label: xLabel }, ...series.map((s, i) => ({
       label: s.label, stroke: s.color || PALETTE[i % PALETTE.length], width: 1.5, spanGaps: true,
     }))],
   };
@@ -123,7 +125,7 @@ function lineChart(container, title, xs, series, onZoom = null) {
 }
 
 // The curves people judge a run by first, then the rest (timings last).
-const FIRST = ["loss", "coding_length", "spectral_norm", "knn_top1", "effective_rank", "lr"];
+const FIRST = ["loss", "coding_length", "knn_top1", "effective_rank", "spectral_norm", "lr"];
 function metricOrder(names) {
   const rank = (n) => (FIRST.includes(n) ? FIRST.indexOf(n) : n.startsWith("time_") ? 200 : 100);
   return [...names].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
@@ -134,13 +136,14 @@ document.addEventListener("DOMContentLoaded", () => {
   if (logout) logout.value = cookie("mec_csrf");
 });
 
-// Charts follow their cell's width when the window is resized.
+// Charts follow their cell's width (when the window is resized, or a folded group opens).
+function fitCharts() {
+  document.querySelectorAll(".chart").forEach((wrap) => {
+    const plot = wrap.plot;
+    if (plot && wrap.clientWidth) plot.setSize({ width: Math.max(280, wrap.clientWidth - 16), height: 220 });
+  });
+}
 window.addEventListener("resize", () => {
   clearTimeout(window.resizeTimer);
-  window.resizeTimer = setTimeout(() => {
-    document.querySelectorAll(".chart").forEach((wrap) => {
-      const plot = wrap.plot;
-      if (plot) plot.setSize({ width: Math.max(280, wrap.clientWidth - 16), height: 220 });
-    });
-  }, 150);
+  window.resizeTimer = setTimeout(fitCharts, 150);
 });

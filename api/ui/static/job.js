@@ -59,7 +59,7 @@ function showJob(job) {
   document.getElementById("progress-text").textContent = job.kind === "evaluate" ? evaluationText(job) :
     (unit ? `${p.step} of ${p.total_steps ?? "?"} ${unit}` : `step ${p.step} of ${p.total_steps ?? "?"}`) +
     ` (${p.percent.toFixed(1)} %)` +
-    (job.eta_seconds ? ` · about ${duration(job.eta_seconds)} left` : "");
+    (job.eta_seconds ? ` · ${eta(job.eta_seconds)}` : "");
   const waiting = document.getElementById("waiting");
   waiting.hidden = !job.waiting;
   waiting.textContent = job.waiting ? `Waiting: ${job.waiting}` : "";
@@ -88,8 +88,15 @@ function showJob(job) {
     document.querySelector('.tab[data-tab="logs"]').click();
   }
   document.getElementById("clone").hidden = running || !CLONABLE.includes(job.kind);
-  const rows = Object.entries(job.config).map(([k, v]) =>
-    el("tr", {}, el("th", { text: k }), el("td", { text: typeof v === "object" ? JSON.stringify(v) : String(v) })));
+  // a pretraining job's fields left to the run show what it decided
+  const resolved = job.resolved_config || job.config;
+  const rows = Object.entries(job.config).map(([k, v]) => {
+    const shown = resolved[k] ?? v;
+    return el("tr", {}, el("th", { text: k }), el("td", {},
+      shown === null ? el("span", { class: "muted", text: "null" })
+        : typeof shown === "object" ? JSON.stringify(shown) : String(shown),
+      v === null && shown !== null ? el("span", { class: "muted decided", text: " the run's default" }) : null));
+  });
   document.querySelector("#config tbody").replaceChildren(...rows);
   finished = !running;
 }
@@ -126,27 +133,91 @@ async function showTrials(sweep) {
   document.getElementById("trials-section").hidden = false;
 }
 
-async function loadMetrics() {
+// Which group of curves a metric is drawn in; the internal ones are folded.
+const HEALTH = ["knn_top1", "effective_rank", "spectral_norm"];
+const INTERNAL = ["lambda_inv", "lambda_scale", "monitor_seconds"];
+function metricGroup(name) {
+  if (name.startsWith("system_")) return "system";
+  if (HEALTH.includes(name)) return "health";
+  return name.startsWith("time_") || INTERNAL.includes(name) ? "internal" : "training";
+}
+
+const xAxis = document.getElementById("x-axis");
+const smoothing = document.getElementById("smoothing");
+let stepsPerEpoch = null;
+let firstTime = Infinity;  // the earliest point's time: 0 on the time axis
+
+function xsOf(chart) {
+  if (xAxis.value === "epoch" && stepsPerEpoch) return chart.steps.map((st) => st / stepsPerEpoch);
+  if (xAxis.value === "time") return chart.times.map((t) => (t - firstTime) / 60);
+  return chart.steps;
+}
+
+// TensorBoard's smoothing: an exponential moving average, debiased at the start.
+function smooth(values, weight) {
+  let mean = 0;
+  let n = 0;
+  return values.map((v) => {
+    n += 1;
+    mean = weight * mean + (1 - weight) * v;
+    return mean / (1 - weight ** n);
+  });
+}
+
+function dataOf(chart) {
+  const weight = Number(smoothing.value);
+  return [xsOf(chart), chart.values, ...(weight > 0 ? [smooth(chart.values, weight)] : [])];
+}
+
+// (Re)draws a metric's chart with the x-axis and smoothing chosen now.
+function draw(name) {
+  const chart = charts[name];
+  if (chart.plot) {
+    chart.plot.root.parentNode.remove();
+    chart.plot.destroy();
+  }
+  const group = document.getElementById(`group-${metricGroup(name)}`);
+  group.hidden = false;
+  const smoothed = Number(smoothing.value) > 0;
+  const label = xAxis.value === "time" ? "minutes" : xAxis.value === "epoch" && stepsPerEpoch ? "epoch" : "step";
+  const series = smoothed ? [{ label: name, values: [], color: "#bfdbfe" },
+    { label: "smoothed", values: [], color: PALETTE[0] }] : [{ label: name, values: [] }];
+  chart.plot = lineChart(group.querySelector(".charts"), name, [], series, {
+    xLabel: label, onZoom: label === "step" ? (min, max) => zoomDetail(name, min, max) : null });
+  show(name);
+}
+
+function show(name) {
+  const chart = charts[name];
+  chart.plot.setData(dataOf(chart));
+  chart.plot.root.parentNode.dataset.points = chart.steps.length;
+}
+
+async function loadMetrics(job) {
+  stepsPerEpoch = job.progress.steps_per_epoch;
   const m = await api(`/v1/jobs/${jobId}/metrics?since_step=${lastStep}&max_points=2000`);
   for (const name of metricOrder(Object.keys(m.series))) {
     const s = m.series[name];
-    let chart = charts[name];
-    if (!chart) {
-      const system = name.startsWith("system_");  // the trainer's process and device
-      const box = document.getElementById(system ? "system-charts" : "charts");
-      if (system) document.getElementById("system-group").hidden = false;
-      chart = charts[name] = { steps: [], values: [] };
-      chart.plot = lineChart(box, name, [], [{ label: name, values: [] }],
-                             (min, max) => zoomDetail(name, min, max));
-    }
+    firstTime = Math.min(firstTime, s.times[0]);
+    const chart = charts[name] || (charts[name] = { steps: [], values: [], times: [] });
     chart.steps.push(...s.steps);
     chart.values.push(...s.values);
-    chart.plot.setData([chart.steps, chart.values]);
-    chart.plot.root.parentNode.dataset.points = chart.steps.length;
+    chart.times.push(...s.times);
+    if (chart.plot) show(name); else draw(name);
   }
   lastStep = m.last_step;
   document.getElementById("no-metrics").hidden = Object.keys(charts).length > 0;
 }
+
+function redraw() {
+  const weight = Number(smoothing.value);
+  document.getElementById("smoothing-value").textContent = weight > 0 ? weight.toFixed(2) : "off";
+  metricOrder(Object.keys(charts)).forEach(draw);
+}
+xAxis.addEventListener("change", redraw);
+smoothing.addEventListener("input", redraw);
+// a folded group's charts were drawn at no width: fit them once it opens
+document.getElementById("group-internal").addEventListener("toggle", fitCharts);
 
 // Zoomed in: the metrics API again for that range, at the resolution the chart can show
 // (a series of 100,000 steps arrives downsampled to 2,000 points; a zoom on 1 % of it gets
@@ -159,12 +230,14 @@ async function zoomDetail(name, min, max) {
                       `&since_step=${since}&max_points=${points}`);
   const detail = m.series[name];
   if (!detail) return;
-  const keep = chart.steps.map((st, i) => [st, chart.values[i]]).filter(([st]) => st <= since || st > max);
-  const inside = detail.steps.map((st, i) => [st, detail.values[i]]).filter(([st]) => st <= max);
+  const rows = (s) => s.steps.map((st, i) => [st, s.values[i], s.times[i]]);
+  const keep = rows(chart).filter(([st]) => st <= since || st > max);
+  const inside = rows(detail).filter(([st]) => st <= max);
   const merged = [...keep, ...inside].sort((a, b) => a[0] - b[0]);
   chart.steps = merged.map((p) => p[0]);
   chart.values = merged.map((p) => p[1]);
-  chart.plot.setData([chart.steps, chart.values], false);
+  chart.times = merged.map((p) => p[2]);
+  chart.plot.setData(dataOf(chart), false);
   chart.plot.setScale("x", { min, max });
   chart.plot.root.parentNode.dataset.points = chart.steps.length;
   chart.plot.root.parentNode.dataset.zoomStride = m.stride;
@@ -177,7 +250,7 @@ async function refresh() {
   const job = await api(`/v1/jobs/${jobId}`);
   showJob(job);
   if (wasFinished) return;
-  await (job.kind === "sweep" ? showTrials(job) : loadMetrics());
+  await (job.kind === "sweep" ? showTrials(job) : loadMetrics(job));
 }
 
 document.getElementById("cancel").addEventListener("click", async () => {

@@ -1,6 +1,9 @@
 "use strict";
 // The pretraining form, generated from the API's own schema of the job spec (TrainConfig
-// in /openapi.json); the API's 422 messages are shown next to their fields.
+// in /openapi.json). Empty fields show what the job would run with for what is filled in
+// so far (the chosen dataset's recipe), as POST /v1/jobs/validate resolves it; a value that
+// is not of its field's type is refused at the field before anything is sent; the API's 422
+// messages are shown next to their fields.
 
 const form = document.getElementById("submit");
 const inputs = {};  // config field -> input
@@ -15,44 +18,44 @@ function resolve(schema, spec) {
 }
 
 function input(name, spec) {
-  const hint = spec.description || "";
   let control;
-  if (spec.enum) {
-    control = el("select", { name, "data-field": name },
-      el("option", { value: "", text: spec.default === undefined || spec.default === null ? "default" : `default (${spec.default})` }),
-      ...spec.enum.map((v) => el("option", { value: v, text: v })));
-  } else if (spec.type === "boolean") {
-    control = el("select", { name, "data-field": name },
-      el("option", { value: "", text: `default (${spec.default})` }),
-      el("option", { value: "true", text: "true" }), el("option", { value: "false", text: "false" }));
+  if (spec.enum || spec.type === "boolean") {
+    const choices = spec.enum || ["true", "false"];
+    control = el("select", { name, "data-field": name }, el("option", { value: "", text: "default" }),
+      ...choices.map((v) => el("option", { value: v, text: v })));
   } else {
     const numeric = spec.type === "integer" || spec.type === "number";
-    control = el("input", { name, "data-field": name, type: numeric ? "number" : "text",
-      step: spec.type === "integer" ? "1" : "any",
-      placeholder: spec.default === undefined || spec.default === null ? "auto" : String(spec.default) });
+    control = el("input", { name, "data-field": name, type: "text",
+      inputmode: numeric ? (spec.type === "integer" ? "numeric" : "decimal") : null });
   }
   control.dataset.kind = spec.enum ? "enum" : spec.type;
+  // empty and resolved to null: "auto" where the field leaves it to the run, "null" where
+  // a recipe chose null (order: the exact log-det)
+  control.dataset.none = spec.default === null || spec.default === undefined ? "auto" : "null";
+  if (spec.nullable) control.dataset.nullable = "true";
   inputs[name] = control;
-  return el("label", { class: "field", title: hint },
+  return el("label", { class: "field" },
     el("span", { class: "label", text: name.replaceAll("_", " ") }), control,
-    el("span", { class: "hint", text: hint }),
+    el("span", { class: "hint", text: spec.description || "" }),
     el("span", { class: "field-error", "data-for": `config.${name}` }));
 }
 
+const INTEGER = /^[+-]?\d+$/;
+const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
+
+// The field's value for the JSON body, undefined when empty; throws the message for the
+// field when the text is not of its type.
 function value(control) {
   const raw = control.value.trim();
   if (raw === "") return undefined;
-  if (control.dataset.kind === "boolean") return raw === "true";
-  if (control.dataset.kind === "integer" || control.dataset.kind === "number") return Number(raw);
-  return raw;
-}
-
-async function build() {
-  const schema = await (await fetch("/openapi.json")).json();
-  const config = schema.components.schemas.TrainConfig;
-  document.getElementById("fields").replaceChildren(...Object.entries(config.properties)
-    .map(([name, spec]) => input(name, { ...resolve(schema, spec), description: spec.description,
-                                          default: spec.default })));
+  const kind = control.dataset.kind;
+  if (control.dataset.nullable && ["null", "none"].includes(raw.toLowerCase()) && kind !== "string") {
+    return null;
+  }
+  if (kind === "boolean") return raw === "true";
+  if (kind === "integer" && !INTEGER.test(raw)) throw new Error(`"${raw}" is not a whole number`);
+  if (kind === "number" && !NUMBER.test(raw)) throw new Error(`"${raw}" is not a number`);
+  return kind === "integer" || kind === "number" ? Number(raw) : raw;
 }
 
 function clearErrors() {
@@ -61,40 +64,110 @@ function clearErrors() {
   document.getElementById("form-error").hidden = true;
 }
 
-form.addEventListener("submit", async (event) => {
-  event.preventDefault();
+function fieldError(field, message) {
+  const slot = form.querySelector(`.field-error[data-for="${field}"]`);
+  if (!slot) return false;
+  slot.textContent = message;
+  const control = inputs[field.replace(/^config\./, "")];
+  if (control) control.classList.add("invalid");
+  return true;
+}
+
+// The spec the form holds, or null when a field is not of its type (marked at the field).
+function spec() {
   clearErrors();
   const config = {};
+  let ok = true;
   for (const [name, control] of Object.entries(inputs)) {
-    const v = value(control);
-    if (v !== undefined) config[name] = v;
+    try {
+      const v = value(control);
+      if (v !== undefined) config[name] = v;
+    } catch (e) {
+      fieldError(`config.${name}`, e.message);
+      ok = false;
+    }
   }
-  const spec = { kind: "pretrain", config };
+  const priority = document.getElementById("job-priority").value.trim();
+  if (priority !== "" && !INTEGER.test(priority)) {
+    fieldError("priority", `"${priority}" is not a whole number`);
+    ok = false;
+  }
+  if (!ok) return null;
+  const body = { kind: "pretrain", config };
   const name = document.getElementById("job-name").value.trim();
   const tags = document.getElementById("job-tags").value.split(",").map((t) => t.trim()).filter(Boolean);
-  const priority = document.getElementById("job-priority").value;
-  if (name) spec.name = name;
-  if (tags.length) spec.tags = tags;
-  if (priority !== "") spec.priority = Number(priority);
+  if (name) body.name = name;
+  if (tags.length) body.tags = tags;
+  if (priority !== "") body.priority = Number(priority);
+  return body;
+}
+
+function showErrors(e) {
+  const errors = (e.body && e.body.errors) || [];
+  const placed = errors.filter((err) => fieldError(err.field, err.message)).length;
+  // a 422 without a per-field list names its field at the start of `detail`
+  const named = errors.length === 0 && /^([\w.]+): (.*)$/s.exec(e.message || "");
+  if ((placed < errors.length || errors.length === 0) && !(named && fieldError(named[1], named[2]))) {
+    const box = document.getElementById("form-error");
+    box.textContent = e.message;
+    box.hidden = false;
+  }
+}
+
+// Empty fields show the resolved config's values.
+function showResolved(config) {
+  for (const [name, control] of Object.entries(inputs)) {
+    const v = config[name];
+    const shown = v === null || v === undefined ? null : String(v);
+    if (control.tagName === "SELECT") control.options[0].text = shown === null ? "default" : `default (${shown})`;
+    else control.placeholder = shown ?? control.dataset.none;
+  }
+}
+
+let checking = null;
+async function check() {
+  const body = spec();
+  if (!body) return;
+  const asked = checking = body;
   try {
-    const job = await api("/v1/jobs", { method: "POST", json: spec });
+    const answer = await api("/v1/jobs/validate", { method: "POST", json: body });
+    if (asked !== checking) return;  // a newer check is on its way
+    showResolved(answer.config);
+    const waiting = document.getElementById("would-wait");
+    waiting.hidden = !answer.waiting;
+    waiting.textContent = answer.waiting ? `It would wait: ${answer.waiting}` : "";
+  } catch (e) {
+    if (asked === checking && e.status !== 401) showErrors(e);
+  }
+}
+
+async function build() {
+  const schema = await (await fetch("/openapi.json")).json();
+  const config = schema.components.schemas.TrainConfig;
+  document.getElementById("fields").replaceChildren(...Object.entries(config.properties)
+    .map(([name, spec]) => input(name, { ...resolve(schema, spec), description: spec.description,
+                                          default: spec.default })));
+  await check();
+}
+
+let pending = null;
+const later = () => { clearTimeout(pending); pending = setTimeout(check, 400); };
+form.addEventListener("input", later);
+form.addEventListener("change", later);  // a select changed by a script fires only this
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearTimeout(pending);
+  const body = spec();
+  if (!body) {
+    form.querySelector(".invalid").scrollIntoView({ block: "center" });
+    return;
+  }
+  try {
+    const job = await api("/v1/jobs", { method: "POST", json: body });
     window.location = `/ui/jobs/${job.id}`;
   } catch (e) {
-    const errors = (e.body && e.body.errors) || [];
-    let placed = 0;
-    for (const err of errors) {
-      const slot = form.querySelector(`.field-error[data-for="${err.field}"]`);
-      if (!slot) continue;
-      slot.textContent = err.message;
-      const control = inputs[err.field.replace(/^config\./, "")];
-      if (control) control.classList.add("invalid");
-      placed += 1;
-    }
-    if (placed < errors.length || errors.length === 0) {
-      const box = document.getElementById("form-error");
-      box.textContent = e.message;
-      box.hidden = false;
-    }
+    showErrors(e);
     const first = form.querySelector(".invalid");
     if (first) first.scrollIntoView({ block: "center" });
   }
