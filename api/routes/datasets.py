@@ -122,6 +122,7 @@ async def upload_version(key: WriteKey, request: Request, name: Name,
     same archive again answers its existing version. Or, with a JSON body
     `{"source": "s3://bucket/prefix"}`, a version read in place from an S3 prefix of the
     same layout (its objects' names checked now, their contents pinned by ETag)."""
+    await run_in_threadpool(_exists, key.project, name)  # 404 before the body is read
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     if content_type == "application/json":
         try:
@@ -150,6 +151,11 @@ def _staging_root() -> Path:
     root = get_settings().data_dir / "staging"
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def _exists(project: str, name: str) -> None:
+    with session_scope() as session:
+        _dataset(session, project, name)
 
 
 def _add_source(project: str, name: str, source: str, test_fraction: float, seed: int

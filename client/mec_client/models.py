@@ -57,7 +57,7 @@ class JobPublic(BaseModel):
     queue: Queue
     status: JobStatus
     config: dict[str, Any]
-    resolved_config: dict[str, Any] | None = Field(description="A pretraining job's config "
+    resolved_config: dict[str, Any] | None = Field(None, description="A pretraining job's config "
                                                    "as its run decides it: image_size, "
                                                    "small_stem, channels_last filled in, and "
                                                    "monitor_every once its steps are known.")
@@ -100,7 +100,8 @@ class JobsPublic(BaseModel):
 class Series(BaseModel):
     steps: list[int]
     values: list[float]
-    times: list[float] = Field(description="When each value was logged (Unix seconds).")
+    times: list[float] = Field(default_factory=list, description="When each value was "
+                               "logged (Unix seconds).")
 
 
 class MetricsPublic(BaseModel):
