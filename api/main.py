@@ -7,6 +7,7 @@ import re
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.routing import iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 from prometheus_fastapi_instrumentator import Instrumentator
 from pydantic.json_schema import models_json_schema
@@ -15,6 +16,7 @@ from api import audit, limits
 from api.routes import audit as audit_routes
 from api.routes import datasets, galleries, inference, jobs, models, monitoring, system, ui
 from api.schemas import GalleryItemsIn
+from mec_platform.errors import ServiceError
 from mec_platform.jobs import JobKind
 
 app = FastAPI(
@@ -44,14 +46,29 @@ Instrumentator(excluded_handlers=["/metrics"], should_exclude_streaming_duration
 
 def openapi() -> dict:
     """FastAPI's document, with the schemas of bodies that routes read themselves (a
-    gallery add, JSON or streamed NDJSON), which FastAPI does not collect."""
+    gallery add, JSON or streamed NDJSON), which FastAPI does not collect, and each
+    route's 403 naming the scope it needs."""
     if app.openapi_schema is None:
         document = FastAPI.openapi(app)
         _, defs = models_json_schema([(GalleryItemsIn, "validation")],
                                      ref_template="#/components/schemas/{model}")
         document["components"]["schemas"].update(defs["$defs"])
+        for route in iter_route_contexts(app.routes):
+            for method in route.methods or ():
+                refused = document["paths"].get(route.path, {}).get(method.lower(), {}).get(
+                    "responses", {}).get("403")
+                if refused is not None and (scope := _scope(route.dependant)):
+                    refused["description"] = (f"The API key was revoked, or lacks the scope "
+                                              f"'{scope}' (or admin), or the dashboard's "
+                                              "cookie login sent no CSRF header.")
         app.openapi_schema = document
     return app.openapi_schema
+
+
+def _scope(dependant) -> str | None:
+    """The scope a route's key dependency declares (api.deps.needs)."""
+    return getattr(dependant.call, "scope", None) or next(
+        (s for d in dependant.dependencies if (s := _scope(d))), None)
 
 
 app.openapi = openapi
@@ -77,6 +94,13 @@ def _named(error: dict) -> tuple[str, str, str]:
     if error["type"] == "value_error" and sep and re.fullmatch(r"[A-Za-z_][\w.]*", head):
         field, msg = head if field == "body" else f"{field}.{head}", rest
     return field, msg, error["type"]
+
+
+@app.exception_handler(ServiceError)
+def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+    """A service's refusal (mec_platform.errors): its status, its words as `detail`."""
+    return JSONResponse(status_code=exc.status, content={"detail": str(exc)},
+                        headers=exc.headers)
 
 
 @app.exception_handler(RequestValidationError)

@@ -8,11 +8,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mec_client.models import ErrorPublic, JobKind, JobPublic, JobStatus, Progress, Queue
+from mec_client.models import (
+    ErrorPublic,
+    JobKind,
+    JobPublic,
+    JobStatus,
+    ModelPublic,
+    Progress,
+    Queue,
+)
 from mec_core.config import TrainConfig, resolved, stored_config
 from mec_platform.galleries import NAME_PATTERN
 from mec_platform.specs import ID_MAX, EvaluateSpec, SweepSpec
-from mec_platform.tables import Job, utcnow
+from mec_platform.tables import Job, Model, utcnow
 from mec_platform.workers import QueueCapacity, waiting_reason
 
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -113,6 +121,14 @@ def _resolved(job: Job) -> dict[str, Any] | None:
         return resolved(stored_config(job.config), job.total_steps)
     except ValidationError:  # a row of a schema older than stored_config reads: as stored
         return None
+
+
+def model_public(model: Model) -> ModelPublic:
+    """The API view of a model, with its deployment's public view."""
+    return ModelPublic(id=model.id, job_id=model.job_id, name=model.name,
+                       backbone=model.backbone, dataset=model.dataset, artifacts=model.artifacts,
+                       deployment=model.deployment and model.deployment.public(),
+                       created_at=model.created_at, evaluations=model.evaluations)
 
 
 GalleryName = Annotated[str, Field(pattern=NAME_PATTERN, description="Letters, digits, "
@@ -239,15 +255,20 @@ class AuditPublic(BaseModel):
     count: int
 
 
-def errors(*codes: int) -> dict[int | str, dict]:
-    """OpenAPI `responses` for these error status codes, all with ErrorPublic bodies."""
-    what = {400: "The body could not be parsed.", 401: "No or unknown API key.",
-            403: "The API key was revoked.",
-            404: "No such job or model.", 409: "The job has already finished.",
-            413: "The upload is over the size limit.",
-            415: "The body is of a type the route does not take.",
-            502: "The model server failed or is unreachable.",
-            422: "Invalid input; `detail` names the field. Nothing was created.",
-            429: "Too many submissions for this key; see Retry-After.",
-            503: "The database or the broker is unreachable."}
-    return {code: {"model": ErrorPublic, "description": what[code]} for code in codes}
+COMMON_ERRORS = {  # causes that are the same on every route
+    401: "No or unknown API key.",
+    403: "The API key was revoked, or lacks the route's scope, or the dashboard's cookie "
+         "login sent no CSRF header.",  # each route's scope is named by api.main.openapi
+    413: "The body is over the size limit.",
+    415: "The body is of a type the route does not take.",
+    422: "Invalid input; `detail` names the field. Nothing was created.",
+    503: "The database or the broker is unreachable."}
+
+
+def errors(*entries: int | dict[int, str]) -> dict[int | str, dict]:
+    """OpenAPI `responses` with ErrorPublic bodies: a code of COMMON_ERRORS, or
+    {code: what it means here} for causes that differ by router or route (404, 409, ...)."""
+    texts: dict[int, str] = {}
+    for entry in entries:
+        texts |= entry if isinstance(entry, dict) else {entry: COMMON_ERRORS[entry]}
+    return {code: {"model": ErrorPublic, "description": text} for code, text in texts.items()}

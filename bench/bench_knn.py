@@ -7,7 +7,7 @@ Synthetic unit vectors drawn around 1,000 cluster centres (like embeddings of a 
 gallery); queries are perturbed gallery items. Latency is per query, batch of 1, one
 thread each (as TorchServe workers call it), median over the queries. Indexes are built
 with every core. IVF: 4 sqrt(N) lists, trained on up to 100k items, nprobe 16; HNSW: M = 32,
-efSearch 128 (serving/gallery.py).
+efSearch 128 (serving/reference_set.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 import faiss
 import numpy as np
 
-from serving.gallery import Gallery
+from serving.reference_set import ReferenceSet
 
 
 def data(n: int, dim: int, queries: int, seed: int = 0):
@@ -60,12 +60,12 @@ def main() -> None:
         x, q = data(n, args.dim, args.queries)
         ids, labels = [str(i) for i in range(n)], [""] * n
         faiss.omp_set_num_threads(cores)
-        exact = Gallery.build(x, ids, labels, "exact")
+        exact = ReferenceSet.build(x, ids, labels, "exact")
         start = time.perf_counter()
-        hnsw = Gallery.build(x, ids, labels, "hnsw")
+        hnsw = ReferenceSet.build(x, ids, labels, "hnsw")
         hnsw_build = time.perf_counter() - start
         start = time.perf_counter()
-        inverted = Gallery.build(x, ids, labels, "ivf").index
+        inverted = ReferenceSet.build(x, ids, labels, "ivf").index
         ivf_build = time.perf_counter() - start
         _, truth = exact.index.search(q, 10)
         r_hnsw, r_ivf = (recall(truth, i.search(q, 10)[1]) for i in (hnsw.index, inverted))

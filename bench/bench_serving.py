@@ -92,7 +92,7 @@ def build(root: Path) -> tuple[Path, Path]:
                          feature_grid=1)
     train(config, root / "run")
     ckpt = checkpoint.latest(root / "run" / "checkpoints")
-    package(ckpt, root / "store", "bench", gallery_limit=256)
+    package(ckpt, root / "store", "bench", reference_limit=256)
     return ckpt, root / "store"
 
 

@@ -25,12 +25,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mec_core.data import IMAGE_SUFFIXES
 from mec_platform import storage
+from mec_platform.errors import Invalid, NotFound
 from mec_platform.settings import get_settings
+from mec_platform.specs import SweepSpec
 from mec_platform.tables import Dataset, DatasetVersion
 
 SCHEME = "dataset://"
@@ -369,6 +372,31 @@ def resolve(session: Session, project: str, uri: str, field: str) -> str:
                                       else " not found")
         raise LookupError(f"{field}: {what}")
     return f"{SCHEME}{name}/{found.number}"
+
+
+def pinned(session: Session, project: str, config: BaseModel) -> BaseModel:
+    """A job's config (a TrainConfig, EvaluateSpec or SweepSpec) with its dataset://
+    data_dir naming the exact version it will read (the latest, when it names none):
+    NotFound naming the field when there is none in `project`; a dataset version is an
+    image folder (Invalid for another dataset)."""
+    sweep = isinstance(config, SweepSpec)
+    fields = config.base if sweep else config.model_dump()
+    field = "config.base.data_dir" if sweep else "config.data_dir"
+    uri = fields.get("data_dir")
+    if not (uri or "").startswith(SCHEME):
+        return config
+    if fields.get("dataset", "fashion-mnist" if sweep else None) not in ("imagefolder", None):
+        raise Invalid(f"{field}: a dataset:// version is an image folder: set "
+                      f"{field.rsplit('.', 1)[0]}.dataset to imagefolder")
+    try:
+        exact = resolve(session, project, uri, field)
+    except LookupError as exc:
+        raise NotFound(str(exc)) from None
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    if sweep:
+        return config.model_copy(update={"base": config.base | {"data_dir": exact}})
+    return config.model_copy(update={"data_dir": exact})
 
 
 def _dataset(session: Session, project: str, name: str) -> Dataset | None:

@@ -100,7 +100,7 @@ def run(dataset: str, config: dict, data_dir: Path | None, ports: Ports | None,
 
         console.print("[4/6] deploying to TorchServe (embedding + kNN endpoints)")
         model = client.models().data[0]
-        _wait(client, client.deploy(model.id, gallery_limit=config.get("train_limit")).id)
+        _wait(client, client.deploy(model.id, reference_limit=config.get("train_limit")).id)
         deployment = client.model(model.id).deployment
         summary["endpoints"] = deployment["urls"]
         for task_name, url in deployment["urls"].items():

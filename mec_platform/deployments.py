@@ -1,7 +1,9 @@
-"""Deployments are state the platform restores: the database says which models serve at
-which version; TorchServe starts empty (`--ncs`), so whenever it (re)starts every model
-recorded as serving is registered again, at the same version, from the archives its
-deploy left in the model store. Galleries, bound to a deployment number, stay valid."""
+"""Deployments: the service that submits deploy and undeploy jobs (a route's, or a sweep's
+promotion of its best trial), and the state the platform restores: the database says
+which models serve at which version (specs.Deployment); TorchServe starts empty (`--ncs`),
+so whenever it (re)starts every model recorded as serving is registered again, at the
+same version, from the archives its deploy left in the model store. Galleries, bound to a
+deployment number, stay valid."""
 
 from __future__ import annotations
 
@@ -13,18 +15,41 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from mec_platform import jobs, paths
+from mec_platform.errors import Conflict, Invalid
 from mec_platform.jobs import JobKind, JobStatus
+from mec_platform.queue import Queue
+from mec_platform.settings import get_settings
+from mec_platform.specs import LOST, Deployment, DeploySpec
 from mec_platform.tables import Job, Model
 from serving.torchserve import Management
 
 log = logging.getLogger(__name__)
 
-LOST = "lost"  # a deployment whose archive is gone: it cannot be served again
+
+def submit(session: Session, model: Model, action: str, spec: DeploySpec | None = None) -> Job:
+    """A deploy (or undeploy) job of the model, in the model's project; Invalid when the
+    reference set's folder is outside the data roots."""
+    spec = spec or DeploySpec()
+    try:
+        paths.check(spec.reference_data_dir, "reference_data_dir",
+                    get_settings().allowed_data_roots)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    return jobs.submit(session, JobKind.DEPLOY, {
+        "model_id": model.id, "action": action, **spec.model_dump(mode="json")}, Queue.CPU,
+        f"{action} model {model.id}", priority=5, project=model.project)
 
 
-def endpoints(deployment: dict) -> list[str]:
-    """The TorchServe endpoints of a deployment: the embeddings and the gallery's kNN."""
-    return [deployment["name"], f"{deployment['name']}-knn"]
+def promote(session: Session, sweep: Job) -> Job:
+    """Deploy the model of a succeeded sweep's best trial (Conflict: there is none)."""
+    best = (sweep.result or {}).get("best") if sweep.kind == JobKind.SWEEP else None
+    if sweep.status != JobStatus.SUCCEEDED or not best:
+        raise Conflict(f"job {sweep.id} is not a succeeded sweep with a best trial")
+    model = session.scalar(select(Model).where(Model.job_id == best["job_id"]))
+    if model is None:
+        raise Conflict(f"the best trial, job {best['job_id']}, has no model")
+    return submit(session, model, "deploy")
 
 
 def archive(model_store: Path, endpoint: str, number: int) -> Path:
@@ -43,17 +68,17 @@ def restore(open_session: Callable[[], AbstractContextManager[Session]],
         busy = {c["model_id"] for c in s.scalars(select(Job.config).where(
             Job.kind == JobKind.DEPLOY, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))))}
         serving = [(i, d) for i, d in s.execute(select(Model.id, Model.deployment))
-                   if (d or {}).get("status") == "serving" and i not in busy]
+                   if d is not None and d.serving and i not in busy]
     if not serving:
         return {}
     management = connect()
     served = management.names()
     done = {}
     for model_id, deployment in serving:
-        missing = [e for e in endpoints(deployment) if e not in served]
+        missing = [e for e in deployment.endpoints() if e not in served]
         if not missing:
             continue
-        number = deployment["number"]
+        number = deployment.number
         gone = [archive(model_store, e, number).name for e in missing
                 if not archive(model_store, e, number).exists()]
         if gone:
@@ -70,12 +95,13 @@ def restore(open_session: Callable[[], AbstractContextManager[Session]],
     return done
 
 
-def _register(management: Management, endpoint: str, mar: Path, deployment: dict) -> None:
+def _register(management: Management, endpoint: str, mar: Path,
+              deployment: Deployment) -> None:
     """Register one archive; another process restoring the same endpoint at the same time
     is no error."""
     try:
-        management.register(mar.name, endpoint, deployment["workers"],
-                            deployment["batch_size"], deployment["max_batch_delay_ms"])
+        management.register(mar.name, endpoint, deployment.workers, deployment.batch_size,
+                            deployment.max_batch_delay_ms)
     except RuntimeError:
         if endpoint not in management.names():
             raise
@@ -84,9 +110,9 @@ def _register(management: Management, endpoint: str, mar: Path, deployment: dict
 def _mark_lost(open_session, model_id: int, number: int, reason: str) -> None:
     """Mark the deployment lost, unless a deploy replaced it meanwhile."""
     with open_session() as s:
-        deployment = s.get(Model, model_id).deployment or {}
-        if deployment.get("status") == "serving" and deployment.get("number") == number:
+        deployment = s.get(Model, model_id).deployment
+        if deployment is not None and deployment.serving and deployment.number == number:
             s.execute(update(Model).where(Model.id == model_id).values(
-                deployment=deployment | {"status": LOST, "reason": reason}))
+                deployment=deployment.model_copy(update={"status": LOST, "reason": reason})))
             s.commit()
     log.error("model %s: %s", model_id, reason)

@@ -1,7 +1,11 @@
-"""Galleries in the database, the one copy that survives anything: a write of items is one
-transaction that stamps them with the gallery's next `seq`, so what a write acknowledged
-is committed, and a reader that has applied everything up to seq S catches up with
-`changes(S)`. Writers of one gallery queue on its row, so seqs commit in order."""
+"""Apps' galleries: the service the /v1/galleries routes and the import task call, and
+the rows, the one copy that survives anything. A write of items is one transaction that
+stamps them with the gallery's next `seq`, so what a write acknowledged is committed, and
+a reader that has applied everything up to seq S catches up with the writes after S
+(gallery_indexes). Writers of one gallery queue on its row, so seqs commit in order.
+
+A gallery is found by name in the key's project; refusals are mec_platform.errors, whose
+messages name the field at fault."""
 
 from __future__ import annotations
 
@@ -9,30 +13,257 @@ import base64
 import binascii
 import contextlib
 import io
-from collections.abc import Iterator
+import json
+import uuid
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import delete as delete_rows
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mec_platform import gallery_indexes, jobs, keys
+from mec_platform.errors import BadInput, Conflict, Invalid, NotFound, TooMany, Unavailable
+from mec_platform.jobs import JobKind, JobStatus
+from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
-from mec_platform.tables import Gallery, GalleryItem, Model, utcnow
+from mec_platform.tables import ApiKey, Gallery, GalleryItem, Job, Model, utcnow
 from serving.embed_client import EmbedClient
+from serving.embed_client import Unavailable as Unreachable
+from serving.vector_index import FilterError, parse_filter
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 THUMBNAIL = 96  # px, the longer side of an image item's thumbnail
+SYNC_IMAGES = 64  # more images than this in an add (as in one /embed request): a job
 
 
-class OtherVersion(RuntimeError):
+class OtherVersion(Conflict):
     """The gallery's model now serves another version than its vectors come from."""
 
 
 def find(session: Session, project: str, name: str) -> Gallery | None:
     return session.scalar(select(Gallery).where(Gallery.project == project,
                                                 Gallery.name == name))
+
+
+def get(session: Session, key: ApiKey, name: str) -> Gallery:
+    """The key's project's gallery of this name (NotFound)."""
+    gallery = find(session, key.project, name)
+    if gallery is None:
+        raise NotFound(f"gallery {name!r} not found")
+    return gallery
+
+
+def listed(session: Session, key: ApiKey, name: str, ids: list[str] | None, offset: int,
+           limit: int) -> tuple[list[tuple[str, Any, bytes | None]], int]:
+    """A page of the gallery's live items in the order they were added (or of the `ids`
+    given): (id, metadata, thumbnail PNG or None) of each, and how many there are."""
+    gallery = get(session, key, name)
+    where = [GalleryItem.gallery_id == gallery.id, GalleryItem.vector.is_not(None)]
+    if ids is not None:
+        where.append(GalleryItem.item_id.in_(ids))
+    rows = session.execute(select(GalleryItem.item_id, GalleryItem.meta, GalleryItem.thumbnail)
+                           .where(*where).order_by(GalleryItem.id).offset(offset).limit(limit))
+    return [tuple(row) for row in rows], session.scalar(select(func.count()).where(*where))
+
+
+def visible(session: Session, key: ApiKey) -> list[Gallery]:
+    """The key's project's galleries (an admin key: every project's)."""
+    query = select(Gallery) if keys.sees_all(key) else \
+        select(Gallery).where(Gallery.project == key.project)
+    return list(session.scalars(query.order_by(Gallery.project, Gallery.name)))
+
+
+def size(session: Session, gallery: Gallery) -> int:
+    """Its items (not counting deleted ones)."""
+    return session.scalar(select(func.count()).where(GalleryItem.gallery_id == gallery.id,
+                                                     GalleryItem.vector.is_not(None)))
+
+
+def create(session: Session, key: ApiKey, name: str, model_id: int) -> Gallery:
+    """A new, empty gallery of the key's project, bound to the model's serving deployment
+    (its number and the embeddings' width)."""
+    model = session.get(Model, model_id)
+    if model is None or not keys.sees(key, model.project):
+        raise NotFound(f"model_id: model {model_id} not found")
+    deployment = model.deployment
+    if deployment is None or not deployment.serving or deployment.dim is None:
+        raise Conflict(f"model_id: model {model.id} is not deployed (or was deployed before "
+                       "galleries existed); deploy it first")
+    gallery = Gallery(project=key.project, name=name, model_id=model.id,
+                      model_version=deployment.number, dim=deployment.dim, seq=0)
+    session.add(gallery)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"name: a gallery {name!r} exists") from None
+    return gallery
+
+
+def remove(session: Session, key: ApiKey, name: str) -> None:
+    """Delete the gallery and all its items."""
+    gallery = get(session, key, name)
+    session.execute(delete_rows(GalleryItem).where(GalleryItem.gallery_id == gallery.id))
+    session.delete(gallery)
+    session.commit()
+    gallery_indexes.forget(gallery.id)
+
+
+def add(session: Session, key: ApiKey, name: str, items: list[dict]) -> tuple[int, int]:
+    """Embed and write the items now, all or none: (items written, the write's seq).
+    Nothing is held in the database while the model embeds; a bad item is BadInput (an
+    image) or Invalid (a vector), naming it (items[N]...)."""
+    gallery = get(session, key, name)
+    found = endpoint(session, gallery)
+    dim, gallery_id = gallery.dim, gallery.id
+    session.rollback()  # no transaction held while the model embeds
+    try:
+        kept, vectors, bad = vectors_of(items, dim, embed_client(), found)
+    except Unreachable as exc:
+        raise Unavailable(str(exc)) from None
+    if bad:
+        first = min(bad)
+        refusal = BadInput if bad[first].startswith("image") else Invalid
+        raise refusal("; ".join(f"items[{p}].{bad[p]}" for p in sorted(bad)))
+    endpoint(session, gallery)  # still the same version after embedding
+    seq = upsert(session, gallery_id, [items[p] for p in kept], vectors)
+    session.commit()
+    return len(kept), seq
+
+
+def check_import_room(session: Session, project: str) -> None:
+    """A project may have at most MEC_MAX_QUEUED_IMPORTS imports waiting (TooMany)."""
+    most = get_settings().max_queued_imports
+    queued = session.scalar(select(func.count()).select_from(Job).where(
+        Job.project == project, Job.kind == JobKind.GALLERY, Job.status == JobStatus.QUEUED))
+    if queued >= most:
+        raise TooMany(f"project {project!r} has {queued} imports queued, the most it may "
+                      "(MEC_MAX_QUEUED_IMPORTS); retry when some have run",
+                      headers={"Retry-After": "30"})
+
+
+def staging_path() -> Path:
+    """A new file to stage an import's items in (one JSON object per line)."""
+    folder = staging_folder(get_settings().artifact_root)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{uuid.uuid4().hex}.ndjson"
+
+
+def stage(items: list[dict]) -> Path:
+    """Stage the items for an import, written atomically."""
+    path = staging_path()
+    partial = path.with_suffix(".partial")
+    partial.write_text("".join(json.dumps(i) + "\n" for i in items))
+    partial.replace(path)
+    return path
+
+
+def submit_import(session: Session, key: ApiKey, name: str, staged: Path,
+                  count: int) -> Job:
+    """The job that writes the staged items into the gallery; a refusal removes them."""
+    try:
+        gallery = get(session, key, name)
+        endpoint(session, gallery)
+    except (NotFound, OtherVersion):
+        staged.unlink()  # nothing will read it
+        raise
+    return jobs.submit(session, JobKind.GALLERY, {
+        **identity(gallery), "items": str(staged), "count": count}, Queue.CPU,
+        f"add {count} items to gallery {gallery.name}", project=key.project)
+
+
+def import_of(session: Session, key: ApiKey, name: str, job_id: int) -> Job:
+    """An import into the gallery (NotFound for any other job)."""
+    gallery = get(session, key, name)
+    job = session.get(Job, job_id)
+    if job is None or job.kind != JobKind.GALLERY or not is_bound(gallery, job.config):
+        raise NotFound(f"job_id: no import {job_id} into gallery {name!r}")
+    return job
+
+
+def get_item(session: Session, key: ApiKey, name: str, item_id: str) -> GalleryItem:
+    found = item(session, get(session, key, name).id, item_id)
+    if found is None:
+        raise NotFound(f"item_id: no item {item_id!r} in gallery {name!r}")
+    return found
+
+
+def delete_item(session: Session, key: ApiKey, name: str, item_id: str) -> None:
+    deleted = delete(session, get(session, key, name).id, [item_id])
+    session.commit()
+    if not deleted:
+        raise NotFound(f"item_id: no item {item_id!r} in gallery {name!r}")
+
+
+def delete_items(session: Session, key: ApiKey, name: str, ids: list[str] | None,
+                 where: dict | None) -> int:
+    """Delete items by ids, else every item the metadata filter `where` keeps (None:
+    every item). Returns how many existed."""
+    gallery = get(session, key, name)
+    if ids is None:
+        allowed = _filter(where)
+        with gallery_indexes.current(session, gallery) as index:
+            ids = index.matching(allowed)
+    deleted = delete(session, gallery.id, ids) if ids else 0
+    session.commit()
+    return deleted
+
+
+def search(session: Session, key: ApiKey, name: str, *, image: str | None = None,
+           vector: list[float] | None = None, item_id: str | None = None, k: int = 10,
+           where: dict | None = None) -> tuple[list[dict], int | None]:
+    """The k items nearest to an image, a vector or an item of the gallery (left out of
+    its own results), among those the metadata filter `where` keeps: (hits, the
+    deployment number of the gallery's vectors)."""
+    gallery = get(session, key, name)
+    found = endpoint(session, gallery)
+    allowed = _filter(where)
+    query = None
+    if image is not None:
+        query = _embedded(image, found)
+    elif vector is not None:
+        if not any(vector):
+            raise Invalid("vector: all zeros")
+        _, query, bad = vectors_of([{"vector": vector}], gallery.dim, None, None)
+        if bad:  # checked and normalised as an added vector
+            raise Invalid(bad[0])
+    with gallery_indexes.current(session, gallery) as index:
+        if item_id is not None:
+            stored = index.get(item_id)
+            if stored is None:
+                raise NotFound(f"item_id: no item {item_id!r} in gallery {name!r}")
+            query = stored[0]
+        hits = index.search(query, k, allowed, exclude=item_id)[0]
+    return hits, gallery.model_version
+
+
+def _embedded(image: str, found: str | None) -> np.ndarray:
+    try:
+        data = base64.b64decode(image, validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid("image: not base64") from None
+    if found is None:
+        raise Conflict("image: the gallery's model is not deployed, so images cannot be "
+                       "embedded; search by vector or item_id")
+    try:
+        vectors, bad = embed_client().embed(found, [data])
+    except Unreachable as exc:
+        raise Unavailable(str(exc)) from None
+    if bad:
+        raise BadInput(f"image: {bad[0]}")
+    return vectors
+
+
+def _filter(spec: dict[str, Any] | None):
+    try:
+        return parse_filter(spec)
+    except FilterError as exc:
+        raise Invalid(str(exc)) from None
 
 
 STALE_UPLOAD_S = 3600  # a staging file not written to for this long has no writer left
@@ -71,14 +302,14 @@ def is_bound(gallery: Gallery | None, config: dict) -> bool:
 def endpoint(session: Session, gallery: Gallery) -> str | None:
     """The model endpoint that embeds images for the gallery (None: not deployed). Raises
     OtherVersion when the model now serves another version than the gallery's vectors."""
-    deployment = session.get(Model, gallery.model_id).deployment or {}
-    number = deployment.get("number")
+    deployment = session.get(Model, gallery.model_id).deployment
+    number = None if deployment is None else deployment.number
     if number != gallery.model_version:
         raise OtherVersion(f"gallery {gallery.name!r} holds embeddings of model "
                            f"{gallery.model_id} deployment {gallery.model_version}; the model "
                            f"now serves deployment {number}, whose embeddings are not "
                            "comparable: create a gallery for it and add the items again")
-    return deployment["name"] if deployment.get("status") == "serving" else None
+    return deployment.name if deployment is not None and deployment.serving else None
 
 
 @lru_cache(maxsize=1)
@@ -118,15 +349,19 @@ def upsert(session: Session, gallery_id: int, items: list[dict], vectors: np.nda
 
 def thumbnail(image: str | None) -> bytes | None:
     """A PNG of an image item (base64, already embedded) at most THUMBNAIL px a side, for
-    pages that list a gallery; None for a vector item."""
+    pages that list a gallery; None for a vector item, or an image this process cannot
+    draw (the model read it: the item is kept, without a picture)."""
     if image is None:
         return None
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(io.BytesIO(base64.b64decode(image))) as picture:
-        picture.thumbnail((THUMBNAIL, THUMBNAIL))
-        out = io.BytesIO()
-        picture.convert("L" if picture.mode == "L" else "RGB").save(out, "PNG")
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(image))) as picture:
+            picture.thumbnail((THUMBNAIL, THUMBNAIL))
+            out = io.BytesIO()
+            picture.convert("L" if picture.mode == "L" else "RGB").save(out, "PNG")
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
     return out.getvalue()
 
 
@@ -143,19 +378,6 @@ def item(session: Session, gallery_id: int, item_id: str) -> GalleryItem | None:
     found = session.scalar(select(GalleryItem).where(GalleryItem.gallery_id == gallery_id,
                                                      GalleryItem.item_id == item_id))
     return found if found is not None and found.vector is not None else None
-
-
-def changes(session: Session, gallery_id: int, after: int,
-            chunk: int = 20_000) -> Iterator[tuple[int, list[tuple]]]:
-    """(seq, [(item_id, metadata, vector or None for a deletion), ...]) in seq order,
-    for the writes after seq `after`, a chunk of rows at a time."""
-    query = (select(GalleryItem.seq, GalleryItem.item_id, GalleryItem.meta,
-                    GalleryItem.vector)
-             .where(GalleryItem.gallery_id == gallery_id, GalleryItem.seq > after)
-             .order_by(GalleryItem.seq, GalleryItem.id)
-             .execution_options(yield_per=chunk))
-    for part in session.execute(query).partitions():
-        yield part[-1].seq, [(r.item_id, r.meta, r.vector) for r in part]
 
 
 def _float32(values: list[float]) -> np.ndarray:

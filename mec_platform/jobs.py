@@ -1,31 +1,42 @@
 """Jobs in the database: the one place that knows the lifecycle
 queued -> running -> succeeded | failed | cancelled, and how a job reaches a worker
-(a committed row first, then a message on its queue)."""
+(a committed row first, then a message on its queue); and the jobs service that the
+routes and the tasks call: what a submission is checked for, a submission under an
+Idempotency-Key, a cancel that takes a sweep's trials with it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import timedelta
 
+from pydantic import BaseModel
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mec_client.models import FINISHED, JobKind, JobStatus
+from mec_core.config import TrainConfig
+from mec_core.datafiles import DEFAULT_DIRS, missing
+from mec_platform import keys, paths
+from mec_platform.errors import Conflict, Invalid, NotFound
 from mec_platform.keys import DEFAULT_PROJECT
 from mec_platform.queue import Queue, enqueue
-from mec_platform.tables import Job, Lease, utcnow
+from mec_platform.settings import get_settings
+from mec_platform.specs import EvaluateSpec, SweepSpec
+from mec_platform.tables import ApiKey, Job, Lease, utcnow
 
 
 def submit(session: Session, kind: JobKind, config: dict, queue: Queue, name: str = "",
            tags: list[str] | None = None, priority: int = 0,
            idempotency_key: str | None = None, project: str = DEFAULT_PROJECT,
-           parent_id: int | None = None) -> Job:
-    """Add a queued job of `project` (a sweep's trial: with its `parent_id`), commit, then
-    ring its queue: a worker that takes the message always finds the row. Raises
-    IntegrityError (rolled back) for a reused idempotency key."""
+           parent_id: int | None = None, trial: int | None = None) -> Job:
+    """Add a queued job of `project` (a sweep's child: with its `parent_id` and `trial`
+    number), commit, then ring its queue: a worker that takes the message always finds the
+    row. Raises IntegrityError (rolled back) for a reused idempotency key or trial."""
     job = Job(kind=kind, project=project, name=name or kind, tags=tags or [],
               priority=priority, queue=queue, status=JobStatus.QUEUED, config=config,
-              idempotency_key=idempotency_key, enqueued_at=utcnow(), parent_id=parent_id)
+              idempotency_key=idempotency_key, enqueued_at=utcnow(), parent_id=parent_id,
+              trial=trial)
     session.add(job)
     try:
         session.commit()
@@ -34,6 +45,76 @@ def submit(session: Session, kind: JobKind, config: dict, queue: Queue, name: st
         raise
     enqueue(job.id, job.kind, job.queue, job.priority)
     return job
+
+
+def submit_once(session: Session, key: ApiKey, idempotency_key: str | None, kind: JobKind,
+                config: BaseModel, queue: Queue, name: str, tags: list[str],
+                priority: int) -> tuple[Job, bool]:
+    """submit() to the key's project, at most once per Idempotency-Key (keys are per
+    project: another project's use of the same key is not seen). Returns the job and
+    whether it is new; the key used before for another submission is a Conflict (a
+    client's bug, as Stripe answers it)."""
+    stored = f"{key.project}:{idempotency_key}" if idempotency_key else None
+    fields = config.model_dump(mode="json")
+
+    def earlier() -> tuple[Job, bool] | None:
+        job = session.scalar(select(Job).where(Job.idempotency_key == stored))
+        if job is not None and (job.kind, job.name, job.config) != (kind, name or kind, fields):
+            raise Conflict(f"Idempotency-Key: already used for job {job.id}, submitted with "
+                           "another body; use a new key")
+        return None if job is None else (job, False)
+
+    if stored and (found := earlier()):
+        return found
+    check(session, key, config)
+    try:
+        return submit(session, kind, fields, queue, name, tags, priority, stored,
+                      key.project), True
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
+        return earlier()
+
+
+def check(session: Session, key: ApiKey, config: BaseModel) -> None:
+    """What a submission can know before queueing: every path under the data roots (one
+    rule, mec_platform.paths), a dataset's files where the workers look (in the roots this
+    API sees too), an evaluation's job (NotFound outside the key's projects, Conflict when
+    of another kind)."""
+    roots = get_settings().allowed_data_roots
+    try:
+        if isinstance(config, SweepSpec):
+            paths.check_sweep(config, roots)
+        else:
+            paths.check(config.data_dir, "config.data_dir", roots)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    if isinstance(config, SweepSpec):
+        _check_dataset(config.base.get("dataset", "fashion-mnist"), config.base.get("data_dir"),
+                       "config.base")
+    if isinstance(config, TrainConfig):
+        _check_dataset(config.dataset, config.data_dir)
+    if isinstance(config, EvaluateSpec):
+        target = session.get(Job, config.job_id)
+        if target is None or not keys.sees(key, target.project):
+            raise NotFound(f"config.job_id: job {config.job_id} not found")
+        if target.kind not in (JobKind.PRETRAIN, JobKind.IMPORT):
+            raise Conflict(f"config.job_id: job {config.job_id} is a {target.kind} job, not "
+                           "a pretraining or import job")
+        if config.dataset is not None:
+            _check_dataset(config.dataset, config.data_dir, splits=("train", "test"))
+
+
+def _check_dataset(dataset: str, data_dir: str | None, prefix: str = "config",
+                   splits: tuple[str, ...] = ("train",)) -> None:
+    """Invalid when the dataset's files are not where a worker will look, if this process
+    sees that data root (one host, or a shared mount); where it does not, the worker that
+    claims the job checks before training and fails it at once with the same words."""
+    where = data_dir or DEFAULT_DIRS.get(dataset)
+    root = None if where is None else paths.root_of(where, get_settings().allowed_data_roots)
+    if where is not None and (root is None or not root.is_dir()):
+        return
+    problem = missing(dataset, data_dir, splits)
+    if problem:
+        raise Invalid(f"{prefix}.{'data_dir' if data_dir else 'dataset'}: {problem}")
 
 
 def enqueue_again(session: Session, job_ids: Iterable[int]) -> None:
@@ -63,6 +144,25 @@ def cancel(session: Session, job_id: int, reason: str | None = None) -> JobStatu
                            .values(cancel_requested=True, **why))
     session.commit()
     return JobStatus.RUNNING if done.rowcount else None
+
+
+def cancel_job(session: Session, job: Job) -> None:
+    """Cancel the job (see cancel) and, a sweep, its unfinished trials and evaluations with
+    it; Conflict if it had already finished."""
+    if cancel(session, job.id) is None:
+        session.refresh(job)
+        raise Conflict(f"job {job.id} is already {job.status}")
+    if job.kind == JobKind.SWEEP:
+        cancel_children(session, job.id)
+    session.refresh(job)
+
+
+def cancel_children(session: Session, sweep_id: int) -> None:
+    """Cancel a sweep's unfinished children, each saying why (the sweep was cancelled)."""
+    children = session.scalars(select(Job.id).where(
+        Job.parent_id == sweep_id, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))))
+    for child in children.all():
+        cancel(session, child, reason=f"sweep {sweep_id} was cancelled")
 
 
 def claim(session: Session, job_id: int, owner: str, host: str, device: str,

@@ -127,8 +127,8 @@ class PlatformCollector(Collector):
         states: dict[str, int] = {}
         for (deployment,) in s.execute(select(Model.deployment)
                                        .where(Model.deployment.is_not(None))):
-            state = (deployment or {}).get("status", "unknown")
-            states[state] = states.get(state, 0) + 1
+            if deployment is not None:  # JSON null
+                states[deployment.status] = states.get(deployment.status, 0) + 1
         for state, n in sorted(states.items()):
             deployments.add_metric([state], n)
         yield deployments

@@ -1,5 +1,6 @@
 """The specs of the platform's own jobs (evaluation, deployment, sweep), read by the API
-and the worker. A pretraining job's spec is mec_core's TrainConfig."""
+and the worker, and the record of a model's deployment. A pretraining job's spec is
+mec_core's TrainConfig."""
 
 from __future__ import annotations
 
@@ -7,10 +8,34 @@ import itertools
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.json_schema import JsonDict
 
 from mec_core.config import DatasetName, TrainConfig
 
 ID_MAX = 2**31 - 1  # ids, steps and offsets are PostgreSQL INTEGER columns
+
+
+def renamed(names: dict[str, str]):
+    """Old field names ({old: new}) still accepted in input, so that stored job configs
+    and users' files keep working: a model's before-validator, and its schema's extra
+    (each old name shown as a deprecated property)."""
+    def rename(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for old, new in names.items():
+            if old in data:
+                if new in data:
+                    raise ValueError(f"{old}: the old name of {new}; give {new} only")
+                data = {new if k == old else k: v for k, v in data.items()}
+        return data
+
+    def schema(document: JsonDict) -> None:
+        properties = document["properties"]
+        for old, new in names.items():
+            properties[old] = {k: v for k, v in properties[new].items() if k != "title"} | {
+                "deprecated": True,
+                "description": f"Deprecated: the old name of `{new}`."}
+    return model_validator(mode="before")(classmethod(rename)), schema
 
 
 class EvaluateSpec(BaseModel):
@@ -32,10 +57,19 @@ class EvaluateSpec(BaseModel):
                                    description="Use the first N test images.")
 
 
-class DeploySpec(BaseModel):
-    """How to serve a model with TorchServe."""
+_OLD_DEPLOY_NAMES, _deprecated_deploy_names = renamed({
+    "gallery_dataset": "reference_dataset", "gallery_data_dir": "reference_data_dir",
+    "gallery_split": "reference_split", "gallery_limit": "reference_limit"})
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+class DeploySpec(BaseModel):
+    """How to serve a model with TorchServe. Its `/search` endpoint finds neighbours in a
+    reference set: labelled images embedded at deploy time (apps' own collections are
+    galleries, /v1/galleries)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False,
+                              json_schema_extra=_deprecated_deploy_names)
+    _old_names = _OLD_DEPLOY_NAMES
 
     workers: int | None = Field(None, ge=1, le=16, description="TorchServe workers per "
                                 "endpoint; default: one per core up to 4 on a CPU host (each "
@@ -48,15 +82,64 @@ class DeploySpec(BaseModel):
                                    "the workers (4 each for 2 workers).")
     max_batch_delay_ms: int = Field(20, ge=0, le=10_000, description="How long TorchServe "
                                     "waits to fill a batch.")
-    gallery_dataset: DatasetName | None = Field(None, description="kNN gallery; default: "
-                                                "the model's training set.")
-    gallery_data_dir: str | None = Field(None, max_length=1000)
-    gallery_split: Literal["train", "test"] = "train"
-    gallery_limit: int | None = Field(None, ge=1, le=ID_MAX,
-                                      description="First N gallery items only.")
+    reference_dataset: DatasetName | None = Field(None, description="The reference set "
+                                                  "/search looks in; default: the model's "
+                                                  "training set.")
+    reference_data_dir: str | None = Field(None, max_length=1000)
+    reference_split: Literal["train", "test"] = "train"
+    reference_limit: int | None = Field(None, ge=1, le=ID_MAX,
+                                        description="First N reference images only.")
     drain_seconds: float = Field(5.0, ge=0, le=600, description="On re-deploy, how long the "
                                  "old version keeps finishing its queued requests after the "
                                  "new one takes the traffic.")
+
+
+SERVING, UNDEPLOYED, LOST = "serving", "undeployed", "lost"  # LOST: its archive is gone
+
+
+class Deployment(BaseModel):
+    """A model's deployment as the database records it (models.deployment, JSON read and
+    written through this type only): written whole by the deploy task, marked lost by
+    a restore that finds its archive gone."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")  # "version": TorchServe's, dropped
+
+    status: Literal["serving", "undeployed", "lost"]
+    number: int = Field(0, description="1, 2, ... as the model is redeployed: the one "
+                        "version users see (answers' and galleries' model_version).")
+    name: str | None = Field(None, description="TorchServe's endpoint of the embeddings; "
+                             "the reference set's is `{name}-knn`.")
+    urls: dict[str, str] | None = None
+    workers: int | None = None
+    torch_threads: int | None = None
+    batch_size: int | None = None
+    max_batch_delay_ms: int | None = None
+    reference_images: str | None = Field(None, description="The reference set's pixels, for "
+                                         "showing search results.")
+    dim: int | None = Field(None, description="The embeddings' width (none: deployed before "
+                            "galleries existed).")
+    reason: str | None = Field(None, description="Why it was lost.")
+    _old_names = renamed({"gallery_images": "reference_images"})[0]
+
+    @property
+    def serving(self) -> bool:
+        return self.status == SERVING
+
+    @property
+    def torchserve_version(self) -> str:
+        """TorchServe's name of this version; never shown to users."""
+        return f"{self.number}.0"
+
+    def endpoints(self) -> list[str]:
+        """The TorchServe endpoints: the embeddings and the reference set's kNN."""
+        return [self.name, f"{self.name}-knn"]
+
+    def public(self) -> dict[str, Any]:
+        """What users see (a model's `deployment`, a deploy job's result): the record, and
+        `reference_images` also as `gallery_images`, its deprecated old name."""
+        shown = self.model_dump(mode="json", exclude_none=True)
+        return shown | ({"gallery_images": self.reference_images}
+                        if self.reference_images else {})
 
 
 class Distribution(BaseModel):
@@ -92,20 +175,26 @@ class Distribution(BaseModel):
         return list(self.choice) if self.choice is not None else list(self.bounds)
 
 
+_OLD_OBJECTIVE_NAMES, _deprecated_objective_names = renamed({"direction": "mode"})
+
+
 class Objective(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_deprecated_objective_names)
+    _old_names = _OLD_OBJECTIVE_NAMES
 
     metric: str = Field("knn_top1", min_length=1, max_length=64, description="A metric the "
                         "trials log (e.g. knn_top1, loss); its last value scores a trial.")
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] = Field("max", description="Whether a higher or a lower "
+                                        "value of the metric is better.")
     evaluation: dict[str, Any] | None = Field(
         None, description="An evaluation job run on each finished trial's model (the fields "
         "of an evaluate job but job_id, e.g. {\"protocol\": \"knn\"}): its top-1 then "
         "ranks the trials, higher being better, and metric and mode only drive pruning.")
 
     @property
-    def direction(self) -> Literal["max", "min"]:
-        """How trials are ranked: by the evaluation's top-1 (max), else by metric and mode."""
+    def rank_mode(self) -> Literal["max", "min"]:
+        """The mode trials are ranked in: the evaluation's top-1 is better higher (max),
+        else the metric's mode."""
         return "max" if self.evaluation is not None else self.mode
 
     def evaluation_of(self, job_id: int) -> EvaluateSpec:

@@ -20,8 +20,10 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 from sqlalchemy.types import TypeDecorator
+
+from mec_platform.specs import Deployment
 
 
 def utcnow() -> datetime:
@@ -41,12 +43,30 @@ class UTCDateTime(TypeDecorator):
         return None if value is None else value.replace(tzinfo=UTC)
 
 
+class DeploymentRecord(TypeDecorator):
+    """models.deployment: JSON in the database, a specs.Deployment in Python; every write
+    and every read goes through the type."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else \
+            Deployment.model_validate(value).model_dump(mode="json", exclude_none=True)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else Deployment.model_validate(value)
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: UTCDateTime}
 
 
 class Job(Base):
     __tablename__ = "jobs"
+    # a sweep has one trial (and one evaluation of it) of each number
+    __table_args__ = (Index("ix_jobs_parent_kind_trial", "parent_id", "kind", "trial",
+                            unique=True),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # a jobs.JobKind
@@ -77,6 +97,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     enqueued_at: Mapped[datetime | None]
     parent_id: Mapped[int | None] = mapped_column(index=True)  # the sweep of a trial
+    trial: Mapped[int | None]  # a sweep's child: the number of its trial (0, 1, ...)
 
     metrics: Mapped[list[Metric]] = relationship(back_populates="job", cascade="all, delete",
                                                  passive_deletes=True)
@@ -140,11 +161,16 @@ class Model(Base):
     backbone: Mapped[str] = mapped_column(String(32))
     dataset: Mapped[str] = mapped_column(String(32))
     artifacts: Mapped[dict[str, Any]]
-    deployment: Mapped[dict[str, Any] | None]
+    deployment: Mapped[Deployment | None] = mapped_column(DeploymentRecord)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     evaluations: Mapped[list[Evaluation]] = relationship(back_populates="model",
                                                          order_by="Evaluation.id")
+
+    @validates("deployment")
+    def _typed(self, _key: str, value) -> Deployment | None:
+        """A record assigned as a dict is read as the database would give it back."""
+        return None if value is None else Deployment.model_validate(value)
 
 
 class Evaluation(Base):

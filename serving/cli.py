@@ -21,23 +21,28 @@ from mec_core.config import DATASETS
 @click.option("--name", required=True, help="Model name: NAME.mar (embedding) and "
               "NAME-knn.mar (retrieval).")
 @click.option("--version", default="1.0", show_default=True, help="Model version.")
-@click.option("--gallery-dataset", type=click.Choice(list(DATASETS)), default=None,
-              help="Gallery for kNN [default: the training set].")
-@click.option("--gallery-data-dir", default=None, help="Directory of the gallery dataset.")
-@click.option("--gallery-split", type=click.Choice(["train", "test"]), default="train",
-              show_default=True, help="Split used as the gallery.")
-@click.option("--gallery-limit", type=int, default=None, help="First N gallery items only.")
+# --gallery-*: the options' old names, still taken
+@click.option("--reference-dataset", "--gallery-dataset", type=click.Choice(list(DATASETS)),
+              default=None, help="The reference set the kNN endpoint searches [default: the "
+              "training set].")
+@click.option("--reference-data-dir", "--gallery-data-dir", default=None,
+              help="Directory of the reference dataset.")
+@click.option("--reference-split", "--gallery-split", type=click.Choice(["train", "test"]),
+              default="train", show_default=True, help="Split used as the reference set.")
+@click.option("--reference-limit", "--gallery-limit", type=int, default=None,
+              help="First N reference images only.")
 @click.option("--projector", is_flag=True, help="Serve projector outputs instead of the "
               "backbone's features.")
-def package(checkpoint, out_dir, name, version, gallery_dataset, gallery_data_dir,
-            gallery_split, gallery_limit, projector) -> None:
-    """Build TorchServe archives: the encoder, its preprocessing and a gallery index."""
+def package(checkpoint, out_dir, name, version, reference_dataset, reference_data_dir,
+            reference_split, reference_limit, projector) -> None:
+    """Build TorchServe archives: the encoder, its preprocessing and a reference set."""
     from mec_core.data import DatasetError
     from serving.package import package as run
 
     try:
-        archives = run(checkpoint, out_dir, name, version, gallery_dataset, gallery_data_dir,
-                       gallery_split, gallery_limit, projector=projector)
+        archives = run(checkpoint, out_dir, name, version, reference_dataset,
+                       reference_data_dir, reference_split, reference_limit,
+                       projector=projector)
     except (DatasetError, ValueError, FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({k: str(v) for k, v in archives.items()}))

@@ -34,7 +34,7 @@ class MECHandler(BaseHandler):
         log.info("mec handler: %s on %s, %d torch threads", options["task"], device,
                  torch.get_num_threads())
         self.service = Service(model_dir, task=options["task"], device=device,
-                               gallery_dir=model_dir,
+                               reference_dir=model_dir,
                                default_k=options.get("default_k", 10),
                                max_k=options.get("max_k", 100),
                                projector=options.get("projector", False),

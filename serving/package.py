@@ -1,5 +1,5 @@
 """Build TorchServe archives (.mar) from a training checkpoint: the encoder, its
-preprocessing, and a gallery index of labelled embeddings."""
+preprocessing, and the reference set: an index of labelled embeddings."""
 
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ import numpy as np
 from mec_core.data import load_dataset
 from mec_core.export import export
 from serving.embedder import Embedder
-from serving.gallery import Gallery
+from serving.reference_set import INDEX_FILE, META_FILE, ReferenceSet
 
 HANDLER = Path(__file__).with_name("handler.py")
 
 
-def build_gallery(export_dir: Path, dataset: str, data_dir: str | None, split: str,
+def build_reference_set(export_dir: Path, dataset: str, data_dir: str | None, split: str,
                   limit: int | None, kind: str = "auto", projector: bool = False,
                   images_to: Path | None = None,
-                  on_progress: Callable[[int, int], None] | None = None) -> Gallery:
+                  on_progress: Callable[[int, int], None] | None = None) -> ReferenceSet:
     """Embed a labelled dataset; item ids are '<split>/<index>'. `images_to`: also write the
     items' pixels there (uint8, N x H x W x C, .npy; row i is item '<split>/<i>'), written
     atomically, for showing search results. `on_progress`: (images embedded, of all)."""
@@ -39,38 +39,39 @@ def build_gallery(export_dir: Path, dataset: str, data_dir: str | None, split: s
         partial = images_to.with_suffix(".partial.npy")
         np.save(partial, items.images.permute(0, 2, 3, 1).contiguous().numpy())
         partial.replace(images_to)
-    return Gallery.build(vectors.numpy(), [f"{split}/{i}" for i in range(len(items))], labels,
+    return ReferenceSet.build(vectors.numpy(), [f"{split}/{i}" for i in range(len(items))], labels,
                          kind)
 
 
 def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str = "1.0",
-            gallery_dataset: str | None = None, gallery_data_dir: str | None = None,
-            gallery_split: str = "train", gallery_limit: int | None = None,
+            reference_dataset: str | None = None, reference_data_dir: str | None = None,
+            reference_split: str = "train", reference_limit: int | None = None,
             max_k: int = 100, projector: bool = False,
             torch_threads: int | None = None,
-            gallery_images: Path | None = None,
+            reference_images: Path | None = None,
             on_progress: Callable[[int, int], None] | None = None,
             deployment: int | None = None) -> dict[str, Path]:
     """Write `{name}.mar` (embedding) and `{name}-knn.mar` (retrieval) into `out_dir`.
 
     Embeddings are the backbone's features (what kNN evaluation measures), or the
     projector's outputs with `projector`. `torch_threads`: the intra-op threads of each
-    TorchServe worker (default: torch's, one per core). `gallery_images`: where to keep the
-    gallery's pixels for showing search results (build_gallery's `images_to`).
-    `on_progress`: (gallery images embedded, of all). `deployment`: the platform's number
-    of this deployment, the answers' `model_version` (`version` is TorchServe's own)."""
+    TorchServe worker (default: torch's, one per core). `reference_images`: where to keep
+    the reference set's pixels for showing search results (build_reference_set's
+    `images_to`). `on_progress`: (reference images embedded, of all). `deployment`: the
+    platform's number of this deployment, the answers' `model_version` (`version` is
+    TorchServe's own)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         export(checkpoint, work / "export")
         meta = json.loads((work / "export" / "model.json").read_text())
-        dataset = gallery_dataset or meta["config"]["dataset"]
-        data_dir = gallery_data_dir or (meta["config"].get("data_dir")
+        dataset = reference_dataset or meta["config"]["dataset"]
+        data_dir = reference_data_dir or (meta["config"].get("data_dir")
                                         if dataset == meta["config"]["dataset"] else None)
-        build_gallery(work / "export", dataset, data_dir, gallery_split, gallery_limit,
-                      projector=projector, images_to=gallery_images,
-                      on_progress=on_progress).save(work / "gallery")
+        build_reference_set(work / "export", dataset, data_dir, reference_split,
+                            reference_limit, projector=projector, images_to=reference_images,
+                            on_progress=on_progress).save(work / "references")
         archives = {}
         for task, suffix in (("embed", ""), ("knn", "-knn")):
             (work / "serving.json").write_text(json.dumps({
@@ -80,7 +81,7 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
             extra = [work / "export" / "encoder.pt", work / "export" / "model.json",
                      work / "serving.json"]
             if task == "knn":
-                extra += [work / "gallery" / "gallery.faiss", work / "gallery" / "gallery.json"]
+                extra += [work / "references" / INDEX_FILE, work / "references" / META_FILE]
             _archive(f"{name}{suffix}", version, extra, out, work)
             archives[task] = out / f"{name}{suffix}.mar"
     return archives

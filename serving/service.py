@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from serving.embedder import Embedder
-from serving.gallery import Gallery, vote
 from serving.images import MAX_BYTES, BadRequest, decode
+from serving.reference_set import ReferenceSet, vote
 
 MAX_IMAGES = 64  # per request
 
@@ -32,10 +32,10 @@ class Parsed:
 
 
 class Service:
-    """The model behind both endpoints. task: 'embed' or 'knn' (needs a gallery)."""
+    """The model behind both endpoints. task: 'embed' or 'knn' (needs a reference set)."""
 
     def __init__(self, export_dir: str | Path, task: str = "embed", device: str = "cpu",
-                 gallery_dir: str | Path | None = None, default_k: int = 10,
+                 reference_dir: str | Path | None = None, default_k: int = 10,
                  max_k: int = 100, max_bytes: int = MAX_BYTES, projector: bool = False,
                  deployment: int | None = None) -> None:
         if task not in ("embed", "knn"):
@@ -44,7 +44,7 @@ class Service:
         self.deployment = deployment  # the platform's number of this deployment (1, 2, ...)
         self.embedder = Embedder(export_dir, device, projector)
         gpu = int(device.split(":")[1]) if device.startswith("cuda:") else None
-        self.gallery = Gallery.load(Path(gallery_dir), gpu) if task == "knn" else None
+        self.references = ReferenceSet.load(Path(reference_dir), gpu) if task == "knn" else None
 
     # --- parsing -----------------------------------------------------------------------
     def parse(self, request: dict) -> Parsed:
@@ -133,7 +133,7 @@ class Service:
         head = {"model_version": self.deployment, "batch_size": batch}
         if self.task == "embed":
             return head | {"dim": int(vectors.shape[1]), "embeddings": vectors}
-        found = self.gallery.search(vectors, p.k)
+        found = self.references.search(vectors, p.k)
         answer = head | {"k": p.k, "neighbours": found}
         if p.vote:
             answer["vote"] = [vote(n) for n in found]

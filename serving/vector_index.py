@@ -4,7 +4,7 @@ restricted by a metadata filter (equality and `in` on top-level keys, combined w
 
 Vectors live in append-only slots (an upsert takes a new slot, a delete only clears the
 slot's flag), so a write never moves the others; dead slots are compacted away once they
-outnumber the living. Search is exact while the gallery holds up to serving.gallery's
+outnumber the living. Search is exact while the gallery holds up to serving.reference_set's
 EXACT_LIMIT items; above, an inverted-file index (FAISS) over the slots is trained and
 answers, with the filter and the dead slots excluded inside FAISS by a bitmap selector and
 more lists probed the narrower the filter. A filter that leaves at most
@@ -17,7 +17,7 @@ import math
 import faiss
 import numpy as np
 
-from serving.gallery import EXACT_LIMIT, IVF_NPROBE, trained_ivf
+from serving.reference_set import EXACT_LIMIT, IVF_NPROBE, trained_ivf
 
 Scalar = str | int | float | bool | None
 FILTERED_EXACT_LIMIT = 20_000  # a gallery with an inverted file: fewer candidates, exact

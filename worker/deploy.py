@@ -11,7 +11,7 @@ import torch
 from mec_platform import deployments
 from mec_platform.db import session_scope
 from mec_platform.settings import Settings, get_settings
-from mec_platform.specs import DeploySpec
+from mec_platform.specs import SERVING, UNDEPLOYED, Deployment, DeploySpec
 from serving.embedder import Embedder
 from serving.package import package
 from serving.torchserve import Management, fresh_keys, worker_plan
@@ -22,23 +22,26 @@ def _management(settings: Settings) -> Management:
     return Management(url, fresh_keys(settings.torchserve_home, url).management)
 
 
-def deploy(settings: Settings, model_id: int, artifacts: dict, previous: dict | None,
-           spec: DeploySpec, on_progress: Callable[[int, int], None] | None = None) -> dict:
+def deploy(settings: Settings, model_id: int, artifacts: dict, previous: Deployment | None,
+           spec: DeploySpec, on_progress: Callable[[int, int], None] | None = None
+           ) -> Deployment:
     """Build archives for the next version, register them, make them the default, then
     retire the previous version. Returns the new deployment record (with the embeddings'
-    width, `dim`, which galleries check vectors against). `on_progress`: (gallery images
-    embedded, of all)."""
+    width, `dim`, which galleries check vectors against). `on_progress`: (reference
+    images embedded, of all)."""
     name = f"mec-{model_id}"
-    number = int((previous or {}).get("number", 0)) + 1
-    version = f"{number}.0"
+    record = Deployment(status=SERVING, name=name,
+                        number=(previous.number if previous else 0) + 1)
+    number, version = record.number, record.torchserve_version
     staging = settings.model_store / f".staging-{name}-v{number}"
     plan = worker_plan(spec.workers, spec.torch_threads, spec.batch_size,
                        gpu=torch.cuda.is_available())
+    # the folder's old name: pixels of deployments made before the rename are there too
     images = settings.artifact_root / "galleries" / f"{name}-v{number}.npy"
-    archives = package(artifacts["checkpoint"], staging, name, version, spec.gallery_dataset,
-                       spec.gallery_data_dir, spec.gallery_split, spec.gallery_limit,
-                       torch_threads=plan.threads, gallery_images=images,
-                       on_progress=on_progress, deployment=number)
+    archives = package(artifacts["checkpoint"], staging, name, version,
+                       spec.reference_dataset, spec.reference_data_dir, spec.reference_split,
+                       spec.reference_limit, torch_threads=plan.threads,
+                       reference_images=images, on_progress=on_progress, deployment=number)
     management = _management(settings)
     urls = {}
     for task, mar in archives.items():
@@ -54,28 +57,27 @@ def deploy(settings: Settings, model_id: int, artifacts: dict, previous: dict | 
                 management.unregister(endpoint, old["modelVersion"])
         urls[task] = f"{settings.torchserve_inference_url}/predictions/{endpoint}"
     staging.rmdir()
-    _remove_gallery_images(previous)
-    return {"status": "serving", "name": name, "version": version, "number": number,
-            "urls": urls, "workers": plan.workers, "torch_threads": plan.threads,
-            "batch_size": plan.batch_size,
-            "max_batch_delay_ms": spec.max_batch_delay_ms, "gallery_images": str(images),
-            "dim": Embedder(Path(artifacts["meta"]).parent).dim}
+    _remove_reference_images(previous)
+    return record.model_copy(update=dict(
+        urls=urls, workers=plan.workers, torch_threads=plan.threads,
+        batch_size=plan.batch_size, max_batch_delay_ms=spec.max_batch_delay_ms,
+        reference_images=str(images), dim=Embedder(Path(artifacts["meta"]).parent).dim))
 
 
-def undeploy(settings: Settings, model_id: int, previous: dict | None) -> dict:
+def undeploy(settings: Settings, model_id: int, previous: Deployment | None) -> Deployment:
     """Unregister every version of both endpoints."""
     management = _management(settings)
     for endpoint in (f"mec-{model_id}", f"mec-{model_id}-knn"):
         for old in management.describe(endpoint) or []:
             management.unregister(endpoint, old["modelVersion"])
-    _remove_gallery_images(previous)
-    return {"status": "undeployed", "number": int((previous or {}).get("number", 0))}
+    _remove_reference_images(previous)
+    return Deployment(status=UNDEPLOYED, number=previous.number if previous else 0)
 
 
-def _remove_gallery_images(record: dict | None) -> None:
+def _remove_reference_images(record: Deployment | None) -> None:
     """The pixels kept for a retired version's search results."""
-    if record and record.get("gallery_images"):
-        Path(record["gallery_images"]).unlink(missing_ok=True)
+    if record is not None and record.reference_images:
+        Path(record.reference_images).unlink(missing_ok=True)
 
 
 def restore() -> dict[int, str]:

@@ -1,9 +1,10 @@
 """Sweeps, advanced in ticks: each tick reads the sweep's trials (its child pretrain jobs
 and their metrics) from the database, cancels the ones successive halving rules out,
 submits new ones up to `max_parallel`, and ends the sweep when all have finished. The
-database is the sweep's only state: a trial's number is in its idempotency key and its
-values in its config, so a tick that dies halfway is simply done again (a trial submitted
-twice is one job), and no trial is lost or run twice when the API or a worker is killed.
+database is the sweep's only state: a trial's number is its job's `trial` (unique per
+sweep and kind) and its values in its config, so a tick that dies halfway is simply done
+again (a trial submitted twice is one job), and no trial is lost or run twice when the
+API or a worker is killed.
 
 Samplers: grid is the choices' product in order; random and tpe are Optuna's, asked on
 a study rebuilt in memory from the finished trials each time. Pruning is our own
@@ -61,8 +62,7 @@ def tick(job_id: int) -> tuple[JobStatus, dict] | None:
         evaluating = [t.evaluation for t in trials
                       if t.evaluation is not None and t.evaluation.status not in FINISHED]
         if sweep.cancel_requested:
-            for j in [t.job for t in active] + evaluating:
-                jobs.cancel(s, j.id, reason=f"sweep {job_id} was cancelled")
+            jobs.cancel_children(s, job_id)
             return JobStatus.CANCELLED, _summary(spec, trials)
         for t in trials:
             if t.evaluated and t.evaluation is None and t.job.status == JobStatus.SUCCEEDED:
@@ -91,40 +91,44 @@ def _trials(s, sweep: Job, spec: SweepSpec) -> list[Trial]:
     """The sweep's trials (its pretrain children), each with its evaluation (an evaluate
     child with the same number) when the objective asks for one."""
     children = s.scalars(select(Job).where(Job.parent_id == sweep.id).order_by(Job.id)).all()
-    number = {child.id: int(child.idempotency_key.rsplit("-", 1)[1]) for child in children}
-    evaluations = {number[c.id]: c for c in children if c.kind == JobKind.EVALUATE}
+    evaluations = {c.trial: c for c in children if c.kind == JobKind.EVALUATE}
     found = []
     for child in (c for c in children if c.kind == JobKind.PRETRAIN):
         series = s.execute(select(Metric.step, Metric.value).where(
             Metric.job_id == child.id, Metric.name == spec.objective.metric)
             .order_by(Metric.step)).all()
-        found.append(Trial(number[child.id], child, {k: child.config.get(k) for k in spec.space},
+        found.append(Trial(child.trial, child, {k: child.config.get(k) for k in spec.space},
                            [(step, value) for step, value in series if math.isfinite(value)],
                            spec.objective.evaluation is not None,
-                           evaluations.get(number[child.id])))
+                           evaluations.get(child.trial)))
     return sorted(found, key=lambda t: t.number)
+
+
+def _child(s, sweep: Job, kind: JobKind, number: int) -> Job | None:
+    """The sweep's job of this kind for trial `number`, if a tick submitted it."""
+    return s.scalar(select(Job).where(Job.parent_id == sweep.id, Job.kind == kind,
+                                      Job.trial == number))
 
 
 def _submit(s, sweep: Job, spec: SweepSpec, number: int, params: dict) -> Trial:
     """Trial `number` as a pretrain job (the same one again if a dead tick submitted it)."""
-    key = f"{sweep.project}:sweep-{sweep.id}-trial-{number}"
-    child = s.scalar(select(Job).where(Job.idempotency_key == key))
+    child = _child(s, sweep, JobKind.PRETRAIN, number)
     if child is None:
         config = TrainConfig(**spec.base | params).model_dump(mode="json")
         child = jobs.submit(s, JobKind.PRETRAIN, config, Queue.GPU,
                             f"{sweep.name} trial {number}", [*sweep.tags, f"sweep-{sweep.id}"],
-                            sweep.priority, key, sweep.project, parent_id=sweep.id)
+                            sweep.priority, project=sweep.project, parent_id=sweep.id,
+                            trial=number)
     return Trial(number, child, params, [])
 
 
 def _evaluate(s, sweep: Job, spec: SweepSpec, trial: Trial) -> Job:
     """The evaluation of trial's model (the same one again if a dead tick submitted it)."""
-    key = f"{sweep.project}:sweep-{sweep.id}-evaluation-{trial.number}"
-    trial.evaluation = s.scalar(select(Job).where(Job.idempotency_key == key)) or jobs.submit(
+    trial.evaluation = _child(s, sweep, JobKind.EVALUATE, trial.number) or jobs.submit(
         s, JobKind.EVALUATE, spec.objective.evaluation_of(trial.job.id).model_dump(mode="json"),
         Queue.CPU, f"{sweep.name} trial {trial.number} evaluation",
-        [*sweep.tags, f"sweep-{sweep.id}"], sweep.priority, key, sweep.project,
-        parent_id=sweep.id)
+        [*sweep.tags, f"sweep-{sweep.id}"], sweep.priority, project=sweep.project,
+        parent_id=sweep.id, trial=trial.number)
     return trial.evaluation
 
 
@@ -133,7 +137,7 @@ def _suggest(spec: SweepSpec, number: int, trials: list[Trial]) -> dict:
         return spec.grid()[number]
     sampler = optuna.samplers.TPESampler(seed=spec.seed + number) if spec.algorithm == "tpe" \
         else optuna.samplers.RandomSampler(seed=spec.seed + number)
-    study = optuna.create_study(direction="maximize" if spec.objective.direction == "max"
+    study = optuna.create_study(direction="maximize" if spec.objective.rank_mode == "max"
                                 else "minimize", sampler=sampler)
     space = {name: _optuna(dist) for name, dist in spec.space.items()}
     study.add_trials([optuna.trial.create_trial(params=t.params, distributions=space,
@@ -194,7 +198,7 @@ def _summary(spec: SweepSpec, trials: list[Trial]) -> dict:
              **({"evaluation_job_id": t.evaluation.id} if t.evaluation else {}),
              **({"reason": reason} if (reason := _why_unscored(t)) else {})} for t in trials]
     scored = [t for t in trials if t.value is not None]
-    best = (max if spec.objective.direction == "max" else min)(
+    best = (max if spec.objective.rank_mode == "max" else min)(
         scored, key=lambda t: t.value) if scored else None
     return {"objective": spec.objective.model_dump(), "trials": rows,
             "finished": sum(t.job.status in FINISHED for t in trials),

@@ -327,15 +327,15 @@ def advance_sweeps() -> None:
         advance_sweep(job_id)
 
 
-def _check_gallery_dir(spec: DeploySpec, artifacts: dict, roots: list[Path]) -> None:
-    """The gallery's folder obeys the path rule, also when it comes from the model's
+def _check_reference_dir(spec: DeploySpec, artifacts: dict, roots: list[Path]) -> None:
+    """The reference set's folder obeys the path rule, also when it comes from the model's
     stored config, which an uploaded checkpoint sets (serving.package falls back to it)."""
     stored = json.loads(Path(artifacts["meta"]).read_text())["config"]
-    if spec.gallery_data_dir is None and spec.gallery_dataset in (None, stored["dataset"]):
-        field, value = "the model's config.data_dir (give gallery_data_dir)", \
+    if spec.reference_data_dir is None and spec.reference_dataset in (None, stored["dataset"]):
+        field, value = "the model's config.data_dir (give reference_data_dir)", \
             stored.get("data_dir")
     else:
-        field, value = "gallery_data_dir", spec.gallery_data_dir
+        field, value = "reference_data_dir", spec.reference_data_dir
     try:
         paths.check(value, field, roots)
     except ValueError as exc:
@@ -343,7 +343,7 @@ def _check_gallery_dir(spec: DeploySpec, artifacts: dict, roots: list[Path]) -> 
 
 
 def _progress(job_id: int, done: int, total: int) -> None:
-    """A job's progress in its own units (a deploy: gallery images embedded of all)."""
+    """A job's progress in its own units (a deploy: reference images embedded of all)."""
     def write() -> None:
         with session_scope() as s:
             s.execute(update(Job).where(Job.id == job_id).values(step=done, total_steps=total))
@@ -368,10 +368,10 @@ def run_deploy(job_id: int, owner: str) -> Outcome:
     settings = get_settings()
     if action == "deploy":
         spec = DeploySpec(**config)
-        _check_gallery_dir(spec, artifacts, settings.allowed_data_roots)
+        _check_reference_dir(spec, artifacts, settings.allowed_data_roots)
         record = deploy.deploy(settings, model_id, artifacts, previous, spec,
                                on_progress=lambda done, total: _progress(job_id, done, total))
     else:
         record = deploy.undeploy(settings, model_id, previous)
-    return Outcome(JobStatus.SUCCEEDED, result=record, record=lambda s: s.execute(
+    return Outcome(JobStatus.SUCCEEDED, result=record.public(), record=lambda s: s.execute(
         update(Model).where(Model.id == model_id).values(deployment=record)))

@@ -25,7 +25,8 @@ from mec_platform.settings import get_settings
 from mec_platform.tables import ApiKey, Dataset, DatasetVersion
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"],
-                   responses=errors(400, 401, 403, 422))
+                   responses=errors(401, 403, 422))
+NO_DATASET = {404: "No such dataset in the key's project."}
 Name = Annotated[str, PathParam(pattern=NAME_PATTERN, description="The dataset's name.")]
 ARCHIVES = ("application/x-tar", "application/gzip", "application/x-gzip", "application/zip",
             "application/octet-stream")
@@ -66,7 +67,8 @@ def _find(session, key: ApiKey, name: str) -> Dataset:
     return _dataset(session, key.project, name)
 
 
-@router.post("", response_model=DatasetPublic, status_code=201, responses=errors(409))
+@router.post("", response_model=DatasetPublic, status_code=201, responses=errors(
+    {409: "A dataset of this name exists in the key's project."}))
 def create_dataset(key: WriteKey, session: SessionDep, body: DatasetCreate):
     """A new, empty dataset of the key's project; its content comes as versions."""
     if session.scalar(select(Dataset).where(Dataset.project == key.project,
@@ -86,12 +88,12 @@ def list_datasets(key: ReadKey, session: SessionDep):
     return DatasetsPublic(data=[_view(session, d) for d in rows])
 
 
-@router.get("/{name}", response_model=DatasetPublic, responses=errors(404))
+@router.get("/{name}", response_model=DatasetPublic, responses=errors(NO_DATASET))
 def get_dataset(key: ReadKey, session: SessionDep, name: Name):
     return _view(session, _find(session, key, name))
 
 
-@router.delete("/{name}", status_code=204, responses=errors(404))
+@router.delete("/{name}", status_code=204, responses=errors(NO_DATASET))
 def delete_dataset(key: WriteKey, session: SessionDep, name: Name):
     """The dataset, its versions and their stored files. Jobs that name it and have not
     yet started fail with the reason when a worker claims them."""
@@ -104,7 +106,7 @@ def delete_dataset(key: WriteKey, session: SessionDep, name: Name):
 
 
 @router.post("/{name}/versions", response_model=DatasetVersionPublic, status_code=201,
-             responses=errors(404, 413, 415), openapi_extra={"requestBody": {
+             responses=errors(NO_DATASET, 413, 415), openapi_extra={"requestBody": {
                  "required": True, "content": {
                      **{t: {"schema": {"type": "string", "format": "binary"}}
                         for t in ARCHIVES},

@@ -1,5 +1,6 @@
-"""/v1/models/{id}/embed and /search: a deployed model's embeddings and its kNN gallery
-for apps, with their API key; the platform forwards to TorchServe with its own."""
+"""/v1/models/{id}/embed and /search: a deployed model's embeddings and its reference set
+(labelled images embedded at deploy time) for apps, with their API key; the platform
+forwards to TorchServe with its own."""
 
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ from api.schemas import errors
 from mec_client.models import EmbeddingsPublic, SearchPublic
 from mec_platform.tables import Model
 
-router = APIRouter(prefix="/v1/models", tags=["inference"],
-                   responses=errors(400, 401, 403, 404, 409, 413, 415, 422, 502))
+router = APIRouter(prefix="/v1/models", tags=["inference"], responses=errors(
+    {400: "An image could not be read, or the body is not JSON.",
+     404: "No such model in the key's projects.",
+     409: "The model is not served (not deployed, undeployed or lost).",
+     502: "The model server failed or is unreachable."}, 401, 403, 413, 415, 422))
 TYPES = ("image/", "application/octet-stream", "multipart/form-data", "application/json")
 MAX_BYTES = 10 * 2**20  # TorchServe's max_request_size (serving.torchserve)
 
@@ -35,12 +39,12 @@ async def embed(_: EmbedKey, model: ServedModelDep, request: Request):
 
 
 @router.post("/{model_id}/search", responses={
-    200: {"model": SearchPublic, "description": "The k nearest gallery items per image."}})
+    200: {"model": SearchPublic, "description": "The k nearest reference images per image."}})
 async def search(_: EmbedKey, model: ServedModelDep, request: Request,
                  k: int | None = Query(None, ge=1, le=100, description="Neighbours per image "
                                        "[default: the deployment's, 10]."),
                  vote: bool = Query(False, description="Also the majority label.")):
-    """Nearest neighbours of images in the model's kNN gallery (the one packaged at
+    """Nearest neighbours of images in the model's reference set (the one packaged at
     deployment, from its training set unless the deploy said otherwise); the same bodies
     as /embed (multipart may carry `k` and `vote` fields instead)."""
     body, content_type, payload = await _body(model, request)
@@ -54,20 +58,28 @@ async def search(_: EmbedKey, model: ServedModelDep, request: Request,
     return await _forward(f"{_endpoint(model)}-knn", body, content_type)
 
 
-@router.get("/{model_id}/gallery/{item_id:path}/image", response_class=Response, responses={
-    200: {"content": {"image/png": {}}, "description": "The gallery item's image (PNG)."}})
-def gallery_image(_: EmbedKey, model: ServedModelDep, item_id: str):
-    """A kNN gallery item's image, e.g. to show search results ('train/1929')."""
-    path = (model.deployment or {}).get("gallery_images")
-    if (model.deployment or {}).get("status") != "serving" or not path:
-        raise HTTPException(409, f"model {model.id} is not deployed with a gallery's images")
+IMAGE = {200: {"content": {"image/png": {}}, "description": "The reference image (PNG)."}}
+
+
+@router.get("/{model_id}/references/{item_id:path}/image", response_class=Response,
+            responses=IMAGE)
+@router.get("/{model_id}/gallery/{item_id:path}/image", response_class=Response,
+            responses=IMAGE, deprecated=True, description="The old path of "
+            "/v1/models/{model_id}/references/{item_id}/image.")
+def reference_image(_: EmbedKey, model: ServedModelDep, item_id: str):
+    """A reference image, e.g. to show search results ('train/1929')."""
+    deployment = model.deployment
+    if deployment is None or not deployment.serving or not deployment.reference_images:
+        raise HTTPException(409, f"model {model.id} is not deployed with its reference "
+                                 "images")
+    path = deployment.reference_images
     split, _, index = item_id.rpartition("/")
     try:
         pixels = np.load(path, mmap_mode="r")
     except FileNotFoundError:  # retired by a redeploy since the model was read
         raise HTTPException(409, f"model {model.id} was redeployed; search again") from None
     if not split or not index.isdigit() or int(index) >= len(pixels):
-        raise HTTPException(404, f"item_id: no gallery item {item_id!r}")
+        raise HTTPException(404, f"item_id: no reference image {item_id!r}")
     image = np.asarray(pixels[int(index)])
     buf = io.BytesIO()
     Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
@@ -76,14 +88,14 @@ def gallery_image(_: EmbedKey, model: ServedModelDep, item_id: str):
 
 
 def _endpoint(model: Model) -> str:
-    return model.deployment["name"]
+    return model.deployment.name
 
 
 async def _body(model: Model, request: Request) -> tuple[bytes, str, object]:
     """The request's body, its type and, for JSON, its parsed value (else None), once the
     model is known to be served."""
-    if (model.deployment or {}).get("status") != "serving":
-        reason = (model.deployment or {}).get("reason", "it is not deployed")
+    if model.deployment is None or not model.deployment.serving:
+        reason = (model.deployment and model.deployment.reason) or "it is not deployed"
         raise HTTPException(409, f"model {model.id} is not served: {reason} "
                                  f"(POST /v1/models/{model.id}/deploy)")
     content_type = request.headers.get("content-type", "")

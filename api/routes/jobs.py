@@ -8,21 +8,12 @@ import time
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import String, cast, func, select
-from sqlalchemy.exc import IntegrityError
 
 from api.deps import DeployKey, JobDep, ReadKey, SessionDep, WriteKey, submission_quota
-from api.routes.models import deploy_job
-from api.schemas import (
-    EvaluateJobCreate,
-    JobCreate,
-    PretrainJobCreate,
-    SweepJobCreate,
-    errors,
-    public,
-)
+from api.schemas import JobCreate, PretrainJobCreate, errors, public
 from mec_client.models import (
     JobPublic,
     JobsPublic,
@@ -33,145 +24,53 @@ from mec_client.models import (
     Series,
 )
 from mec_core.config import resolved
-from mec_core.datafiles import DEFAULT_DIRS, missing
-from mec_platform import datasets, joblogs, jobs, keys, paths, workers
+from mec_platform import datasets, deployments, joblogs, jobs, keys, workers
 from mec_platform.db import session_scope
 from mec_platform.jobs import JobKind, JobStatus
-from mec_platform.settings import get_settings
-from mec_platform.specs import ID_MAX, DeploySpec
-from mec_platform.tables import Job, Metric, Model
+from mec_platform.specs import ID_MAX
+from mec_platform.tables import Job, Metric
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(400, 401, 403, 422))
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 403, 422))
+NO_JOB = {404: "No such job in the key's projects."}
 
 
 @router.post("", response_model=JobPublic, status_code=201,
              dependencies=[Depends(submission_quota)],
              responses={200: {"model": JobPublic, "description": "The job submitted earlier "
                               "with this Idempotency-Key; nothing new was created."},
-                        **errors(404, 409, 429)})
+                        **errors({404: "config.job_id or config.data_dir: no such job to "
+                                  "evaluate, or dataset version.",
+                                  409: "config.job_id names a job of another kind, or the "
+                                  "Idempotency-Key was used for another body.",
+                                  429: "Too many submissions for this key; see Retry-After."})})
 def submit_job(key: WriteKey, session: SessionDep, response: Response,
                spec: Annotated[JobCreate, Body()],
                idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None):
     """Submit a pretraining or evaluation job to the key's project; it is queued and runs
     on a worker."""
-    # idempotency keys are per project: another project's use of the same key is not seen
-    spec = _pinned(key, session, spec)
-    stored_key = f"{key.project}:{idempotency_key}" if idempotency_key else None
-    if stored_key:
-        existing = session.scalar(select(Job).where(Job.idempotency_key == stored_key))
-        if existing is not None:
-            return _replay(existing, spec, response)
-    _check(key, session, spec)
-    try:
-        job = jobs.submit(session, spec.kind, spec.config.model_dump(mode="json"), spec.queue,
-                          spec.name, spec.tags, spec.priority, stored_key, key.project)
-    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
-        return _replay(session.scalar(select(Job).where(Job.idempotency_key == stored_key)),
-                       spec, response)
+    config = datasets.pinned(session, key.project, spec.config)
+    job, new = jobs.submit_once(session, key, idempotency_key, spec.kind, config,
+                                spec.queue, spec.name, spec.tags, spec.priority)
+    if not new:
+        response.status_code = 200
+        return public(job)
     return public(job, capacity=workers.capacity(session))
 
 
-def _replay(existing: Job, spec: JobCreate, response: Response) -> JobPublic:
-    """The job an Idempotency-Key made, for a retry of the same submission (200); the
-    key reused for another submission is a client's bug, answered 409 (as Stripe does)."""
-    if (existing.kind, existing.name, existing.config) != (
-            spec.kind, spec.name or spec.kind, spec.config.model_dump(mode="json")):
-        raise HTTPException(409, f"Idempotency-Key: already used for job {existing.id}, "
-                                 "submitted with another body; use a new key")
-    response.status_code = 200
-    return public(existing)
-
-
-@router.post("/validate", response_model=JobValidated, responses=errors(404, 409))
+@router.post("/validate", response_model=JobValidated, responses=errors({
+    404: "config.job_id or config.data_dir: no such job to evaluate, or dataset version.",
+    409: "config.job_id names a job of another kind."}))
 def validate_job(key: WriteKey, session: SessionDep, spec: Annotated[JobCreate, Body()]):
     """The config a job of this spec would run with (every field resolved), after the
     checks a submission gets (422 naming the field), and why it would wait now; nothing
     is created."""
-    spec = _pinned(key, session, spec)
-    _check(key, session, spec)
-    job = Job(kind=spec.kind, queue=spec.queue, config=spec.config.model_dump(mode="json"),
+    config = datasets.pinned(session, key.project, spec.config)
+    jobs.check(session, key, config)
+    job = Job(kind=spec.kind, queue=spec.queue, config=config.model_dump(mode="json"),
               status=JobStatus.QUEUED)
-    config = resolved(spec.config) if isinstance(spec, PretrainJobCreate) else job.config
+    config = resolved(config) if isinstance(spec, PretrainJobCreate) else job.config
     return JobValidated(kind=spec.kind, queue=spec.queue, config=config,
                         waiting=workers.waiting_reason(job, workers.capacity(session)))
-
-
-def _pinned(key, session, spec):
-    """The spec with each dataset:// data_dir naming the exact version it will train or
-    evaluate on (the latest, when it names none): 404 naming the field when there is none
-    in the key's project; a dataset version is an image folder."""
-    if isinstance(spec, SweepJobCreate):
-        config, field = spec.config.base, "config.base.data_dir"
-        dataset = config.get("dataset", "fashion-mnist")
-    else:
-        config, field = spec.config.model_dump(), "config.data_dir"
-        dataset = spec.config.dataset
-    uri = config.get("data_dir")
-    if not (uri or "").startswith(datasets.SCHEME):
-        return spec
-    if dataset not in ("imagefolder", None):
-        raise HTTPException(422, f"{field}: a dataset:// version is an image folder: set "
-                                 f"{field.rsplit('.', 1)[0]}.dataset to imagefolder")
-    try:
-        exact = datasets.resolve(session, key.project, uri, field)
-    except LookupError as exc:
-        raise HTTPException(404, str(exc)) from None
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
-    if isinstance(spec, SweepJobCreate):
-        return spec.model_copy(update={"config": spec.config.model_copy(
-            update={"base": spec.config.base | {"data_dir": exact}})})
-    return spec.model_copy(update={"config": spec.config.model_copy(
-        update={"data_dir": exact})})
-
-
-def _check(key, session, spec) -> None:
-    """What a submission can know before queueing: every path under the data roots (one
-    rule, mec_platform.paths), a dataset's files where the workers look (in the roots this
-    API sees too), an evaluation's job."""
-    roots = get_settings().allowed_data_roots
-    try:
-        if isinstance(spec, SweepJobCreate):
-            paths.check_sweep(spec.config, roots)
-        else:
-            paths.check(spec.config.data_dir, "config.data_dir", roots)
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
-    if isinstance(spec, SweepJobCreate):
-        base = spec.config.base
-        _check_dataset(base.get("dataset", "fashion-mnist"), base.get("data_dir"),
-                       "config.base")
-    if isinstance(spec, PretrainJobCreate):
-        _check_dataset(spec.config.dataset, spec.config.data_dir)
-    if isinstance(spec, EvaluateJobCreate):
-        # the job named is a resource the body refers to: 404 when there is none (in the
-        # key's projects), 409 when it is of another kind; the schema cannot say either
-        target = session.get(Job, spec.config.job_id)
-        if target is None or not keys.sees(key, target.project):
-            raise HTTPException(404, f"config.job_id: job {spec.config.job_id} not found")
-        if target.kind not in (JobKind.PRETRAIN, JobKind.IMPORT):
-            raise HTTPException(409, f"config.job_id: job {spec.config.job_id} is a "
-                                     f"{target.kind} job, not a pretraining or import job")
-        if spec.config.dataset is not None:
-            _check_dataset(spec.config.dataset, spec.config.data_dir, splits=("train", "test"))
-
-
-def _check_dataset(dataset: str, data_dir: str | None, prefix: str = "config",
-                   splits: tuple[str, ...] = ("train",)) -> None:
-    """422 when the dataset's files are not where a worker will look, if this API sees
-    that data root (one host, or a shared mount); where it does not, the worker that
-    claims the job checks before training and fails it at once with the same words."""
-    where = data_dir or DEFAULT_DIRS.get(dataset)
-    if where is not None and not _root_seen(where):
-        return
-    problem = missing(dataset, data_dir, splits)
-    if problem:
-        raise HTTPException(422, f"{prefix}.{'data_dir' if data_dir else 'dataset'}: {problem}")
-
-
-def _root_seen(path: str) -> bool:
-    root = paths.root_of(path, get_settings().allowed_data_roots)
-    return root is not None and root.is_dir()
 
 
 @router.get("", response_model=JobsPublic)
@@ -202,7 +101,7 @@ def list_jobs(key: ReadKey, session: SessionDep, status: JobStatus | None = None
     return JobsPublic(data=[public(j, capacity=capacity) for j in rows], count=count)
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=errors(404))
+@router.get("/{job_id}", response_model=JobPublic, responses=errors(NO_JOB))
 def get_job(_: ReadKey, job: JobDep, session: SessionDep):
     """One job: status, progress, ETA, last metrics, error (or, queued, why it waits),
     worker and times."""
@@ -210,7 +109,7 @@ def get_job(_: ReadKey, job: JobDep, session: SessionDep):
                   else None)
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=errors(404))
+@router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=errors(NO_JOB))
 def get_metrics(_: ReadKey, job: JobDep, session: SessionDep,
                 name: Annotated[list[str] | None, Query(max_length=50)] = None,
                 since_step: int = Query(0, ge=0, le=ID_MAX),
@@ -237,7 +136,7 @@ def get_metrics(_: ReadKey, job: JobDep, session: SessionDep,
 
 
 @router.get("/{job_id}/logs", response_model=LogsPublic, responses={
-    **errors(404), 200: {"content": {"text/event-stream": {}}, "description":
+    **errors(NO_JOB), 200: {"content": {"text/event-stream": {}}, "description":
                          "With follow=true: Server-Sent Events, one `line` event per line "
                          "(`id` the line's id, `data` the line as JSON), then one `end` "
                          "event (`data`: the job's status) once the job has finished."}})
@@ -290,30 +189,18 @@ def _follow(job_id: int, attempt: int | None, since: int) -> Iterator[str]:
         quiet += FOLLOW_POLL_SECONDS
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(404, 409))
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(
+    NO_JOB, {409: "The job has already finished."}))
 def cancel_job(_: WriteKey, job: JobDep, session: SessionDep):
     """Cancel a job: a queued one at once, a running one within seconds (it keeps its last
     checkpoint); a sweep with all its unfinished trials. 409 if it already finished."""
-    if jobs.cancel(session, job.id) is None:
-        session.refresh(job)
-        raise HTTPException(409, f"job {job.id} is already {job.status}")
-    if job.kind == JobKind.SWEEP:
-        trials = session.scalars(select(Job.id).where(
-            Job.parent_id == job.id, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))))
-        for trial in trials.all():
-            jobs.cancel(session, trial, reason=f"sweep {job.id} was cancelled")
-    session.refresh(job)
+    jobs.cancel_job(session, job)
     return public(job)
 
 
 @router.post("/{job_id}/promote", response_model=JobPublic, status_code=202,
-             responses=errors(404, 409))
+             responses=errors(NO_JOB, {409: "The job is not a succeeded sweep whose best "
+                                       "trial has a model."}))
 def promote(_: DeployKey, job: JobDep, session: SessionDep):
     """Deploy the model of a finished sweep's best trial; returns the deploy job."""
-    best = (job.result or {}).get("best") if job.kind == JobKind.SWEEP else None
-    if job.status != JobStatus.SUCCEEDED or not best:
-        raise HTTPException(409, f"job {job.id} is not a succeeded sweep with a best trial")
-    model = session.scalar(select(Model).where(Model.job_id == best["job_id"]))
-    if model is None:
-        raise HTTPException(409, f"the best trial, job {best['job_id']}, has no model")
-    return deploy_job(session, model, "deploy", DeploySpec())
+    return public(deployments.promote(session, job))

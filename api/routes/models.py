@@ -6,20 +6,21 @@ import shutil
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Form, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Body, Depends, Form, Query, UploadFile
 from sqlalchemy import func, select
 
 from api.deps import DeployKey, ModelDep, ReadKey, SessionDep, WriteKey, submission_quota
-from api.schemas import PRINTABLE, errors, public
+from api.schemas import PRINTABLE, errors, model_public, public
 from mec_client.models import JobPublic, ModelPublic, ModelsPublic
-from mec_platform import jobs, keys, paths
+from mec_platform import deployments, jobs, keys
 from mec_platform.jobs import JobKind
 from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
 from mec_platform.specs import ID_MAX, DeploySpec
 from mec_platform.tables import Model
 
-router = APIRouter(prefix="/v1/models", tags=["models"], responses=errors(400, 401, 403, 422))
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=errors(401, 403, 422))
+NO_MODEL = {404: "No such model in the key's projects."}
 
 
 @router.get("", response_model=ModelsPublic)
@@ -31,11 +32,13 @@ def list_models(key: ReadKey, session: SessionDep, limit: int = Query(50, ge=1, 
         query = query.where(Model.project == key.project)
     count = session.scalar(select(func.count()).select_from(query.subquery()))
     rows = session.scalars(query.order_by(Model.id.desc()).limit(limit).offset(offset))
-    return ModelsPublic(data=list(rows), count=count)
+    return ModelsPublic(data=[model_public(m) for m in rows], count=count)
 
 
 @router.post("", response_model=JobPublic, status_code=202,
-             dependencies=[Depends(submission_quota)], responses=errors(413, 429))
+             dependencies=[Depends(submission_quota)], responses=errors(
+                 {400: "The form could not be parsed."}, 413,
+                 {429: "Too many submissions for this key; see Retry-After."}))
 def upload_model(key: WriteKey, session: SessionDep, checkpoint: UploadFile,
                  name: Annotated[str, Form(min_length=1, max_length=200, pattern=PRINTABLE)]):
     """Upload a training checkpoint written by `mec train`; an import job loads it with
@@ -51,35 +54,23 @@ def upload_model(key: WriteKey, session: SessionDep, checkpoint: UploadFile,
         project=key.project))
 
 
-@router.get("/{model_id}", response_model=ModelPublic, responses=errors(404))
+@router.get("/{model_id}", response_model=ModelPublic, responses=errors(NO_MODEL))
 def get_model(_: ReadKey, model: ModelDep):
     """One encoder with its artifacts and evaluations."""
-    return ModelPublic.model_validate(model)  # loads the evaluations while the session is open
-
-
-def deploy_job(session, model: Model, action: str, spec: DeploySpec) -> JobPublic:
-    return public(jobs.submit(session, JobKind.DEPLOY, {
-        "model_id": model.id, "action": action, **spec.model_dump(mode="json")}, Queue.CPU,
-        f"{action} model {model.id}", priority=5, project=model.project))
+    return model_public(model)  # loads the evaluations while the session is open
 
 
 @router.post("/{model_id}/deploy", response_model=JobPublic, status_code=202,
-             responses=errors(404))
+             responses=errors(NO_MODEL))
 def deploy_model(_: DeployKey, model: ModelDep, session: SessionDep,
                  spec: Annotated[DeploySpec | None, Body()] = None):
     """Package (if needed) and register the model with TorchServe, as a new version that
     replaces the serving one only once it is ready. Returns the deploy job."""
-    spec = spec or DeploySpec()
-    try:
-        paths.check(spec.gallery_data_dir, "gallery_data_dir",
-                    get_settings().allowed_data_roots)
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
-    return deploy_job(session, model, "deploy", spec)
+    return public(deployments.submit(session, model, "deploy", spec))
 
 
 @router.post("/{model_id}/undeploy", response_model=JobPublic, status_code=202,
-             responses=errors(404))
+             responses=errors(NO_MODEL))
 def undeploy_model(_: DeployKey, model: ModelDep, session: SessionDep):
     """Unregister every version of the model from TorchServe. Returns the undeploy job."""
-    return deploy_job(session, model, "undeploy", DeploySpec())
+    return public(deployments.submit(session, model, "undeploy"))

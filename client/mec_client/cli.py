@@ -452,7 +452,7 @@ def _deploy_job(client: Client, action: str, model_id: int, spec: dict, wait: bo
 @click.option("-k", "--k", type=click.IntRange(1, 100), default=10, show_default=True)
 @as_json
 def search(image: str, model_id: int, k: int, as_json: bool) -> None:
-    """The nearest items of a deployed model's kNN gallery to IMAGE, with their labels."""
+    """The nearest images of a deployed model's reference set to IMAGE, with their labels."""
     found = _api(_client().search, model_id, [Path(image).read_bytes()], k, vote=True)
     if as_json:
         return _echo_json(found)

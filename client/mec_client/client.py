@@ -201,7 +201,7 @@ class Client:
 
     def search(self, model_id: int, images: list[bytes], k: int | None = None,
                vote: bool = False) -> SearchPublic:
-        """The k nearest items of the deployed model's kNN gallery for each image file."""
+        """The k nearest images of the deployed model's reference set for each image file."""
         params = {"vote": str(vote).lower()} | ({"k": k} if k is not None else {})
         return SearchPublic.model_validate(self._call(
             "POST", f"/v1/models/{model_id}/search", json=_images(images), params=params,

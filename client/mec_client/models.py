@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class JobStatus(StrEnum):
@@ -154,17 +154,12 @@ class ModelPublic(BaseModel):
     artifacts: dict[str, Any]
     deployment: dict[str, Any] | None = Field(description="TorchServe deployment: status, "
                                               "`number` (1, 2, ... as it is redeployed: the "
-                                              "version answers and galleries name) and "
-                                              "inference URLs.")
+                                              "one version, which answers and galleries "
+                                              "call model_version), inference URLs, and "
+                                              "`reference_images` (also as `gallery_images`, "
+                                              "its deprecated old name).")
     created_at: datetime
     evaluations: list[EvaluationPublic]
-
-    @field_validator("deployment")
-    @classmethod
-    def _one_version(cls, deployment: dict[str, Any] | None) -> dict[str, Any] | None:
-        """TorchServe's own version string ('1.0') stays inside: the number is the one."""
-        return None if deployment is None else \
-            {k: v for k, v in deployment.items() if k != "version"}
 
 
 class ModelsPublic(BaseModel):

@@ -119,3 +119,31 @@ def test_the_embedded_database_is_readable_by_its_owner_only(tmp_path):
         modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.glob("mec.db*")}
     engine.dispose()
     assert modes and set(modes.values()) == {0o600}, modes
+
+
+def test_0013__sweep_children_get_their_trial_number_from_their_old_keys(url):
+    command.upgrade(alembic_config(url), "0012")
+    engine = make_engine(url)
+    now = "2026-12-01 00:00:00.000000"
+    rows = [(1, "sweep", None, None), (2, "pretrain", 1, "p:sweep-1-trial-0"),
+            (3, "pretrain", 1, "p:sweep-1-trial-1"), (4, "evaluate", 1, "p:sweep-1-evaluation-0"),
+            (5, "pretrain", None, "p:sweep-1-trial-7")]  # a caller's own key: not a child
+    with engine.begin() as conn:
+        for job_id, kind, parent, key in rows:
+            conn.execute(text(
+                "INSERT INTO jobs (id, kind, project, name, tags, priority, queue, config, "
+                "status, cancel_requested, step, epoch, attempts, idempotency_key, "
+                "created_at, parent_id) VALUES (:id, :kind, 'p', 'j', '[]', 0, 'gpu', '{}', "
+                f"'queued', false, 0, 0, 0, :key, '{now}', :parent)"),
+                {"id": job_id, "kind": kind, "key": key, "parent": parent})
+    upgrade(url)
+    with engine.connect() as conn:
+        got = conn.execute(text("SELECT id, trial, idempotency_key FROM jobs ORDER BY id")).all()
+    assert [tuple(r) for r in got] == [(1, None, None), (2, 0, None), (3, 1, None),
+                                       (4, 0, None), (5, None, "p:sweep-1-trial-7")]
+    command.downgrade(alembic_config(url), "0012")  # and back, with the keys as they were
+    with engine.connect() as conn:
+        keys_back = conn.execute(text("SELECT idempotency_key FROM jobs ORDER BY id")).scalars()
+        assert list(keys_back) == [key for *_, key in rows]
+    upgrade(url)
+    engine.dispose()

@@ -56,3 +56,19 @@ def test_a_sweep_is_queued_on_the_cpu_queue(client):
     assert client.get("/v1/jobs", params={"parent_id": sweep["id"]}).json()["count"] == 0
     promote = client.post(f"/v1/jobs/{sweep['id']}/promote")
     assert promote.status_code == 409 and "not a succeeded sweep" in promote.json()["detail"]
+
+
+def test_an_objectives_direction_is_taken_as_its_mode_and_stored_as_mode(client):
+    """One word for it (mode); `direction`, its other name, still works in users' files."""
+    space = {"base_lr": {"choice": [0.1]}}
+    r = client.post("/v1/jobs", json=_sweep(space, objective={"metric": "loss",
+                                                              "direction": "min"}))
+    assert r.status_code == 201, r.text
+    assert r.json()["config"]["objective"] == {"metric": "loss", "mode": "min",
+                                               "evaluation": None}
+    both = client.post("/v1/jobs", json=_sweep(space, objective={"mode": "min",
+                                                                 "direction": "max"}))
+    assert both.status_code == 422
+    assert both.json()["detail"].startswith("config.objective.direction: the old name of mode")
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["Objective"]
+    assert schema["properties"]["direction"]["deprecated"] is True

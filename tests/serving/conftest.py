@@ -24,5 +24,5 @@ def trained(request, tmp_path_factory):
                    capture_output=True)
     from serving.package import package
 
-    package(checkpoint, root / "store", "tiny", gallery_limit=400, torch_threads=1)
+    package(checkpoint, root / "store", "tiny", reference_limit=400, torch_threads=1)
     return checkpoint, root / "export", root / "store"

@@ -10,7 +10,7 @@ from PIL import Image
 
 from mec_core.data import synthetic
 from serving.embedder import Embedder
-from serving.gallery import Gallery, vote
+from serving.reference_set import ReferenceSet, vote
 from serving.service import Service
 
 
@@ -28,11 +28,11 @@ def images():
 @pytest.fixture(scope="module")
 def knn_service(trained, tmp_path_factory):
     _, export_dir, _ = trained
-    gallery_dir = tmp_path_factory.mktemp("gallery")
-    from serving.package import build_gallery
+    reference_dir = tmp_path_factory.mktemp("references")
+    from serving.package import build_reference_set
 
-    build_gallery(export_dir, "synthetic", None, "train", 300).save(gallery_dir)
-    return Service(export_dir, task="knn", gallery_dir=gallery_dir, max_k=50)
+    build_reference_set(export_dir, "synthetic", None, "train", 300).save(reference_dir)
+    return Service(export_dir, task="knn", reference_dir=reference_dir, max_k=50)
 
 
 def test_service__embedding_equals_the_embedder_on_the_same_pixels(trained, images):
@@ -79,7 +79,7 @@ def test_service__any_value_of_any_field_fails_its_own_request_only(knn_service,
 
 
 def test_service__knn_equals_brute_force_topk(knn_service, images):
-    gallery = knn_service.gallery
+    gallery = knn_service.references
     bank = torch.from_numpy(gallery.index.reconstruct_n(0, len(gallery)))
     queries = knn_service.embedder.embed(images)
     scores, idx = (queries @ bank.T).topk(7, dim=1)
@@ -99,24 +99,24 @@ def test_service__k_is_checked(knn_service, images, k, message):
     assert message in parsed.error
 
 
-def test_gallery__empty_and_mismatched_inputs_are_refused():
+def test_reference_set__empty_and_mismatched_inputs_are_refused():
     with pytest.raises(ValueError, match="3 embeddings, 2 ids"):
-        Gallery.build(np.zeros((3, 4)), ["a", "b"], ["x", "y"])
-    empty = Gallery.build(np.zeros((0, 4), dtype=np.float32), [], [])
-    with pytest.raises(ValueError, match="gallery is empty"):
+        ReferenceSet.build(np.zeros((3, 4)), ["a", "b"], ["x", "y"])
+    empty = ReferenceSet.build(np.zeros((0, 4), dtype=np.float32), [], [])
+    with pytest.raises(ValueError, match="reference set is empty"):
         empty.search(np.zeros((1, 4)), 5)
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
-def test_gallery__approximate_recall_against_exact(kind, tmp_path):
+def test_reference_set__approximate_recall_against_exact(kind, tmp_path):
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((50, 32)).astype(np.float32)
     x = centres[rng.integers(0, 50, 5000)] + 0.5 * rng.standard_normal((5000, 32))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     ids, labels = [str(i) for i in range(5000)], ["l"] * 5000
-    exact = Gallery.build(x, ids, labels, "exact")
-    Gallery.build(x, ids, labels, kind).save(tmp_path)
-    approx = Gallery.load(tmp_path)
+    exact = ReferenceSet.build(x, ids, labels, "exact")
+    ReferenceSet.build(x, ids, labels, kind).save(tmp_path)
+    approx = ReferenceSet.load(tmp_path)
     assert approx.kind == kind
     q = x[:200] + 0.1 * rng.standard_normal((200, 32)).astype(np.float32)
     hits = sum(len({n["id"] for n in a} & {n["id"] for n in b})

@@ -16,7 +16,7 @@ from PIL import Image
 
 from mec_core.data import synthetic
 from serving.embedder import Embedder
-from serving.gallery import Gallery
+from serving.reference_set import ReferenceSet
 from serving.torchserve import (
     MAX_DEFAULT_WORKERS,
     Keys,
@@ -81,7 +81,7 @@ def test_knn__equals_brute_force_topk_in_torch(served, images, trained):
     with zipfile.ZipFile(store / "tiny-knn.mar") as mar:
         mar.extract("gallery.faiss", store / "unpacked")
         mar.extract("gallery.json", store / "unpacked")
-    gallery = Gallery.load(store / "unpacked")
+    gallery = ReferenceSet.load(store / "unpacked")
     bank = torch.from_numpy(gallery.index.reconstruct_n(0, len(gallery)))
     queries = Embedder(export_dir).embed(images[:5])
     scores, idx = (queries @ bank.T).topk(5, dim=1)

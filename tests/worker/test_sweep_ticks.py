@@ -163,3 +163,16 @@ def test_an_evaluation_objective_ranks_trials_by_their_models_evaluation(embedde
     best = max(pretrains, key=lambda t: (top1[t.id], -t.id))
     assert sweep.result["best"]["job_id"] == best.id
     assert sweep.result["best"]["value"] == top1[best.id]
+
+
+def test_a_stored_sweep_whose_objective_says_direction_ranks_by_it(embedded):
+    """A sweep stored with the objective's other name (`direction`) still runs."""
+    sweep_id = _sweep({"base_lr": {"choice": [0.3, 0.1]}}, algorithm="grid", max_parallel=2,
+                      prune=False, objective={"metric": "lr", "direction": "min"})
+    tasks.advance_sweep(sweep_id)
+    for trial in _trials(sweep_id):
+        _progress(trial.id, 3, 3, {3: trial.config["base_lr"]}, status="succeeded")
+    tasks.advance_sweep(sweep_id)
+    sweep = _job(sweep_id)
+    assert sweep.status == "succeeded" and sweep.result["best"]["params"] == {"base_lr": 0.1}
+    assert [t.trial for t in _trials(sweep_id)] == [0, 1]  # numbers in their column

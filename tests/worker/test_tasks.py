@@ -139,13 +139,13 @@ def test_a_job_needing_more_processes_than_this_worker_runs_is_left_queued(embed
 
 @pytest.mark.parametrize(("stored_dir", "spec", "refused"), [
     ("/etc", {}, "the model's config.data_dir"),  # an uploaded checkpoint's config
-    ("/etc", {"gallery_data_dir": "/etc/ssl"}, "gallery_data_dir: /etc/ssl is outside"),
-    ("/etc", {"gallery_data_dir": "{root}"}, None),  # the request's folder wins
-    ("/etc", {"gallery_dataset": "digits"}, None),  # another dataset: not the stored folder
+    ("/etc", {"reference_data_dir": "/etc/ssl"}, "reference_data_dir: /etc/ssl is outside"),
+    ("/etc", {"reference_data_dir": "{root}"}, None),  # the request's folder wins
+    ("/etc", {"reference_dataset": "digits"}, None),  # another dataset: not the stored folder
     ("{root}", {}, None),
     (None, {}, None),
 ])
-def test_deploy__the_gallery_folder_obeys_the_path_rule_also_from_an_uploaded_config(
+def test_deploy__the_reference_folder_obeys_the_path_rule_also_from_an_uploaded_config(
         embedded, tmp_path, stored_dir, spec, refused):
     import json
 
@@ -157,10 +157,10 @@ def test_deploy__the_gallery_folder_obeys_the_path_rule_also_from_an_uploaded_co
                                            stored_dir.format(root=root)}}))
     spec = DeploySpec(**{k: v.format(root=root) for k, v in spec.items()})
     if refused is None:
-        tasks._check_gallery_dir(spec, {"meta": str(meta)}, embedded.allowed_data_roots)
+        tasks._check_reference_dir(spec, {"meta": str(meta)}, embedded.allowed_data_roots)
     else:
         with pytest.raises(tasks.JobFailed, match=refused):
-            tasks._check_gallery_dir(spec, {"meta": str(meta)}, embedded.allowed_data_roots)
+            tasks._check_reference_dir(spec, {"meta": str(meta)}, embedded.allowed_data_roots)
 
 
 def test_the_partial_file_of_an_upload_whose_api_died_is_removed(tmp_path):

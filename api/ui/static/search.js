@@ -1,5 +1,5 @@
 "use strict";
-// Upload an image, see its nearest neighbours in a deployed model's kNN gallery.
+// Upload an image, see its nearest neighbours in a deployed model's reference set.
 
 const pick = document.getElementById("model");
 
@@ -34,7 +34,7 @@ document.getElementById("search").addEventListener("submit", async (event) => {
     document.querySelector("#neighbours tbody").replaceChildren(...found.neighbours[0].map((n, i) =>
       el("tr", {}, el("td", { text: i + 1 }),
          el("td", {}, el("img", { class: "thumb", alt: n.id, loading: "lazy",
-                                  src: `/v1/models/${pick.value}/gallery/${n.id}/image` })),
+                                  src: `/v1/models/${pick.value}/references/${n.id}/image` })),
          el("td", {}, el("code", { text: n.id })),
          el("td", {}, el("strong", { text: n.label })), el("td", {}, similarity(n.score)))));
     document.getElementById("result").hidden = false;

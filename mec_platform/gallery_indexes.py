@@ -1,8 +1,8 @@
-"""Each API process's in-memory index of each gallery it serves, caught up with the
-database (mec_platform.galleries.changes) before every use: built from the rows on first
-use after a start, then only what other requests and processes wrote since. Searches see
-only committed writes, whole; the index is never written to disk, so there is no file to
-be half-written."""
+"""Each process's in-memory vector index of each gallery it searches, caught up with the
+database (`changes`) before every use: built from the rows on first use after a start,
+then only what other requests and processes wrote since. Searches see only committed
+writes, whole; the index is never written to disk, so there is no file to be
+half-written."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mec_platform import galleries
-from mec_platform.tables import Gallery
+from mec_platform.tables import Gallery, GalleryItem
 from serving.vector_index import VectorIndex
 
 
@@ -43,7 +43,7 @@ def current(session: Session, gallery: Gallery) -> Iterator[VectorIndex]:
     with cached.lock:
         if cached.seq < gallery.seq:
             last = cached.seq
-            for last, rows in galleries.changes(session, gallery.id, cached.seq):  # noqa: B007
+            for last, rows in changes(session, gallery.id, cached.seq):  # noqa: B007
                 cached.index.delete([item_id for item_id, _, vector in rows if vector is None])
                 live = [row for row in rows if row[2] is not None]
                 if live:
@@ -58,3 +58,16 @@ def forget(gallery_id: int) -> None:
     """Drop a deleted gallery's index from this process."""
     with _cache_lock:
         _cache.pop(gallery_id, None)
+
+
+def changes(session: Session, gallery_id: int, after: int,
+            chunk: int = 20_000) -> Iterator[tuple[int, list[tuple]]]:
+    """(seq, [(item_id, metadata, vector or None for a deletion), ...]) in seq order,
+    for the writes after seq `after`, a chunk of rows at a time."""
+    query = (select(GalleryItem.seq, GalleryItem.item_id, GalleryItem.meta,
+                    GalleryItem.vector)
+             .where(GalleryItem.gallery_id == gallery_id, GalleryItem.seq > after)
+             .order_by(GalleryItem.seq, GalleryItem.id)
+             .execution_options(yield_per=chunk))
+    for part in session.execute(query).partitions():
+        yield part[-1].seq, [(r.item_id, r.meta, r.vector) for r in part]

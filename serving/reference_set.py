@@ -1,5 +1,6 @@
-"""The gallery: embeddings of labelled items in a FAISS index, queried by inner product
-(= cosine similarity, the embeddings being unit vectors)."""
+"""A deployment's reference set: embeddings of labelled images in a FAISS index, queried
+by inner product (= cosine similarity, the embeddings being unit vectors), behind its
+/search endpoint. (Apps' own collections of items are galleries: serving.vector_index.)"""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import numpy as np
 
 EXACT_LIMIT = 200_000  # above this many items an inverted-file index replaces the exact one
 IVF_NPROBE = 16  # lists searched per query (bench/bench_knn.py: recall@10 1.000 at 1M)
+# the files' names inside the archives: those already in model stores carry these
+INDEX_FILE, META_FILE = "gallery.faiss", "gallery.json"
 
 
 @dataclass
-class Gallery:
+class ReferenceSet:
     index: faiss.Index
     ids: list[str]
     labels: list[str]
@@ -24,7 +27,7 @@ class Gallery:
 
     @staticmethod
     def build(embeddings: np.ndarray, ids: list[str], labels: list[str],
-              kind: str = "auto") -> Gallery:
+              kind: str = "auto") -> ReferenceSet:
         """Index (N, D) unit vectors; kind: exact, ivf, hnsw, or auto (exact up to
         EXACT_LIMIT items, ivf above)."""
         if len(embeddings) != len(ids) or len(ids) != len(labels):
@@ -44,23 +47,23 @@ class Gallery:
         else:
             raise ValueError(f"index kind must be exact, ivf, hnsw or auto, got {kind!r}")
         index.add(vectors)
-        return Gallery(index, list(ids), list(labels), kind)
+        return ReferenceSet(index, list(ids), list(labels), kind)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(directory / "gallery.faiss"))
-        (directory / "gallery.json").write_text(json.dumps(
+        faiss.write_index(self.index, str(directory / INDEX_FILE))
+        (directory / META_FILE).write_text(json.dumps(
             {"kind": self.kind, "ids": self.ids, "labels": self.labels}))
 
     @staticmethod
-    def load(directory: Path, gpu: int | None = None) -> Gallery:
-        """Read a saved gallery; an exact index moves to GPU `gpu` when this FAISS build
+    def load(directory: Path, gpu: int | None = None) -> ReferenceSet:
+        """Read a saved reference set; an exact index moves to GPU `gpu` when this FAISS build
         has GPU support (faiss-gpu) and the GPU exists, and stays on the CPU otherwise."""
-        meta = json.loads((directory / "gallery.json").read_text())
-        index = faiss.read_index(str(directory / "gallery.faiss"))
+        meta = json.loads((directory / META_FILE).read_text())
+        index = faiss.read_index(str(directory / INDEX_FILE))
         if gpu is not None and meta["kind"] == "exact" and _gpus() > gpu:
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu, index)
-        return Gallery(index, meta["ids"], meta["labels"], meta["kind"])
+        return ReferenceSet(index, meta["ids"], meta["labels"], meta["kind"])
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -68,7 +71,7 @@ class Gallery:
     def search(self, queries: np.ndarray, k: int) -> list[list[dict]]:
         """Top-k items {id, label, score} for each query (Q, D)."""
         if len(self) == 0:
-            raise ValueError("the gallery is empty")
+            raise ValueError("the reference set is empty")
         k = min(k, len(self))
         scores, idx = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return [[{"id": self.ids[i], "label": self.labels[i], "score": float(s)}
