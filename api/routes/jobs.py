@@ -141,6 +141,10 @@ def _check(key, session, spec) -> None:
                        "config.base")
     if isinstance(spec, PretrainJobCreate):
         _check_dataset(spec.config.dataset, spec.config.data_dir)
+        if spec.config.nodes > 1 and not get_settings().ray_address:
+            raise HTTPException(422, f"config.nodes: a job of {spec.config.nodes} nodes runs "
+                                     "on a Ray cluster, and this platform has none: set "
+                                     "MEC_RAY_ADDRESS (or use nodes 1)")
     if isinstance(spec, EvaluateJobCreate):
         # the job named is a resource the body refers to: 404 when there is none (in the
         # key's projects), 409 when it is of another kind; the schema cannot say either
