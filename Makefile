@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ./client -e '.[dev,bench,onnx]'
+	$(PY) -m pip install -q -e ./client -e '.[dev,bench,onnx,ray]'
 	touch $@
 
 install: $(VENV)/.installed

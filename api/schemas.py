@@ -107,7 +107,9 @@ def public(job: Job, now: datetime | None = None,
                           steps_per_epoch=job.steps_per_epoch, percent=round(percent, 2)),
         eta_seconds=eta, last_metrics=job.last_metrics, result=job.result, error=job.error,
         waiting=waiting_reason(job, capacity) if capacity is not None and
-        job.status == JobStatus.QUEUED else None,
+        job.status == JobStatus.QUEUED else (job.placement or {}).get("waiting")
+        if job.status == JobStatus.RUNNING else None,
+        slots=(job.placement or {}).get("slots"),
         cancel_requested=job.cancel_requested, attempts=job.attempts,
         resumes=max(job.attempts - 1, 0), checkpoint=job.checkpoint,
         worker_host=job.worker_host, device=job.device, created_at=job.created_at,

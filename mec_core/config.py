@@ -210,6 +210,12 @@ class TrainConfig(BaseModel):
         "them. The platform's worker launches them; by hand, torchrun --nproc-per-node must "
         "match.",
     )
+    nodes: int = Field(
+        1, ge=1, le=64,
+        description="Hosts that train the run together, `processes` on each (world size: "
+        "nodes x processes; batch_size stays global). 1: one host, under torchrun; more: "
+        "a Ray Train run on the platform's Ray cluster (MEC_RAY_ADDRESS).",
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of data order, views and init.")
     checkpoint_every: int = Field(
         500, ge=1, le=100_000_000, description="Save a checkpoint every N steps (and at the end)."
@@ -235,10 +241,16 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _batch_divides_among_processes(self) -> TrainConfig:
-        if self.batch_size % self.processes:
+        if self.batch_size % self.world_size:
             raise ValueError(f"batch_size {self.batch_size} does not divide among "
-                             f"{self.processes} processes; make it a multiple of processes")
+                             f"{self.world_size} processes (nodes x processes); make it a "
+                             "multiple of that")
         return self
+
+    @property
+    def world_size(self) -> int:
+        """Processes of the run over all its nodes."""
+        return self.nodes * self.processes
 
     @model_validator(mode="before")
     @classmethod

@@ -166,10 +166,11 @@ def setup(config: TrainConfig, out: Path, resume: bool, keep_checkpoints: int = 
     device = world.device
     if device.type == "cpu":
         keep_freed_memory()
-    if world.size != config.processes:
-        raise ValueError(f"the config asks for {config.processes} process(es) but "
-                         f"{world.size} were started: launch with torchrun "
-                         f"--nproc-per-node={config.processes}, or set processes")
+    if world.size != config.world_size:
+        raise ValueError(f"the config asks for {config.world_size} process(es) "
+                         f"({config.nodes} node(s) x {config.processes}) but {world.size} "
+                         f"were started: launch with torchrun --nnodes={config.nodes} "
+                         f"--nproc-per-node={config.processes}, or set nodes and processes")
     data = load_dataset(config.dataset, "train", config.data_dir, config.image_size)
     held_out = None
     if config.monitor_every != 0:  # held out of the whole split: train_limit keeps its meaning

@@ -45,11 +45,12 @@ def waiting_reason(job: Job, capacity: dict[str, QueueCapacity]) -> str | None:
         return f"no live worker takes queue '{job.queue}'"
     config = job.config or {}
     needs, most = int(config.get("processes", 1)), capacity[job.queue].processes
-    if needs > most:
+    if needs > most and int(config.get("nodes", 1)) == 1:  # more nodes: on Ray's
         return (f"needs {needs} processes; the largest live worker on queue '{job.queue}' "
                 f"runs {most} (MEC_WORKER_PROCESSES, or its GPUs); it stays "
                 "queued until a worker that can run it joins")
-    if str(config.get("device", "auto")).startswith("cuda") and not capacity[job.queue].gpu:
+    if str(config.get("device", "auto")).startswith("cuda") and not capacity[job.queue].gpu \
+            and int(config.get("nodes", 1)) == 1:
         return (f"asks for device {config['device']}; no live worker on queue '{job.queue}' "
                 "has a GPU (they run on cpu); it stays queued until one with a GPU joins, "
                 "or resubmit it with device auto or cpu")

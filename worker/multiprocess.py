@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO
@@ -104,7 +105,6 @@ def launch(job_id: int, owner: str, processes: int, out: Path,
     """Train job `job_id` with `processes` ranks; returns rank 0's result and whether the
     job was cancelled, like a one-process run. Raises TrainingDiverged, RanksFailed or
     RanksDied."""
-    settings = get_settings()
     ranks = out / "ranks"
     ranks.mkdir(parents=True, exist_ok=True)
     for old in ranks.iterdir():
@@ -112,57 +112,90 @@ def launch(job_id: int, owner: str, processes: int, out: Path,
     env = dict(os.environ, PYTHONUNBUFFERED="1")  # each line as it is written
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     log = out / "torchrun.log"
-    proc = subprocess.Popen(
+    code, killed, cancelled = supervise(
         [sys.executable, "-m", "torch.distributed.run", "--standalone",
          f"--nproc-per-node={processes}", "--max-restarts=0", "--tee=3",
          f"--log-dir={out / 'torchrun-logs'}",
          "-m", "worker.multiprocess", str(job_id), owner],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        preexec_fn=_die_with_parent, text=True, errors="replace")
-    reader = threading.Thread(target=_relay, args=(proc.stdout, log, job_id), daemon=True)
-    reader.start()
-    watch = DatabaseCallbacks(job_id, owner, settings.cancel_poll_seconds)  # cancel, lost lease
-    asked_at, killed = None, False
-    while proc.poll() is None:
-        time.sleep(0.2)
-        if shutting_down.is_set():
-            (ranks / "handover").touch()
-        if asked_at is None and (shutting_down.is_set() or watch.should_stop(0)):
-            asked_at = time.monotonic()
-        if asked_at is not None and time.monotonic() - asked_at > STOP_GRACE_SECONDS:
-            _kill_tree(proc.pid)
-            killed = True
-    reader.join(timeout=10)
+        env, log, _rank_source, ranks / "handover", job_id, owner, shutting_down)
     reports = sorted(ranks.glob("rank-*.json"), key=lambda p: p.stat().st_mtime)
     ended = {p.stem.replace("-", " "): json.loads(p.read_text()) for p in reports}
     if "result" in ended.get("rank 0", {}):
-        done = ended["rank 0"]
-        result = done["result"] | {"checkpoint": done["result"]["checkpoint"] and
-                                   Path(done["result"]["checkpoint"])}
-        return TrainResult(**result), done["cancelled"]
-    if killed:  # asked to stop and did not in time: as stopped, with the last step reached
-        with session_scope() as s:
-            job = s.get(Job, job_id)
-            return TrainResult(job.step, job.total_steps or 0, True, None, 0.0), watch.cancelled
+        return result_from(ended["rank 0"]["result"]), ended["rank 0"]["cancelled"]
+    if killed:
+        return stopped_result(job_id), cancelled
     if any("diverged" in done for done in ended.values()):
         raise TrainingDiverged(next(d["diverged"] for d in ended.values() if "diverged" in d))
     errors = [f"{name}: {done['error']}" for name, done in ended.items()]
     if len(errors) == processes:  # every rank raised: the first to raise is the cause
         raise RanksFailed(errors[0])
     # a rank died without a word: the others' errors (a broken connection) follow from it
-    raise _died(proc.returncode, log, errors[:1])
+    raise _died(code, log, errors[:1])
 
 
-def _relay(lines: IO[str], log: Path, job_id: int) -> None:
-    """Copy torchrun's output to `log` and, line by line, to the job's log: a rank's lines
-    (torchrun's --tee prefixes them with '[default<rank>]:') as that rank's, unprefixed."""
+def supervise(command: list[str], env: dict[str, str], log: Path,
+              source: Callable[[str], tuple[str, str]], handover: Path, job_id: int,
+              owner: str, shutting_down: threading.Event) -> tuple[int, bool, bool]:
+    """Run `command`, a launcher of ranks, until it ends; returns (its exit code, whether it
+    was killed, whether the job was cancelled). Its output goes to `log` and, line by line,
+    to the job's log (`source(line)` is the line's source and text). A hand-over is passed
+    on by creating `handover`; asked to stop (a cancel, a hand-over, a lost lease), it is
+    killed with its children when it has not ended within STOP_GRACE_SECONDS. It gets
+    SIGTERM when the worker process dies."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, preexec_fn=_die_with_parent, text=True,
+                            errors="replace")
+    reader = threading.Thread(target=_relay, args=(proc.stdout, log, job_id, source),
+                              daemon=True)
+    reader.start()
+    watch = DatabaseCallbacks(job_id, owner, get_settings().cancel_poll_seconds)
+    asked_at, killed = None, False
+    while proc.poll() is None:
+        time.sleep(0.2)
+        if shutting_down.is_set():
+            handover.touch()
+        if asked_at is None and (shutting_down.is_set() or watch.should_stop(0)):
+            asked_at = time.monotonic()
+        if asked_at is not None and time.monotonic() - asked_at > STOP_GRACE_SECONDS:
+            _kill_tree(proc.pid)
+            killed = True
+    reader.join(timeout=10)
+    return proc.returncode, killed, watch.cancelled
+
+
+def result_as_json(result: TrainResult) -> dict:
+    return asdict(result) | {"checkpoint": result.checkpoint and str(result.checkpoint)}
+
+
+def result_from(saved: dict) -> TrainResult:
+    """The TrainResult that `result_as_json` wrote."""
+    return TrainResult(**saved | {"checkpoint": saved["checkpoint"] and Path(saved["checkpoint"])})
+
+
+def stopped_result(job_id: int) -> TrainResult:
+    """The result of ranks killed when they did not stop in time: stopped, at the last
+    step the job recorded."""
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        return TrainResult(job.step, job.total_steps or 0, True, None, 0.0)
+
+
+def _rank_source(line: str) -> tuple[str, str]:
+    """A rank's line (torchrun's --tee prefixes it with '[default<rank>]:') as that
+    rank's, unprefixed; any other as torchrun's."""
+    rank = _RANK_PREFIX.match(line)
+    return (f"rank {rank[1]}", line[rank.end():]) if rank else ("torchrun", line)
+
+
+def _relay(lines: IO[str], log: Path, job_id: int,
+           source: Callable[[str], tuple[str, str]]) -> None:
+    """Copy a launcher's output to `log` and, line by line, to the job's log."""
     with log.open("a") as sink:
         for line in lines:
             sink.write(line)
             sink.flush()
-            rank = _RANK_PREFIX.match(line)
-            source, text = (f"rank {rank[1]}", line[rank.end():]) if rank else ("torchrun", line)
-            _log.info("%s", text.rstrip("\n"), extra={"job_id": job_id, "source": source})
+            name, text = source(line)
+            _log.info("%s", text.rstrip("\n"), extra={"job_id": job_id, "source": name})
 
 
 def _write(path: Path, value: dict) -> None:
@@ -195,9 +228,7 @@ def main(job_id: int, owner: str) -> None:
         _write(report, {"error": f"{type(exc).__name__}: {exc}"})
         raise
     if rank == 0:
-        _write(report, {"result": asdict(result) | {"checkpoint": result.checkpoint and
-                                                    str(result.checkpoint)},
-                        "cancelled": callbacks.cancelled})
+        _write(report, {"result": result_as_json(result), "cancelled": callbacks.cancelled})
 
 
 if __name__ == "__main__":

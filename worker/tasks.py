@@ -138,12 +138,12 @@ def pretrain(job_id: int) -> None:
     again later, for a worker that can."""
     config = _load(lambda s: s.get(Job, job_id).config or {})
     needs, capacity = config.get("processes", 1), process_capacity()
-    if needs > capacity:
+    if needs > capacity and config.get("nodes", 1) == 1:  # more nodes: Ray's processes
         log.warning("job %s needs %s processes; this worker runs %s: left queued", job_id,
                     needs, capacity)
         return
     if str(config.get("device", "auto")).startswith("cuda") and \
-            not describe_device().startswith("cuda"):
+            not describe_device().startswith("cuda") and config.get("nodes", 1) == 1:
         log.warning("job %s asks for a GPU; this worker has none: left queued", job_id)
         return
     _execute(job_id, run_pretrain)
@@ -157,10 +157,13 @@ def run_pretrain(job_id: int, owner: str) -> Outcome | None:
     out = settings.artifact_root / "jobs" / str(job_id)
     if problem := missing(config.dataset, config.data_dir):  # before any process starts
         raise JobFailed(problem)
-    log.info("job %s: training %s on %s in %s process(es)", job_id, config.backbone,
-             config.dataset, config.processes)
+    log.info("job %s: training %s on %s in %s node(s) x %s process(es)", job_id,
+             config.backbone, config.dataset, config.nodes, config.processes)
     try:
-        if config.processes > 1:
+        if config.nodes > 1:
+            from worker import ray_run  # Ray is an optional extra of the platform
+            result, cancelled = ray_run.launch(job_id, owner, out, shutting_down)
+        elif config.processes > 1:
             result, cancelled = multiprocess.launch(job_id, owner, config.processes, out,
                                                     shutting_down)
         else:

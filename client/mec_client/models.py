@@ -48,6 +48,16 @@ class Progress(BaseModel):
     percent: float
 
 
+class Slot(BaseModel):
+    """One node of a multi-node job: where its ranks run."""
+
+    node: int = Field(description="The node's rank in the run, from 0.")
+    host: str | None = Field(description="Its host name, once the run is placed.")
+    ranks: list[int] = Field(description="The ranks (processes) it holds.")
+    state: str = Field(description="pending (waiting to be placed), running, finished, "
+                       "stopped (cancelled or handed over) or failed.")
+
+
 class JobPublic(BaseModel):
     id: int
     kind: JobKind
@@ -71,7 +81,10 @@ class JobPublic(BaseModel):
     waiting: str | None = Field(description="Why a queued job has not started, where the "
                                 "platform can tell: no live worker takes its queue, it "
                                 "needs more processes than any live worker can run, or a GPU "
-                                "that no live worker on its queue has.")
+                                "that no live worker on its queue has; for a job of several "
+                                "nodes, what the Ray cluster lacks to place it.")
+    slots: list[Slot] | None = Field(None, description="A job of several nodes: each node "
+                                     "of its run on Ray (config.nodes > 1).")
     cancel_requested: bool
     attempts: int
     resumes: int = Field(description="Times the job was resumed from a checkpoint.")

@@ -121,3 +121,19 @@ def test_validate__the_resolved_config_and_the_checks_with_nothing_created(clien
     r = _post(client, {"job_id": 10**9}, "/v1/jobs/validate", kind="evaluate")
     assert r.status_code == 404 and r.json()["detail"].startswith("config.job_id:")
     assert _jobs() == before
+
+
+def test_nodes__a_job_of_several_nodes_needs_a_ray_cluster(client, embedded, monkeypatch):
+    config = TINY | {"dataset": "synthetic", "nodes": 2, "batch_size": 32}
+    before = _jobs()
+    r = _post(client, config)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith("config.nodes: a job of 2 nodes runs on a Ray "
+                                         "cluster") and "MEC_RAY_ADDRESS" in r.json()["detail"]
+    assert _jobs() == before
+    monkeypatch.setattr(embedded, "ray_address", "127.0.0.1:6379")
+    r = _post(client, config)
+    assert r.status_code == 201, r.text
+    assert r.json()["slots"] is None and r.json()["config"]["nodes"] == 2
+    # its processes are the Ray cluster's: no "needs N processes" from the local workers
+    assert "processes" not in (r.json()["waiting"] or "")

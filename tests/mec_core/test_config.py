@@ -82,6 +82,15 @@ def test_config__batch_size_must_divide_among_the_processes():
         TrainConfig(processes=0)
 
 
+def test_config__batch_size_must_divide_among_nodes_times_processes():
+    assert TrainConfig(batch_size=64, nodes=2, processes=4).world_size == 8
+    with pytest.raises(ValidationError, match="batch_size 36 does not divide among 8 processes "
+                       r"\(nodes x processes\)"):
+        TrainConfig(batch_size=36, nodes=2, processes=4)
+    with pytest.raises(ValidationError, match="nodes"):
+        TrainConfig(nodes=0)
+
+
 def test_precision__one_the_device_cannot_run_is_refused_naming_the_ones_it_can():
     with pytest.raises(ValidationError, match="fp16 is not supported on cpu; choose one of "
                                               "auto, fp32, bf16"):
