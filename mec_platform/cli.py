@@ -152,18 +152,13 @@ def demo(dataset, epochs, train_limit, max_steps, data_dir, as_json) -> None:
 
     from rich.console import Console
 
-    from mec_core.data import DEFAULT_DIRS
-    from mec_platform.demo import DemoFailed, run
+    from mec_platform.demo import DemoFailed, config_of, run
 
-    if dataset == "auto":
-        dataset = "fashion-mnist" if Path(DEFAULT_DIRS["fashion-mnist"]).is_dir() else "digits"
-    config = dict(DEMO_CONFIGS[dataset])
-    config |= {k: v for k, v in (("epochs", epochs), ("train_limit", train_limit),
-                                 ("max_steps", max_steps)) if v is not None}
+    dataset, config = config_of(dataset, epochs=epochs, train_limit=train_limit,
+                                max_steps=max_steps)
     console = Console(stderr=as_json)
     try:
-        summary = run(dataset, {"dataset": dataset, **config},
-                      Path(data_dir) if data_dir else None, None, console)
+        summary = run(dataset, config, Path(data_dir) if data_dir else None, None, console)
     except (DemoFailed, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
@@ -176,15 +171,3 @@ def demo(dataset, epochs, train_limit, max_steps, data_dir, as_json) -> None:
     if as_json:
         click.echo(json.dumps(summary))
 
-
-# A few minutes on 2 CPU cores with the small convnet; everything else comes from the
-# small-image recipe that TrainConfig picks for these datasets. Fashion-MNIST: the whole
-# training set for 4 epochs in batches of 128 (batches of 128: the best of the 3-epoch
-# variations of docs/science.md, "tune"; 3 epochs fell 0.05 points short of random init
-# + 5 once the recipe's 2 x 2 feature grid made random init stronger).
-DEMO_CONFIGS = {
-    "fashion-mnist": {"backbone": "convnet", "batch_size": 128, "epochs": 4},
-    "digits": {"backbone": "convnet", "batch_size": 128, "epochs": 20},
-    "synthetic": {"backbone": "convnet", "proj_dim": 64, "pred_hidden_dim": 32,
-                  "batch_size": 64, "epochs": 1, "train_limit": 512},
-}

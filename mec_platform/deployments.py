@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.tables import Job, Model
-from serving.torchserve import Management
+from serving.client import TorchServe
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def archive(model_store: Path, endpoint: str, number: int) -> Path:
 
 
 def restore(open_session: Callable[[], AbstractContextManager[Session]],
-            connect: Callable[[], Management], model_store: Path) -> dict[int, str]:
+            connect: Callable[[], TorchServe], model_store: Path) -> dict[int, str]:
     """Register again every endpoint of a serving deployment that TorchServe does not
     serve, from its archive; a deployment whose archive is gone is marked `lost` with the
     reason. `connect` gives the management API (called only when a deployment serves).
@@ -70,7 +70,7 @@ def restore(open_session: Callable[[], AbstractContextManager[Session]],
     return done
 
 
-def _register(management: Management, endpoint: str, mar: Path, deployment: dict) -> None:
+def _register(management: TorchServe, endpoint: str, mar: Path, deployment: dict) -> None:
     """Register one archive; another process restoring the same endpoint at the same time
     is no error."""
     try:

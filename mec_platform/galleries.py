@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from mec_platform.settings import get_settings
 from mec_platform.tables import Gallery, GalleryItem, Model, utcnow
-from serving.embed_client import EmbedClient
+from serving.client import TorchServe
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
@@ -80,12 +80,12 @@ def endpoint(session: Session, gallery: Gallery) -> str | None:
 
 
 @lru_cache(maxsize=1)
-def embed_client() -> EmbedClient:
+def embed_client() -> TorchServe:
     """The process's client of TorchServe's embeddings (one connection pool and thread
     pool, shared by its requests or its import jobs)."""
     settings = get_settings()
-    return EmbedClient(settings.torchserve_inference_url, settings.torchserve_management_url,
-                       settings.torchserve_home)
+    return TorchServe(settings.torchserve_inference_url, settings.torchserve_management_url,
+                      settings.torchserve_home)
 
 
 def _next_seq(session: Session, gallery_id: int) -> int:
@@ -145,7 +145,7 @@ def _float32(values: list[float]) -> np.ndarray:
         return np.asarray(values, np.float32)
 
 
-def vectors_of(items: list[dict], dim: int, client: EmbedClient,
+def vectors_of(items: list[dict], dim: int, client: TorchServe,
                endpoint: str | None) -> tuple[list[int], np.ndarray, dict[int, str]]:
     """Unit vectors of items ({"image": base64} or {"vector": [...]}): images embedded by
     the model deployed at `endpoint` (None: not deployed), vectors checked against `dim`

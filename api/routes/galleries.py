@@ -51,7 +51,7 @@ from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
 from mec_platform.specs import ID_MAX
 from mec_platform.tables import Gallery, GalleryItem, Job, Model
-from serving.embed_client import Unavailable
+from serving.client import Unavailable
 from serving.vector_index import FilterError, parse_filter
 
 router = APIRouter(prefix="/v1/galleries", tags=["galleries"],

@@ -20,7 +20,7 @@ import pytest
 from harness import png
 
 from mec_client import APIError, Client
-from serving.torchserve import Keys
+from serving.client import Keys
 
 NDJSON = "application/x-ndjson"
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
