@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from mec_platform.keys import DEFAULT_PROJECT, Scope
+from mec_platform.stack import Ports
 
 
 @click.group()
@@ -85,16 +86,17 @@ def keys_list() -> None:
 
 
 def _port_options(func):
+    default = Ports()
     for option in reversed([
-        click.option("--api-port", type=int, default=8000, show_default=True),
-        click.option("--inference-port", type=int, default=8080, show_default=True,
-                     help="TorchServe inference API."),
-        click.option("--management-port", type=int, default=8081, show_default=True,
-                     help="TorchServe management API (loopback only)."),
-        click.option("--metrics-port", type=int, default=8082, show_default=True,
+        click.option("--api-port", type=int, default=default.api, show_default=True),
+        click.option("--inference-port", type=int, default=default.inference,
+                     show_default=True, help="TorchServe inference API."),
+        click.option("--management-port", type=int, default=default.management,
+                     show_default=True, help="TorchServe management API (loopback only)."),
+        click.option("--metrics-port", type=int, default=default.metrics, show_default=True,
                      help="TorchServe metrics API (Prometheus)."),
-        click.option("--worker-metrics-port", type=int, default=9808, show_default=True,
-                     help="The worker's Prometheus endpoint."),
+        click.option("--worker-metrics-port", type=int, default=default.worker_metrics,
+                     show_default=True, help="The worker's Prometheus endpoint."),
     ]):
         func = option(func)
     return func
@@ -113,7 +115,7 @@ def _data_dir(value: str | None) -> Path:
 def up(data_dir, api_port, inference_port, management_port, metrics_port,
        worker_metrics_port) -> None:
     """Start the API, a worker and TorchServe as local processes, and leave them running."""
-    from mec_platform.stack import Ports, Stack
+    from mec_platform.stack import Stack
 
     stack = Stack(_data_dir(data_dir), Ports(api_port, inference_port, management_port,
                                              metrics_port, worker_metrics_port))
@@ -130,7 +132,7 @@ def up(data_dir, api_port, inference_port, management_port, metrics_port,
 @click.option("--data-dir", default=None, help="Data directory of the stack to stop.")
 def down(data_dir) -> None:
     """Stop what `mec up` started."""
-    from mec_platform.stack import Ports, Stack
+    from mec_platform.stack import Stack
 
     stopped = Stack(_data_dir(data_dir), Ports()).down()
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from mec_platform.settings import Settings
+from mec_client.login import API_PORT
+from mec_platform.settings import INFERENCE_PORT, MANAGEMENT_PORT, Settings
 
 if TYPE_CHECKING:
     from serving.client import TorchServe
@@ -38,9 +39,9 @@ def port_taken(port: int, host: str = "127.0.0.1") -> bool:
 
 @dataclass
 class Ports:
-    api: int = 8000
-    inference: int = 8080
-    management: int = 8081
+    api: int = API_PORT
+    inference: int = INFERENCE_PORT
+    management: int = MANAGEMENT_PORT
     metrics: int = 8082
     worker_metrics: int = 9808
 

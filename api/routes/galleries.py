@@ -36,6 +36,7 @@ from api.schemas import (
     public,
 )
 from mec_client.models import (
+    SYNC_IMAGES,
     GalleriesPublic,
     GalleryAdded,
     GalleryItemPublic,
@@ -57,7 +58,6 @@ from serving.vector_index import FilterError, parse_filter
 router = APIRouter(prefix="/v1/galleries", tags=["galleries"],
                    responses=errors(400, 401, 403, 404, 409, 422))
 Name = Annotated[str, PathParam(pattern=NAME_PATTERN)]
-SYNC_IMAGES = 64  # more images than this in an add (as in one /embed request): a job
 NDJSON = "application/x-ndjson"
 
 
