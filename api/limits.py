@@ -15,8 +15,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from api.deps import known_key, presented_key
-from api.routes.inference import MAX_BYTES as INFERENCE_BYTES
 from mec_platform.settings import get_settings
+from serving.client import MAX_REQUEST_BYTES as INFERENCE_BYTES
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SMALL_BYTES = 2**20  # a job spec, a search, a login form

@@ -28,7 +28,7 @@ from bench_serving import clients, pngs
 
 from mec_client import Client
 from mec_platform.stack import Ports, Stack
-from serving.torchserve import Keys
+from serving.client import Keys
 
 CONFIG = {"dataset": "synthetic", "image_size": 32, "backbone": "resnet18", "batch_size": 16,
           "max_steps": 1, "epochs": 1, "train_limit": 64, "proj_dim": 256, "feature_grid": 1}

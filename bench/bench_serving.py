@@ -308,8 +308,8 @@ def main() -> None:
     results: dict[int, list[dict]] = {c: [] for c in args.concurrency}
     profiles = []
     try:
-        ts.management().register("bench.mar", workers=plan.workers, batch_size=plan.batch_size,
-                                 max_batch_delay_ms=args.max_batch_delay_ms)
+        ts.client().register("bench.mar", workers=plan.workers, batch_size=plan.batch_size,
+                             max_batch_delay_ms=args.max_batch_delay_ms)
         served = Served(ts)
         key = ts.keys().inference
         image = root / "image.png"

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from mec_platform.keys import DEFAULT_PROJECT, Scope
+from mec_platform.stack import Ports
 
 
 @click.group()
@@ -89,16 +90,17 @@ def keys_list() -> None:
 
 
 def _port_options(func):
+    default = Ports()
     for option in reversed([
-        click.option("--api-port", type=int, default=8000, show_default=True),
-        click.option("--inference-port", type=int, default=8080, show_default=True,
-                     help="TorchServe inference API."),
-        click.option("--management-port", type=int, default=8081, show_default=True,
-                     help="TorchServe management API (loopback only)."),
-        click.option("--metrics-port", type=int, default=8082, show_default=True,
+        click.option("--api-port", type=int, default=default.api, show_default=True),
+        click.option("--inference-port", type=int, default=default.inference,
+                     show_default=True, help="TorchServe inference API."),
+        click.option("--management-port", type=int, default=default.management,
+                     show_default=True, help="TorchServe management API (loopback only)."),
+        click.option("--metrics-port", type=int, default=default.metrics, show_default=True,
                      help="TorchServe metrics API (Prometheus)."),
-        click.option("--worker-metrics-port", type=int, default=9808, show_default=True,
-                     help="The worker's Prometheus endpoint."),
+        click.option("--worker-metrics-port", type=int, default=default.worker_metrics,
+                     show_default=True, help="The worker's Prometheus endpoint."),
     ]):
         func = option(func)
     return func
@@ -120,7 +122,7 @@ def _data_dir(value: str | None) -> Path:
 def up(data_dir, storage_url, api_port, inference_port, management_port, metrics_port,
        worker_metrics_port) -> None:
     """Start the API, a worker and TorchServe as local processes, and leave them running."""
-    from mec_platform.stack import Ports, Stack
+    from mec_platform.stack import Stack
     from mec_platform.storage import open_store
 
     if storage_url:
@@ -144,7 +146,7 @@ def up(data_dir, storage_url, api_port, inference_port, management_port, metrics
 @click.option("--data-dir", default=None, help="Data directory of the stack to stop.")
 def down(data_dir) -> None:
     """Stop what `mec up` started."""
-    from mec_platform.stack import Ports, Stack
+    from mec_platform.stack import Stack
 
     stopped = Stack(_data_dir(data_dir), Ports()).down()
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
@@ -166,18 +168,13 @@ def demo(dataset, epochs, train_limit, max_steps, data_dir, as_json) -> None:
 
     from rich.console import Console
 
-    from mec_core.data import DEFAULT_DIRS
-    from mec_platform.demo import DemoFailed, run
+    from mec_platform.demo import DemoFailed, config_of, run
 
-    if dataset == "auto":
-        dataset = "fashion-mnist" if Path(DEFAULT_DIRS["fashion-mnist"]).is_dir() else "digits"
-    config = dict(DEMO_CONFIGS[dataset])
-    config |= {k: v for k, v in (("epochs", epochs), ("train_limit", train_limit),
-                                 ("max_steps", max_steps)) if v is not None}
+    dataset, config = config_of(dataset, epochs=epochs, train_limit=train_limit,
+                                max_steps=max_steps)
     console = Console(stderr=as_json)
     try:
-        summary = run(dataset, {"dataset": dataset, **config},
-                      Path(data_dir) if data_dir else None, None, console)
+        summary = run(dataset, config, Path(data_dir) if data_dir else None, None, console)
     except (DemoFailed, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
@@ -190,15 +187,3 @@ def demo(dataset, epochs, train_limit, max_steps, data_dir, as_json) -> None:
     if as_json:
         click.echo(json.dumps(summary))
 
-
-# A few minutes on 2 CPU cores with the small convnet; everything else comes from the
-# small-image recipe that TrainConfig picks for these datasets. Fashion-MNIST: the whole
-# training set for 4 epochs in batches of 128 (batches of 128: the best of the 3-epoch
-# variations of docs/science.md, "tune"; 3 epochs fell 0.05 points short of random init
-# + 5 once the recipe's 2 x 2 feature grid made random init stronger).
-DEMO_CONFIGS = {
-    "fashion-mnist": {"backbone": "convnet", "batch_size": 128, "epochs": 4},
-    "digits": {"backbone": "convnet", "batch_size": 128, "epochs": 20},
-    "synthetic": {"backbone": "convnet", "proj_dim": 64, "pred_hidden_dim": 32,
-                  "batch_size": 64, "epochs": 1, "train_limit": 512},
-}

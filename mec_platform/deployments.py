@@ -22,7 +22,7 @@ from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
 from mec_platform.specs import LOST, Deployment, DeploySpec
 from mec_platform.tables import Job, Model
-from serving.torchserve import Management
+from serving.client import TorchServe
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def archive(model_store: Path, endpoint: str, number: int) -> Path:
 
 
 def restore(open_session: Callable[[], AbstractContextManager[Session]],
-            connect: Callable[[], Management], model_store: Path) -> dict[int, str]:
+            connect: Callable[[], TorchServe], model_store: Path) -> dict[int, str]:
     """Register again every endpoint of a serving deployment that TorchServe does not
     serve, from its archive; a deployment whose archive is gone is marked `lost` with the
     reason. `connect` gives the management API (called only when a deployment serves).
@@ -95,7 +95,7 @@ def restore(open_session: Callable[[], AbstractContextManager[Session]],
     return done
 
 
-def _register(management: Management, endpoint: str, mar: Path,
+def _register(management: TorchServe, endpoint: str, mar: Path,
               deployment: Deployment) -> None:
     """Register one archive; another process restoring the same endpoint at the same time
     is no error."""

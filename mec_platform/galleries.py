@@ -32,13 +32,12 @@ from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
 from mec_platform.tables import ApiKey, Gallery, GalleryItem, Job, Model, utcnow
-from serving.embed_client import EmbedClient
-from serving.embed_client import Unavailable as Unreachable
+from serving.client import TorchServe
+from serving.client import Unavailable as Unreachable
 from serving.vector_index import FilterError, parse_filter
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 THUMBNAIL = 96  # px, the longer side of an image item's thumbnail
-SYNC_IMAGES = 64  # more images than this in an add (as in one /embed request): a job
 
 
 class OtherVersion(Conflict):
@@ -313,12 +312,12 @@ def endpoint(session: Session, gallery: Gallery) -> str | None:
 
 
 @lru_cache(maxsize=1)
-def embed_client() -> EmbedClient:
+def embed_client() -> TorchServe:
     """The process's client of TorchServe's embeddings (one connection pool and thread
     pool, shared by its requests or its import jobs)."""
     settings = get_settings()
-    return EmbedClient(settings.torchserve_inference_url, settings.torchserve_management_url,
-                       settings.torchserve_home)
+    return TorchServe(settings.torchserve_inference_url, settings.torchserve_management_url,
+                      settings.torchserve_home)
 
 
 def _next_seq(session: Session, gallery_id: int) -> int:
@@ -386,7 +385,7 @@ def _float32(values: list[float]) -> np.ndarray:
         return np.asarray(values, np.float32)
 
 
-def vectors_of(items: list[dict], dim: int, client: EmbedClient,
+def vectors_of(items: list[dict], dim: int, client: TorchServe,
                endpoint: str | None) -> tuple[list[int], np.ndarray, dict[int, str]]:
     """Unit vectors of items ({"image": base64} or {"vector": [...]}): images embedded by
     the model deployed at `endpoint` (None: not deployed), vectors checked against `dim`

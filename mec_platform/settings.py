@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+INFERENCE_PORT, MANAGEMENT_PORT = 8080, 8081  # TorchServe's own defaults, where `mec up` starts it
+
 
 class Settings(BaseSettings):
     """Embedded defaults (SQLite, a broker in a SQLite file, CPU) need nothing installed;
@@ -80,10 +82,10 @@ class Settings(BaseSettings):
                                           "process).")
     submit_burst: int = Field(300, ge=1, description="Submissions a key may make at once "
                               "before the rate limit applies.")
-    torchserve_inference_url: str = Field("http://127.0.0.1:8080", description="TorchServe "
-                                          "inference API, as clients reach it.")
-    torchserve_management_url: str = Field("http://127.0.0.1:8081", description="TorchServe "
-                                           "management API (loopback only).")
+    torchserve_inference_url: str = Field(f"http://127.0.0.1:{INFERENCE_PORT}", description=
+                                          "TorchServe inference API, as clients reach it.")
+    torchserve_management_url: str = Field(f"http://127.0.0.1:{MANAGEMENT_PORT}", description=
+                                           "TorchServe management API (loopback only).")
     torchserve_home: Path = Field(description="TorchServe's working directory, where it "
                                   "writes key_file.json; default: data_dir/torchserve.")
     model_store: Path = Field(description="Where .mar files go; TorchServe's model store. "

@@ -16,14 +16,19 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
-from mec_platform.settings import Settings
-from serving.torchserve import unused_ports
+from mec_client.login import API_PORT
+from mec_platform.settings import INFERENCE_PORT, MANAGEMENT_PORT, Settings
+
+if TYPE_CHECKING:
+    from serving.client import TorchServe
 
 
 def port_taken(port: int, host: str = "127.0.0.1") -> bool:
@@ -34,18 +39,30 @@ def port_taken(port: int, host: str = "127.0.0.1") -> bool:
 
 @dataclass
 class Ports:
-    api: int = 8000
-    inference: int = 8080
-    management: int = 8081
+    api: int = API_PORT
+    inference: int = INFERENCE_PORT
+    management: int = MANAGEMENT_PORT
     metrics: int = 8082
     worker_metrics: int = 9808
 
     @staticmethod
     def any_free() -> Ports:
+        from serving.torchserve import unused_ports
+
         return Ports(*unused_ports(5))
 
 
-NAMES = ("api", "worker", "torchserve")  # the processes of a stack
+@dataclass(frozen=True)
+class Process:
+    """A process of the stack: the ports it takes, how it starts (returning its pid) and
+    whether it is ready."""
+
+    ports: dict[str, int]
+    start: Callable[[], int]
+    ready: Callable[[], bool]
+
+
+NAMES = ("torchserve", "api", "worker")  # the processes of a stack, in the order they start
 
 
 class Stack:
@@ -75,15 +92,46 @@ class Stack:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.api}"
 
-    def _spawn(self, name: str, args: list[str], cwd: Path | None = None,
-               env: dict[str, str] | None = None) -> int:
+    def processes(self) -> dict[str, Process]:
+        """The stack: TorchServe (serving.torchserve), the API and a worker (by module path:
+        the launcher imports neither)."""
+        from serving.torchserve import LocalTorchServe
+
+        p, settings = self.ports, self.settings
+        since = datetime.now(timezone.utc) - timedelta(seconds=5)  # a killed worker's is older
+
+        def start_torchserve() -> int:
+            return LocalTorchServe(settings.torchserve_home, settings.model_store, p.inference,
+                                   p.management, p.metrics, env=self.env
+                                   ).spawn(self._log("torchserve"))
+
+        return {
+            "torchserve": Process(
+                {"TorchServe inference": p.inference, "TorchServe management": p.management,
+                 "TorchServe metrics": p.metrics}, start_torchserve, self.torchserve().ready),
+            "api": Process(
+                {"API": p.api},
+                lambda: self._spawn("api", [sys.executable, "-m", "uvicorn", "api.main:app",
+                                            "--host", "127.0.0.1", "--port", str(p.api)]),
+                lambda: _get(f"{self.api_url}/readyz")),
+            "worker": Process(
+                {"worker metrics": p.worker_metrics},
+                lambda: self._spawn("worker", [sys.executable, "-m", "celery", "-A",
+                                               "worker.main", "worker", "-Q", "gpu,cpu", "--pool",
+                                               "solo", "-n", "local@%h", "--loglevel", "INFO"],
+                                    {"MEC_WORKER_METRICS_PORT": str(p.worker_metrics)}),
+                lambda: self._worker_registered(since)),
+        }
+
+    def _log(self, name: str) -> Path:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115  (the child owns it)
-        proc = subprocess.Popen(args, env=env or self.env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
-        (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
-        return proc.pid
+        return self.log_dir / f"{name}.log"
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> int:
+        with open(self._log(name), "ab") as log:
+            return subprocess.Popen(args, env=self.env | (env or {}), stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True).pid
 
     def up(self, timeout: float = 120) -> dict[str, str]:
         """Start what is not running (after a crash or a kill -9 of some of the processes:
@@ -95,63 +143,40 @@ class Stack:
             raise RuntimeError(f"a stack already runs from {self.data_dir}; `mec down` first")
         for name in missing:  # e.g. TorchServe's Java server, whose launcher was killed
             self._stop_group(name)
-        taken = {"api": [("API", self.ports.api)],
-                 "worker": [("worker metrics", self.ports.worker_metrics)],
-                 "torchserve": [("TorchServe inference", self.ports.inference),
-                                ("TorchServe management", self.ports.management),
-                                ("TorchServe metrics", self.ports.metrics)]}
-        for what, port in [p for name in missing for p in taken[name]]:
+        processes = self.processes()
+        for what, port in [p for name in missing for p in processes[name].ports.items()]:
             if port_taken(port):
                 raise RuntimeError(f"port {port} ({what}) is taken; stop what uses it or pick "
                                    "other ports (see `mec up --help`)")
         from mec_platform.migrate import upgrade
 
         upgrade(self.settings.database_url)
-        if "torchserve" in missing:
-            self._spawn_torchserve()
-        if "api" in missing:
-            self._spawn("api", [sys.executable, "-m", "uvicorn", "api.main:app", "--host",
-                                "127.0.0.1", "--port", str(self.ports.api)])
-        if "worker" in missing:
-            self._spawn("worker", [sys.executable, "-m", "celery", "-A", "worker.main",
-                                   "worker", "-Q", "gpu,cpu", "--pool", "solo", "-n",
-                                   "local@%h", "--loglevel", "INFO"],
-                        env=self.env | {"MEC_WORKER_METRICS_PORT":
-                                        str(self.ports.worker_metrics)})
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for name in missing:
+            (self.run_dir / f"{name}.pid").write_text(str(processes[name].start()))
         (self.run_dir / "ports.json").write_text(json.dumps(self.ports.__dict__))
         try:
-            self._wait_ready(timeout, set(missing))
+            self._wait_ready(timeout, {n: processes[n] for n in missing})
             self.restore()
         except BaseException:
             self.down()
             raise
         return self.urls()
 
-    def _spawn_torchserve(self) -> None:
-        from serving.torchserve import process_env, write_config
-
-        ts_home, store = self.settings.torchserve_home, self.settings.model_store
-        store.mkdir(parents=True, exist_ok=True)
-        # the keys of a TorchServe that is gone: readiness waits for the new one's
-        (ts_home / "key_file.json").unlink(missing_ok=True)
-        config = write_config(ts_home, store, self.ports.inference, self.ports.management,
-                              self.ports.metrics)
-        self._spawn("torchserve", [_bin("torchserve"), "--start", "--foreground", "--ts-config",
-                                   str(config), "--model-store", str(store), "--ncs"],
-                    cwd=ts_home, env=process_env(self.env, ts_home))
-
     def restore(self) -> dict[int, str]:
         """Register again, in this stack's TorchServe, the deployments its database
         records as serving (mec_platform.deployments)."""
         from mec_platform.deployments import restore
 
-        return restore(self._session, self._management, self.settings.model_store)
+        return restore(self._session, self.torchserve, self.settings.model_store)
 
-    def _management(self):
-        from serving.torchserve import Management, fresh_keys
+    def torchserve(self) -> TorchServe:
+        """A client of this stack's TorchServe (serving.client)."""
+        from serving.client import TorchServe
 
-        url = self.settings.torchserve_management_url
-        return Management(url, fresh_keys(self.settings.torchserve_home, url).management)
+        s = self.settings
+        return TorchServe(s.torchserve_inference_url, s.torchserve_management_url,
+                          s.torchserve_home)
 
     def urls(self) -> dict[str, str]:
         return {"dashboard": f"{self.api_url}/ui/", "api": self.api_url,
@@ -163,35 +188,20 @@ class Stack:
                 "torchserve_metrics": f"http://127.0.0.1:{self.ports.metrics}/metrics",
                 "logs": str(self.log_dir)}
 
-    def _wait_ready(self, timeout: float, waiting: set[str]) -> None:
-        from mec_platform.tables import utcnow
-
-        since = utcnow() - timedelta(seconds=5)  # a killed worker's row is older
+    def _wait_ready(self, timeout: float, waiting: dict[str, Process]) -> None:
         deadline = time.monotonic() + timeout
         while waiting and time.monotonic() < deadline:
             for name in list(waiting):
                 if not _alive(self.pid(name)):
                     raise RuntimeError(f"{name} exited at start; see {self.log_dir}/{name}.log")
-            if "api" in waiting and _get(f"{self.api_url}/readyz"):
-                waiting.discard("api")
-            if "worker" in waiting and self._worker_registered(since):
-                waiting.discard("worker")
-            if "torchserve" in waiting and self._torchserve_answers():
-                waiting.discard("torchserve")
+                if waiting[name].ready():
+                    del waiting[name]
             time.sleep(0.5)
         if waiting:
             raise RuntimeError(f"{', '.join(sorted(waiting))} not ready after {timeout}s; "
                                f"see the logs in {self.log_dir}")
 
-    def _torchserve_answers(self) -> bool:
-        """TorchServe wrote its keys and its management API answers with them."""
-        try:
-            self._management().names()
-            return True
-        except (OSError, ValueError, KeyError, httpx.HTTPError):
-            return False  # no key file yet, half written, or not listening yet
-
-    def _worker_registered(self, since) -> bool:
+    def _worker_registered(self, since: datetime) -> bool:
         from sqlalchemy import func, select
 
         from mec_platform.tables import Worker
@@ -253,21 +263,6 @@ class Stack:
             deadline = time.monotonic() + 10
             while _group_alive(self.pid(name)) and time.monotonic() < deadline:
                 time.sleep(0.1)
-
-
-def running_api_url(data_dir: Path) -> str | None:
-    """The API's URL of the stack `mec up` left running in `data_dir`, else None."""
-    run = data_dir / "run"
-    try:
-        pid = int((run / "api.pid").read_text())
-        port = json.loads((run / "ports.json").read_text())["api"]
-    except (OSError, ValueError, KeyError):
-        return None
-    return f"http://127.0.0.1:{port}" if _alive(pid) else None
-
-
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
 
 
 def _alive(pid: int | None) -> bool:

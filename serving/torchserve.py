@@ -1,9 +1,9 @@
-"""Run TorchServe locally with safe defaults, and talk to its management API."""
+"""Run TorchServe locally with safe defaults: its configuration, its workers and its process
+(serving.client talks to it)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -11,11 +11,10 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from serving.client import MAX_REQUEST_BYTES, Keys, TorchServe
 
 LOG4J = Path(__file__).with_name("log4j2.xml").resolve()  # lean production logging
 TORCHSERVE_VERSION = "0.12.0"  # the last release; TorchServe is in limited maintenance
@@ -67,7 +66,7 @@ def worker_plan(workers: int | None = None, threads: int | None = None,
 
 
 def write_config(home: Path, model_store: Path, inference_port: int, management_port: int,
-                 metrics_port: int, max_request_bytes: int = 10 * 1024 * 1024,
+                 metrics_port: int, max_request_bytes: int = MAX_REQUEST_BYTES,
                  token_expiration_min: int = 60, inference_host: str = "127.0.0.1",
                  extra: dict[str, str] | None = None) -> Path:
     """config.properties: management and metrics on loopback only, token authorization
@@ -111,55 +110,9 @@ def process_env(env: dict[str, str], home: Path) -> dict[str, str]:
                         "TMPDIR": str(home)}
 
 
-RENEW_BEFORE_S = 300  # renew a TorchServe key this long before it expires
-
-
-def _expiry(entry: dict) -> datetime:
-    """'2026-12-01T05:26:19.595757103Z' (nanoseconds, which datetime does not read)."""
-    return datetime.fromisoformat(entry["expiration time"][:19]).replace(tzinfo=timezone.utc)
-
-
-@dataclass
-class Keys:
-    """TorchServe's token-authorization keys, read from the key_file.json it writes:
-    the management and inference keys (which expire) and the API key that renews them."""
-
-    management: str
-    inference: str
-    api: str = ""
-    expires: dict[str, datetime] = field(default_factory=dict)
-
-    @staticmethod
-    def read(home: Path) -> Keys:
-        data = json.loads((home / "key_file.json").read_text())
-        return Keys(data["management"]["key"], data["inference"]["key"],
-                    data.get("API", {}).get("key", ""),
-                    {kind: _expiry(data[kind]) for kind in ("management", "inference")
-                     if "expiration time" in data[kind]})
-
-    def expiring(self, within_s: float = RENEW_BEFORE_S) -> list[str]:
-        """The kinds of key that expire within `within_s` seconds."""
-        soon = datetime.now(timezone.utc) + timedelta(seconds=within_s)
-        return [kind for kind, at in self.expires.items() if at <= soon]
-
-
-def fresh_keys(home: Path, management_url: str, force: tuple[str, ...] = ()) -> Keys:
-    """The keys in `home`'s key_file.json, each renewed first (TorchServe's token API, with
-    the API key; TorchServe rewrites the file) when it expires within RENEW_BEFORE_S, or
-    when listed in `force` (a key TorchServe just refused)."""
-    keys = Keys.read(home)
-    stale = sorted(set(keys.expiring()) | set(force))
-    for kind in stale:
-        response = httpx.post(f"{management_url}/token", params={"type": kind}, timeout=30,
-                              headers={"Authorization": f"Bearer {keys.api}"})
-        if response.status_code != 200:
-            raise RuntimeError(f"TorchServe did not renew its {kind} key: "
-                               f"{response.status_code} {response.text}")
-    return Keys.read(home) if stale else keys
-
-
 class LocalTorchServe:
-    """A TorchServe process in `home` (its working directory, logs and key file)."""
+    """A TorchServe process in `home` (its working directory, logs and key file): how `mec
+    up`, the tests and the benchmarks start and stop TorchServe."""
 
     def __init__(self, home: Path, model_store: Path, inference_port: int,
                  management_port: int, metrics_port: int, extra: dict[str, str] | None = None,
@@ -176,27 +129,31 @@ class LocalTorchServe:
         self.env = process_env(os.environ | (env or {}), home)
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90) -> LocalTorchServe:
+    def spawn(self, log: Path | None = None) -> int:
+        """Start TorchServe in a session (process group) of its own, its output appended to
+        `log` (default: home/torchserve.out), without waiting for it; returns its pid."""
         self.store.mkdir(parents=True, exist_ok=True)
+        # the keys of a TorchServe that is gone: readiness waits for the new one's
+        (self.home / "key_file.json").unlink(missing_ok=True)
         binary = shutil.which("torchserve") or str(Path(sys.executable).with_name("torchserve"))
-        log = open(self.home / "torchserve.out", "ab")  # noqa: SIM115  (owned by the process)
-        self.process = subprocess.Popen(
-            [binary, "--start", "--foreground", "--ts-config", str(self.config),
-             "--model-store", str(self.store), "--ncs"],
-            cwd=self.home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=self.env)
+        with open(log or self.home / "torchserve.out", "ab") as out:
+            self.process = subprocess.Popen(
+                [binary, "--start", "--foreground", "--ts-config", str(self.config),
+                 "--model-store", str(self.store), "--ncs"],
+                cwd=self.home, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=self.env)
+        return self.process.pid
+
+    def start(self, timeout: float = 90) -> LocalTorchServe:
+        """spawn(), then wait until TorchServe answers."""
+        self.spawn()
+        client = self.client()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"TorchServe exited; see {self.home / 'torchserve.out'}")
-            try:
-                if (self.home / "key_file.json").exists() and httpx.get(
-                        f"{self.inference_url}/ping", timeout=2,
-                        headers={"Authorization": f"Bearer {self.keys().inference}"}
-                ).status_code == 200:
-                    return self
-            except (httpx.TransportError, json.JSONDecodeError, KeyError):
-                pass  # not up yet, or the key file is half written
+            if client.ready():
+                return self
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"TorchServe did not answer within {timeout}s")
@@ -213,50 +170,5 @@ class LocalTorchServe:
     def keys(self) -> Keys:
         return Keys.read(self.home)
 
-    def management(self) -> Management:
-        return Management(self.management_url, self.keys().management)
-
-
-class Management:
-    """The management API calls the platform needs, with the management key."""
-
-    def __init__(self, url: str, key: str) -> None:
-        self.client = httpx.Client(base_url=url, timeout=300,
-                                   headers={"Authorization": f"Bearer {key}"})
-
-    def register(self, mar: str, model_name: str | None = None, workers: int = 1,
-                 batch_size: int = 8, max_batch_delay_ms: int = 20) -> dict:
-        params = {"url": mar, "initial_workers": workers, "synchronous": "true",
-                  "batch_size": batch_size, "max_batch_delay": max_batch_delay_ms}
-        if model_name:
-            params["model_name"] = model_name
-        response = self.client.post("/models", params=params)
-        if response.status_code >= 300:
-            raise RuntimeError(f"TorchServe refused {mar}: {response.status_code} "
-                               f"{response.text}")
-        return response.json()
-
-    def names(self) -> set[str]:
-        """The names of the registered models (every page of the list)."""
-        names, token = set(), None
-        while True:
-            response = self.client.get("/models", params={"limit": 1000} | (
-                {"next_page_token": token} if token else {}))
-            response.raise_for_status()
-            names |= {m["modelName"] for m in response.json().get("models", [])}
-            token = response.json().get("nextPageToken")
-            if not token:
-                return names
-
-    def describe(self, name: str) -> list[dict] | None:
-        response = self.client.get(f"/models/{name}/all")
-        return response.json() if response.status_code == 200 else None
-
-    def set_default(self, name: str, version: str) -> None:
-        self.client.put(f"/models/{name}/{version}/set-default").raise_for_status()
-
-    def unregister(self, name: str, version: str | None = None) -> None:
-        path = f"/models/{name}" + (f"/{version}" if version else "")
-        response = self.client.delete(path)
-        if response.status_code not in (200, 404):
-            response.raise_for_status()
+    def client(self) -> TorchServe:
+        return TorchServe(self.inference_url, self.management_url, self.home)

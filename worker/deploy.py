@@ -12,14 +12,15 @@ from mec_platform import deployments
 from mec_platform.db import session_scope
 from mec_platform.settings import Settings, get_settings
 from mec_platform.specs import SERVING, UNDEPLOYED, Deployment, DeploySpec
+from serving.client import TorchServe
 from serving.embedder import Embedder
 from serving.package import package
-from serving.torchserve import Management, fresh_keys, worker_plan
+from serving.torchserve import worker_plan
 
 
-def _management(settings: Settings) -> Management:
-    url = settings.torchserve_management_url
-    return Management(url, fresh_keys(settings.torchserve_home, url).management)
+def _management(settings: Settings) -> TorchServe:
+    return TorchServe(settings.torchserve_inference_url, settings.torchserve_management_url,
+                      settings.torchserve_home)
 
 
 def deploy(settings: Settings, model_id: int, artifacts: dict, previous: Deployment | None,

@@ -16,7 +16,7 @@ from mec_platform import galleries
 from mec_platform.db import retrying, session_scope
 from mec_platform.jobs import JobStatus
 from mec_platform.tables import Gallery, Job
-from serving.embed_client import EmbedClient
+from serving.client import TorchServe
 from worker.process import shutting_down
 
 CHUNK = 256  # items per transaction
@@ -66,7 +66,7 @@ def _state(job_id: int, owner: str):
 
 
 def _write(config: dict, chunk: list[dict], job_id: int, owner: str, done: int,
-           progress: dict, client: EmbedClient) -> dict | None:
+           progress: dict, client: TorchServe) -> dict | None:
     """Embed and upsert one chunk, and move the job's progress past it, in one
     transaction. Returns the new progress, or None if the job is no longer ours."""
     gallery_id = config["gallery_id"]

@@ -7,7 +7,6 @@ import socket
 import threading
 import time
 
-import httpx
 from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 from celery.utils.log import get_logger
 from sqlalchemy import delete, update
@@ -17,6 +16,7 @@ from mec_platform.db import session_scope
 from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
 from mec_platform.tables import Worker, utcnow
+from serving.client import Unavailable
 from worker import deploy, prometheus
 from worker.device import describe_device, process_capacity
 from worker.process import shutting_down, worker_name
@@ -63,7 +63,7 @@ def restore_deployments() -> None:
     (or still starting) only delays that to the next heartbeat."""
     try:
         deploy.restore()
-    except (httpx.HTTPError, OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (Unavailable, ValueError) as exc:  # down, or a half-written answer
         log.warning("deployments not restored yet: TorchServe %s", exc)
 
 

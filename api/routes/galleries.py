@@ -33,6 +33,7 @@ from api.schemas import (
     public,
 )
 from mec_client.models import (
+    SYNC_IMAGES,
     GalleriesPublic,
     GalleryAdded,
     GalleryItemListed,
@@ -120,7 +121,7 @@ async def add_items(key: EmbedKey, name: Name, request: Request):
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
     items = [item.model_dump() for item in body.items]
-    if sum(item["image"] is not None for item in items) > galleries.SYNC_IMAGES:
+    if sum(item["image"] is not None for item in items) > SYNC_IMAGES:
         await run_in_threadpool(_import_quota, key)
         staged = await run_in_threadpool(galleries.stage, items)
         return await run_in_threadpool(_submit_import, key, name, staged, len(items))

@@ -8,17 +8,18 @@ import base64
 import io
 import json
 
-import aiohttp
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 from PIL import Image
 
 from api.deps import EmbedKey, ServedModelDep
-from api.inference import Answer, torchserve
+from api.inference import torchserve
 from api.schemas import errors
 from mec_client.models import EmbeddingsPublic, SearchPublic
 from mec_platform.tables import Model
+from serving.client import MAX_REQUEST_BYTES as MAX_BYTES
+from serving.client import Unavailable
 
 router = APIRouter(prefix="/v1/models", tags=["inference"], responses=errors(
     {400: "An image could not be read, or the body is not JSON.",
@@ -26,7 +27,6 @@ router = APIRouter(prefix="/v1/models", tags=["inference"], responses=errors(
      409: "The model is not served (not deployed, undeployed or lost).",
      502: "The model server failed or is unreachable."}, 401, 403, 413, 415, 422))
 TYPES = ("image/", "application/octet-stream", "multipart/form-data", "application/json")
-MAX_BYTES = 10 * 2**20  # TorchServe's max_request_size (serving.torchserve)
 
 
 @router.post("/{model_id}/embed", responses={
@@ -135,20 +135,12 @@ async def _forward(endpoint: str, body: bytes, content_type: str) -> Response:
     """TorchServe's answer as it came, or its refusal as our error format."""
     try:
         answer = await torchserve().predict(endpoint, body, content_type)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise HTTPException(502, f"the model server is unreachable ({exc})") from None
+    except Unavailable as exc:
+        raise HTTPException(502, str(exc)) from None
     if answer.status_code == 200:
         return Response(answer.content, media_type="application/json")
     if answer.status_code in (400, 413):
-        raise HTTPException(answer.status_code, f"image: {_served_error(answer)}")
+        raise HTTPException(answer.status_code, f"image: {answer.reason}")
     raise HTTPException(502, f"the model server answered {answer.status_code}: "
-                             f"{_served_error(answer)}")
+                             f"{answer.reason}")
 
-
-def _served_error(answer: Answer) -> str:
-    """TorchServe's message: {"error": ...} from our handler, or its own {"message": ...}."""
-    try:
-        body = answer.json()
-        return str(body.get("error") or body.get("message") or body)
-    except ValueError:
-        return answer.text[:500]

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 from mec_client.login import DEFAULT_URL, saved_login
 from mec_client.models import (
     FINISHED,
+    SYNC_IMAGES,
     DatasetPublic,
     DatasetsPublic,
     DatasetVersionPublic,
@@ -247,8 +248,6 @@ class Galleries:
     filter={"colour": {"in": ["red", "blue"]}})`. Items carry an image (bytes) or a
     vector (a list of floats)."""
 
-    SYNC_IMAGES = 64  # the API embeds up to this many images of an add before answering
-
     def __init__(self, client: Client) -> None:
         self.client = client
 
@@ -272,7 +271,7 @@ class Galleries:
         returned (JobPublic) at once, or when it has finished if `wait` (seconds) is set."""
         items = list(items)
         path = f"/v1/galleries/{name}/items"
-        if sum("image" in item for item in items) <= self.SYNC_IMAGES:
+        if sum("image" in item for item in items) <= SYNC_IMAGES:
             return GalleryAdded.model_validate(self.client._call(
                 "POST", path, json={"items": [_item(i) for i in items]}, repeatable=True))
         job = JobPublic.model_validate(self.client._call(

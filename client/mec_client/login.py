@@ -9,7 +9,8 @@ from pathlib import Path
 
 from mec_client.transport import HTTPTransport, TransportError
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+API_PORT = 8000  # where `mec up` starts the API unless told otherwise
+DEFAULT_URL = f"http://127.0.0.1:{API_PORT}"
 
 
 def config_path() -> Path:

@@ -218,6 +218,11 @@ class GalleriesPublic(BaseModel):
     data: list[GalleryPublic]
 
 
+# A gallery add of up to this many images is embedded before the API answers (as in one
+# /embed request); a larger one is an import job, which the client streams as NDJSON.
+SYNC_IMAGES = 64
+
+
 class GalleryAdded(BaseModel):
     added: int = Field(description="Items written (new or replaced).")
     seq: int = Field(description="The gallery's write number that holds them.")

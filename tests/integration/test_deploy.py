@@ -12,7 +12,7 @@ from PIL import Image
 from test_jobs import pretrain
 
 from mec_core.data import synthetic
-from serving.torchserve import Keys
+from serving.client import Keys
 
 
 def png(i: int) -> bytes:
@@ -65,7 +65,7 @@ def test_deploy_redeploy_and_undeploy(platform):
         asker.join()
     assert again["number"] == 2 and again["urls"] == served["urls"]
     assert codes and set(codes) == {200}, codes  # the old version served until the new one
-    versions = platform.torchserve.management().describe(served["name"])
+    versions = platform.torchserve.client().describe(served["name"])
     assert [v["modelVersion"] for v in versions] == ["2.0"]
     # the gallery's pixels (search results' images) are kept for the serving version only
     assert np.load(again["gallery_images"]).shape[0] == 200

@@ -16,7 +16,7 @@ from harness import png
 from PIL import Image
 
 from mec_client import APIError, Client
-from serving.torchserve import Keys
+from serving.client import Keys
 
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
         "proj_hidden_dim": 64, "pred_hidden_dim": 16, "train_limit": 256, "epochs": 1,

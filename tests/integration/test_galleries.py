@@ -22,7 +22,7 @@ from harness import png
 from PIL import Image
 
 from mec_client import APIError, Client
-from serving.torchserve import Keys
+from serving.client import Keys
 
 NDJSON = "application/x-ndjson"
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,

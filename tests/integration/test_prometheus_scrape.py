@@ -18,7 +18,8 @@ import pytest
 from harness import full_platform, png
 
 from mec_client import Client
-from serving.torchserve import Keys, unused_port
+from serving.client import Keys
+from serving.torchserve import unused_port
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="needs Debian's prometheus (.ci/run installs it)")

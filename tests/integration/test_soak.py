@@ -21,7 +21,7 @@ from harness import PG_ADMIN, full_platform
 from test_deploy import png
 from test_jobs import TINY
 
-from serving.torchserve import Keys
+from serving.client import Keys
 
 SECONDS = float(os.environ.get("MEC_SOAK_SECONDS", "1200"))
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(SECONDS + 600)]

@@ -18,7 +18,7 @@ from harness import b64png, full_platform
 from mec_core import checkpoint
 from mec_core.config import TrainConfig
 from mec_core.train import train
-from serving.torchserve import Keys
+from serving.client import Keys
 
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
         "proj_hidden_dim": 64, "pred_hidden_dim": 16, "train_limit": 256, "epochs": 1,

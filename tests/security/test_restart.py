@@ -25,7 +25,7 @@ from harness import (
 )
 
 from mec_platform.stack import Ports, Stack, group_members
-from serving.torchserve import Management, fresh_keys, unused_ports
+from serving.torchserve import unused_ports
 
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
         "proj_hidden_dim": 64, "pred_hidden_dim": 16, "train_limit": 256, "epochs": 1,
@@ -148,9 +148,8 @@ def test_deployments_survive_restarts_and_kill_9(tmp_path, backend):
 
         # TorchServe back empty under a running stack (a container restart): the worker's
         # heartbeat registers the model again
-        settings = Stack(stack.data, Ports(*stack.ports)).settings
-        url = settings.torchserve_management_url
-        management = Management(url, fresh_keys(settings.torchserve_home, url).management)
+        running = Stack(stack.data, Ports(*stack.ports))
+        settings, management = running.settings, running.torchserve()
         for endpoint in (deployed["name"], f"{deployed['name']}-knn"):
             management.unregister(endpoint)
         _wait(lambda: {deployed["name"], f"{deployed['name']}-knn"} <= management.names(),

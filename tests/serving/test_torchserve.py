@@ -1,5 +1,7 @@
-"""Our handler inside a real TorchServe on free loopback ports, over HTTP."""
+"""Our handler inside a real TorchServe on free loopback ports, over HTTP, and TorchServe's
+client (serving.client) against it."""
 
+import asyncio
 import io
 import json
 import socket
@@ -15,14 +17,13 @@ import torch
 from PIL import Image
 
 from mec_core.data import synthetic
+from serving.client import Answer, AsyncTorchServe, KeyRing, Keys, TorchServe, Unavailable
 from serving.embedder import Embedder
 from serving.reference_set import ReferenceSet
 from serving.torchserve import (
     MAX_DEFAULT_WORKERS,
-    Keys,
     LocalTorchServe,
     WorkerPlan,
-    fresh_keys,
     unused_ports,
     worker_plan,
 )
@@ -47,7 +48,7 @@ def served(trained, tmp_path_factory):
     ports = unused_ports(3)
     ts = LocalTorchServe(tmp_path_factory.mktemp("ts"), store, *ports).start()
     try:
-        management = ts.management()
+        management = ts.client()
         management.register("tiny.mar", batch_size=8, max_batch_delay_ms=200)
         management.register("tiny-knn.mar", batch_size=8, max_batch_delay_ms=50)
         client = httpx.Client(base_url=ts.inference_url, timeout=60,
@@ -186,22 +187,116 @@ def test_worker_plan__one_worker_per_core_up_to_four_sharing_the_cores():
     assert worker_plan(workers=1, threads=2, batch_size=16, cores=8) == WorkerPlan(1, 2, 16)
 
 
-def test_fresh_keys__renews_keys_that_expire_soon(tmp_path):
-    """Keys of 1 minute expire within the renewal margin: fresh_keys asks TorchServe for new
-    ones, which it writes to key_file.json; the new inference key is accepted."""
+def test_key_ring__renews_keys_that_expire_soon(tmp_path):
+    """Keys of 1 minute expire within the renewal margin: the ring asks TorchServe for new
+    ones, which it writes to key_file.json; the new inference key is accepted, and none is
+    held for the event loop while it expires soon."""
     ts = LocalTorchServe(tmp_path / "ts", tmp_path / "store", *unused_ports(3),
                          extra={"token_expiration_min": "1"}).start()
     try:
         before = Keys.read(ts.home)
         assert set(before.expiring()) == {"management", "inference"}
         assert before.expiring(within_s=-120) == []  # not expired yet
-        after = fresh_keys(ts.home, ts.management_url)
-        assert after.inference != before.inference and after.management != before.management
+        ring = KeyRing(ts.home, ts.management_url)
+        renewed = ring.get("inference")
+        after = Keys.read(ts.home)
+        assert renewed == after.inference != before.inference
+        assert after.management != before.management
         assert after.expires["inference"] >= before.expires["inference"]
+        assert ring.held("inference") is None
         ping = httpx.get(f"{ts.inference_url}/ping",
-                         headers={"Authorization": f"Bearer {after.inference}"})
+                         headers={"Authorization": f"Bearer {renewed}"})
         assert ping.status_code == 200
-        forced = fresh_keys(ts.home, ts.management_url, force=("inference",))
-        assert forced.inference != after.inference
     finally:
         ts.stop()
+
+
+def test_key_ring__a_refused_key_is_renewed_once_for_all_holders(served):
+    """Two holders (two processes) of one TorchServe's keys: the first whose key is
+    refused renews it; the other, refused the same key, takes the new one from the key
+    file instead of renewing again (which would refuse the first's)."""
+    ts, _, _ = served
+    first, second = KeyRing(ts.home, ts.management_url), KeyRing(ts.home, ts.management_url)
+    old = first.get("inference")
+    assert second.get("inference") == old == first.held("inference")
+    new = second.get("inference", refused=old)
+    assert new != old and Keys.read(ts.home).inference == new
+    assert first.get("inference", refused=old) == new == Keys.read(ts.home).inference
+
+
+def test_clients__send_again_with_a_renewed_key_when_the_held_one_is_refused(served, images):
+    """The sync and the async face: another holder renews the inference key, the one they
+    hold is refused, they renew theirs and the request is answered."""
+    ts, _, _ = served
+    sync = ts.client()
+    parallel = AsyncTorchServe(ts.inference_url, ts.management_url, ts.home)
+    other = KeyRing(ts.home, ts.management_url)
+    image = png_of(images[0])
+    expected = sync.predict("tiny", image, "image/png").json()["embeddings"]
+
+    async def before_and_after_a_renewal() -> list[Answer]:
+        try:
+            before = await parallel.predict("tiny", image, "image/png")
+            other.get("inference", refused=other.get("inference"))  # behind their backs
+            return [before, await parallel.predict("tiny", image, "image/png")]
+        finally:
+            await parallel.http.close()
+
+    answers = [*asyncio.run(before_and_after_a_renewal()),
+               sync.predict("tiny", image, "image/png")]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert all(a.json()["embeddings"] == expected for a in answers)
+    assert sync.keys.held("inference") == parallel.keys.held("inference") == \
+        Keys.read(ts.home).inference
+
+
+def test_embed__vectors_of_readable_images_and_why_the_others_were_not(served, images):
+    """A gallery add of 10 images (two requests of PER_REQUEST = 8 and 2) with two bad ones:
+    the good ones in order, the bad ones by position with the handler's reason."""
+    ts, _, export_dir = served
+    good = [png_of(images[i]) for i in range(8)]
+    batch = good[:3] + [b"not an image"] + good[3:] + [good[0][:120]]
+    vectors, bad = ts.client().embed("tiny", batch)
+    assert sorted(bad) == [3, 9] and "known format" in bad[3] and "corrupt" in bad[9]
+    expected = Embedder(export_dir).embed(images[:8]).numpy()
+    assert vectors.shape == expected.shape and np.abs(vectors - expected).max() < 1e-4
+
+
+def test_clients__unavailable_when_torchserve_is_not_there(tmp_path):
+    """No key file (TorchServe never started) and nothing listening: Unavailable, which the
+    API answers as 502, from both faces."""
+    inference, management = (f"http://127.0.0.1:{p}" for p in unused_ports(2))
+    sync = TorchServe(inference, management, tmp_path)
+    with pytest.raises(Unavailable, match="keys cannot be read"):
+        sync.predict("tiny", b"x", "image/png")
+    assert not sync.ready()
+    (tmp_path / "key_file.json").write_text(json.dumps(
+        {"management": {"key": "m"}, "inference": {"key": "i"}, "API": {"key": "a"}}))
+    with pytest.raises(Unavailable, match="unreachable"):
+        sync.predict("tiny", b"x", "image/png")
+    parallel = AsyncTorchServe(inference, management, tmp_path)
+
+    async def predict() -> Answer:
+        try:
+            return await parallel.predict("tiny", b"x", "image/png")
+        finally:
+            await parallel.http.close()
+
+    with pytest.raises(Unavailable, match="unreachable"):
+        asyncio.run(predict())
+
+
+@pytest.mark.parametrize("status,content,reason,refused", [
+    (400, b'{"error": "images[2]: corrupt"}', "images[2]: corrupt", False),
+    (503, b'{"code": 503, "message": "No worker"}', "No worker", False),
+    (400, b'{"code": 400, "type": "InvalidKeyException", "message": "Token Authorization '
+          b'failed"}', "Token Authorization failed", True),
+    (502, b"<html>Bad Gateway</html>", "<html>Bad Gateway</html>", False),
+    (500, b"[1, 2]", "[1, 2]", False),
+])
+def test_answer__reason_and_refused_key(status, content, reason, refused):
+    answer = Answer(status, content)
+    assert answer.reason == reason and answer.key_refused is refused
+    with pytest.raises(Unavailable, match=f"refused to list its models: {status}"):
+        answer.expect("list its models")
+    assert Answer(404, content).expect("unregister", 404).status_code == 404
