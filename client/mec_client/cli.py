@@ -19,7 +19,7 @@ import click
 import yaml
 from pydantic import BaseModel
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from mec_client.client import APIError, Client
@@ -256,15 +256,16 @@ def _watch(client: Client, job_id: int, as_json: bool,
         click.echo(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
     else:
         columns = (TextColumn("job {task.fields[job]}"), BarColumn(),
-                   TextColumn("{task.percentage:>5.1f} %"), TimeRemainingColumn(),
+                   TextColumn("{task.percentage:>5.1f} %"), TextColumn("{task.fields[left]}"),
                    TextColumn("{task.fields[status]} {task.fields[metrics]}"))
         with Progress(*columns, console=console) as bar:
-            task = bar.add_task("", total=100, job=job_id, status="", metrics="")
+            task = bar.add_task("", total=100, job=job_id, status="", metrics="", left="")
 
             def show(j) -> None:
                 shown = {k: v for k, v in (j.last_metrics or {}).items()
                          if k in ("loss", "coding_length", "knn_top1", "lr")}
                 bar.update(task, completed=j.progress.percent, status=_status(j.status),
+                           left=_left(j.eta_seconds),
                            metrics="  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
 
             job = _api(client.wait, job_id, on_progress=show)
@@ -287,12 +288,26 @@ def _line_per_change(err: bool) -> Callable[[JobPublic], None]:
     return say
 
 
+def _left(seconds: float | None) -> str:
+    """A running job's time left from the API's estimate (none before its first steps),
+    rounded as honestly as a rate allows: as the dashboard says it."""
+    if not seconds:
+        return ""
+    if seconds < 60:
+        return "under a minute left"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"about {minutes} min left"
+    tens = round(minutes / 10) * 10  # 2 h 10 min, not 2 h 7 min
+    return f"about {tens // 60} h" + (f" {tens % 60} min" if tens % 60 else "") + " left"
+
+
 def _progress_line(job: JobPublic) -> str:
     """A job's state in one line: status, step of total, percent, ETA, main metrics."""
     p = job.progress
     shown = {k: v for k, v in (job.last_metrics or {}).items()
              if k in ("loss", "coding_length", "knn_top1", "lr")}
-    eta = f", about {job.eta_seconds:.0f} s left" if job.eta_seconds else ""
+    eta = f", {_left(job.eta_seconds)}" if job.eta_seconds else ""
     done = (f" {p.step}/{p.total_steps} gallery images embedded" if job.kind == JobKind.DEPLOY
             else f" step {p.step}/{p.total_steps}")
     return (f"job {job.id} {job.status}" +
