@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import httpx
 
 from mec_client.login import API_PORT
 from mec_platform.settings import INFERENCE_PORT, MANAGEMENT_PORT, Settings
+from serving.process_groups import stop_groups
 
 if TYPE_CHECKING:
     from serving.client import TorchServe
@@ -141,8 +141,9 @@ class Stack:
         missing = [n for n in NAMES if not _alive(self.pid(n))]
         if not missing:
             raise RuntimeError(f"a stack already runs from {self.data_dir}; `mec down` first")
-        for name in missing:  # e.g. TorchServe's Java server, whose launcher was killed
-            self._stop_group(name)
+        # what is left of a dead one's group, e.g. TorchServe's Java server, whose launcher
+        # was killed: no grace
+        stop_groups([pid for name in missing if (pid := self.pid(name))], timeout=0)
         processes = self.processes()
         for what, port in [p for name in missing for p in processes[name].ports.items()]:
             if port_taken(port):
@@ -241,28 +242,11 @@ class Stack:
 
     def down(self, timeout: float = 30) -> list[str]:
         """Stop every process this stack started (and their children); returns their names."""
-        stopped = []
-        for name in NAMES:  # a group whose leader died (kill -9) is stopped too
-            pid = self.pid(name)
-            if _group_alive(pid):
-                _signal_group(pid, signal.SIGTERM)
-                stopped.append(name)
-        deadline = time.monotonic() + timeout
-        for name in stopped:
-            while _group_alive(self.pid(name)) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            self._stop_group(name)
+        pids = {name: self.pid(name) for name in NAMES}
+        stopped = stop_groups([pid for pid in pids.values() if pid], timeout)
         for name in NAMES:
             (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
-        return stopped
-
-    def _stop_group(self, name: str) -> None:
-        """Kill what is left of the process group `name` started."""
-        if _group_alive(self.pid(name)):
-            _signal_group(self.pid(name), signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while _group_alive(self.pid(name)) and time.monotonic() < deadline:
-                time.sleep(0.1)
+        return [name for name, pid in pids.items() if pid in stopped]
 
 
 def _alive(pid: int | None) -> bool:
@@ -277,30 +261,6 @@ def _alive(pid: int | None) -> bool:
         return state != "Z"
     except (FileNotFoundError, IndexError):
         return True
-
-
-def group_members(pgid: int | None) -> list[int]:
-    """Live (non-zombie) processes of process group `pgid`, from /proc."""
-    if not pgid:
-        return []
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
-            members.append(int(stat.parent.name))
-    return members
-
-
-def _group_alive(pgid: int | None) -> bool:
-    return bool(group_members(pgid))
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
 
 
 def _get(url: str) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving.client import MAX_REQUEST_BYTES, Keys, TorchServe
+from serving.process_groups import stop_groups
 
 LOG4J = Path(__file__).with_name("log4j2.xml").resolve()  # lean production logging
 TORCHSERVE_VERSION = "0.12.0"  # the last release; TorchServe is in limited maintenance
@@ -159,13 +159,10 @@ class LocalTorchServe:
         raise RuntimeError(f"TorchServe did not answer within {timeout}s")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        """Stop the TorchServe this object started, as `mec down` stops a stack's."""
+        if self.process is not None:
+            stop_groups([self.process.pid])
+            self.process.wait()  # reaped: no zombie left
 
     def keys(self) -> Keys:
         return Keys.read(self.home)

@@ -24,7 +24,8 @@ from harness import (
     take_redis_db,
 )
 
-from mec_platform.stack import Ports, Stack, group_members
+from mec_platform.stack import Ports, Stack
+from serving.process_groups import group_members
 from serving.torchserve import unused_ports
 
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
