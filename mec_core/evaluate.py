@@ -6,6 +6,7 @@ The encoder is the student backbone of a checkpoint, the same backbone at random
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -50,8 +51,10 @@ def raw_pixels(train: ImageSet, size: int) -> FeatureSource:
 
 @torch.inference_mode()
 def features(source: FeatureSource, images: torch.Tensor, device: str = "cpu",
-             batch_size: int = 512) -> torch.Tensor:
-    """Features (N, F) of uint8 images (N, C, H, W), in float32 on the CPU."""
+             batch_size: int = 512, on_batch: Callable[[int], None] | None = None
+             ) -> torch.Tensor:
+    """Features (N, F) of uint8 images (N, C, H, W), in float32 on the CPU; `on_batch`
+    sees the number of images of each batch done."""
     out = []
     if source.backbone is not None:
         source.backbone.to(device).eval()
@@ -59,6 +62,8 @@ def features(source: FeatureSource, images: torch.Tensor, device: str = "cpu",
         x = preprocess(chunk.to(device), source.norm)
         f = x.flatten(1) if source.backbone is None else source.backbone(x)
         out.append(f.float().cpu())
+        if on_batch is not None:
+            on_batch(len(chunk))
     return torch.cat(out)
 
 
@@ -121,10 +126,11 @@ def evaluate(protocol: str, dataset: str, checkpoint_path: str | None = None,
              backbone: str | None = None, pixels: bool = False, data_dir: str | None = None,
              size: int | None = None, device: str = "cpu", train_limit: int | None = None,
              test_limit: int | None = None, k: int = 200, temperature: float = 0.1,
-             steps: int = 100) -> dict:
+             steps: int = 100, on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Run `protocol` ('knn' or 'linear') on `dataset` and return a JSON-ready result.
 
     Exactly one encoder: `checkpoint_path`, `backbone` (random init) or `pixels`.
+    `on_progress`: (images embedded, of all: train and test), after each batch.
     """
     if protocol not in ("knn", "linear"):
         raise ValueError(f"protocol must be 'knn' or 'linear', got {protocol!r}")
@@ -142,7 +148,15 @@ def evaluate(protocol: str, dataset: str, checkpoint_path: str | None = None,
     if train.channels != source.norm.channels:
         raise ValueError(f"{dataset} has {train.channels} channel(s) but the encoder was "
                          f"trained on {source.norm.channels}")
-    ftr, fte = features(source, train.images, device), features(source, test.images, device)
+    done, total = [0], len(train) + len(test)
+
+    def embedded(images: int) -> None:
+        done[0] += images
+        if on_progress is not None:
+            on_progress(done[0], total)
+
+    ftr = features(source, train.images, device, on_batch=embedded)
+    fte = features(source, test.images, device, on_batch=embedded)
     if protocol == "knn":
         scores = knn(ftr, train.labels, fte, test.labels, k, temperature)
     else:

@@ -265,7 +265,8 @@ def run_evaluate(job_id: int, owner: str) -> Outcome:
         raise JobFailed(problem)
     result = evaluate(spec.protocol, dataset, checkpoint_path=checkpoint, data_dir=data_dir,
                       train_limit=spec.train_limit, test_limit=spec.test_limit, k=spec.k,
-                      temperature=spec.temperature, steps=spec.steps)
+                      temperature=spec.temperature, steps=spec.steps,
+                      on_progress=lambda done, total: _progress(job_id, done, total))
     return Outcome(JobStatus.SUCCEEDED, result=result, record=lambda s: s.add(Evaluation(
         model_id=model_id, job_id=job_id, protocol=spec.protocol, dataset=dataset,
         top1=result["top1"], top5=result["top5"], result=result)))
@@ -346,7 +347,8 @@ def _check_reference_dir(spec: DeploySpec, artifacts: dict, roots: list[Path]) -
 
 
 def _progress(job_id: int, done: int, total: int) -> None:
-    """A job's progress in its own units (a deploy: reference images embedded of all)."""
+    """A job's progress in its own units (a deploy: reference images embedded of all; an
+    evaluation: train and test images embedded of all)."""
     def write() -> None:
         with session_scope() as s:
             s.execute(update(Job).where(Job.id == job_id).values(step=done, total_steps=total))

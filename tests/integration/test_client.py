@@ -219,7 +219,10 @@ def test_cli__evaluate_a_finished_job_and_wait_for_its_result(platform):
                "--train-limit", "64", "--test-limit", "32", "--wait").stdout.splitlines()
     assert done[0].startswith("job ") and f"knn evaluation of job {job.id}" in done[0]
     evaluation = int(done[0].split()[1])
-    result = platform.get(f"/v1/jobs/{evaluation}")["result"]
+    finished = platform.get(f"/v1/jobs/{evaluation}")
+    result = finished["result"]
+    # its progress counted the images embedded (64 train + 32 test), not "step 0 of ?"
+    assert (finished["progress"]["step"], finished["progress"]["total_steps"]) == (96, 96)
     assert done[-2] == f"job {evaluation} succeeded"
     assert done[-1] == f"top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} %"
     missing = mec(platform, "jobs", "evaluate", "999999", check=False)
@@ -251,7 +254,7 @@ def test_cli__models_list_deploy_undeploy(platform):
     deployed = mec(platform, "models", "deploy", str(model.id), "--workers", "1", "--wait")
     assert "succeeded" in deployed.stdout
     # the wait said how far the gallery's embedding was, ending with all of it
-    embedded = re.findall(r"^job \d+ \w+ (\d+)/(\d+) gallery images embedded \(",
+    embedded = re.findall(r"^job \d+ \w+ (\d+)/(\d+) reference images embedded \(",
                           deployed.stdout, re.MULTILINE)
     assert embedded and embedded[-1][0] == embedded[-1][1], deployed.stdout
     assert client.model(model.id).deployment["status"] == "serving"

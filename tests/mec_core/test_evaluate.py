@@ -58,3 +58,11 @@ def test_evaluate__random_init_and_pixels_report_accuracy():
     assert pixels["encoder"] == "raw pixels" and pixels["feature_dim"] == 3 * 16 * 16
     assert pixels["top1"] > 90.0  # digits are easy for kNN on pixels
     assert 10.0 < rand["top1"] <= 100.0 and rand["test_size"] == 360
+
+
+def test_evaluate__reports_the_images_embedded_of_all_as_it_goes():
+    seen = []
+    result = evaluate("knn", "digits", pixels=True, train_limit=700, test_limit=300,
+                      on_progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(512, 1000), (700, 1000), (1000, 1000)]  # batches of 512, train then test
+    assert result["train_size"] + result["test_size"] == 1000
