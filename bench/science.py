@@ -83,6 +83,9 @@ GROUPS: dict[str, tuple[dict, list[tuple[str, dict]]]] = {
         ("no stop-gradient, predictor", {"teacher": "none"}),
         ("stop-gradient, no predictor", {"predictor": False}),
         ("simclr", {"method": "simclr", "base_lr": 0.2}),
+        # with no predictor, no stop-gradient doubles the gradient exactly (the two
+        # directions of the loss are one function): is its gain the step size's?
+        ("stop-gradient, no predictor, base lr 1.0", {"predictor": False, "base_lr": 1.0}),
     ]),
     # one change each from the small recipe (momentum 0) on the 3-epoch proxy, to size
     # the short runs: learning rate, weight decay, batch, crop scale
