@@ -72,6 +72,21 @@ GROUPS: dict[str, tuple[dict, list[tuple[str, dict]]]] = {
     # every method at the small recipe's lr and wd (at its best grid point where the grid
     # was run: `best_of_grid`), equal budget
     "methods": ({**FM, "epochs": 3}, [(m, {"method": m}) for m in METHODS]),
+    # where MEC's targets come from, at the "methods" rows' budget and learning rate (MEC's
+    # best grid point): the small recipe's shared teacher behind a stop-gradient against
+    # no stop-gradient (the gradient reaches both branches, as SimCLR's does), with and
+    # without the predictor; SimCLR at its best grid point. hflip as those rows stored it
+    # (they predate the field; on is fashion-mnist's default), so that they are reused
+    "mec_teacher": ({**FM, "epochs": 3, "base_lr": 0.5, "hflip": True}, [
+        ("stop-gradient, predictor (the small recipe)", {}),
+        ("no stop-gradient, no predictor", {"teacher": "none", "predictor": False}),
+        ("no stop-gradient, predictor", {"teacher": "none"}),
+        ("stop-gradient, no predictor", {"predictor": False}),
+        ("simclr", {"method": "simclr", "base_lr": 0.2}),
+        # with no predictor, no stop-gradient doubles the gradient exactly (the two
+        # directions of the loss are one function): is its gain the step size's?
+        ("stop-gradient, no predictor, base lr 1.0", {"predictor": False, "base_lr": 1.0}),
+    ]),
     # one change each from the small recipe (momentum 0) on the 3-epoch proxy, to size
     # the short runs: learning rate, weight decay, batch, crop scale
     "tune": ({**FM, "epochs": 3, "feature_grid": 1}, [

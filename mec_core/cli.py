@@ -16,7 +16,9 @@ from pydantic.fields import FieldInfo
 
 from mec_core.config import BACKBONES, DATASETS, TrainConfig
 
-NONE = "none"  # `--order none`: set a field whose default is not None to None
+# `--order none`: set a field whose default is not None to None; an object of its own, so
+# that a choice called "none" (`--teacher none`) stays that choice
+NONE = object()
 
 
 class _OrNone(click.ParamType):
@@ -27,7 +29,7 @@ class _OrNone(click.ParamType):
         self.name = f"{kind.__name__.upper()}|none"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, str) and value.lower() in (NONE, "null"):
+        if value is NONE or isinstance(value, str) and value.lower() in ("none", "null"):
             return NONE
         try:
             return self.kind(value)
@@ -73,7 +75,7 @@ def _option(name: str, info: FieldInfo):
 def given_options(values: dict) -> dict:
     """The config options set on the command line (`none` meaning None); unset ones left out,
     so that the model's (or the server's recipe's) defaults apply."""
-    return {k: None if v == NONE else v for k, v in values.items() if v is not None}
+    return {k: None if v is NONE else v for k, v in values.items() if v is not None}
 
 
 def make_config(values: dict) -> TrainConfig:

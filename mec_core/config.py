@@ -30,6 +30,16 @@ NATIVE_SIZE = {"digits": 16, "fashion-mnist": 28, "cifar10": 32, "synthetic": 32
 DATASET_VIEWS = {"digits": {"hflip": False, "crop_min_scale": 0.5}}
 SMALL_IMAGE_MAX = 64  # sides up to this use the small recipe and the ResNets' small stem
 TAYLOR_RADIUS = 0.9  # default largest ||C||_2 that the MEC loss lets the Taylor series see
+# Where each method's targets may come from, its own first: "ema" (a moving average of the
+# student), "stop_grad" (the student's own projections, detached) or "none" (the other
+# view's projections with their gradient). Only MEC's objective reads targets that may
+# carry a gradient; BYOL's and SimSiam's stop it, and the contrastive and redundancy
+# objectives compare the two views' projections and read no targets.
+TEACHERS: dict[str, tuple[str, ...]] = {
+    "mec": ("ema", "stop_grad", "none"), "byol": ("ema", "stop_grad"),
+    "simsiam": ("stop_grad",), "simclr": ("none",), "barlow_twins": ("none",),
+    "vicreg": ("none",),
+}
 
 # Named recipes: the values a run takes for the fields it does not set. "imagenet" is the
 # paper's (the fields' own defaults); "small" was found by measurement on Fashion-MNIST
@@ -132,6 +142,13 @@ class TrainConfig(BaseModel):
         0.996, ge=0.0, lt=1.0,
         description="Base EMA momentum of the teacher, raised to 1 by a cosine schedule "
         "(paper: 0.996). 0 shares the student's weights (Table 5 ablation).",
+    )
+    teacher: Literal["ema", "stop_grad", "none"] | None = Field(
+        None, description="Where the targets come from: ema (a moving average of the "
+        "student, at teacher_momentum; momentum 0 is stop_grad), stop_grad (the student's "
+        "own projections behind a stop-gradient) or none (mec only: no stop-gradient, the "
+        "gradient reaches both branches, as in SimCLR). Default: the method's (ema for mec "
+        "and byol, stop_grad for simsiam, none for the others).",
     )
 
     # --- objective --------------------------------------------------------------------
@@ -252,6 +269,18 @@ class TrainConfig(BaseModel):
         """Processes of the run over all its nodes."""
         return self.nodes * self.processes
 
+    @model_validator(mode="after")
+    def _teacher_suits_the_method(self) -> TrainConfig:
+        accepted = TEACHERS[self.method]
+        if self.teacher is not None and self.teacher not in accepted:
+            raise ValueError(f"teacher {self.teacher!r} does not apply to {self.method}; "
+                             f"choose one of {', '.join(accepted)}")
+        if self.teacher == "ema" and self.teacher_momentum == 0.0:
+            raise ValueError("teacher 'ema' with teacher_momentum 0 is the student itself "
+                             "(the small recipe sets 0 for mec): give teacher_momentum > 0, "
+                             "or teacher stop_grad")
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _apply_recipe(cls, data: object) -> object:
@@ -279,6 +308,15 @@ def stored_config(data: dict) -> TrainConfig:
     written before `feature_grid` existed pooled the last feature map globally, and those
     written before `hflip` existed mirrored their views whatever the dataset."""
     return TrainConfig(**{"feature_grid": 1, "hflip": True, **data})
+
+
+def resolve_teacher(config: TrainConfig) -> str:
+    """Where the run's targets come from: `config.teacher`, else the method's own; an EMA
+    of momentum 0 is the student itself behind a stop-gradient (Table 5d)."""
+    source = config.teacher or TEACHERS[config.method][0]
+    if source == "ema" and config.teacher_momentum == 0.0:
+        return "stop_grad"
+    return source
 
 
 def image_size(config: TrainConfig) -> int:

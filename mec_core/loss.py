@@ -147,7 +147,9 @@ def mec_loss(s1: torch.Tensor, s2: torch.Tensor, t1: torch.Tensor, t2: torch.Ten
 
     s1, s2: student outputs (predictor, or projector in the symmetric ablation) for views
     1 and 2; t1, t2: teacher projector outputs; all m x d over the *global* batch (gather
-    across processes before calling). `lam` is the current, warmed-up lambda.
+    across processes before calling). `lam` is the current, warmed-up lambda. The
+    targets are differentiated as given: the network decides whether they carry a
+    gradient (an EMA teacher's or detached ones do not; `teacher: none`'s do).
 
     As in the reference code the loss is -(1/lambda) / m times the mean of the two coding
     lengths, so its first-order term is minus the mean cosine similarity of the views
@@ -162,7 +164,7 @@ def mec_loss(s1: torch.Tensor, s2: torch.Tensor, t1: torch.Tensor, t2: torch.Ten
     m, d = s1.shape
     lengths, norms, scales = [], [], []
     for s, t in ((s1, t2), (s2, t1)):
-        c = correlation(s, t.detach(), lam)
+        c = correlation(s, t, lam)
         norm = spectral_norm(c.detach())
         scale = torch.ones_like(norm)
         if order is not None and radius is not None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from mec_core import checkpoint
 from mec_core.augment import Normalization
-from mec_core.config import BACKBONES, TrainConfig, small_stem, stored_config
+from mec_core.config import BACKBONES, TrainConfig, resolve_teacher, small_stem, stored_config
 from mec_core.methods import get_method
 
 
@@ -94,8 +94,9 @@ class MECModel(nn.Module):
 
     `teacher`: "ema" keeps an exponential moving average of the encoder (MEC, BYOL);
     "stop_grad" uses the student's own projections behind a stop-gradient (SimSiam, and
-    the momentum-0 ablation of Table 5); "none" has no targets: the objective compares
-    the two views with gradients through both (SimCLR, Barlow Twins, VICReg).
+    the momentum-0 ablation of Table 5); "none" returns the projections themselves, with
+    their gradient: the objective compares the two views with gradients through both
+    (SimCLR, Barlow Twins, VICReg, and MEC without a stop-gradient).
     `use_predictor=False` is the symmetric ablation of Table 5.
     """
 
@@ -118,13 +119,11 @@ class MECModel(nn.Module):
     def from_config(cls, config: TrainConfig) -> MECModel:
         """The network of `config.method` (its predictor and targets) for a run."""
         method = get_method(config.method)
-        teacher = method.teacher
-        if teacher == "ema" and config.teacher_momentum == 0.0:
-            teacher = "stop_grad"  # momentum 0: the teacher is the student itself
         use_predictor = method.predictor if config.predictor is None else config.predictor
         return cls(config.backbone, config.proj_dim, config.proj_hidden_dim,
                    config.pred_hidden_dim, use_predictor=use_predictor,
-                   small_stem=small_stem(config), teacher=teacher, grid=config.feature_grid)
+                   small_stem=small_stem(config), teacher=resolve_teacher(config),
+                   grid=config.feature_grid)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor):
         """Two views (B, 3, H, W) -> student outputs s1, s2 and targets t1, t2 (B, d).

@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 
-from mec_core.config import TAYLOR_RADIUS
+from mec_core.config import TAYLOR_RADIUS, TEACHERS
 from mec_core.methods import barlow_twins, byol, mec, simclr, simsiam, vicreg
 
 Teacher = Literal["ema", "stop_grad", "none"]
@@ -30,24 +30,28 @@ class Hyper:
 
 @dataclass(frozen=True)
 class Method:
-    """`teacher`: "ema" (a moving average of the student; momentum 0 turns it into
-    "stop_grad"), "stop_grad" (the student's own projections, detached) or "none" (no
-    targets: the objective compares the two views' projections with gradients through
-    both). `objective(s1, s2, t1, t2, hp)` returns a dict with at least "loss"."""
+    """`objective(s1, s2, t1, t2, hp)` returns a dict with at least "loss"; `teacher` is
+    where its targets come from by default (`mec_core.config.TEACHERS`)."""
 
     name: str
     predictor: bool
-    teacher: Teacher
     objective: Callable[..., dict[str, torch.Tensor]]
+
+    @property
+    def teacher(self) -> Teacher:
+        """"ema" (a moving average of the student; momentum 0 turns it into "stop_grad"),
+        "stop_grad" (the student's own projections, detached) or "none" (the objective
+        compares the two views' projections with gradients through both)."""
+        return TEACHERS[self.name][0]
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("mec", True, "ema", mec.objective),
-    Method("byol", True, "ema", byol.objective),
-    Method("simsiam", True, "stop_grad", simsiam.objective),
-    Method("simclr", False, "none", simclr.objective),
-    Method("barlow_twins", False, "none", barlow_twins.objective),
-    Method("vicreg", False, "none", vicreg.objective),
+    Method("mec", True, mec.objective),
+    Method("byol", True, byol.objective),
+    Method("simsiam", True, simsiam.objective),
+    Method("simclr", False, simclr.objective),
+    Method("barlow_twins", False, barlow_twins.objective),
+    Method("vicreg", False, vicreg.objective),
 )}
 
 

@@ -96,7 +96,10 @@ def test_cli__every_option_has_help():
 
 
 def test_cli__order_none_selects_the_exact_log_det(tmp_path):
-    mec("train", *TINY, "--max-steps", "1", "--order", "none", "--out", str(tmp_path))
-    assert json.loads((tmp_path / "config.json").read_text())["order"] is None
+    """`none` is null for a number, and a choice where a field has one of that name."""
+    mec("train", *TINY, "--max-steps", "1", "--order", "none", "--teacher", "none",
+        "--out", str(tmp_path))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["order"] is None and config["teacher"] == "none"
     done = mec("train", *TINY, "--order", "four", "--out", str(tmp_path / "b"), ok=False)
     assert done.returncode != 0 and "'four' is not an integer or 'none'" in done.stderr

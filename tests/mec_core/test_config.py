@@ -9,6 +9,7 @@ from mec_core.config import (
     TrainConfig,
     image_size,
     resolve_precision,
+    resolve_teacher,
     resolved,
     small_stem,
     stored_config,
@@ -129,3 +130,21 @@ def test_resolved__fills_what_the_run_decides_and_keeps_what_the_caller_set():
     assert TrainConfig(**resolved(config, 40)) == TrainConfig(
         **config.model_dump() | {"image_size": 28, "small_stem": True, "channels_last": True,
                                  "hflip": True, "monitor_every": 4})  # a valid config again
+
+
+def test_config__teacher_defaults_to_the_methods_and_refuses_what_it_cannot_do():
+    assert resolve_teacher(TrainConfig(dataset="fashion-mnist")) == "stop_grad"  # momentum 0
+    assert resolve_teacher(TrainConfig(dataset="imagefolder")) == "ema"
+    assert resolve_teacher(TrainConfig(method="simclr")) == "none"
+    assert resolve_teacher(TrainConfig(method="simsiam")) == "stop_grad"
+    assert resolve_teacher(TrainConfig(teacher="none")) == "none"
+    assert resolve_teacher(TrainConfig(teacher="stop_grad", recipe="imagenet")) == "stop_grad"
+    assert TrainConfig().teacher is None  # stored configs of before the field reload the same
+    with pytest.raises(ValidationError, match="teacher 'none' does not apply to byol"):
+        TrainConfig(method="byol", teacher="none")  # its objective stops the gradient
+    with pytest.raises(ValidationError, match="'ema' does not apply to simclr; choose one of none"):
+        TrainConfig(method="simclr", teacher="ema")
+    with pytest.raises(ValidationError, match="teacher_momentum 0 is the student itself"):
+        TrainConfig(dataset="fashion-mnist", teacher="ema")  # the small recipe's momentum 0
+    assert resolve_teacher(TrainConfig(dataset="fashion-mnist", teacher="ema",
+                                       teacher_momentum=0.99)) == "ema"

@@ -158,3 +158,39 @@ def test_method__objective_of_bf16_embeddings_is_computed_in_float32(name):
     high = get_method(name).objective(*(v.float() for v in views), hp)["loss"]
     assert low.dtype == torch.float32
     assert low.item() == pytest.approx(high.item(), rel=1e-6, abs=1e-7)
+
+
+def _encoder_gradient(config: TrainConfig, x1: torch.Tensor, x2: torch.Tensor):
+    """The MEC loss's gradient on the student encoder, and the two targets (retained)."""
+    torch.manual_seed(0)
+    model = MECModel.from_config(config)
+    s1, s2, t1, t2 = model(x1, x2)
+    for t in (t1, t2):
+        if t.requires_grad:
+            t.retain_grad()
+    get_method("mec").objective(s1, s2, t1, t2, Hyper(lam=0.5, order=None))["loss"].backward()
+    grad = torch.cat([p.grad.flatten() for p in model.encoder.parameters()])
+    return grad, t1, t2
+
+
+@pytest.mark.parametrize("predictor", [True, False])
+def test_method__mec_teacher_none_sends_the_gradient_through_both_branches(predictor):
+    """teacher none: the targets are the other view's projections with their gradient, so
+    the encoder gets the target branch's share as well; the shared teacher (stop_grad, the
+    small recipe) and the EMA teacher stop it at the targets."""
+    small = dict(dataset="synthetic", backbone="convnet", proj_dim=32, proj_hidden_dim=64,
+                 pred_hidden_dim=16, predictor=predictor)
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.randn(8, 3, 32, 32, generator=g), torch.randn(8, 3, 32, 32, generator=g)
+    both, t1, t2 = _encoder_gradient(TrainConfig(**small, teacher="none"), x1, x2)
+    assert t1.grad.abs().sum() > 0 and t2.grad.abs().sum() > 0
+    stopped, s1, s2 = _encoder_gradient(TrainConfig(**small), x1, x2)  # stop_grad
+    assert not s1.requires_grad and not s2.requires_grad
+    # the same network and views: the student branch's share alone differs from both
+    assert not torch.allclose(both, stopped)
+    ema = MECModel.from_config(TrainConfig(**small, teacher="ema", teacher_momentum=0.99))
+    _, _, e1, e2 = ema(x1, x2)
+    assert ema.teacher is not None and not e1.requires_grad and not e2.requires_grad
+    assert all(not p.requires_grad for p in ema.teacher.parameters())
+    if not predictor:  # symmetric and no stop-gradient: both branches are the one encoder
+        torch.testing.assert_close(both, 2 * stopped, atol=1e-6, rtol=1e-4)
