@@ -258,6 +258,7 @@ class AuditPublic(BaseModel):
 
 
 COMMON_ERRORS = {  # causes that are the same on every route
+    400: "The body could not be parsed.",
     401: "No or unknown API key.",
     403: "The API key was revoked, or lacks the route's scope, or the dashboard's cookie "
          "login sent no CSRF header.",  # each route's scope is named by api.main.openapi

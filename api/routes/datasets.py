@@ -25,7 +25,7 @@ from mec_platform.settings import get_settings
 from mec_platform.tables import ApiKey, Dataset, DatasetVersion
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"],
-                   responses=errors(401, 403, 422))
+                   responses=errors(400, 401, 403, 422))
 NO_DATASET = {404: "No such dataset in the key's project."}
 Name = Annotated[str, PathParam(pattern=NAME_PATTERN, description="The dataset's name.")]
 ARCHIVES = ("application/x-tar", "application/gzip", "application/x-gzip", "application/zip",

@@ -30,7 +30,7 @@ from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.specs import ID_MAX
 from mec_platform.tables import Job, Metric
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 403, 422))
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(400, 401, 403, 422))
 NO_JOB = {404: "No such job in the key's projects."}
 
 

@@ -19,7 +19,7 @@ from mec_platform.settings import get_settings
 from mec_platform.specs import ID_MAX, DeploySpec
 from mec_platform.tables import Model
 
-router = APIRouter(prefix="/v1/models", tags=["models"], responses=errors(401, 403, 422))
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=errors(400, 401, 403, 422))
 NO_MODEL = {404: "No such model in the key's projects."}
 
 
