@@ -59,5 +59,5 @@ def test_the_client_alone_installs_without_torch_and_talks_to_the_platform(
                             timeout=120, cwd=tmp_path).stdout
     commands = {line.split()[0] for line in helped.split("Commands:")[1].splitlines()
                 if line.strip()}
-    assert commands == {"gallery", "jobs", "login", "models", "search"}  # no platform's
+    assert commands == {"datasets", "gallery", "jobs", "login", "models", "search"}  # no platform's
     assert list(tmp_path.iterdir()) == []  # nothing written in the working directory

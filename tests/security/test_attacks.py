@@ -51,11 +51,11 @@ def _jobs(platform) -> int:
 
 
 def test_paths_outside_the_data_roots_are_refused_wherever_they_enter(served):
-    """Finding 2: deploy's gallery_data_dir, a sweep's space and a NUL byte in data_dir."""
+    """Finding 2: deploy's reference_data_dir, a sweep's space and a NUL byte in data_dir."""
     platform, model_id = served
     before = _jobs(platform)
     attacks = [
-        (f"/v1/models/{model_id}/deploy", {"gallery_data_dir": "/etc"}, "gallery_data_dir"),
+        (f"/v1/models/{model_id}/deploy", {"reference_data_dir": "/etc"}, "reference_data_dir"),
         ("/v1/jobs", {"kind": "sweep", "config": {
             "base": TINY, "space": {"data_dir": {"choice": ["/usr/share/datasets", "/etc"]}},
             "algorithm": "grid"}}, "config.space.data_dir"),
