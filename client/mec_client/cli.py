@@ -618,7 +618,9 @@ def datasets() -> None:
 @as_json
 def datasets_create(name: str, description: str, as_json: bool) -> None:
     made = _api(_client().datasets.create, name, description)
-    _echo_json(made) if as_json else console.print(f"dataset {made.name} created")
+    if as_json:
+        return _echo_json(made)
+    console.print(f"dataset {made.name} created")
 
 
 @datasets.command("upload")

@@ -14,29 +14,15 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
+from test_gallery_rules import _served_model
 
 from api.main import app
 from mec_platform import errors, galleries, keys
 from mec_platform.db import session_scope
 from mec_platform.keys import Scope
-from mec_platform.tables import Job, Model
+from mec_platform.tables import Model
 
 _projects = itertools.count()
-
-
-def _model(project: str, status: str = "serving", number: int = 1) -> int:
-    """A model row recorded as deployed with 4-d embeddings (vectors need no TorchServe)."""
-    with session_scope() as s:
-        job = Job(kind="pretrain", project=project, name="j", queue="gpu", config={},
-                  status="succeeded")
-        s.add(job)
-        s.flush()
-        model = Model(job_id=job.id, project=project, name="m", backbone="convnet",
-                      dataset="synthetic", artifacts={}, deployment={
-                          "status": status, "number": number, "dim": 4, "name": "mec-x"})
-        s.add(model)
-        s.commit()
-        return model.id
 
 
 def _client(project: str, *scopes: Scope) -> TestClient:
@@ -52,7 +38,7 @@ def app_key(embedded):
     """A key of a project of its own, with the embed scope, and a served model there."""
     project = f"galleries-{next(_projects)}"
     client = _client(project)
-    client.project, client.model_id = project, _model(project)
+    client.project, client.model_id = project, _served_model(project)
     return client
 
 
@@ -98,8 +84,8 @@ def test_create__the_errors_name_the_field(app_key):
               "name: a gallery 'taken' exists"),
              ({"name": "new", "model_id": 999_999_999}, 404,
               "model_id: model 999999999 not found"),
-             ({"name": "new", "model_id": _model("someone-else")}, 404, "model_id: model"),
-             ({"name": "new", "model_id": _model(app_key.project, status="undeployed")}, 409,
+             ({"name": "new", "model_id": _served_model("someone-else")}, 404, "model_id: model"),
+             ({"name": "new", "model_id": _served_model(app_key.project, status="undeployed")}, 409,
               "model_id: model"),
              ({"name": "-bad", "model_id": app_key.model_id}, 422, "name:"),
              ({"name": "new"}, 422, "model_id:")]

@@ -12,8 +12,9 @@ from mec_platform.keys import Scope
 from mec_platform.tables import Job, Model
 
 
-def _served_model(project: str) -> int:
-    """A model row recorded as serving 4-d embeddings (vectors need no TorchServe)."""
+def _served_model(project: str, status: str = "serving", number: int = 1) -> int:
+    """A model row recorded as deployed (`status`, deployment `number`) with 4-d embeddings
+    (vectors need no TorchServe)."""
     with session_scope() as s:
         job = Job(kind="pretrain", project=project, name="j", queue="gpu", config={},
                   status="succeeded")
@@ -21,7 +22,7 @@ def _served_model(project: str) -> int:
         s.flush()
         model = Model(job_id=job.id, project=project, name="m", backbone="convnet",
                       dataset="synthetic", artifacts={}, deployment={
-                          "status": "serving", "number": 1, "dim": 4, "name": "mec-x"})
+                          "status": status, "number": number, "dim": 4, "name": "mec-x"})
         s.add(model)
         s.flush()
         return model.id
