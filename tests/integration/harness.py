@@ -24,11 +24,13 @@ from PIL import Image
 from serving.torchserve import LocalTorchServe, unused_port, unused_ports
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-# Several checkouts may run their tests at once against the one Redis: each its own database.
-REDIS_DB = int(os.environ.get("MEC_TEST_REDIS_DB", "7"))
 # Platforms alive at once (the session's shared one and a module's own) need a Redis
 # database each: a worker on another platform's database takes that platform's jobs.
-_FREE_REDIS_DBS = [REDIS_DB] + [db for db in range(12, 16) if db != REDIS_DB]
+# Several checkouts may run their tests at once against the one Redis: give each its own
+# databases with MEC_TEST_REDIS_DBS (the first is the shared platform's).
+_FREE_REDIS_DBS = [int(db) for db in os.environ.get("MEC_TEST_REDIS_DBS", "7,12,13,14,15")
+                   .split(",")]
+REDIS_DB = _FREE_REDIS_DBS[0]
 
 
 def take_redis_db() -> int:
