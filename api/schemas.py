@@ -8,15 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mec_client.models import (
-    ErrorPublic,
-    JobKind,
-    JobPublic,
-    JobStatus,
-    ModelPublic,
-    Progress,
-    Queue,
-)
+from mec_client.enums import JobKind, JobStatus, Queue
+from mec_client.models import ErrorPublic, JobPublic, ModelPublic, Progress
 from mec_core.config import TrainConfig, resolved, stored_config
 from mec_platform.galleries import NAME_PATTERN
 from mec_platform.specs import ID_MAX, EvaluateSpec, SweepSpec

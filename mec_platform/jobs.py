@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mec_client.models import FINISHED, JobKind, JobStatus
+from mec_client.enums import FINISHED, JobKind, JobStatus
 from mec_core.config import TrainConfig
 from mec_core.datafiles import DEFAULT_DIRS, missing
 from mec_platform import keys, paths

@@ -10,7 +10,7 @@ from __future__ import annotations
 import kombu
 from celery import Celery
 
-from mec_client.models import Queue
+from mec_client.enums import Queue
 from mec_platform.db import make_sqlite_folder
 from mec_platform.settings import get_settings
 

@@ -32,8 +32,8 @@ from api.schemas import (
     errors,
     public,
 )
+from mec_client.enums import SYNC_IMAGES
 from mec_client.models import (
-    SYNC_IMAGES,
     GalleriesPublic,
     GalleryAdded,
     GalleryItemListed,

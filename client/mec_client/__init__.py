@@ -6,7 +6,7 @@
 """
 
 from mec_client.client import APIError, Client, Galleries
-from mec_client.models import FINISHED, JobKind, JobStatus, Queue
+from mec_client.enums import FINISHED, JobKind, JobStatus, Queue
 from mec_client.transport import TransportError
 
 __all__ = ["APIError", "Client", "FINISHED", "Galleries", "JobKind", "JobStatus", "Queue",

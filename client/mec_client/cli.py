@@ -23,8 +23,9 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from mec_client.client import APIError, Client
+from mec_client.enums import FINISHED, JobKind, JobStatus, Queue
 from mec_client.login import DEFAULT_URL, save_login, stack_url
-from mec_client.models import FINISHED, JobKind, JobPublic, JobStatus, Queue
+from mec_client.models import JobPublic
 from mec_client.transport import TransportError
 
 console = Console()

@@ -19,31 +19,28 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+from mec_client.enums import FINISHED, SYNC_IMAGES
 from mec_client.login import DEFAULT_URL, saved_login
-from mec_client.models import (
-    FINISHED,
-    SYNC_IMAGES,
-    DatasetPublic,
-    DatasetsPublic,
-    DatasetVersionPublic,
-    EmbeddingsPublic,
-    GalleriesPublic,
-    GalleryAdded,
-    GalleryItemPublic,
-    GalleryPublic,
-    GallerySearchPublic,
-    JobPublic,
-    JobsPublic,
-    LogLinePublic,
-    LogsPublic,
-    MetricsPublic,
-    ModelPublic,
-    ModelsPublic,
-    SearchPublic,
-)
 from mec_client.transport import HTTPTransport, Response, TransportError
+
+
+class _Bodies:
+    """mec_client.models, imported when an answer is first parsed: its classes are pydantic
+    models, and pydantic alone loads about 150 modules, which `import mec_client` should
+    not cost. The import system's lock makes the first use from several threads safe."""
+
+    def __getattr__(self, name: str) -> Any:
+        from mec_client import models as bodies
+
+        return getattr(bodies, name)
+
+
+if TYPE_CHECKING:
+    from mec_client import models
+else:
+    models = _Bodies()
 
 
 class APIError(Exception):
@@ -84,26 +81,26 @@ class Client:
         self.close()
 
     # --- jobs --------------------------------------------------------------------------
-    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> JobPublic:
+    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> models.JobPublic:
         """Submit a job spec (the body of POST /v1/jobs). Each call carries an
         Idempotency-Key, so a retry after a lost answer never submits twice."""
         key = idempotency_key or uuid.uuid4().hex
-        return JobPublic.model_validate(self._call(
+        return models.JobPublic.model_validate(self._call(
             "POST", "/v1/jobs", json=spec, headers={"Idempotency-Key": key}, repeatable=True))
 
-    def job(self, job_id: int) -> JobPublic:
-        return JobPublic.model_validate(self._call("GET", f"/v1/jobs/{job_id}"))
+    def job(self, job_id: int) -> models.JobPublic:
+        return models.JobPublic.model_validate(self._call("GET", f"/v1/jobs/{job_id}"))
 
     def jobs(self, status: str | None = None, kind: str | None = None, tag: str | None = None,
-             limit: int = 50, offset: int = 0, parent_id: int | None = None) -> JobsPublic:
+             limit: int = 50, offset: int = 0, parent_id: int | None = None) -> models.JobsPublic:
         """Jobs, newest first; `parent_id`: a sweep's trials."""
         params = {"status": status, "kind": kind, "tag": tag, "limit": limit, "offset": offset,
                   "parent_id": parent_id}
-        return JobsPublic.model_validate(self._call(
+        return models.JobsPublic.model_validate(self._call(
             "GET", "/v1/jobs", params={k: v for k, v in params.items() if v is not None}))
 
     def wait(self, job_id: int, timeout: float | None = None, poll: float = 2.0,
-             on_progress: Callable[[JobPublic], None] | None = None) -> JobPublic:
+             on_progress: Callable[[models.JobPublic], None] | None = None) -> models.JobPublic:
         """Poll until the job has finished (succeeded, failed or cancelled); `on_progress`
         sees every poll's view. TimeoutError after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -124,7 +121,7 @@ class Client:
         params: dict[str, Any] = {"since_step": since_step, "max_points": max_points}
         if names:
             params["name"] = names
-        found = MetricsPublic.model_validate(self._call(
+        found = models.MetricsPublic.model_validate(self._call(
             "GET", f"/v1/jobs/{job_id}/metrics", params=params))
         if not frame:
             return found
@@ -136,12 +133,12 @@ class Client:
         return table
 
     def logs(self, job_id: int, attempt: int | None = None, since: int = 0,
-             follow: bool = False) -> Iterator[LogLinePublic]:
+             follow: bool = False) -> Iterator[models.LogLinePublic]:
         """The job's log lines after line id `since` (every attempt, or one), oldest first;
         with `follow`, also the lines still to come, until the job has finished."""
         params: dict[str, Any] = {"since": since} | ({"attempt": attempt} if attempt else {})
         if not follow:
-            while lines := LogsPublic.model_validate(self._call(
+            while lines := models.LogsPublic.model_validate(self._call(
                     "GET", f"/v1/jobs/{job_id}/logs", params=params)).lines:
                 yield from lines
                 params["since"] = lines[-1].id
@@ -157,7 +154,7 @@ class Client:
                     for event, data in _events(lines):
                         if event == "end":
                             return
-                        line = LogLinePublic.model_validate_json(data)
+                        line = models.LogLinePublic.model_validate_json(data)
                         params["since"], failures = line.id, 0
                         yield line
             except TransportError:
@@ -166,45 +163,46 @@ class Client:
                     raise
                 time.sleep(self.backoff * 2 ** failures)
 
-    def cancel(self, job_id: int) -> JobPublic:
-        return JobPublic.model_validate(self._call("POST", f"/v1/jobs/{job_id}/cancel"))
+    def cancel(self, job_id: int) -> models.JobPublic:
+        return models.JobPublic.model_validate(self._call("POST", f"/v1/jobs/{job_id}/cancel"))
 
-    def promote(self, sweep_id: int) -> JobPublic:
+    def promote(self, sweep_id: int) -> models.JobPublic:
         """Deploy the model of a finished sweep's best trial; returns the deploy job."""
-        return JobPublic.model_validate(self._call("POST", f"/v1/jobs/{sweep_id}/promote"))
+        return models.JobPublic.model_validate(self._call("POST", f"/v1/jobs/{sweep_id}/promote"))
 
-    def evaluate(self, job_id: int, protocol: str = "knn", **config: Any) -> JobPublic:
+    def evaluate(self, job_id: int, protocol: str = "knn", **config: Any) -> models.JobPublic:
         """Submit an evaluation of a finished pretraining job (fields of EvaluateSpec)."""
         return self.submit({"kind": "evaluate",
                             "config": {"job_id": job_id, "protocol": protocol, **config}})
 
     # --- models ------------------------------------------------------------------------
-    def models(self, limit: int = 50, offset: int = 0) -> ModelsPublic:
-        return ModelsPublic.model_validate(self._call(
+    def models(self, limit: int = 50, offset: int = 0) -> models.ModelsPublic:
+        return models.ModelsPublic.model_validate(self._call(
             "GET", "/v1/models", params={"limit": limit, "offset": offset}))
 
-    def model(self, model_id: int) -> ModelPublic:
-        return ModelPublic.model_validate(self._call("GET", f"/v1/models/{model_id}"))
+    def model(self, model_id: int) -> models.ModelPublic:
+        return models.ModelPublic.model_validate(self._call("GET", f"/v1/models/{model_id}"))
 
-    def deploy(self, model_id: int, **spec: Any) -> JobPublic:
+    def deploy(self, model_id: int, **spec: Any) -> models.JobPublic:
         """Deploy a model to TorchServe (fields of DeploySpec); returns the deploy job."""
-        return JobPublic.model_validate(self._call(
+        return models.JobPublic.model_validate(self._call(
             "POST", f"/v1/models/{model_id}/deploy", json=spec or None))
 
-    def undeploy(self, model_id: int) -> JobPublic:
-        return JobPublic.model_validate(self._call("POST", f"/v1/models/{model_id}/undeploy"))
+    def undeploy(self, model_id: int) -> models.JobPublic:
+        return models.JobPublic.model_validate(
+            self._call("POST", f"/v1/models/{model_id}/undeploy"))
 
-    def embed(self, model_id: int, images: list[bytes]) -> EmbeddingsPublic:
+    def embed(self, model_id: int, images: list[bytes]) -> models.EmbeddingsPublic:
         """l2-normalised embeddings of image files (PNG, JPEG, ...) from the deployed model,
         in order (up to 64 per call)."""
-        return EmbeddingsPublic.model_validate(self._call(
+        return models.EmbeddingsPublic.model_validate(self._call(
             "POST", f"/v1/models/{model_id}/embed", json=_images(images), repeatable=True))
 
     def search(self, model_id: int, images: list[bytes], k: int | None = None,
-               vote: bool = False) -> SearchPublic:
+               vote: bool = False) -> models.SearchPublic:
         """The k nearest images of the deployed model's reference set for each image file."""
         params = {"vote": str(vote).lower()} | ({"k": k} if k is not None else {})
-        return SearchPublic.model_validate(self._call(
+        return models.SearchPublic.model_validate(self._call(
             "POST", f"/v1/models/{model_id}/search", json=_images(images), params=params,
             repeatable=True))
 
@@ -251,40 +249,41 @@ class Galleries:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    def create(self, name: str, model_id: int) -> GalleryPublic:
-        return GalleryPublic.model_validate(self.client._call(
+    def create(self, name: str, model_id: int) -> models.GalleryPublic:
+        return models.GalleryPublic.model_validate(self.client._call(
             "POST", "/v1/galleries", json={"name": name, "model_id": model_id}))
 
-    def list(self) -> list[GalleryPublic]:
-        return GalleriesPublic.model_validate(self.client._call("GET", "/v1/galleries")).data
+    def list(self) -> list[models.GalleryPublic]:
+        return models.GalleriesPublic.model_validate(self.client._call("GET", "/v1/galleries")).data
 
-    def get(self, name: str) -> GalleryPublic:
-        return GalleryPublic.model_validate(self.client._call("GET", f"/v1/galleries/{name}"))
+    def get(self, name: str) -> models.GalleryPublic:
+        return models.GalleryPublic.model_validate(
+            self.client._call("GET", f"/v1/galleries/{name}"))
 
     def delete(self, name: str) -> None:
         self.client._call("DELETE", f"/v1/galleries/{name}")
 
     def add(self, name: str, items: Iterable[dict], wait: float | None = None
-            ) -> GalleryAdded | JobPublic:
+            ) -> models.GalleryAdded | models.JobPublic:
         """Add or replace items. Up to 64 images (with any number of vectors) are written
-        before the answer (GalleryAdded); more are streamed as NDJSON to an import job,
-        returned (JobPublic) at once, or when it has finished if `wait` (seconds) is set."""
+        before the answer (models.GalleryAdded); more are streamed as NDJSON to an import job,
+        returned (models.JobPublic) at once, or when it has finished if `wait` (seconds) is set."""
         items = list(items)
         path = f"/v1/galleries/{name}/items"
         if sum("image" in item for item in items) <= SYNC_IMAGES:
-            return GalleryAdded.model_validate(self.client._call(
+            return models.GalleryAdded.model_validate(self.client._call(
                 "POST", path, json={"items": [_item(i) for i in items]}, repeatable=True))
-        job = JobPublic.model_validate(self.client._call(
+        job = models.JobPublic.model_validate(self.client._call(
             "POST", path, content=b"".join(_lines(items)), repeatable=False,
             headers={"Content-Type": "application/x-ndjson"}))
         return job if wait is None else self.wait(name, job.id, timeout=wait)
 
     def wait(self, name: str, job_id: int, timeout: float | None = None,
-             poll: float = 0.5) -> JobPublic:
+             poll: float = 0.5) -> models.JobPublic:
         """Follow an import job (with the app's own key) until it has finished."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            job = JobPublic.model_validate(self.client._call(
+            job = models.JobPublic.model_validate(self.client._call(
                 "GET", f"/v1/galleries/{name}/imports/{job_id}"))
             if job.status in FINISHED:
                 return job
@@ -292,8 +291,8 @@ class Galleries:
                 raise TimeoutError(f"import {job_id} is still {job.status} after {timeout} s")
             time.sleep(poll)
 
-    def item(self, name: str, item_id: str) -> GalleryItemPublic:
-        return GalleryItemPublic.model_validate(self.client._call(
+    def item(self, name: str, item_id: str) -> models.GalleryItemPublic:
+        return models.GalleryItemPublic.model_validate(self.client._call(
             "GET", f"/v1/galleries/{name}/items/{item_id}"))
 
     def remove(self, name: str, ids: list[str] | None = None,
@@ -305,11 +304,11 @@ class Galleries:
 
     def search(self, name: str, image: bytes | None = None, vector: list[float] | None = None,
                item_id: str | None = None, k: int = 10,
-               filter: dict | None = None) -> GallerySearchPublic:
+               filter: dict | None = None) -> models.GallerySearchPublic:
         """The k nearest items to an image file, a vector or an item of the gallery."""
         body = {"k": k, "filter": filter, "vector": vector, "item_id": item_id,
                 "image": base64.b64encode(image).decode() if image is not None else None}
-        return GallerySearchPublic.model_validate(self.client._call(
+        return models.GallerySearchPublic.model_validate(self.client._call(
             "POST", f"/v1/galleries/{name}/search", repeatable=True,
             json={k: v for k, v in body.items() if v is not None}))
 
@@ -326,27 +325,27 @@ class Datasets:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    def create(self, name: str, description: str = "") -> DatasetPublic:
-        return DatasetPublic.model_validate(self.client._call(
+    def create(self, name: str, description: str = "") -> models.DatasetPublic:
+        return models.DatasetPublic.model_validate(self.client._call(
             "POST", "/v1/datasets", json={"name": name, "description": description}))
 
-    def list(self) -> list[DatasetPublic]:
-        return DatasetsPublic.model_validate(self.client._call("GET", "/v1/datasets")).data
+    def list(self) -> list[models.DatasetPublic]:
+        return models.DatasetsPublic.model_validate(self.client._call("GET", "/v1/datasets")).data
 
-    def get(self, name: str) -> DatasetPublic:
-        return DatasetPublic.model_validate(self.client._call("GET", f"/v1/datasets/{name}"))
+    def get(self, name: str) -> models.DatasetPublic:
+        return models.DatasetPublic.model_validate(self.client._call("GET", f"/v1/datasets/{name}"))
 
     def delete(self, name: str) -> None:
         self.client._call("DELETE", f"/v1/datasets/{name}")
 
     def upload(self, name: str, archive: str | Path, test_fraction: float = 0.1,
-               seed: int = 0) -> DatasetVersionPublic:
+               seed: int = 0) -> models.DatasetVersionPublic:
         """A new version from a .tar, .tar.gz or .zip file, streamed from disk. Sending the
         same archive again (after a broken upload, say) answers its existing version."""
         path = Path(archive)
         kind = self.KINDS.get(path.suffix.lower(), "application/octet-stream")
         with path.open("rb") as body:
-            return DatasetVersionPublic.model_validate(self.client._call(
+            return models.DatasetVersionPublic.model_validate(self.client._call(
                 "POST", f"/v1/datasets/{name}/versions", content=body, repeatable=True,
                 params={"test_fraction": test_fraction, "seed": seed},
                 headers={"Content-Type": kind,

@@ -1,43 +1,15 @@
-"""What the API answers: the enums and response bodies of the REST API, in one place. The
-server builds its answers with these same classes (api.schemas imports them), so the client
-and the API cannot drift apart."""
+"""What the API answers: the response bodies of the REST API, in one place (its words are in
+mec_client.enums). The server builds its answers with these same classes (api.schemas
+imports them), so the client and the API cannot drift apart."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
-
-
-class JobKind(StrEnum):
-    """What a job does; each kind is a worker task named `mec.<kind>`."""
-
-    PRETRAIN = "pretrain"
-    EVALUATE = "evaluate"
-    DEPLOY = "deploy"
-    IMPORT = "import"
-    GALLERY = "gallery"  # a large add of items to a gallery
-    SWEEP = "sweep"  # pretraining trials over a search space (worker.sweeps)
-
-
-class Queue(StrEnum):
-    """Worker queues: GPU jobs (pretraining) and CPU jobs (evaluation, import, deploy)."""
-
-    GPU = "gpu"
-    CPU = "cpu"
+from mec_client.enums import JobKind, JobStatus, Queue
 
 
 class Progress(BaseModel):
@@ -216,11 +188,6 @@ class GalleryPublic(BaseModel):
 
 class GalleriesPublic(BaseModel):
     data: list[GalleryPublic]
-
-
-# A gallery add of up to this many images is embedded before the API answers (as in one
-# /embed request); a larger one is an import job, which the client streams as NDJSON.
-SYNC_IMAGES = 64
 
 
 class GalleryAdded(BaseModel):
