@@ -47,8 +47,9 @@ def shot(browser, name: str) -> Path:
     """A full-page screenshot of what the browser shows now."""
     folder = ARTIFACTS / "dashboard"
     folder.mkdir(parents=True, exist_ok=True)
-    height = browser.execute_script("return document.documentElement.scrollHeight")
-    browser.set_window_size(1440, max(900, min(height + 40, 4000)))
+    height, chrome = browser.execute_script(  # the window's own bars are not the page's
+        "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]")
+    browser.set_window_size(1440, max(900, min(height + chrome, 4000)))
     path = folder / f"{name}.png"
     browser.save_screenshot(str(path))
     browser.set_window_size(1440, 1000)
