@@ -32,11 +32,12 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mec_core.data import IMAGE_SUFFIXES
 from mec_platform import storage
-from mec_platform.errors import Invalid, NotFound
+from mec_platform.errors import Conflict, Invalid, NotFound
 from mec_platform.settings import get_settings
 from mec_platform.specs import SweepSpec
 from mec_platform.tables import Dataset, DatasetVersion
@@ -387,17 +388,24 @@ def _new_version(session: Session, dataset: Dataset, digest: str, source: str,
     if latest is not None and latest.digest == digest and latest.split in (
             {"test_fraction": test_fraction, "seed": seed}, {"given": True}):
         return latest
-    number = (latest.number if latest else 0) + 1
-    key = f"datasets/{dataset.id}/{number}/{filename}"
+    number, name = (latest.number if latest else 0) + 1, dataset.name
+    folder = f"datasets/{dataset.id}/{number}/{uuid.uuid4().hex[:12]}"  # this upload's own
     work = workdir / f"version-{uuid.uuid4().hex}"
     work.mkdir()
     try:
-        described = write(work, key)
+        described = write(work, f"{folder}/{filename}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    version = DatasetVersion(dataset_id=dataset.id, number=number, key=key, digest=digest,
-                             source=source, **described)
+    version = DatasetVersion(dataset_id=dataset.id, number=number, key=f"{folder}/{filename}",
+                             digest=digest, source=source, **described)
     session.add(version)
+    try:
+        session.flush()
+    except IntegrityError:  # another upload to this dataset took the number meanwhile
+        session.rollback()
+        storage.get_store().delete_prefix(folder)
+        raise Conflict(f"dataset {name!r}: another upload made version {number} while this "
+                       "one was checked; send it again") from None
     return version
 
 

@@ -14,6 +14,7 @@ import socket
 import tarfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -50,7 +51,9 @@ def archive(images: int, side: int = 16) -> bytes:
 
 
 def dataset(api, name: str) -> None:
-    api.client.delete(f"/v1/datasets/{name}")
+    """A new dataset `name`, the only one of the project (the store then holds nothing)."""
+    for found in api.client.get("/v1/datasets").json()["data"]:
+        api.client.delete(f"/v1/datasets/{found['name']}")
     api.post("/v1/datasets", {"name": name})
 
 
@@ -209,3 +212,25 @@ def test_a_source_prefix_that_leaves_its_place_is_refused(api, source, reason):
     assert r.status_code == 422, r.text
     assert r.json()["detail"].startswith("source") and reason in r.json()["detail"], r.text
     assert api.client.get("/v1/datasets/sourced").json()["versions"] == []
+
+
+def test_two_uploads_at_once_to_one_dataset__one_version_each_or_a_409_and_no_orphan(api):
+    dataset(api, "raced")
+    bodies = [archive(600), archive(601)]  # two archives, checked at the same time
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda body: httpx.post(
+            f"{api.url}/v1/datasets/raced/versions", content=body, timeout=60, headers={
+                "Authorization": f"Bearer {api.key}", "Content-Type": "application/gzip"}),
+            bodies))
+    codes = sorted(r.status_code for r in answers)
+    print(f"two uploads at once: {codes}")
+    assert codes in ([201, 201], [201, 409]), [r.text[:300] for r in answers]  # was a 500
+    for body, r in zip(bodies, answers):
+        if r.status_code == 409:
+            assert "send it again" in r.json()["detail"]
+            again = api.post("/v1/datasets/raced/versions", content=body,
+                             headers={"Content-Type": "application/gzip"})
+            assert again["number"] == 2
+    versions = api.client.get("/v1/datasets/raced").json()["versions"]
+    assert [v["number"] for v in versions] == [1, 2]
+    assert len(stored(api)) == 2  # one object per version: the loser's was removed
