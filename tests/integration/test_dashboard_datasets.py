@@ -134,6 +134,7 @@ def test_datasets_page__create_upload_read_copy_delete(browser, api, tmp_path):
     assert "48x48 × 30" in card.text and "96x96 × 4" in card.text
     assert version["digest"][:16] in card.text
     shot(browser, "24-dataset-version")
+    shot(browser, "24b-dataset-version-1024px", width=1024)  # a small laptop's width
 
     # the same archive with another split: version 2, on top, the latest
     seed = find(browser, "#seed")
