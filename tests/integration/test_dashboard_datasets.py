@@ -1,12 +1,14 @@
 """The Datasets page in a real browser (headless Chromium through Selenium) against a real
 API process: create a dataset (and see the API's 422 beside the form), upload archives
-with their progress (a refused one lists its bad members), read a version's counts per
-class and split, sizes and thumbnails, copy its dataset:// string, delete. Screenshots go
-to test-artifacts/dashboard/ with the other pages'."""
+with their progress (a refused one lists its bad members; one over MEC_MAX_DATASET_MB
+gets the 413's reason), read a version's counts per class and split, sizes and
+thumbnails, copy its dataset:// string, delete. Screenshots go to test-artifacts/dashboard/
+with the other pages'."""
 
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import tarfile
 
@@ -28,7 +30,7 @@ def api(tmp_path_factory):
     """The API alone: the page only reads and writes through /v1/datasets."""
     root = tmp_path_factory.mktemp("datasets-page")
     platform = open_platform(root, base_env(root), "embedded")
-    platform.start_api()
+    platform.start_api(MEC_MAX_DATASET_MB="1")
     yield platform
     platform.stop()
 
@@ -101,6 +103,16 @@ def test_datasets_page__create_upload_read_copy_delete(browser, api, tmp_path):
     assert "circle/notes.txt: not an image file" in error
     assert api.client.get("/v1/datasets/shapes").json()["versions"] == []
     shot(browser, "22-dataset-upload-refused")
+
+    # one over MEC_MAX_DATASET_MB: refused by its size before it is read
+    big = tmp_path / "big.tar.gz"
+    big.write_bytes(os.urandom(2 << 20))
+    find(browser, "#archive").send_keys(str(big))
+    find(browser, "#send").click()
+    error = until(browser, lambda d: find(d, "#upload-error").text, 20, "the 413")
+    assert error == ("body: 2097152 bytes, over the limit of 1048576 bytes for this route "
+                     "(MEC_MAX_DATASET_MB)")
+    shot(browser, "22b-dataset-upload-too-big")
 
     # a good one, sent slowly enough to watch its progress
     members = {f"shapes/{kind}/{i}.png": shape(kind, i) for kind, n in CLASSES.items()
