@@ -114,7 +114,9 @@ def delete_dataset(key: WriteKey, session: SessionDep, name: Name):
 
 
 @router.post("/{name}/versions", response_model=DatasetVersionPublic, status_code=201,
-             responses=errors(NO_DATASET, 413, 415), openapi_extra={"requestBody": {
+             responses=errors(NO_DATASET, 413, 415, {
+                 409: "Another upload to the dataset took the version number while this one "
+                      "was checked; send it again."}), openapi_extra={"requestBody": {
                  "required": True, "content": {
                      **{t: {"schema": {"type": "string", "format": "binary"}}
                         for t in ARCHIVES},
