@@ -116,6 +116,7 @@ def test_an_upload_under_the_limit_goes_to_disk_not_to_memory(api):
     assert staged(api) == [] and stored(api) == []
 
 
+@pytest.mark.slow  # a restart of the API and 1,200 images each: about 10 s on 2 busy cores
 @pytest.mark.parametrize("phase", ["streaming", "checking"])
 def test_a_kill_9_mid_upload_leaves_nothing_and_the_same_upload_then_succeeds(api, phase):
     dataset(api, "killed")
