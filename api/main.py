@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,10 +17,19 @@ from api import audit, limits
 from api.routes import audit as audit_routes
 from api.routes import datasets, galleries, inference, jobs, models, monitoring, system, ui
 from api.schemas import GalleryItemsIn
+from mec_platform.datasets import remove_stale_staging
 from mec_platform.errors import ServiceError
 from mec_platform.jobs import JobKind
 
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI):
+    remove_stale_staging()  # the uploads of an API process that was killed here
+    yield
+
+
 app = FastAPI(
+    lifespan=lifespan,
     title="MEC platform",
     version="0.1.0",
     description="Self-supervised pretraining with Maximum Entropy Coding: submit jobs, "

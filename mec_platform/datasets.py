@@ -12,26 +12,32 @@ a seeded held-out fraction per class), stored as one tar and described by a vers
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import io
 import json
+import os
 import random
 import shutil
 import tarfile
+import tempfile
 import uuid
 import zipfile
 import zlib
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mec_core.data import IMAGE_SUFFIXES
 from mec_platform import storage
-from mec_platform.errors import Invalid, NotFound
+from mec_platform.errors import Conflict, Invalid, NotFound
 from mec_platform.settings import get_settings
 from mec_platform.specs import SweepSpec
 from mec_platform.tables import Dataset, DatasetVersion
@@ -42,6 +48,7 @@ MAX_RATIO = 100  # a zip member this many times larger than its compressed bytes
 SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "test"}
 MANIFEST = "manifest.json"  # a version read in place: its objects, not their content
 THUMBNAILS, THUMB_SIDE = 8, 64
+STAGING = "dataset-"  # an upload's folder under staging_root(), while it streams and is checked
 
 
 class ArchiveRefused(ValueError):
@@ -63,6 +70,56 @@ class Unpacked:
 
 
 # --- uploads ---------------------------------------------------------------------------
+
+def staging_root() -> Path:
+    """Where this host's uploads are streamed to and checked: on the API's own disk."""
+    root = get_settings().data_dir / "staging"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@contextmanager
+def staging() -> Iterator[Path]:
+    """A folder of one upload's own, locked (flock) while the upload lives and removed
+    after it: a process killed mid-upload leaves its folder unlocked, and the next sweep
+    (at the API's start and before each upload) removes it."""
+    remove_stale_staging()
+    while True:
+        folder = Path(tempfile.mkdtemp(prefix=STAGING, dir=staging_root()))
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # swept by another process before it was locked
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if folder.is_dir():
+            break
+        os.close(fd)  # swept while this one waited for the lock
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)
+
+
+def remove_stale_staging() -> list[Path]:
+    """Remove the upload folders that no living process holds (those of an API process
+    killed while it streamed or checked an upload); the removed ones."""
+    removed = []
+    for folder in staging_root().glob(f"{STAGING}*"):
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError:
+            continue  # removed meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        except BlockingIOError:
+            pass  # an upload under way
+        finally:
+            os.close(fd)
+    return removed
+
 
 def unpack(archive: Path, into: Path, max_bytes: int) -> Unpacked:
     """Check and extract every member of a .tar, .tar.gz or .zip archive into `into`
@@ -277,6 +334,9 @@ def add_source_version(session: Session, dataset: Dataset, source: str,
     origin = storage.open_store(source, get_settings().s3_endpoint_url)
     if not isinstance(origin, storage.S3Store):
         raise ArchiveRefused("source: only s3://bucket/prefix is read in place")
+    if _overlaps(origin, storage.get_store()):
+        raise ArchiveRefused(f"source: {source} lies within the platform's own store "
+                             "(MEC_STORAGE_URL), which holds every project's files")
     objects = dict(origin.listing())
     wrong = {k: _bad_name(k) or "not an image file" for k in objects
              if _bad_name(k) or PurePosixPath(k).suffix.lower() not in IMAGE_SUFFIXES}
@@ -311,6 +371,14 @@ def add_source_version(session: Session, dataset: Dataset, source: str,
                         MANIFEST, workdir, write)
 
 
+def _overlaps(origin: storage.S3Store, store) -> bool:
+    """Whether two S3 prefixes share objects (one lies within the other)."""
+    if not isinstance(store, storage.S3Store) or origin.bucket != store.bucket:
+        return False
+    a, b = f"{origin.prefix}/", f"{store.prefix}/"
+    return a.startswith(b) or b.startswith(a) or not origin.prefix or not store.prefix
+
+
 def _new_version(session: Session, dataset: Dataset, digest: str, source: str,
                  test_fraction: float, seed: int, filename: str, workdir: Path,
                  write) -> DatasetVersion:
@@ -320,17 +388,24 @@ def _new_version(session: Session, dataset: Dataset, digest: str, source: str,
     if latest is not None and latest.digest == digest and latest.split in (
             {"test_fraction": test_fraction, "seed": seed}, {"given": True}):
         return latest
-    number = (latest.number if latest else 0) + 1
-    key = f"datasets/{dataset.id}/{number}/{filename}"
+    number, name = (latest.number if latest else 0) + 1, dataset.name
+    folder = f"datasets/{dataset.id}/{number}/{uuid.uuid4().hex[:12]}"  # this upload's own
     work = workdir / f"version-{uuid.uuid4().hex}"
     work.mkdir()
     try:
-        described = write(work, key)
+        described = write(work, f"{folder}/{filename}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    version = DatasetVersion(dataset_id=dataset.id, number=number, key=key, digest=digest,
-                             source=source, **described)
+    version = DatasetVersion(dataset_id=dataset.id, number=number, key=f"{folder}/{filename}",
+                             digest=digest, source=source, **described)
     session.add(version)
+    try:
+        session.flush()
+    except IntegrityError:  # another upload to this dataset took the number meanwhile
+        session.rollback()
+        storage.get_store().delete_prefix(folder)
+        raise Conflict(f"dataset {name!r}: another upload made version {number} while this "
+                       "one was checked; send it again") from None
     return version
 
 

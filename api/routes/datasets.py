@@ -4,14 +4,12 @@ named in jobs by dataset://NAME[/VERSION] (mec_platform.datasets)."""
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -21,7 +19,6 @@ from mec_client.models import DatasetPublic, DatasetsPublic, DatasetVersionPubli
 from mec_platform import datasets, storage
 from mec_platform.db import session_scope
 from mec_platform.galleries import NAME_PATTERN
-from mec_platform.settings import get_settings
 from mec_platform.tables import ApiKey, Dataset, DatasetVersion
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"],
@@ -35,9 +32,20 @@ ARCHIVES = ("application/x-tar", "application/gzip", "application/x-gzip", "appl
 class DatasetSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: str = Field(pattern=r"^s3://[^/]+(/.*)?$", max_length=1000, description=(
+    source: str = Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\\\x00-\x1f]*)?$",
+                        max_length=1000, description=(
         "An S3 prefix of images (class folders, as in an archive), read in place on the "
-        "platform's S3 server (MEC_S3_ENDPOINT_URL, its credentials)."))
+        "platform's S3 server (MEC_S3_ENDPOINT_URL, its credentials): s3://BUCKET/PREFIX, "
+        "no '.' or '..' in the prefix, not within the platform's own store."))
+
+    @field_validator("source")
+    @classmethod
+    def _no_dot_segments(cls, source: str) -> str:
+        # S3 keys have no such parts (SeaweedFS lists nothing under them and refuses them
+        # in a key); a server that maps keys to files might resolve them: refused by name
+        if {".", ".."} & set(source.removeprefix("s3://").split("/")[1:]):
+            raise ValueError("'.' and '..' are not parts of an S3 prefix")
+        return source
 
 
 class DatasetCreate(BaseModel):
@@ -106,7 +114,9 @@ def delete_dataset(key: WriteKey, session: SessionDep, name: Name):
 
 
 @router.post("/{name}/versions", response_model=DatasetVersionPublic, status_code=201,
-             responses=errors(NO_DATASET, 413, 415), openapi_extra={"requestBody": {
+             responses=errors(NO_DATASET, 413, 415, {
+                 409: "Another upload to the dataset took the version number while this one "
+                      "was checked; send it again."}), openapi_extra={"requestBody": {
                  "required": True, "content": {
                      **{t: {"schema": {"type": "string", "format": "binary"}}
                         for t in ARCHIVES},
@@ -129,30 +139,23 @@ async def upload_version(key: WriteKey, request: Request, name: Name,
     if content_type == "application/json":
         try:
             body = DatasetSource.model_validate_json(await request.body())
-        except ValueError as exc:
-            raise HTTPException(422, f"body: {exc}") from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "body"
+            raise HTTPException(422, f"{field}: {first['msg']}") from None
         return await run_in_threadpool(_add_source, key.project, name, body.source,
                                        test_fraction, seed)
     if content_type not in ARCHIVES:
         raise HTTPException(415, f"body: send the archive as one of {', '.join(ARCHIVES)}, "
                                  f"not {content_type or 'no Content-Type'}")
-    staging = Path(tempfile.mkdtemp(prefix="dataset-", dir=_staging_root()))
-    try:
-        archive, digest = staging / "upload", hashlib.sha256()
+    with datasets.staging() as folder:
+        archive, digest = folder / "upload", hashlib.sha256()
         with archive.open("wb") as out:
             async for chunk in request.stream():
                 digest.update(chunk)
                 out.write(chunk)
         return await run_in_threadpool(_add, key.project, name, archive, digest.hexdigest(),
                                        test_fraction, seed)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _staging_root() -> Path:
-    root = get_settings().data_dir / "staging"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def _exists(project: str, name: str) -> None:
@@ -162,11 +165,11 @@ def _exists(project: str, name: str) -> None:
 
 def _add_source(project: str, name: str, source: str, test_fraction: float, seed: int
                 ) -> DatasetVersionPublic:
-    with session_scope() as session:
+    with session_scope() as session, datasets.staging() as folder:
         dataset = _dataset(session, project, name)
         try:
             version = datasets.add_source_version(session, dataset, source, test_fraction,
-                                                  seed, _staging_root())
+                                                  seed, folder)
         except datasets.ArchiveRefused as exc:
             raise HTTPException(422, str(exc)) from None
         except storage.StorageError as exc:

@@ -20,7 +20,7 @@ templates = Jinja2Templates(directory=UI / "templates")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 PAGES = {"jobs": "Jobs", "compare": "Compare", "submit": "Submit", "models": "Models",
-         "search": "Search", "galleries": "Galleries"}
+         "search": "Search", "galleries": "Galleries", "datasets": "Datasets"}
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -122,3 +122,8 @@ def search_page(request: Request, session: SessionDep):
 @router.get("/galleries", response_class=HTMLResponse)
 def galleries_page(request: Request, session: SessionDep):
     return _page(request, session, "galleries")
+
+
+@router.get("/datasets", response_class=HTMLResponse)
+def datasets_page(request: Request, session: SessionDep):
+    return _page(request, session, "datasets")

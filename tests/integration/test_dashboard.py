@@ -43,12 +43,14 @@ def browser():
     driver.quit()
 
 
-def shot(browser, name: str) -> Path:
-    """A full-page screenshot of what the browser shows now."""
+def shot(browser, name: str, width: int = 1440) -> Path:
+    """A full-page screenshot of what the browser shows now, `width` pixels wide."""
     folder = ARTIFACTS / "dashboard"
     folder.mkdir(parents=True, exist_ok=True)
-    height = browser.execute_script("return document.documentElement.scrollHeight")
-    browser.set_window_size(1440, max(900, min(height + 40, 4000)))
+    browser.set_window_size(width, 1000)
+    height, chrome = browser.execute_script(  # the window's own bars are not the page's
+        "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]")
+    browser.set_window_size(width, max(900, min(height + chrome, 4000)))
     path = folder / f"{name}.png"
     browser.save_screenshot(str(path))
     browser.set_window_size(1440, 1000)
