@@ -7,17 +7,31 @@ launcher itself does not import Ray.
 Separate `ray start` processes rather than one process simulating N nodes
 (ray.cluster_utils, which the tests use): each node is a process group of its own, which
 `mec down` and `mec up` after a kill -9 stop as they stop the stack's other processes,
-and the nodes are started as an operator starts those of a real cluster."""
+and the nodes are started as an operator starts those of a real cluster.
+
+Ray's GCS and raylets listen on every interface of the machine; the cluster takes only
+clients that hold its token (Ray's token authentication), which the stack gives its nodes
+and its worker alone."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from pathlib import Path
 
 READY = b"Ray runtime started."  # what `ray start` prints once its node runs
 OBJECT_STORE_BYTES = 256 * 2**20  # each node's: the runs pass little through it, and N
 # nodes on one machine would each take 30 % of its memory by default
+
+
+def new_token() -> str:
+    return secrets.token_hex(32)
+
+
+def auth(token: str) -> dict[str, str]:
+    """The environment of a process that may use the cluster (a node, a run's driver)."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
 
 
 def address(port: int) -> str:

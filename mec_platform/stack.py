@@ -77,13 +77,15 @@ class Stack:
         self.run_dir = self.data_dir / "run"
         self.log_dir = self.data_dir / "logs"
         saved, ray = self.run_dir / "ports.json", self.run_dir / "ray.json"
-        # a stack partly running keeps its ports and Ray nodes: the processes left talk to
-        # each other there
+        # a stack partly running keeps its ports and its Ray cluster's size and token: the
+        # processes left talk to each other there
         running = bool(self.running())
         self.ports = Ports(**json.loads(saved.read_text())) \
             if running and saved.exists() else ports
-        self.ray_nodes = json.loads(ray.read_text())["nodes"] \
-            if running and ray.exists() else ray_nodes
+        cluster = json.loads(ray.read_text()) if running and ray.exists() else \
+            {"nodes": ray_nodes, "token": local_ray.new_token()}
+        self.ray_nodes = cluster["nodes"]
+        self._ray_token = cluster["token"]
         ports = self.ports
         self.env = os.environ | {
             "MEC_DATA_DIR": str(self.data_dir),
@@ -132,7 +134,8 @@ class Stack:
                 lambda: self._spawn("worker", [sys.executable, "-m", "celery", "-A",
                                                "worker.main", "worker", "-Q", "gpu,cpu", "--pool",
                                                "solo", "-n", "local@%h", "--loglevel", "INFO"],
-                                    {"MEC_WORKER_METRICS_PORT": str(p.worker_metrics)}),
+                                    {"MEC_WORKER_METRICS_PORT": str(p.worker_metrics)} |
+                                    self._ray_auth()),
                 lambda: self._worker_registered(since)),
         }
 
@@ -145,8 +148,12 @@ class Stack:
         since = log.stat().st_size if log.exists() else 0
         args, env = local_ray.command(node, self.ray_nodes, self.ports.ray, *unused_ports(1))
         return Process({"Ray head": self.ports.ray} if node == 0 else {},
-                       lambda: self._spawn(name, args, env),
+                       lambda: self._spawn(name, args, env | self._ray_auth()),
                        lambda: local_ray.READY in log.read_bytes()[since:])
+
+    def _ray_auth(self) -> dict[str, str]:
+        """The cluster's token, for its nodes and the worker (a run's driver) only."""
+        return local_ray.auth(self._ray_token) if self.ray_nodes else {}
 
     def _log(self, name: str) -> Path:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +195,9 @@ class Stack:
         for name in missing:
             (self.run_dir / f"{name}.pid").write_text(str(processes[name].start()))
         (self.run_dir / "ports.json").write_text(json.dumps(self.ports.__dict__))
-        (self.run_dir / "ray.json").write_text(json.dumps({"nodes": self.ray_nodes}))
+        ray = os.open(self.run_dir / "ray.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(ray, "w") as f:  # the token: the user's alone
+            json.dump({"nodes": self.ray_nodes, "token": self._ray_token}, f)
         try:
             self._wait_ready(timeout, {n: processes[n] for n in missing})
             self.restore()

@@ -1,10 +1,11 @@
 """`mec up --ray-nodes 2`: a local Ray cluster of 2 nodes (a `ray start` each) beside the
-stack, whose worker runs a 2-node job on it; after a kill -9 of a node `mec up` starts the
-cluster again, and `mec down` leaves no process of it. A negative count is refused before
-anything starts."""
+stack, whose worker runs a 2-node job on it, and which refuses a client without its token;
+after a kill -9 of a node `mec up` starts the cluster again, and `mec down` leaves no
+process of it. A negative count is refused before anything starts."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 
 import httpx
+import psutil
 import pytest
 
 from serving.process_groups import group_members
@@ -67,6 +69,19 @@ def test_up_with_ray_nodes_runs_a_job_of_two_nodes_and_down_stops_them(tmp_path)
         assert job["status"] == "succeeded", job["error"]
         assert [(s["node"], s["ranks"], s["state"]) for s in job["slots"]] == \
             [(0, [0], "finished"), (1, [1], "finished")]
+
+        # the cluster takes only clients with its token, which the worker has, not the API
+        environ = {n: psutil.Process(int((run / f"{n}.pid").read_text())).environ()
+                   for n in ("api", "worker")}
+        assert "RAY_AUTH_TOKEN" not in environ["api"]
+        assert environ["worker"]["RAY_AUTH_TOKEN"] == json.loads(
+            (run / "ray.json").read_text())["token"]
+        assert (run / "ray.json").stat().st_mode & 0o777 == 0o600
+        stranger = subprocess.run(
+            [sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{ports[5]}')"],
+            env=env, capture_output=True, text=True, timeout=120)
+        assert stranger.returncode != 0 and "ConnectionError" in stranger.stderr, \
+            stranger.stderr[-2000:]
 
         # kill -9 of a node's `ray start`: `mec up` starts the cluster again, whole
         os.kill(nodes[1], signal.SIGKILL)
