@@ -89,12 +89,14 @@ def _import_seconds(module: str, repeats: int = 3) -> float:
 
 
 def cluster_start(root: Path) -> float:
-    """Seconds until both nodes of a local 2-node cluster run (the head first)."""
+    """Seconds until both nodes of a local 2-node cluster run (the head first), with a
+    token as `mec up --ray-nodes 2` starts them."""
     port, *agents = unused_ports(3)
-    started, groups = time.perf_counter(), []
+    started, groups, token = time.perf_counter(), [], local_ray.auth(local_ray.new_token())
     try:
         for node in (0, 1):
             args, env = local_ray.command(node, 2, port, agents[node])
+            env |= token
             log = root / f"ray-{node}.log"
             with log.open("wb") as out:
                 groups.append(subprocess.Popen(args, env=os.environ | env, stdout=out,
