@@ -16,7 +16,9 @@ COPY mec_platform ./mec_platform
 COPY api ./api
 COPY worker ./worker
 COPY serving ./serving
-RUN pip install ./client . && useradd --create-home --uid 10001 mec
+# EXTRAS: the platform's optional extras, e.g. ray (docker-compose.yml builds it so)
+ARG EXTRAS=""
+RUN pip install ./client ".${EXTRAS:+[$EXTRAS]}" && useradd --create-home --uid 10001 mec
 USER mec
 # solo pool: the job runs in the worker process; a killed worker takes its job with it,
 # the lease expires and another worker resumes the job from its checkpoint

@@ -118,13 +118,24 @@ def _data_dir(value: str | None) -> Path:
 @click.option("--storage-url", default=None, help="The store of datasets: s3://bucket/prefix "
               "(with MEC_S3_ENDPOINT_URL and the AWS_* credentials; the bucket is created "
               "if missing) [default: MEC_STORAGE_URL, else a folder in the data directory].")
+@click.option("--ray-nodes", type=click.IntRange(0, 64), default=0, show_default=True,
+              help="Also start a local Ray cluster of this many nodes (the machine's CPUs "
+              "and GPUs divided among them) and run jobs of several nodes on it "
+              "(MEC_RAY_ADDRESS); needs the ray extra: pip install '.[ray]'.")
+@click.option("--ray-port", type=int, default=Ports().ray, show_default=True,
+              help="The Ray head's GCS port (with --ray-nodes).")
 @_port_options
-def up(data_dir, storage_url, api_port, inference_port, management_port, metrics_port,
-       worker_metrics_port) -> None:
+def up(data_dir, storage_url, ray_nodes, ray_port, api_port, inference_port, management_port,
+       metrics_port, worker_metrics_port) -> None:
     """Start the API, a worker and TorchServe as local processes, and leave them running."""
+    import importlib.util
+
     from mec_platform.stack import Stack
     from mec_platform.storage import open_store
 
+    if ray_nodes and importlib.util.find_spec("ray") is None:
+        raise click.BadParameter("Ray is not installed here: pip install '.[ray]'",
+                                 param_hint="--ray-nodes")
     if storage_url:
         try:
             open_store(storage_url, os.environ.get("MEC_S3_ENDPOINT_URL")).prepare()
@@ -132,7 +143,8 @@ def up(data_dir, storage_url, api_port, inference_port, management_port, metrics
             raise click.BadParameter(str(exc), param_hint="--storage-url") from None
         os.environ["MEC_STORAGE_URL"] = storage_url  # the stack's processes inherit it
     stack = Stack(_data_dir(data_dir), Ports(api_port, inference_port, management_port,
-                                             metrics_port, worker_metrics_port))
+                                             metrics_port, worker_metrics_port, ray_port),
+                  ray_nodes)
     try:
         urls = stack.up()
     except RuntimeError as exc:

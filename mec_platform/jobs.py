@@ -94,7 +94,8 @@ def check(session: Session, key: ApiKey, config: BaseModel) -> None:
         _check_dataset(config.dataset, config.data_dir)
         if config.nodes > 1 and not get_settings().ray_address:
             raise Invalid(f"config.nodes: a job of {config.nodes} nodes runs on a Ray cluster, "
-                          "and this platform has none: set MEC_RAY_ADDRESS (or use nodes 1)")
+                          "and this platform has none: set MEC_RAY_ADDRESS (`mec up --ray-nodes N` "
+                          "starts a local one), or use nodes 1")
     if isinstance(config, EvaluateSpec):
         target = session.get(Job, config.job_id)
         if target is None or not keys.sees(key, target.project):

@@ -1,7 +1,9 @@
 """Stopping the process groups the platform starts (TorchServe, and the local stack's API
 and worker, each in a session of its own): SIGTERM to every group at once, one wait for
 all of them, then SIGKILL for what is left. A group whose leader died (kill -9) is
-stopped too: its members are found in /proc."""
+stopped too: its members are found in /proc. A group's leader leads its session too, and
+the processes of that session that made groups of their own (Ray's workers do) go with
+it."""
 
 from __future__ import annotations
 
@@ -13,7 +15,13 @@ from pathlib import Path
 
 
 def group_members(pgid: int | None) -> list[int]:
-    """Live (non-zombie) processes of process group `pgid`, from /proc."""
+    """Live (non-zombie) processes of process group `pgid`, or of the session it leads,
+    from /proc."""
+    return [pid for pid, _ in _members(pgid)]
+
+
+def _members(pgid: int | None) -> list[tuple[int, int]]:
+    """(pid, its group) of each live process in group or session `pgid`."""
     if not pgid:
         return []
     members = []
@@ -22,8 +30,9 @@ def group_members(pgid: int | None) -> list[int]:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
-            members.append(int(stat.parent.name))
+        # fields: state, ppid, pgrp, session, ...
+        if pgid in (int(fields[2]), int(fields[3])) and fields[0] != "Z":
+            members.append((int(stat.parent.name), int(fields[2])))
     return members
 
 
@@ -48,5 +57,10 @@ def _wait_gone(pgids: list[int], deadline: float) -> None:
 
 
 def _signal(pgid: int, sig: int) -> None:
+    """To the group, and to each process of its session in another group."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
+    for pid, group in _members(pgid):
+        if group != pgid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)

@@ -130,6 +130,9 @@ def test_nodes__a_job_of_several_nodes_needs_a_ray_cluster(client, embedded, mon
     assert r.status_code == 422, r.text
     assert r.json()["detail"].startswith("config.nodes: a job of 2 nodes runs on a Ray "
                                          "cluster") and "MEC_RAY_ADDRESS" in r.json()["detail"]
+    assert "`mec up --ray-nodes N` starts a local one" in r.json()["detail"]
+    monkeypatch.setattr(embedded, "ray_address", "")  # the compose file's, without the profile
+    assert _post(client, config).status_code == 422
     assert _jobs() == before
     monkeypatch.setattr(embedded, "ray_address", "127.0.0.1:6379")
     r = _post(client, config)

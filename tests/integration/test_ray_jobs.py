@@ -3,14 +3,19 @@ this machine (ray.cluster_utils: a head and a worker node, each its own raylet),
 the real API and Celery workers (gloo): the loss curve of 2 nodes x 1 process is that of
 1 node x 2 processes with the same global batch; a node removed mid-run restarts the run
 from its checkpoint and the job succeeds with every step's metrics once; a cancel stops
-every rank; two 2-node jobs on a cluster with room for one run one after the other."""
+every rank; two 2-node jobs on a cluster with room for one run one after the other; a
+SIGTERM of the claiming worker hands the run over with a checkpoint, and its kill -9 stops
+the run, whose job resumes on the other worker."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from datetime import datetime, timezone
 
+import psutil
 import psycopg
 import pytest
 from harness import (
@@ -167,3 +172,44 @@ def test_two_jobs_of_two_nodes_on_room_for_one_run_one_after_the_other(platform)
         done = platform.wait_status(job["id"], ("succeeded", "failed"), timeout=300)
         assert done["status"] == "succeeded", done["error"]
         assert done["waiting"] is None
+
+
+def _driver(platform, worker: str) -> psutil.Process:
+    """The Ray driver (`python -m worker.ray_run`) that `worker` started."""
+    return platform.wait_for(lambda: next(
+        (p for p in psutil.Process(platform.workers[worker].pid).children()
+         if "worker.ray_run" in " ".join(p.cmdline())), None), 30, f"the driver of {worker}")
+
+
+@pytest.mark.slow  # minutes on 2 cores: `make test-slow`
+def test_sigterm_of_the_worker_hands_the_run_over_with_a_checkpoint(platform):
+    job = pretrain(platform, 60, 2, 1, checkpoint_every=1000)
+    runner = platform.runner_of(job["id"], past_step=6)
+    proc = platform.workers[runner]
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(60)  # the ranks stop at the next step, checkpoint, and the worker exits
+    handed = _job(platform, job)
+    assert handed["checkpoint"] and "step_00000060" not in handed["checkpoint"], handed
+    assert {s["state"] for s in handed["slots"]} == {"stopped"}
+    done = platform.wait_status(job["id"], ("succeeded", "failed"), timeout=300)
+    assert done["status"] == "succeeded", done["error"]  # on the other worker
+    assert done["attempts"] == 2 and done["resumes"] == 1
+    assert _metric_steps(platform, job) == list(range(1, 61))  # each step's once
+    platform.start_worker(runner)
+
+
+@pytest.mark.slow  # minutes on 2 cores: `make test-slow`
+def test_a_killed_worker_stops_its_run_and_the_job_resumes_elsewhere(platform):
+    job = pretrain(platform, 60, 2, 1, checkpoint_every=10)
+    runner = platform.runner_of(job["id"], past_step=15)
+    driver = _driver(platform, runner)
+    killed = time.monotonic()
+    os.killpg(platform.workers[runner].pid, signal.SIGKILL)
+    driver.wait(30)  # the kernel told it (SIGTERM) that its worker died
+    platform.wait_for(lambda: _free_cpus() == 2, 60, "the run's ranks to end")
+    print(f"\nworker killed -> every rank gone: {time.monotonic() - killed:.1f} s")
+    done = platform.wait_status(job["id"], ("succeeded", "failed"), timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] == 2 and done["checkpoint"].endswith("step_00000060.pt")
+    assert _metric_steps(platform, job) == list(range(1, 61))  # one run at a time
+    platform.start_worker(runner)

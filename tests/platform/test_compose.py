@@ -22,7 +22,8 @@ def config() -> dict:
 def test_compose__services_health_checks_and_profiles():
     default = config()
     assert set(default["services"]) == {"postgres", "redis", "s3", "api", "worker",
-                                        "worker-cpu", "torchserve", "prometheus", "grafana"}
+                                        "worker-cpu", "torchserve", "prometheus", "grafana",
+                                        "ray-head", "ray-worker"}
     assert default["services"]["worker-cpu"]["profiles"] == ["cpu"]
     for name in ("postgres", "redis", "s3", "api", "torchserve"):
         assert "healthcheck" in default["services"][name] or name == "api"
@@ -102,6 +103,33 @@ def test_compose__monitoring_profile_scrapes_api_workers_and_torchserve():
         {source["datasources"][0]["uid"]}
     provider = yaml.safe_load((provisioning / "dashboards/mec.yml").read_text())
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_compose__ray_profile_a_head_and_gpu_nodes_the_workers_pointed_at_it(monkeypatch):
+    monkeypatch.delenv("MEC_RAY_ADDRESS", raising=False)
+    # without the head's address, no Ray cluster: jobs of several nodes are refused (422)
+    for name in ("api", "worker"):
+        assert config()["services"][name]["environment"]["MEC_RAY_ADDRESS"] == ""
+    monkeypatch.setenv("MEC_RAY_ADDRESS", "ray-head:6379")
+    monkeypatch.setenv("MEC_RAY_NODES", "3")
+    done = subprocess.run(["docker-compose", "--profile", "ray", "config"],
+                          capture_output=True, text=True, check=True)
+    services = yaml.safe_load(done.stdout)["services"]
+    head, node = services["ray-head"], services["ray-worker"]
+    assert head["profiles"] == node["profiles"] == ["ray"]
+    assert {"--head", "--port=6379", "--num-gpus=0", "--block"} <= set(head["command"])
+    assert "--address=ray-head:6379" in node["command"] and node["deploy"]["replicas"] == 3
+    gpu = node["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["capabilities"] == ["gpu"] and str(gpu["count"]) == "1"
+    for name in ("api", "worker"):
+        assert services[name]["environment"]["MEC_RAY_ADDRESS"] == "ray-head:6379"
+    # the worker joins the cluster (a run's driver needs a node on its host), its image
+    # and the nodes' one and the same, with the ray extra
+    assert "ray start --address=" in services["worker"]["command"][-1]
+    assert head["image"] == node["image"] == services["worker"]["image"]
+    assert services["worker"]["build"]["args"] == {"EXTRAS": "ray"}
+    for name in ("ray-head", "ray-worker"):  # the artifact root at the workers' path
+        assert "artifacts:/artifacts:rw" in services[name]["volumes"]
 
 
 def test_every_image_copies_every_package_it_installs():
