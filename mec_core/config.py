@@ -29,6 +29,7 @@ NATIVE_SIZE = {"digits": 16, "fashion-mnist": 28, "cifar10": 32, "synthetic": 32
 # like a recipe's fields, where the caller does not set them
 DATASET_VIEWS = {"digits": {"hflip": False, "crop_min_scale": 0.5}}
 SMALL_IMAGE_MAX = 64  # sides up to this use the small recipe and the ResNets' small stem
+HOLDOUT = 1000  # the most held-out images the online monitor uses as its kNN queries
 TAYLOR_RADIUS = 0.9  # default largest ||C||_2 that the MEC loss lets the Taylor series see
 # Where each method's targets may come from, its own first: "ema" (a moving average of the
 # student), "stop_grad" (the student's own projections, detached) or "none" (the other
@@ -349,6 +350,20 @@ def hflip(config: TrainConfig) -> bool:
 def monitor_every(config: TrainConfig, total_steps: int) -> int:
     """Steps between the monitor's checks: as configured (0: off), else 10 per run."""
     return config.monitor_every if config.monitor_every is not None else max(1, total_steps // 10)
+
+
+def held_out(images: int) -> int:
+    """How many of a training split's images the online monitor holds out as its kNN
+    queries: the last tenth, at most HOLDOUT."""
+    return min(HOLDOUT, images // 10)
+
+
+def trained_images(config: TrainConfig, images: int) -> int:
+    """How many of a training split's `images` a run trains on: less the monitor's
+    held-out part, then at most train_limit."""
+    if config.monitor_every != 0:
+        images -= held_out(images)
+    return images if config.train_limit is None else min(images, config.train_limit)
 
 
 def resolved(config: TrainConfig, total_steps: int | None = None) -> dict:

@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from mec_core.augment import Normalization
+from mec_core.config import held_out
 from mec_core.data import ImageSet
 from mec_core.evaluate import FeatureSource, features, knn
 
-HOLDOUT, BANK = 1000, 4000  # at most this many held-out queries and bank images
+BANK = 4000  # at most this many bank images
 K = 20  # neighbours that vote; the bank is small, so fewer than the final protocol's 200
 BUDGET = 0.05  # the monitor skips a due evaluation while it has used more of the run
 
@@ -32,9 +33,8 @@ def effective_rank(f: torch.Tensor) -> float:
 
 def holdout(data: ImageSet) -> tuple[ImageSet, ImageSet]:
     """(training part, held-out part): the last tenth of a training split's images, at
-    most HOLDOUT; a run's `train_limit` then takes the first images of the training part."""
-    n = min(HOLDOUT, len(data) // 10)
-    keep = len(data) - n
+    most config.HOLDOUT; a run's `train_limit` then takes the first images of the training part."""
+    keep = len(data) - held_out(len(data))
     return (ImageSet(data.images[:keep], data.labels[:keep], data.classes),
             ImageSet(data.images[keep:], data.labels[keep:], data.classes))
 

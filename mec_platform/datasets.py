@@ -35,6 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mec_core.config import TrainConfig, trained_images
 from mec_core.data import IMAGE_SUFFIXES
 from mec_platform import storage
 from mec_platform.errors import Conflict, Invalid, NotFound
@@ -432,10 +433,10 @@ def parse(uri: str) -> tuple[str, int | None]:
     return name, int(version) if version else None
 
 
-def resolve(session: Session, project: str, uri: str, field: str) -> str:
-    """The exact version `uri` names in `project` (the latest when it names none), as
-    dataset://NAME/VERSION; LookupError (a 404 for the API) naming `field` when there is
-    none, ValueError when `uri` is malformed."""
+def resolve(session: Session, project: str, uri: str, field: str) -> DatasetVersion:
+    """The exact version `uri` names in `project` (the latest when it names none);
+    LookupError (a 404 for the API) naming `field` when there is none, ValueError when `uri`
+    is malformed."""
     try:
         name, number = parse(uri)
     except ValueError as exc:
@@ -446,14 +447,15 @@ def resolve(session: Session, project: str, uri: str, field: str) -> str:
                                       " has no version" if _dataset(session, project, name)
                                       else " not found")
         raise LookupError(f"{field}: {what}")
-    return f"{SCHEME}{name}/{found.number}"
+    return found
 
 
 def pinned(session: Session, project: str, config: BaseModel) -> BaseModel:
     """A job's config (a TrainConfig, EvaluateSpec or SweepSpec) with its dataset://
     data_dir naming the exact version it will read (the latest, when it names none):
     NotFound naming the field when there is none in `project`; a dataset version is an
-    image folder (Invalid for another dataset)."""
+    image folder (Invalid for another dataset), and a pretraining job's batch must fit in
+    the images it trains on (Invalid naming batch_size)."""
     sweep = isinstance(config, SweepSpec)
     fields = config.base if sweep else config.model_dump()
     field = "config.base.data_dir" if sweep else "config.data_dir"
@@ -464,14 +466,29 @@ def pinned(session: Session, project: str, config: BaseModel) -> BaseModel:
         raise Invalid(f"{field}: a dataset:// version is an image folder: set "
                       f"{field.rsplit('.', 1)[0]}.dataset to imagefolder")
     try:
-        exact = resolve(session, project, uri, field)
+        version = resolve(session, project, uri, field)
     except LookupError as exc:
         raise NotFound(str(exc)) from None
     except ValueError as exc:
         raise Invalid(str(exc)) from None
+    exact = f"{SCHEME}{parse(uri)[0]}/{version.number}"
+    if isinstance(config, TrainConfig):
+        _check_batch(config, version, exact)
     if sweep:
         return config.model_copy(update={"base": config.base | {"data_dir": exact}})
     return config.model_copy(update={"data_dir": exact})
+
+
+def _check_batch(config: TrainConfig, version: DatasetVersion, uri: str) -> None:
+    """Invalid naming batch_size when not one step of training fits in the version."""
+    split = sum(counts["train"] for counts in version.classes.values())
+    trained = trained_images(config, split)
+    if config.batch_size > trained:
+        raise Invalid(
+            f"config.batch_size: {config.batch_size} is more than the {trained} images a run "
+            f"trains on in {uri} ({split} in its train split"
+            + (", less the online kNN's held-out tenth" if trained < split else "")
+            + f"): set batch_size to at most {trained}, or upload more images")
 
 
 def _dataset(session: Session, project: str, name: str) -> Dataset | None:

@@ -341,7 +341,8 @@ class Datasets:
     def upload(self, name: str, archive: str | Path, test_fraction: float = 0.1,
                seed: int = 0) -> models.DatasetVersionPublic:
         """A new version from a .tar, .tar.gz or .zip file, streamed from disk. Sending the
-        same archive again (after a broken upload, say) answers its existing version."""
+        latest version's archive again with the same split (after a broken upload, say)
+        answers that version; an older one's becomes a new latest version."""
         path = Path(archive)
         kind = self.KINDS.get(path.suffix.lower(), "application/octet-stream")
         with path.open("rb") as body:

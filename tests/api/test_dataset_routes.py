@@ -98,7 +98,7 @@ def test_names_are_unique_per_project_and_other_projects_see_nothing(client, nam
 
 def test_a_job_trains_on_the_exact_version_it_was_submitted_with(client, name):
     upload(client, name, archive())
-    spec = {"kind": "pretrain", "config": {"dataset": "imagefolder",
+    spec = {"kind": "pretrain", "config": {"dataset": "imagefolder", "batch_size": 8,
                                            "data_dir": f"dataset://{name}"}}
     job = client.post("/v1/jobs", json=spec)
     assert job.status_code == 201, job.text
@@ -113,6 +113,24 @@ def test_a_job_trains_on_the_exact_version_it_was_submitted_with(client, name):
     wrong = client.post("/v1/jobs", json={"kind": "pretrain", "config": {
         "dataset": "cifar10", "data_dir": f"dataset://{name}"}})
     assert wrong.status_code == 422 and "imagefolder" in wrong.json()["detail"]
+
+
+def test_a_batch_larger_than_the_images_a_run_trains_on_is_refused_at_submission(client, name):
+    """4 classes of 10 images, a fifth held out for testing: 32 in the train split, 29 once
+    the online kNN holds out its tenth; the default batch of 256 cannot make one step."""
+    upload(client, name, archive(classes=4, per_class=10), test_fraction=0.2)
+    config = {"dataset": "imagefolder", "data_dir": f"dataset://{name}"}
+    for route in ("/v1/jobs", "/v1/jobs/validate"):
+        refused = client.post(route, json={"kind": "pretrain", "config": config})
+        assert refused.status_code == 422
+        assert refused.json()["detail"] == (
+            f"config.batch_size: 256 is more than the 29 images a run trains on in "
+            f"dataset://{name}/1 (32 in its train split, less the online kNN's held-out "
+            "tenth): set batch_size to at most 29, or upload more images")
+    assert client.post("/v1/jobs", json={"kind": "pretrain", "config": config | {
+        "batch_size": 29}}).status_code == 201
+    assert client.post("/v1/jobs", json={"kind": "pretrain", "config": config | {
+        "batch_size": 32, "monitor_every": 0}}).status_code == 201  # nothing held out
 
 
 def test_deleting_a_dataset_removes_its_versions_files(client, name):

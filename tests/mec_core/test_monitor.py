@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import mec_core.monitor as monitor_module
-from mec_core.config import TrainConfig
+from mec_core.config import HOLDOUT, TrainConfig
 from mec_core.data import synthetic
-from mec_core.monitor import BUDGET, HOLDOUT, effective_rank, holdout
+from mec_core.monitor import BUDGET, effective_rank, holdout
 from mec_core.train import train
 
 
