@@ -178,9 +178,10 @@ def setup(config: TrainConfig, out: Path, resume: bool, keep_checkpoints: int = 
     data = data.head(config.train_limit)
     steps_per_epoch = len(data) // config.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(data)} images this "
-                         f"run trains on in {config.dataset} (less the online kNN's held-out "
-                         f"tenth and train_limit): set batch_size to at most {len(data)}")
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(data)} training "
+                         f"images of {config.dataset} (its train split less the online kNN's "
+                         f"held-out tenth, and train_limit): set batch_size to at most "
+                         f"{len(data)}")
     total = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total = min(total, config.max_steps)

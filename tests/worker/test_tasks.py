@@ -194,7 +194,9 @@ def test_logs__a_failed_job_keeps_its_traceback(embedded):
     assert "Traceback (most recent call last):" in text
     assert any("in setup" in line for line in text)  # the frames of the trainer
     assert text[-1] == (f"ERROR worker.tasks: job {job_id} failed: ValueError: batch_size "
-                        "32 exceeds the 16 training images of synthetic")
+                        "32 exceeds the 16 training images of synthetic (its train split less "
+                        "the online kNN's held-out tenth, and train_limit): set batch_size to "
+                        "at most 16")
     assert {(attempt, source) for attempt, source, _ in lines} == {(1, "worker")}
 
 
