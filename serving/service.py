@@ -92,7 +92,8 @@ class Service:
             options = {k: bytes(v).decode(errors="replace") if isinstance(v, (bytes, bytearray))
                        else v for k, v in request.items() if k in ("k", "vote")}
             return files, options
-        raise BadRequest("send an image (raw bytes or multipart field 'image') or JSON "
+        raise BadRequest("send an image (raw bytes with its Content-Type, e.g. image/png, not "
+                       "a form encoding; or multipart field 'image') or JSON "
                        "{\"images\": [base64, ...]}")
 
     @staticmethod
