@@ -4,6 +4,8 @@ and serving's as "mec.commands" entry points in pyproject.toml)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -32,6 +34,32 @@ def upgrade(url: str | None) -> None:
     click.echo("database schema is up to date")
 
 
+@contextmanager
+def _database() -> Iterator:
+    """A session on the platform's database, or a CLI error that says which database it
+    looked for and how to point at the stack's (run elsewhere, `mec keys` would otherwise
+    create an empty SQLite file and fail on a missing table)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    from mec_platform.db import session_scope
+    from mec_platform.settings import get_settings
+
+    url = get_settings().database_url
+    hint = ("run `mec up` (or `mec db upgrade`) first, or point MEC_DATA_DIR or "
+            "MEC_DATABASE_URL at the stack's")
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        raise click.ClickException(f"no platform database at {parsed.database}: {hint}")
+    try:
+        with session_scope() as s:
+            yield s
+    except DBAPIError as exc:
+        cause = str(exc.orig).strip().splitlines()[0]
+        raise click.ClickException(f"the platform database {parsed.render_as_string()} "
+                                   f"could not be used ({cause}): {hint}") from None
+
+
 @click.group()
 def keys() -> None:
     """API keys of the control plane (every route but the health checks needs one)."""
@@ -48,13 +76,12 @@ def keys() -> None:
 def keys_create(name: str, scopes: tuple[str, ...], project: str) -> None:
     """Create a key and print it once (only its hash is stored)."""
     from mec_platform import keys as api_keys
-    from mec_platform.db import session_scope
 
     try:
         api_keys.check_project(project)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--project") from None
-    with session_scope() as s:
+    with _database() as s:
         row, plain = api_keys.create(s, name, scopes, project)
         click.echo(f"{plain}")
         click.echo(f"key {row.id} ({row.prefix}...) for {name!r} in project {row.project!r} "
@@ -66,9 +93,8 @@ def keys_create(name: str, scopes: tuple[str, ...], project: str) -> None:
 def keys_revoke(ident: str) -> None:
     """Revoke a key by id or by its first 12 characters."""
     from mec_platform import keys as api_keys
-    from mec_platform.db import session_scope
 
-    with session_scope() as s:
+    with _database() as s:
         if not api_keys.revoke(s, ident):
             raise click.ClickException(f"no active key {ident!r}")
     click.echo(f"revoked {ident}")
@@ -79,10 +105,9 @@ def keys_list() -> None:
     """Keys with their id, prefix, state, project, scopes and name."""
     from sqlalchemy import select
 
-    from mec_platform.db import session_scope
     from mec_platform.tables import ApiKey
 
-    with session_scope() as s:
+    with _database() as s:
         for k in s.scalars(select(ApiKey).order_by(ApiKey.id)):
             state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
             click.echo(f"{k.id:>4}  {k.prefix}...  {state:<24} {k.project:<16} "
