@@ -108,7 +108,10 @@ def keys_list() -> None:
     from mec_platform.tables import ApiKey
 
     with _database() as s:
-        for k in s.scalars(select(ApiKey).order_by(ApiKey.id)):
+        for i, k in enumerate(s.scalars(select(ApiKey).order_by(ApiKey.id))):
+            if i == 0:
+                click.echo(f"{'id':>4}  {'prefix':<15}  {'state':<24} {'project':<16} "
+                           f"{'scopes':<48} name")
             state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
             click.echo(f"{k.id:>4}  {k.prefix}...  {state:<24} {k.project:<16} "
                        f"{','.join(k.scopes):<48} {k.name}")

@@ -248,7 +248,8 @@ def _embedded(image: str, found: str | None) -> np.ndarray:
         raise Invalid("image: not base64") from None
     if found is None:
         raise Conflict("image: the gallery's model is not deployed, so images cannot be "
-                       "embedded; search by vector or item_id")
+                       "embedded; search by vector or item_id (`mec gallery search NAME "
+                       "--like ITEM_ID`)")
     try:
         vectors, bad = embed_client().embed(found, [data])
     except Unreachable as exc:

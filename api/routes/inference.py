@@ -97,7 +97,8 @@ async def _body(model: Model, request: Request) -> tuple[bytes, str, object]:
     if model.deployment is None or not model.deployment.serving:
         reason = (model.deployment and model.deployment.reason) or "it is not deployed"
         raise HTTPException(409, f"model {model.id} is not served: {reason} "
-                                 f"(POST /v1/models/{model.id}/deploy)")
+                                 f"(deploy it: POST /v1/models/{model.id}/deploy, or "
+                                 f"`mec models deploy {model.id}`)")
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith(TYPES):
         raise HTTPException(415, f"body: send an image (image/*), multipart/form-data with an "

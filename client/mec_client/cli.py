@@ -28,7 +28,9 @@ from mec_client.login import DEFAULT_URL, save_login, stack_url
 from mec_client.models import JobPublic
 from mec_client.transport import TransportError
 
-console = Console()
+# Piped into a file or another command, rich would cut tables to 80 columns: lines are
+# kept whole there (up to 200 columns) unless COLUMNS says otherwise.
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
 as_json = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
 COLOURS = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red",
            "cancelled": "magenta"}
@@ -526,8 +528,9 @@ def gallery_list(as_json: bool) -> None:
 
 @gallery.command("delete")
 @click.argument("name")
+@click.confirmation_option(prompt="Delete the gallery and all its items?")
 def gallery_delete(name: str) -> None:
-    """Delete a gallery and all its items."""
+    """Delete a gallery and all its items (asks first; --yes does not)."""
     _api(_client().galleries.delete, name)
     console.print(f"gallery {name} deleted")
 
@@ -676,7 +679,7 @@ def datasets_show(name: str, as_json: bool) -> None:
         return _echo_json(found)
     console.print(f"dataset {found.name}: {found.description or '(no description)'}")
     for v in found.versions:
-        console.print(f"  {v.uri}  {v.images} images, split {v.split}, "
+        console.print(f"  {v.uri}  {v.images} images, {_split(v.split)}, "
                       f"{v.created_at:%Y-%m-%d %H:%M}")
     if found.versions:
         table = Table("class", "train", "test")
@@ -685,9 +688,19 @@ def datasets_show(name: str, as_json: bool) -> None:
         console.print(table)
 
 
+def _split(split: dict) -> str:
+    if split.get("given"):
+        return "the archive's own train and test folders"
+    return (f"{split['test_fraction']:.0%} of each class held out for testing "
+            f"(seed {split['seed']})")
+
+
 @datasets.command("rm")
 @click.argument("name")
+@click.confirmation_option(prompt="Delete the dataset and every version's files?")
 def datasets_rm(name: str) -> None:
+    """Delete dataset NAME with all its versions and their files (asks first; --yes does
+    not). Jobs that trained on it keep their results."""
     _api(_client().datasets.delete, name)
     console.print(f"dataset {name} deleted")
 

@@ -41,7 +41,14 @@ def test_keys_on_a_database_without_the_schema_say_so_and_work_once_upgraded(tmp
                                       '(relation "api_keys" does not exist): run `mec up`')
         upgrade(url)
         done = _mec("keys", "list", MEC_DATABASE_URL=url, MEC_DATA_DIR=str(tmp_path))
-        assert done.returncode == 0 and done.stdout == ""
+        assert done.returncode == 0 and done.stdout == ""  # no keys: no header either
+        made = _mec("keys", "create", "--name", "ci", "--scope", "jobs:read",
+                    MEC_DATABASE_URL=url, MEC_DATA_DIR=str(tmp_path))
+        assert made.returncode == 0 and made.stdout.startswith("mec_")
+        header, row = _mec("keys", "list", MEC_DATABASE_URL=url,
+                           MEC_DATA_DIR=str(tmp_path)).stdout.splitlines()
+        assert header.split() == ["id", "prefix", "state", "project", "scopes", "name"]
+        assert row.split()[2:] == ["active", "default", "jobs:read", "ci"]
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
