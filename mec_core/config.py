@@ -81,7 +81,9 @@ class TrainConfig(BaseModel):
         "imagefolder, synthetic)."
     )
     data_dir: str | None = Field(
-        None, description="Directory of the dataset; default: the dataset's standard place."
+        None, description="Directory of the dataset (or dataset://NAME[/VERSION] for an "
+        "uploaded one); default: the dataset's standard place where it has one "
+        "(fashion-mnist: /usr/share/datasets/fashion-mnist); cifar10 and imagefolder need it."
     )
     train_limit: int | None = Field(
         None, ge=1, le=100_000_000,
