@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tarfile
 import tempfile
@@ -548,9 +549,15 @@ def gallery_add(name: str, images: tuple[str, ...], metadata: str | None, wait: 
     the file's path (a directory's files: relative to it, without the suffix). An id
     already there is replaced."""
     meta = _json_option(metadata, "--metadata")
+    files = _image_files(images)
     items = [{"id": item_id, "image": path.read_bytes(), "metadata": meta}
-             for item_id, path in _image_files(images)]
-    done = _api(_client().galleries.add, name, items, wait=None if not wait else 24 * 3600)
+             for item_id, path in files]
+    try:
+        done = _api(_client().galleries.add, name, items, wait=None if not wait else 24 * 3600)
+    except click.ClickException as exc:  # the API names items by position: say which file
+        exc.message = re.sub(r"items\[(\d+)\]", lambda m: str(files[int(m[1])][1])
+                             if int(m[1]) < len(files) else m[0], exc.message)
+        raise
     if as_json:
         return _echo_json(done)
     if isinstance(done, JobPublic):

@@ -242,6 +242,12 @@ def test_an_import_survives_kill_9_of_the_worker_and_the_api(platform, served, t
     assert found["results"][0]["id"] == "cat1" and len(found["results"]) == 2
     assert "deleted 2 items" in mec("rm", "photos", "cat0", "cat2")
     assert "photos" in mec("list")
+    (folder / "notes.png").write_bytes(b"not a picture")
+    refused = subprocess.run([sys.executable, "-m", "mec_client", "gallery", "add", "photos",
+                              str(folder / "cat0.png"), str(folder / "notes.png")], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1  # the file is named, not "items[1]"
+    assert f"{folder / 'notes.png'}.image: " in refused.stderr, refused.stderr
     try:
         app.galleries.search("photos", item_id="cat0")
     except APIError as exc:
