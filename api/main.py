@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from contextlib import asynccontextmanager
 
@@ -17,9 +18,11 @@ from api import audit, limits
 from api.routes import audit as audit_routes
 from api.routes import datasets, galleries, inference, jobs, models, monitoring, system, ui
 from api.schemas import GalleryItemsIn
+from mec_core.config import TrainConfig
 from mec_platform.datasets import remove_stale_staging
 from mec_platform.errors import ServiceError
 from mec_platform.jobs import JobKind
+from mec_platform.specs import DeploySpec, EvaluateSpec, SweepSpec
 
 
 @asynccontextmanager
@@ -90,6 +93,11 @@ def home() -> RedirectResponse:
     return RedirectResponse("/ui/")
 
 
+# the fields of the job and deploy specs, for the "did you mean" of a misspelt one
+SPEC_FIELDS = sorted({name for spec in (TrainConfig, EvaluateSpec, SweepSpec, DeploySpec)
+                      for name in spec.model_fields})
+
+
 def _field(loc) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     # drop the discriminator's tag (the job kind) that pydantic puts in the path
@@ -103,6 +111,9 @@ def _named(error: dict) -> tuple[str, str, str]:
     head, sep, rest = msg.partition(": ")
     if error["type"] == "value_error" and sep and re.fullmatch(r"[A-Za-z_][\w.]*", head):
         field, msg = head if field == "body" else f"{field}.{head}", rest
+    if error["type"] == "extra_forbidden":
+        near = difflib.get_close_matches(str(error["loc"][-1]), SPEC_FIELDS, n=1, cutoff=0.8)
+        msg += f" (did you mean {near[0]}?)" if near else ""
     return field, msg, error["type"]
 
 

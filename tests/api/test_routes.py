@@ -53,6 +53,11 @@ def test_bad_input__422_names_the_field_and_creates_nothing(client):
     assert r.status_code == 404 and r.json()["detail"].startswith("config.job_id:")
     r = client.get("/v1/jobs", params={"kind": "train"})
     assert r.status_code == 422 and r.json()["detail"].startswith("kind:")
+    r = client.post("/v1/jobs", json={"kind": "pretrain", "config": TINY | {"epoch": 2}})
+    assert r.status_code == 422 and r.json()["detail"] == \
+        "config.epoch: Extra inputs are not permitted (did you mean epochs?)"
+    r = client.post("/v1/jobs", json={"kind": "pretrain", "config": TINY | {"colour": 2}})
+    assert r.json()["detail"] == "config.colour: Extra inputs are not permitted"  # none near
     assert _jobs() == before
 
 
