@@ -172,7 +172,9 @@ class Stack:
         the URLs."""
         missing = [n for n in self.names() if not _alive(self.pid(n))]
         if not missing:
-            raise RuntimeError(f"a stack already runs from {self.data_dir}; `mec down` first")
+            raise RuntimeError(f"a stack already runs from {self.data_dir}: dashboard "
+                               f"{self.api_url}/ui/, API {self.api_url}, logs {self.log_dir} "
+                               "(`mec down` first to start it again)")
         if any(n.startswith("ray-") for n in missing):  # a Ray cluster restarts whole: a
             # node does not join a new head, nor a head take its old nodes back
             missing = [n for n in self.names() if n.startswith("ray-") or n in missing]

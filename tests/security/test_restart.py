@@ -146,6 +146,7 @@ def test_deployments_survive_restarts_and_kill_9(tmp_path, backend):
         still_served("kill -9 of the API, mec up")
         refused = stack.mec("up", "--data-dir", str(stack.data), check=False)
         assert refused.returncode != 0 and "already runs" in refused.stderr
+        assert f"dashboard http://127.0.0.1:{stack.ports[0]}/ui/" in refused.stderr
 
         # TorchServe back empty under a running stack (a container restart): the worker's
         # heartbeat registers the model again
