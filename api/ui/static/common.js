@@ -23,7 +23,10 @@ async function api(path, options = {}) {
     options.body = JSON.stringify(options.json);
   }
   const response = await fetch(path, { ...options, headers, credentials: "same-origin" });
-  if (response.status === 401) { window.location = "/ui/login"; throw new ApiError(401, {}); }
+  if (response.status === 401) {  // logged out meanwhile: back here after logging in
+    window.location = `/ui/login?next=${encodeURIComponent(window.location.pathname + window.location.search)}`;
+    throw new ApiError(401, {});
+  }
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new ApiError(response.status, body);
   return body;
