@@ -144,6 +144,7 @@ def test_dashboard__login_submit_watch_cancel_compare_deploy_galleries(browser, 
     shown = until(browser, lambda d: d.find_element(By.ID, "error").is_displayed()
                   and find(d, "#error").text, 20, "the error")
     assert shown == f"Failed: {failed.error}"
+    assert "top-1" not in find(browser, "#facts").text  # no result tiles waiting for one
     shot(browser, "05b-job-failed")
 
     # the jobs table: filters, then pick two runs and compare them

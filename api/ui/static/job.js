@@ -42,10 +42,12 @@ function evaluationText(job) {
 
 function evaluationFacts(job) {
   const r = job.result || {};
+  const ended = !["queued", "running"].includes(job.status);
   return [el("div", { class: "fact" }, el("span", { class: "muted small", text: "evaluated job" }),
              el("strong", {}, el("a", { href: `/ui/jobs/${job.config.job_id}`, text: `job ${job.config.job_id}` }))),
-          fact("evaluation top-1", orDash(r.top1)), fact("top-5", orDash(r.top5)),
-          fact("train / test images", r.train_size === undefined ? "" : `${r.train_size} / ${r.test_size}`)];
+          ...(ended && r.top1 === undefined ? [] : [  // one that failed has no result to wait for
+            fact("evaluation top-1", orDash(r.top1)), fact("top-5", orDash(r.top5)),
+            fact("train / test images", r.train_size === undefined ? "" : `${r.train_size} / ${r.test_size}`)])];
 }
 
 function showJob(job) {
