@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -46,36 +47,48 @@ def _caller(request: Request, session) -> ApiKey | None:
     return key if key is not None and key.revoked_at is None else None
 
 
+def _back_to(path: str | None) -> str:
+    """Where to go after logging in: the dashboard page asked for (a relative path under
+    /ui/, never another site), else the jobs list."""
+    if path and path.startswith("/ui/") and not any(bad in path for bad in ("//", "\\", "..")) \
+            and path.isprintable():
+        return path
+    return "/ui/"
+
+
 def _page(request: Request, session, name: str, **context) -> Response:
     key = _caller(request, session)
     if key is None:
-        return secure_headers(RedirectResponse("/ui/login", status_code=303))
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        login = "/ui/login" if here == "/ui/" else f"/ui/login?next={quote(here, safe='/')}"
+        return secure_headers(RedirectResponse(login, status_code=303))
     return secure_headers(templates.TemplateResponse(request, f"{name}.html", {
         "page": name, "pages": PAGES, "project": key.project, "prefix": key.prefix,
         **context}))
 
 
 @router.get("/login", response_class=HTMLResponse)
-def login_form(request: Request, error: str | None = None):
+def login_form(request: Request, error: str | None = None, next: str | None = None):
     token = secrets.token_urlsafe(24)
-    response = templates.TemplateResponse(request, "login.html",
-                                          {"csrf": token, "error": error, "page": "login"})
+    response = templates.TemplateResponse(request, "login.html", {
+        "csrf": token, "error": error, "page": "login", "next": _back_to(next)})
     _cookie(response, request, CSRF_COOKIE, token, http_only=False)
     return secure_headers(response)
 
 
 @router.post("/login")
 def login(request: Request, session: SessionDep, key: Annotated[str, Form()],
-          csrf: Annotated[str, Form()]):
-    """Check the key and keep it in an HttpOnly cookie (never in a URL)."""
+          csrf: Annotated[str, Form()], next: Annotated[str, Form()] = "/ui/"):
+    """Check the key and keep it in an HttpOnly cookie (never in a URL); then back to the
+    page that asked for it."""
     if not csrf_ok(request, csrf):
-        return login_form(request, "The form expired; try again.")
+        return login_form(request, "The form expired; try again.", next)
     found = keys.lookup(session, key.strip())
     if found is None or found.revoked_at is not None:
-        response = login_form(request, "That key is unknown or revoked.")
+        response = login_form(request, "That key is unknown or revoked.", next)
         response.status_code = 401
         return response
-    response = RedirectResponse("/ui/", status_code=303)
+    response = RedirectResponse(_back_to(next), status_code=303)
     _cookie(response, request, SESSION_COOKIE, key.strip(), http_only=True)
     _cookie(response, request, CSRF_COOKIE, secrets.token_urlsafe(24), http_only=False)
     return secure_headers(response)

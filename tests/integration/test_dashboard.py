@@ -5,6 +5,7 @@ screenshot is kept in test-artifacts/dashboard/ (MEC_TEST_ARTIFACTS overrides)."
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -143,6 +144,7 @@ def test_dashboard__login_submit_watch_cancel_compare_deploy_galleries(browser, 
     shown = until(browser, lambda d: d.find_element(By.ID, "error").is_displayed()
                   and find(d, "#error").text, 20, "the error")
     assert shown == f"Failed: {failed.error}"
+    assert "top-1" not in find(browser, "#facts").text  # no result tiles waiting for one
     shot(browser, "05b-job-failed")
 
     # the jobs table: filters, then pick two runs and compare them
@@ -247,7 +249,43 @@ def test_dashboard__pages_send_csp_and_writes_need_the_csrf_header(platform):
     assert with_token.status_code == 404  # past the CSRF check, to the route
     assert httpx.get(f"{platform.url}/ui/", follow_redirects=False).headers["location"] \
         == "/ui/login"
+    # after logging in, back to the page asked for: only a dashboard path, never another site
+    assert httpx.get(f"{platform.url}/ui/models?x=1", follow_redirects=False) \
+        .headers["location"] == "/ui/login?next=/ui/models%3Fx%3D1"
+    for asked, landed in (("/ui/models", "/ui/models"), ("https://evil.example/ui/", "/ui/"),
+                          ("//evil.example/ui/", "/ui/"), ("/ui//evil.example", "/ui/"),
+                          ("/ui/../v1/jobs", "/ui/"), ("/v1/jobs", "/ui/")):
+        with httpx.Client(base_url=platform.url) as web:
+            web.get("/ui/login")
+            answer = web.post("/ui/login", data={"key": platform.key, "next": asked,
+                                                 "csrf": web.cookies["mec_csrf"]})
+            assert answer.status_code == 303 and answer.headers["location"] == landed, asked
 
+
+
+def test_dashboard__login_returns_to_the_page_a_missing_job_and_the_reference_set(browser,
+                                                                                 platform):
+    """Logged out, a page sends to the login and the login back to that page; a job that
+    is not in the project reads so, alone; the Search page speaks of a deployment's
+    reference set (a gallery is an app's)."""
+    browser.delete_all_cookies()
+    browser.get(f"{platform.url}/ui/jobs/999999")
+    until(browser, lambda d: "/ui/login?next=" in d.current_url, 10, "the login page")
+    field = find(browser, "#key")
+    field.send_keys(platform.key)
+    find(browser, "form button[type=submit]").click()
+    until(browser, lambda d: d.current_url == f"{platform.url}/ui/jobs/999999", 10,
+          "back to the page asked for")
+    missing = until(browser, lambda d: find(d, "#missing").is_displayed() and find(d, "#missing"),
+                    10, "the missing job's state")
+    assert missing.find_element(By.TAG_NAME, "h1").text == "No job 999999 in this project"
+    time.sleep(2.5)  # a poll later: still only that, no toast, no empty job
+    assert not find(browser, "#job-view").is_displayed()
+    assert not find(browser, "#toast").is_displayed()
+    shot(browser, "22-job-missing")
+    browser.get(f"{platform.url}/ui/search")
+    intro = until(browser, lambda d: find(d, "main p.muted").text, 10, "the search page")
+    assert "reference set" in intro and "gallery" not in intro
 
 
 def fill(browser, values: dict) -> None:
@@ -337,6 +375,10 @@ def test_dashboard__a_sweep_shows_its_trials_and_deploys_the_best(browser, platf
     assert best.get_attribute("data-id") == str(done["result"]["best"]["job_id"])
     assert "best" in best.text and find(browser, "#curves").get_attribute("hidden") is not None
     assert find(browser, "#progress-text").text.startswith("2 of 2 trials finished")
+    space = browser.execute_script(
+        "return [...document.querySelectorAll('#config tr')]"
+        ".find(r => r.cells[0].textContent === 'space').cells[1].textContent")
+    assert json.loads(space) == {"base_lr": {"choice": [0.05, 0.3]}}  # no unset kinds
     shot(browser, "11-sweep")
     find(browser, "#promote").click()
     until(browser, lambda d: "/ui/jobs/" in d.current_url and
@@ -347,6 +389,23 @@ def test_dashboard__a_sweep_shows_its_trials_and_deploys_the_best(browser, platf
     model = next(m for m in platform.get("/v1/models")["data"]
                  if m["id"] == deployed["config"]["model_id"])
     assert model["job_id"] == done["result"]["best"]["job_id"]
+    # the deploy job's page: its own progress (reference images embedded), no curves, no kNN
+    images = deployed["progress"]["total_steps"]
+    until(browser, lambda d: find(d, "#progress-text").text.startswith(
+        f"images embedded {images} of {images}"), 20, "the deploy job's progress")
+    assert not find(browser, "#tabs .tab[data-tab=curves]").is_displayed()
+    assert not find(browser, "#curves").is_displayed() and find(browser, "#logs").is_displayed()
+    assert "kNN" not in find(browser, "#facts").text
+    shot(browser, "11b-deploy-job")
+    # the models page: the Deploy / Undeploy cell lines up with its row
+    browser.get(f"{platform.url}/ui/models")
+    until(browser, lambda d: "serving" in find(d, f'tr[data-id="{model["id"]}"]').text, 20,
+          "the models table")
+    edges = browser.execute_script(
+        "return [...arguments[0].cells].map(c => c.getBoundingClientRect())"
+        ".map(r => [r.top, r.bottom])", find(browser, f'tr[data-id="{model["id"]}"]'))
+    assert len({tuple(e) for e in edges}) == 1, edges
+    shot(browser, "11c-models-actions")
     big = platform.post("/v1/jobs", {"kind": "pretrain", "name": "too-big",
                                      "config": TINY | {"max_steps": 4, "processes": 4}})
     browser.get(f"{platform.url}/ui/jobs/{big['id']}")
@@ -381,7 +440,7 @@ def test_dashboard__the_logs_tab_follows_a_running_job_and_shows_a_traceback(bro
     assert client.job(job.id).status == "running", first  # it came while the job trained
     assert f"[1 worker] INFO worker.tasks: job {job.id}: attempt 1 on " in first[0]
     shot(browser, "13-job-logs-running")
-    until(browser, lambda d: "the job is succeeded" in find(d, "#log-state").text, 240,
+    until(browser, lambda d: find(d, "#log-state").text.endswith("· the job succeeded"), 240,
           "the stream's end")
     shown = _log_lines(browser)
     assert len(shown) == len(list(client.logs(job.id))) and \
@@ -394,7 +453,8 @@ def test_dashboard__the_logs_tab_follows_a_running_job_and_shows_a_traceback(bro
     browser.get(f"{platform.url}/ui/jobs/{failed.id}")
     until(browser, lambda d: find(d, '.tab[data-tab="logs"]').is_displayed(), 20, "the tabs")
     find(browser, '.tab[data-tab="logs"]').click()
-    until(browser, lambda d: "the job is failed" in find(d, "#log-state").text, 30, "the end")
+    until(browser, lambda d: find(d, "#log-state").text.endswith("· the job failed"), 30,
+          "the end")
     red = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#log .line.bad")]
     assert any("Traceback (most recent call last):" in t for t in red)
     assert any("ValueError: batch_size 32 exceeds the 16 training images" in t for t in red)
@@ -405,8 +465,9 @@ def test_dashboard__reasons_two_knn_measures_an_evaluations_result_clone_and_sea
         browser, platform):
     """The jobs table says why a job failed and keeps the online kNN apart from an
     evaluation's top-1; an evaluate job's page shows its result and the job it evaluated;
-    a training job's tile shows its newest online kNN; Clone submits the same spec; the
-    search page shows no result before a search."""
+    a training job's tile shows its newest online kNN and it lists its evaluations and its
+    model; a failed job without metrics says so; Clone fills the Submit form with the spec
+    and sends nothing until Submit; the search page shows no result before a search."""
     client = Client(platform.url, platform.key)
     trained = client.submit({"kind": "pretrain", "name": "ui-knn", "config": TINY | {
         "max_steps": 8, "epochs": 1, "monitor_every": 3, "log_every": 1}})
@@ -431,6 +492,8 @@ def test_dashboard__reasons_two_knn_measures_an_evaluations_result_clone_and_sea
     assert _pct(cells(trained.id)[online]) == pytest.approx(knn, abs=0.006)
     assert cells(trained.id)[evaluated] == "—" and cells(evaluation.id)[online] == "—"
     assert _pct(cells(evaluation.id)[evaluated]) == pytest.approx(result["top1"], abs=0.006)
+    kind = heads.index("KIND")
+    assert cells(evaluation.id)[kind] == "evaluate (knn)" and cells(trained.id)[kind] == "pretrain"
     shot(browser, "15-jobs-reasons-and-two-knn")
 
     browser.get(f"{platform.url}/ui/jobs/{evaluation.id}")
@@ -446,18 +509,54 @@ def test_dashboard__reasons_two_knn_measures_an_evaluations_result_clone_and_sea
     assert not find(browser, '.tab[data-tab="curves"]').is_displayed()
     shot(browser, "16-evaluation-job")
 
+    browser.get(f"{platform.url}/ui/jobs/{failed.id}")
+    until(browser, lambda d: find(d, "#no-metrics").is_displayed(), 20, "the failed job's page")
+    assert find(browser, "#no-metrics").text == "This job recorded no metrics."
+    assert "online kNN" not in find(browser, "#facts").text  # it never got to measure one
+    assert find(browser, "#progress-text").text == ""  # no "step 0 of ?"
+    assert not find(browser, "#x-axis").is_displayed()  # nothing to draw over steps
+    assert not find(browser, "#related").is_displayed()  # no model, nothing to list
+    shot(browser, "16b-failed-job-without-metrics")
+
     browser.get(f"{platform.url}/ui/jobs/{trained.id}")
     tile = '#facts .fact:last-child strong'
     until(browser, lambda d: find(d, tile).text != "—", 20, "the kNN tile")
     assert "online kNN top-1" in find(browser, "#facts").text
     assert _pct(find(browser, tile).text) == pytest.approx(knn, abs=0.006)
+    row = until(browser, lambda d: d.find_elements(
+        By.CSS_SELECTOR, f'#evaluations tr[data-id="{evaluation.id}"]'), 20, "its evaluations")[0]
+    protocol, status, top1 = (td.text for td in row.find_elements(By.TAG_NAME, "td")[1:])
+    assert (protocol, status) == ("knn", "succeeded")
+    assert _pct(top1) == pytest.approx(result["top1"], abs=0.006)
+    model = next(m for m in client.models().data if m.job_id == trained.id)
+    assert find(browser, "#model").text == f"model {model.id} · not deployed"
+    assert find(browser, "#model a").get_attribute("href").endswith("/ui/models")
     shot(browser, "17-job-online-knn-tile")
+
+    # Clone: the Submit form holds the spec, to edit; only Submit sends it
+    before = platform.get("/v1/jobs")["count"]
     find(browser, "#clone").click()
-    until(browser, lambda d: d.current_url.rstrip("/") != f"{platform.url}/ui/jobs/{trained.id}",
-          20, "the clone's page")
+    until(browser, lambda d: find(d, "[data-field=max_steps]").get_attribute("value") == "8",
+          20, "the form filled from the job")
+    assert browser.current_url.endswith(f"/ui/submit?clone={trained.id}")
+    assert find(browser, "#job-name").get_attribute("value") == "ui-knn"
+    assert find(browser, "[data-field=batch_size]").get_attribute("value") == "32"
+    assert Select(find(browser, "[data-field=dataset]")).first_selected_option.text == "synthetic"
+    time.sleep(1)
+    assert platform.get("/v1/jobs")["count"] == before  # nothing sent yet
+    shot(browser, "17b-clone-filled-form")
+    fill(browser, {"max_steps": 6})
+    find(browser, "#submit button[type=submit]").click()
+    until(browser, lambda d: "/ui/jobs/" in d.current_url, 10, "the clone's page")
     clone = client.job(int(browser.current_url.rsplit("/", 1)[1]))
-    assert clone.id != trained.id and clone.config == client.job(trained.id).config
+    assert clone.id != trained.id and clone.name == "ui-knn"
+    assert clone.config == client.job(trained.id).config | {"max_steps": 6}
     client.cancel(clone.id)
+    browser.get(f"{platform.url}/ui/submit?clone={evaluation.id}")  # an evaluation: as JSON
+    text = until(browser, lambda d: find(d, "#raw-config").get_attribute("value"), 20, "JSON")
+    assert json.loads(text)["job_id"] == trained.id and find(browser, "#heading").text == \
+        f"New evaluate job, a copy of job {evaluation.id}"
+    assert not find(browser, "#fields").is_displayed()
 
     browser.get(f"{platform.url}/ui/search")
     until(browser, lambda d: find(d, "#search").is_displayed(), 20, "the search page")
@@ -527,6 +626,14 @@ def test_dashboard__curves_grouped_by_axis_and_smoothed_with_the_resolved_config
     assert {"loss", "coding_length", "lr"} <= groups["training"]
     assert groups["health"] == {"knn_top1", "effective_rank", "spectral_norm"}
     assert {"time_forward", "lambda_inv"} <= groups["internal"]
+    # every chart's y axis is as wide as its widest tick label (memory in MB: "1,217.55")
+    for metric in ("system_rss_mb", "loss"):
+        widest, size = browser.execute_script(
+            f"const u = document.querySelector('.chart[data-metric={metric}]').plot, a = u.axes[1];"
+            "u.ctx.font = a.font[0];"
+            "return [Math.max(...a._values.map(v => u.ctx.measureText(v).width)),"
+            " a._size - a.ticks.size - a.gap]")  # the room left for the labels
+        assert 0 < widest <= size, (metric, widest, size)
     assert not find(browser, '#group-internal .chart[data-metric="time_forward"]').is_displayed()
     find(browser, "#group-internal summary").click()
     until(browser, lambda d: find(d, '#group-internal .chart[data-metric="time_forward"] canvas')

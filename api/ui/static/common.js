@@ -23,7 +23,10 @@ async function api(path, options = {}) {
     options.body = JSON.stringify(options.json);
   }
   const response = await fetch(path, { ...options, headers, credentials: "same-origin" });
-  if (response.status === 401) { window.location = "/ui/login"; throw new ApiError(401, {}); }
+  if (response.status === 401) {  // logged out meanwhile: back here after logging in
+    window.location = `/ui/login?next=${encodeURIComponent(window.location.pathname + window.location.search)}`;
+    throw new ApiError(401, {});
+  }
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new ApiError(response.status, body);
   return body;
@@ -100,6 +103,14 @@ function every(ms, fn) {
 
 const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
 
+// A y axis as wide as its widest tick label ("1,217.55" MB needs more room than "0.5").
+function axisWidth(u, values, index) {
+  const axis = u.axes[index];
+  u.ctx.font = axis.font[0];
+  const widest = Math.max(0, ...(values || []).map((v) => u.ctx.measureText(v).width));
+  return Math.max(40, Math.ceil(widest / uPlot.pxRatio + axis.ticks.size + axis.gap + 4));
+}
+
 // One uPlot chart of several series that share the x axis (`xLabel`, steps by default).
 // `onZoom(min, max)`: called with the x range the user dragged over (the chart zooms to it).
 function lineChart(container, title, xs, series, { xLabel = "step", onZoom = null } = {}) {
@@ -109,7 +120,7 @@ function lineChart(container, title, xs, series, { xLabel = "step", onZoom = nul
   const options = {
     title, width, height: 220,
     scales: { x: { time: false } },
-    axes: [{ label: xLabel }, { size: 60 }],
+    axes: [{ label: xLabel }, { size: axisWidth }],
     cursor: { drag: { x: true, y: false } },
     hooks: onZoom ? { setSelect: [(u) => {
       if (u.select.width < 2) return;

@@ -42,24 +42,22 @@ function evaluationText(job) {
 
 function evaluationFacts(job) {
   const r = job.result || {};
+  const ended = !["queued", "running"].includes(job.status);
   return [el("div", { class: "fact" }, el("span", { class: "muted small", text: "evaluated job" }),
              el("strong", {}, el("a", { href: `/ui/jobs/${job.config.job_id}`, text: `job ${job.config.job_id}` }))),
-          fact("evaluation top-1", orDash(r.top1)), fact("top-5", orDash(r.top5)),
-          fact("train / test images", r.train_size === undefined ? "" : `${r.train_size} / ${r.test_size}`)];
+          ...(ended && r.top1 === undefined ? [] : [  // one that failed has no result to wait for
+            fact("evaluation top-1", orDash(r.top1)), fact("top-5", orDash(r.top5)),
+            fact("train / test images", r.train_size === undefined ? "" : `${r.train_size} / ${r.test_size}`)])];
 }
 
 function showJob(job) {
   document.getElementById("name").textContent = job.name;
+  const running = job.status === "queued" || job.status === "running";
   document.getElementById("status").replaceChildren(badge(job.status));
   const bar = document.getElementById("bar");
   bar.className = job.status;
   bar.style.width = `${Math.min(100, job.progress.percent)}%`;
-  const p = job.progress;
-  const unit = job.kind === "sweep" ? "trials finished" : "";
-  document.getElementById("progress-text").textContent = job.kind === "evaluate" ? evaluationText(job) :
-    (unit ? `${p.step} of ${p.total_steps ?? "?"} ${unit}` : `step ${p.step} of ${p.total_steps ?? "?"}`) +
-    ` (${p.percent.toFixed(1)} %)` +
-    (job.eta_seconds ? ` · ${eta(job.eta_seconds)}` : "");
+  document.getElementById("progress-text").textContent = progressText(job);
   const waiting = document.getElementById("waiting");
   waiting.hidden = !job.waiting;
   waiting.textContent = job.waiting ? `Waiting: ${job.waiting}` : "";
@@ -76,22 +74,22 @@ function showJob(job) {
     fact("finished", when(job.finished_at)),
     ...(job.kind === "sweep" ? [fact("best trial", bestOf(job))]
       : job.kind === "evaluate" ? evaluationFacts(job)
-        : [fact("online kNN top-1", orDash(onlineKnn(job)))]));
-  const running = job.status === "queued" || job.status === "running";
+        : job.kind === "pretrain" && (running || onlineKnn(job) !== undefined)
+          ? [fact("online kNN top-1", orDash(onlineKnn(job)))] : []));
   document.getElementById("cancel").hidden = !running || job.cancel_requested;
   document.getElementById("evaluate").hidden = !(job.kind === "pretrain" && job.status === "succeeded");
   document.getElementById("promote").hidden = !(job.kind === "sweep" && job.result && job.result.best);
   document.getElementById("tabs").hidden = job.kind === "sweep";
   if (job.kind === "sweep") document.getElementById("curves").hidden = true;
-  if (job.kind === "evaluate" && !document.querySelector('.tab[data-tab="curves"]').hidden) {
-    document.querySelector('.tab[data-tab="curves"]').hidden = true;  // it logs no curves
-    document.querySelector('.tab[data-tab="logs"]').click();
+  if (job.kind !== "pretrain" && !document.querySelector('.tab[data-tab="curves"]').hidden) {
+    document.querySelector('.tab[data-tab="curves"]').hidden = true;  // only training logs curves
+    if (job.kind !== "sweep") document.querySelector('.tab[data-tab="logs"]').click();
   }
   document.getElementById("clone").hidden = running || !CLONABLE.includes(job.kind);
   // a pretraining job's fields left to the run show what it decided
   const resolved = job.resolved_config || job.config;
   const rows = Object.entries(job.config).map(([k, v]) => {
-    const shown = resolved[k] ?? v;
+    const shown = k === "space" && job.kind === "sweep" ? setOnly(v) : resolved[k] ?? v;
     return el("tr", {}, el("th", { text: k }), el("td", {},
       shown === null ? el("span", { class: "muted", text: "null" })
         : typeof shown === "object" ? JSON.stringify(shown) : String(shown),
@@ -99,6 +97,42 @@ function showJob(job) {
   });
   document.querySelector("#config tbody").replaceChildren(...rows);
   finished = !running;
+}
+
+// Progress in the job's own units: training steps, finished trials, embedded images or items.
+const UNITS = { deploy: "images embedded", gallery: "items embedded" };
+function progressText(job) {
+  if (job.kind === "evaluate") return evaluationText(job);
+  const p = job.progress;
+  if (p.step === 0 && job.finished_at) return "";  // it ended before its first step
+  const of = `${p.step} of ${p.total_steps ?? "?"}`;
+  const counted = job.kind === "pretrain" ? `step ${of}` : job.kind === "sweep" ? `${of} trials finished`
+    : UNITS[job.kind] && p.total_steps ? `${UNITS[job.kind]} ${of}` : "";
+  return (counted ? `${counted} (${p.percent.toFixed(1)} %)` : "") +
+    (job.eta_seconds ? ` · ${eta(job.eta_seconds)}` : "");
+}
+
+// A sweep's space as it was given: each field's one distribution, without the unset ones.
+const setOnly = (space) => Object.fromEntries(Object.entries(space).map(([field, dist]) =>
+  [field, Object.fromEntries(Object.entries(dist).filter(([, v]) => v !== null))]));
+
+// A pretraining job's evaluations and its model (from the jobs and models lists: an
+// evaluation names the job it evaluated in its config).
+async function showRelated() {
+  const [evaluations, models] = await Promise.all([
+    api("/v1/jobs?kind=evaluate&limit=500"), api("/v1/models?limit=500")]);
+  const mine = evaluations.data.filter((e) => e.config.job_id === jobId).reverse();
+  document.querySelector("#evaluations tbody").replaceChildren(...mine.map((e) =>
+    el("tr", { "data-id": e.id }, el("td", {}, el("a", { href: `/ui/jobs/${e.id}`, text: `job ${e.id}` })),
+       el("td", { text: e.config.protocol || "knn" }), el("td", {}, badge(e.status)),
+       el("td", { class: "num", text: orDash(evaluationOf(e)) }))));
+  document.getElementById("evaluations").hidden = mine.length === 0;
+  const model = models.data.find((m) => m.job_id === jobId);
+  const state = model && model.deployment ? model.deployment.status : "not deployed";
+  document.getElementById("model").replaceChildren(...(model
+    ? [el("a", { href: "/ui/models", text: `model ${model.id}` }), ` · ${state}`]
+    : [el("span", { class: "muted", text: "No model" + (mine.length ? "" : " and no evaluation") + " yet." })]));
+  document.getElementById("related").hidden = false;
 }
 
 // A sweep's trials, live: the searched fields, status, the objective (the sweep's record of
@@ -206,7 +240,10 @@ async function loadMetrics(job) {
     if (chart.plot) show(name); else draw(name);
   }
   lastStep = m.last_step;
-  document.getElementById("no-metrics").hidden = Object.keys(charts).length > 0;
+  const none = document.getElementById("no-metrics");
+  none.hidden = Object.keys(charts).length > 0;
+  none.textContent = finished ? "This job recorded no metrics." : "No metrics yet.";
+  document.querySelector(".curves-bar .filters").hidden = !none.hidden;  // nothing to zoom or smooth
 }
 
 function redraw() {
@@ -245,12 +282,25 @@ async function zoomDetail(name, min, max) {
 
 const CLONABLE = ["pretrain", "evaluate", "sweep"];  // the kinds POST /v1/jobs takes
 
+let missing = false;
 async function refresh() {
+  if (missing) return;
   const wasFinished = finished;
-  const job = await api(`/v1/jobs/${jobId}`);
+  let job;
+  try {
+    job = await api(`/v1/jobs/${jobId}`);
+  } catch (e) {
+    if (e.status !== 404) throw e;
+    missing = true;
+    document.getElementById("missing").hidden = false;
+    return;
+  }
   showJob(job);
+  document.getElementById("job-view").hidden = false;
   if (wasFinished) return;
-  await (job.kind === "sweep" ? showTrials(job) : loadMetrics(job));
+  if (job.kind === "sweep") await showTrials(job);
+  else if (job.kind === "pretrain") await loadMetrics(job);
+  if (job.kind === "pretrain" && job.status === "succeeded") await showRelated();
 }
 
 document.getElementById("cancel").addEventListener("click", async () => {
@@ -294,7 +344,9 @@ function followLogs() {
   logStream.addEventListener("end", (e) => {
     logStream.close();
     const lines = document.querySelectorAll("#log .line").length;
-    state.textContent = `${lines} line${lines === 1 ? "" : "s"} · the job is ${JSON.parse(e.data).status}`;
+    const status = JSON.parse(e.data).status;
+    state.textContent = `${lines} line${lines === 1 ? "" : "s"} · the job ${
+      ["succeeded", "failed"].includes(status) ? status : status === "cancelled" ? "was cancelled" : "has finished"}`;
   });
   logStream.onopen = () => { state.textContent = "following"; };
   logStream.onerror = () => { state.textContent = "reconnecting…"; };
@@ -305,13 +357,7 @@ document.querySelectorAll("#tabs .tab").forEach((tab) => tab.addEventListener("c
   document.querySelectorAll(".tab-panel").forEach((p) => { p.hidden = p.id !== tab.dataset.tab; });
   if (tab.dataset.tab === "logs") followLogs();
 }));
-document.getElementById("clone").addEventListener("click", async () => {
-  try {
-    const job = await api(`/v1/jobs/${jobId}`);
-    const copy = await api("/v1/jobs", { method: "POST", json: {
-      kind: job.kind, name: job.name, tags: job.tags, priority: job.priority, queue: job.queue,
-      config: job.config } });
-    window.location = `/ui/jobs/${copy.id}`;
-  } catch (e) { toast(e.message, "error"); }
+document.getElementById("clone").addEventListener("click", () => {
+  window.location = `/ui/submit?clone=${jobId}`;  // the form filled from this job, to edit
 });
 every(2000, refresh);

@@ -34,7 +34,7 @@ function row(job) {
     el("td", {}, el("a", { href: `/ui/jobs/${job.id}`, text: job.id })),
     el("td", {}, el("a", { href: `/ui/jobs/${job.id}`, text: job.name || "—" }),
        ...job.tags.map((t) => el("span", { class: "tag", text: t }))),
-    el("td", { text: job.kind }),
+    el("td", { text: job.kind === "evaluate" ? `evaluate (${c.protocol || "knn"})` : job.kind }),
     el("td", {}, badge(job.status), reason(job)),
     el("td", {}, progressBar(job)),
     el("td", { class: "muted", text: what }),

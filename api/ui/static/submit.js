@@ -3,10 +3,13 @@
 // in /openapi.json). Empty fields show what the job would run with for what is filled in
 // so far (the chosen dataset's recipe), as POST /v1/jobs/validate resolves it; a value that
 // is not of its field's type is refused at the field before anything is sent; the API's 422
-// messages are shown next to their fields.
+// messages are shown next to their fields. `?clone=<job id>` fills the form from that job's
+// spec (an evaluation or a sweep: its config as JSON), to edit before submitting.
 
 const form = document.getElementById("submit");
 const inputs = {};  // config field -> input
+let kind = "pretrain";
+let queue = null;  // a clone's queue, kept
 
 function resolve(schema, spec) {
   if (spec.$ref) return resolve(schema, schema.components.schemas[spec.$ref.split("/").pop()]);
@@ -76,9 +79,15 @@ function fieldError(field, message) {
 // The spec the form holds, or null when a field is not of its type (marked at the field).
 function spec() {
   clearErrors();
-  const config = {};
+  let config = {};
   let ok = true;
-  for (const [name, control] of Object.entries(inputs)) {
+  if (kind !== "pretrain") {
+    try { config = JSON.parse(document.getElementById("raw-config").value); } catch (e) {
+      fieldError("config", `not JSON: ${e.message}`);
+      ok = false;
+    }
+  }
+  for (const [name, control] of Object.entries(kind === "pretrain" ? inputs : {})) {
     try {
       const v = value(control);
       if (v !== undefined) config[name] = v;
@@ -93,7 +102,8 @@ function spec() {
     ok = false;
   }
   if (!ok) return null;
-  const body = { kind: "pretrain", config };
+  const body = { kind, config };
+  if (queue) body.queue = queue;
   const name = document.getElementById("job-name").value.trim();
   const tags = document.getElementById("job-tags").value.split(",").map((t) => t.trim()).filter(Boolean);
   if (name) body.name = name;
@@ -141,12 +151,37 @@ async function check() {
   }
 }
 
+// The form holds a copy of `job`'s spec; nothing is sent until Submit.
+function fillFrom(job) {
+  kind = job.kind;
+  queue = job.queue;
+  document.getElementById("heading").textContent =
+    `New ${kind === "pretrain" ? "pretraining" : kind} job, a copy of job ${job.id}`;
+  document.getElementById("job-name").value = job.name || "";
+  document.getElementById("job-tags").value = job.tags.join(", ");
+  document.getElementById("job-priority").value = job.priority;
+  if (kind === "pretrain") {
+    for (const [name, control] of Object.entries(inputs)) {
+      const v = job.config[name];
+      if (v !== null && v !== undefined) control.value = String(v);
+    }
+    return;
+  }
+  document.getElementById("intro").hidden = true;
+  document.getElementById("fields").hidden = true;
+  document.getElementById("raw").hidden = false;
+  document.getElementById("raw-config").value =  // unset (null) fields are left to their defaults
+    JSON.stringify(job.config, (k, v) => (v === null ? undefined : v), 2);
+}
+
 async function build() {
   const schema = await (await fetch("/openapi.json")).json();
   const config = schema.components.schemas.TrainConfig;
   document.getElementById("fields").replaceChildren(...Object.entries(config.properties)
     .map(([name, spec]) => input(name, { ...resolve(schema, spec), description: spec.description,
                                           default: spec.default })));
+  const source = new URLSearchParams(window.location.search).get("clone");
+  if (source) fillFrom(await api(`/v1/jobs/${Number(source)}`));
   await check();
 }
 
