@@ -95,6 +95,7 @@ class Stack:
     def processes(self) -> dict[str, Process]:
         """The stack: TorchServe (serving.torchserve), the API and a worker (by module path:
         the launcher imports neither)."""
+        from mec_platform.deployments import archive_urls
         from serving.torchserve import LocalTorchServe
 
         p, settings = self.ports, self.settings
@@ -102,7 +103,8 @@ class Stack:
 
         def start_torchserve() -> int:
             return LocalTorchServe(settings.torchserve_home, settings.model_store, p.inference,
-                                   p.management, p.metrics, env=self.env
+                                   p.management, p.metrics, env=self.env,
+                                   archive_urls=archive_urls()
                                    ).spawn(self._log("torchserve"))
 
         return {
