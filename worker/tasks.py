@@ -288,16 +288,16 @@ def gallery_job(job_id: int) -> None:
 
 
 def run_gallery(job_id: int, owner: str) -> Outcome | None:
-    staged = Path(_load(lambda s: s.get(Job, job_id).config["items"]))
+    staged = _load(lambda s: s.get(Job, job_id).config["items"])
     try:
         ended = galleries.run_add(job_id, owner)
     except galleries.GalleryGone as exc:
-        staged.unlink(missing_ok=True)
+        storage.remove(staged)
         raise JobFailed(str(exc)) from None
     if ended is None:
         return None
     if ended[0] in jobs.FINISHED:
-        staged.unlink(missing_ok=True)
+        storage.remove(staged)
     return Outcome(*ended)
 
 
