@@ -59,6 +59,8 @@ def one_run(job_id: int, config, storage_url: str) -> tuple[float, float, int, i
 
 
 def run(args: argparse.Namespace) -> dict:
+    import torch
+
     from mec_core.config import TrainConfig
 
     root = Path(tempfile.mkdtemp(prefix="mec-bench-checkpoints-"))
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> dict:
                        f"--steps {args.steps} --checkpoint-every {args.checkpoint_every} "
                        f"--backbone {args.backbone} --batch-size {args.batch_size}",
             "backbone": args.backbone, "batch_size": args.batch_size, "steps": steps,
+            "torch_threads": torch.get_num_threads(),
             "checkpoint_every": args.checkpoint_every, "checkpoint_bytes": size,
             "step_seconds": step, "median_step_seconds": medians,
             "s3_over_file": round(medians["s3"] / medians["file"], 4),
@@ -103,7 +106,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def markdown(r: dict) -> str:
     med, cpu = r["median_step_seconds"], r["median_cpu_step_seconds"]
-    return (f"{r['backbone']}, batch {r['batch_size']}, {r['steps']} steps, a checkpoint of "
+    threads = f", {r['torch_threads']} torch thread(s)" if "torch_threads" in r else ""
+    return (f"{r['backbone']}, batch {r['batch_size']}, {r['steps']} steps{threads}, a "
+            "checkpoint of "
             f"{r['checkpoint_bytes'] / 2**20:.0f} MiB every {r['checkpoint_every']} steps, "
             f"{len(r['step_seconds']['s3'])} repeats, {r['when']} ({r['host']['cpu']}, "
             f"{r['host']['cores']} cores):\n\n"
