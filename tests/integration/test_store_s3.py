@@ -26,7 +26,7 @@ from harness import (
 from mec_platform.storage import open_store
 from serving.torchserve import LocalTorchServe, unused_ports
 
-pytestmark = pytest.mark.slow  # ~4 min in all: an S3 server, TorchServe started three times
+pytestmark = pytest.mark.slow  # ~2 min in all: an S3 server, TorchServe started three times
 
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
         "proj_hidden_dim": 64, "pred_hidden_dim": 16, "train_limit": 256, "epochs": 1,
