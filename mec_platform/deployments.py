@@ -2,8 +2,13 @@
 promotion of its best trial), and the state the platform restores: the database says
 which models serve at which version (specs.Deployment); TorchServe starts empty (`--ncs`),
 so whenever it (re)starts every model recorded as serving is registered again, at the
-same version, from the archives its deploy left in the model store. Galleries, bound to a
-deployment number, stay valid."""
+same version, from the archives its deploy left. Galleries, bound to a deployment number,
+stay valid.
+
+Where the archives are: on a file:// store, in the model store TorchServe shares with the
+platform on its host (registered by file name, as always); on an S3 store, in the store
+(`archives/`), registered by a presigned URL from which TorchServe downloads the archive
+into its own model store: no disk shared between TorchServe's host and the workers'."""
 
 from __future__ import annotations
 
@@ -15,12 +20,12 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from mec_platform import jobs, paths
+from mec_platform import jobs, paths, storage
 from mec_platform.errors import Conflict, Invalid
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
-from mec_platform.specs import LOST, Deployment, DeploySpec
+from mec_platform.specs import LOST, DeploySpec
 from mec_platform.tables import Job, Model
 from serving.client import TorchServe
 
@@ -53,8 +58,35 @@ def promote(session: Session, sweep: Job) -> Job:
 
 
 def archive(model_store: Path, endpoint: str, number: int) -> Path:
-    """Where a deploy leaves an endpoint's archive (worker/deploy.py)."""
+    """Where an endpoint's archive is on a file:// store (worker/deploy.py leaves it)."""
     return model_store / f"{endpoint}-v{number}.mar"
+
+
+def keep_archive(mar: Path, model_store: Path, endpoint: str, number: int) -> None:
+    """Leave a deploy's archive where `archive_source` finds it (moved from `mar`)."""
+    store = storage.get_store()
+    if store.folder("archives") is not None:
+        mar.replace(archive(model_store, endpoint, number))
+    else:
+        store.put(f"archives/{endpoint}-v{number}.mar", mar)
+        mar.unlink()
+
+
+def archive_urls() -> str | None:
+    """What TorchServe's `allowed_urls` must permit beside its model store: the presigned
+    URLs of the archives in an S3 store (None on a file:// store)."""
+    store = storage.get_store()
+    return None if store.folder("archives") is not None else \
+        store.presigned_pattern("archives")
+
+
+def archive_source(model_store: Path, endpoint: str, number: int) -> str | None:
+    """What TorchServe registers an endpoint's archive from: its file name in the model
+    store, or a presigned URL of it in an S3 store (valid 15 minutes); None: it is gone."""
+    store, name = storage.get_store(), archive(model_store, endpoint, number).name
+    if store.folder("archives") is not None:
+        return name if (model_store / name).exists() else None
+    return store.presigned(f"archives/{name}") if store.stat(f"archives/{name}") else None
 
 
 def restore(open_session: Callable[[], AbstractContextManager[Session]],
@@ -79,32 +111,36 @@ def restore(open_session: Callable[[], AbstractContextManager[Session]],
         if not missing:
             continue
         number = deployment.number
-        gone = [archive(model_store, e, number).name for e in missing
-                if not archive(model_store, e, number).exists()]
+        sources = {e: archive_source(model_store, e, number) for e in missing}
+        gone = [archive(model_store, e, number).name for e, s in sources.items() if s is None]
         if gone:
             reason = (f"the archive {', '.join(gone)} of version {number} is gone from the "
-                      "model store, so TorchServe cannot serve it again; deploy the model "
-                      "again")
+                      "store, so TorchServe cannot serve it again; deploy the model again")
             _mark_lost(open_session, model_id, number, reason)
             done[model_id] = reason
             continue
         for endpoint in missing:
-            _register(management, endpoint, archive(model_store, endpoint, number), deployment)
+            register(management, endpoint, sources[endpoint], deployment.workers,
+                     deployment.batch_size, deployment.max_batch_delay_ms)
         done[model_id] = f"registered {', '.join(missing)} again at version {number}"
         log.warning("model %s: %s", model_id, done[model_id])
     return done
 
 
-def _register(management: TorchServe, endpoint: str, mar: Path,
-              deployment: Deployment) -> None:
-    """Register one archive; another process restoring the same endpoint at the same time
-    is no error."""
+def register(management: TorchServe, endpoint: str, source: str, workers: int,
+             batch_size: int, max_batch_delay_ms: int) -> None:
+    """Register one archive from its `archive_source`. Another process restoring the same
+    endpoint at the same time is no error; nor is an archive TorchServe downloaded before
+    it restarted (still in its model store: registered from there, by name)."""
     try:
-        management.register(mar.name, endpoint, deployment.workers, deployment.batch_size,
-                            deployment.max_batch_delay_ms)
-    except RuntimeError:
-        if endpoint not in management.names():
+        management.register(source, endpoint, workers, batch_size, max_batch_delay_ms)
+    except RuntimeError as exc:
+        if endpoint in management.names():
+            return
+        if not source.startswith("http") or "already exists" not in str(exc):
             raise
+        management.register(source.partition("?")[0].rpartition("/")[2], endpoint,
+                            workers, batch_size, max_batch_delay_ms)
 
 
 def _mark_lost(open_session, model_id: int, number: int, reason: str) -> None:

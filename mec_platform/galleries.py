@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mec_platform import gallery_indexes, jobs, keys
+from mec_platform import gallery_indexes, jobs, keys, storage
 from mec_platform.errors import BadInput, Conflict, Invalid, NotFound, TooMany, Unavailable
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
@@ -148,7 +148,7 @@ def check_import_room(session: Session, project: str) -> None:
 
 def staging_path() -> Path:
     """A new file to stage an import's items in (one JSON object per line)."""
-    folder = staging_folder(get_settings().artifact_root)
+    folder = staging_folder()
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{uuid.uuid4().hex}.ndjson"
 
@@ -164,15 +164,17 @@ def stage(items: list[dict]) -> Path:
 
 def submit_import(session: Session, key: ApiKey, name: str, staged: Path,
                   count: int) -> Job:
-    """The job that writes the staged items into the gallery; a refusal removes them."""
+    """The job that writes the staged items, kept in the store, into the gallery; a
+    refusal removes them."""
     try:
         gallery = get(session, key, name)
         endpoint(session, gallery)
     except (NotFound, OtherVersion):
         staged.unlink()  # nothing will read it
         raise
+    items = storage.keep(staged, f"gallery-imports/{staged.name}", move=True)
     return jobs.submit(session, JobKind.GALLERY, {
-        **identity(gallery), "items": str(staged), "count": count}, Queue.CPU,
+        **identity(gallery), "items": items, "count": count}, Queue.CPU,
         f"add {count} items to gallery {gallery.name}", project=key.project)
 
 
@@ -269,16 +271,18 @@ def _filter(spec: dict[str, Any] | None):
 STALE_UPLOAD_S = 3600  # a staging file not written to for this long has no writer left
 
 
-def staging_folder(artifact_root: Path) -> Path:
-    """Where the API stages the items of imports (one NDJSON file each)."""
-    return artifact_root / "gallery-imports"
+def staging_folder() -> Path:
+    """Where the API stages the items of imports (one NDJSON file each) before they are
+    kept in the store (on a file:// store: the store's own folder)."""
+    return storage.work_folder("gallery-imports")
 
 
-def remove_stale_uploads(artifact_root: Path, now: float) -> list[Path]:
-    """Remove the `.partial` files of uploads whose API process died while it streamed
-    them (kill -9: its own cleanup never ran). Returns what was removed."""
+def remove_stale_uploads(folder: Path, now: float) -> list[Path]:
+    """Remove the `.partial` files of uploads (in the staging `folder`) whose API process
+    died while it streamed them (kill -9: its own cleanup never ran). Returns what was
+    removed."""
     removed = []
-    for path in staging_folder(artifact_root).glob("*.partial"):
+    for path in folder.glob("*.partial"):
         with contextlib.suppress(FileNotFoundError):  # finished (or removed) meanwhile
             if now - path.stat().st_mtime > STALE_UPLOAD_S:
                 path.unlink()

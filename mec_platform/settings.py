@@ -24,10 +24,13 @@ class Settings(BaseSettings):
                               "data_dir/mec.db.")
     broker_url: str = Field(description="Celery broker URL (redis://...); default: "
                             "SQLite-backed kombu transport in data_dir.")
-    artifact_root: Path = Field(description="Checkpoints, exports and .mar files; "
+    artifact_root: Path = Field(description="This host's working folder for what jobs "
+                                "write before it is stored (checkpoints, exports, "
+                                "archives), and the default file:// store's parent; "
                                 "default: data_dir/artifacts.")
     storage_url: str = Field(description="Where what the platform keeps goes (dataset "
-                             "versions): file:///path, or s3://bucket/prefix on any "
+                             "versions, checkpoints, exports, archives, reference images, "
+                             "uploads, import staging): file:///path, or s3://bucket/prefix on any "
                              "S3-compatible server (MEC_S3_ENDPOINT_URL and the usual "
                              "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). Default: "
                              "file://artifact_root/store.")
@@ -88,8 +91,9 @@ class Settings(BaseSettings):
                                            "TorchServe management API (loopback only).")
     torchserve_home: Path = Field(description="TorchServe's working directory, where it "
                                   "writes key_file.json; default: data_dir/torchserve.")
-    model_store: Path = Field(description="Where .mar files go; TorchServe's model store. "
-                              "Default: artifact_root/model-store.")
+    model_store: Path = Field(description="TorchServe's model store: where .mar files go "
+                              "on a file:// store (with an s3:// store TorchServe downloads "
+                              "them there itself). Default: artifact_root/model-store.")
 
     metrics_networks: list[str] = Field(["127.0.0.1/32", "::1/128"], description="Client "
                                         "networks (CIDR) that may read GET /metrics without a "

@@ -110,6 +110,7 @@ class Stack:
         """The stack: its Ray nodes (mec_platform.local_ray), TorchServe
         (serving.torchserve), the API and a worker (by module path: the launcher imports
         neither)."""
+        from mec_platform.deployments import archive_urls
         from serving.torchserve import LocalTorchServe
 
         p, settings = self.ports, self.settings
@@ -117,7 +118,8 @@ class Stack:
 
         def start_torchserve() -> int:
             return LocalTorchServe(settings.torchserve_home, settings.model_store, p.inference,
-                                   p.management, p.metrics, env=self.env
+                                   p.management, p.metrics, env=self.env,
+                                   archive_urls=archive_urls()
                                    ).spawn(self._log("torchserve"))
 
         return {**{f"ray-{i}": self._ray_node(i) for i in range(self.ray_nodes)},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -37,12 +38,22 @@ class FileStore:
     def url(self, key: str) -> str:
         return f"file://{self._path(key)}"
 
+    def ref(self, key: str) -> str:
+        """What a row records for the object: its path, as rows always have."""
+        return str(self._path(key))
+
+    def folder(self, key: str) -> Path | None:
+        """Where objects under `key` are written in place (a file:// store only)."""
+        return self._path(key)
+
     def prepare(self) -> None:
         """Nothing to do: folders are made as objects are written."""
 
     def put(self, key: str, source: Path) -> Stored:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if source.resolve() == target:  # written in place (folder())
+            return self.stat(key)
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
         try:
             shutil.copyfile(source, partial)
@@ -64,6 +75,15 @@ class FileStore:
             return None
         info = path.stat()
         return Stored(info.st_size, f"{info.st_size}-{info.st_mtime_ns}-{info.st_ino}")
+
+    def keys(self, prefix: str) -> list[str]:
+        """The keys of the objects under `prefix` (a folder), sorted."""
+        folder = self._path(prefix)
+        return sorted(str(p.relative_to(self.root)) for p in folder.rglob("*")
+                      if p.is_file()) if folder.is_dir() else []
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
@@ -96,6 +116,22 @@ class S3Store:
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
 
+    def ref(self, key: str) -> str:
+        return self.url(key)
+
+    def folder(self, key: str) -> Path | None:
+        return None
+
+    def key_of(self, url: str) -> str | None:
+        """The key of an s3:// URL of this store, None for any other URL."""
+        base = f"s3://{self.bucket}/{self.prefix}/" if self.prefix else f"s3://{self.bucket}/"
+        return url[len(base):] if url.startswith(base) else None
+
+    def presigned(self, key: str, seconds: int = 900) -> str:
+        """An HTTP URL that reads the object without credentials, for `seconds`."""
+        return self.s3.generate_presigned_url("get_object", ExpiresIn=seconds, Params={
+            "Bucket": self.bucket, "Key": self._key(key)})
+
     def prepare(self) -> None:
         """Create the bucket if it does not exist (`mec db upgrade` calls this)."""
         from botocore.exceptions import ClientError
@@ -124,15 +160,23 @@ class S3Store:
         except ClientError as exc:
             raise StorageError(f"{self.url(key)}: {exc}") from exc
 
-    def listing(self) -> list[tuple[str, str]]:
-        """(key under the prefix, ETag) of every object under the prefix."""
+    def presigned_pattern(self, under: str) -> str:
+        """A regular expression of the presigned() URLs of the `.mar` files under `under`
+        (what TorchServe's `allowed_urls` must permit)."""
+        base = self.presigned(f"{under.strip('/')}/x.mar").partition("?")[0][:-len("x.mar")]
+        return re.escape(base) + r"[^/?]+\.mar\?.*"
+
+    def listing(self, under: str = "") -> list[tuple[str, str]]:
+        """(key under the prefix, ETag) of every object under the prefix (and `under`)."""
         from botocore.exceptions import ClientError
 
         base = f"{self.prefix}/" if self.prefix else ""
+        if under:
+            base, under = f"{base}{under.strip('/')}/", f"{under.strip('/')}/"
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
                                                                  Prefix=base)
         try:
-            return [(o["Key"][len(base):], o["ETag"].strip('"')) for page in pages
+            return [(under + o["Key"][len(base):], o["ETag"].strip('"')) for page in pages
                     for o in page.get("Contents", []) if not o["Key"].endswith("/")]
         except ClientError as exc:
             raise StorageError(f"s3://{self.bucket}/{base}: {exc}") from exc
@@ -150,6 +194,12 @@ class S3Store:
                 return None
             raise StorageError(f"{self.url(key)}: {exc}") from exc
         return Stored(head["ContentLength"], head["ETag"].strip('"'))
+
+    def keys(self, prefix: str) -> list[str]:
+        return sorted(key for key, _ in self.listing(prefix))
+
+    def delete(self, key: str) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def delete_prefix(self, prefix: str) -> None:
         pages = self.s3.get_paginator("list_objects_v2").paginate(
@@ -237,3 +287,45 @@ def evict(cache_dir: Path, bound: int, keep: Path | None = None) -> list[Path]:
 
 def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def work_folder(key: str) -> Path:
+    """Where this host writes the objects under `key` before storing them: the store's own
+    folder on a file:// store (written in place, nothing copied), else under this host's
+    artifact_root."""
+    return get_store().folder(key) or get_settings().artifact_root / key
+
+
+def keep(source: Path, key: str, move: bool = False) -> str:
+    """Store a file (whole or not at all); returns the reference a row records: its path
+    on a file:// store, its s3:// URL on an S3 store. `move`: then remove `source` (unless
+    it is the stored file itself, written in place)."""
+    store = get_store()
+    store.put(key, source)
+    ref = store.ref(key)
+    if move and Path(ref) != source.resolve():
+        source.unlink(missing_ok=True)
+    return ref
+
+
+def local_file(ref: str) -> Path:
+    """A file on this host with the content of a stored reference: a path (a file://
+    store's, and every row from before the store) as it is; an s3:// URL of this store
+    fetched into this host's cache (once per content)."""
+    if not ref.startswith("s3://"):
+        return Path(ref)
+    store, settings = get_store(), get_settings()
+    key = store.key_of(ref) if isinstance(store, S3Store) else None
+    if key is None:
+        raise StorageError(f"{ref} is not in this platform's store ({settings.storage_url})")
+    return fetch(store, key, settings.cache_dir, settings.cache_mb << 20)
+
+
+def remove(ref: str) -> None:
+    """Remove a stored reference's object (a path: the file)."""
+    store = get_store()
+    key = store.key_of(ref) if isinstance(store, S3Store) else None
+    if key is not None:
+        store.delete(key)
+    elif not ref.startswith("s3://"):
+        Path(ref).unlink(missing_ok=True)

@@ -227,7 +227,8 @@ class TorchServe:
         if model_name:
             params["model_name"] = model_name
         return self._call("management", "POST", "/models", params=params,
-                          timeout=REGISTER_TIMEOUT_S).expect(f"register {mar}").json()
+                          timeout=REGISTER_TIMEOUT_S).expect(
+                              f"register {mar.partition('?')[0]}").json()  # no signature
 
     def names(self) -> set[str]:
         """The names of the registered models (every page of the list)."""

@@ -68,12 +68,14 @@ def worker_plan(workers: int | None = None, threads: int | None = None,
 def write_config(home: Path, model_store: Path, inference_port: int, management_port: int,
                  metrics_port: int, max_request_bytes: int = MAX_REQUEST_BYTES,
                  token_expiration_min: int = 60, inference_host: str = "127.0.0.1",
-                 extra: dict[str, str] | None = None) -> Path:
+                 extra: dict[str, str] | None = None, archive_urls: str | None = None) -> Path:
     """config.properties: management and metrics on loopback only, token authorization
     on, models only from our store, bounded request size, metrics in Prometheus' format.
     The gRPC APIs, which the platform does not use, listen on loopback on free ports, so
     that several instances can share a host.
-    `extra`: further config.properties entries (e.g. number_of_netty_threads)."""
+    `extra`: further config.properties entries (e.g. number_of_netty_threads).
+    `archive_urls`: a regular expression of further URLs it may download archives from
+    into its model store (an S3 store's presigned URLs)."""
     store = model_store.resolve()
     grpc_inference, grpc_management = unused_ports(2)
     lines = {
@@ -86,7 +88,8 @@ def write_config(home: Path, model_store: Path, inference_port: int, management_
         "metrics_address": f"http://127.0.0.1:{metrics_port}",
         "model_store": str(store),
         "enable_model_api": "true",  # registration through the (loopback) management API
-        "allowed_urls": f"file://{store}/.*\\\\.mar,{store}/.*\\\\.mar",
+        "allowed_urls": f"file://{store}/.*\\\\.mar,{store}/.*\\\\.mar" + (
+            "," + archive_urls.replace("\\", "\\\\") if archive_urls else ""),
         "max_request_size": str(max_request_bytes),
         "max_response_size": str(max_request_bytes),
         "token_expiration_min": str(token_expiration_min),
@@ -116,7 +119,7 @@ class LocalTorchServe:
 
     def __init__(self, home: Path, model_store: Path, inference_port: int,
                  management_port: int, metrics_port: int, extra: dict[str, str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, archive_urls: str | None = None) -> None:
         if shutil.which("java") is None:
             raise RuntimeError("TorchServe needs Java 17 or newer: install a JDK "
                                "(Debian: apt-get install openjdk-17-jre-headless)")
@@ -125,7 +128,7 @@ class LocalTorchServe:
         self.management_url = f"http://127.0.0.1:{management_port}"
         self.metrics_url = f"http://127.0.0.1:{metrics_port}"
         self.config = write_config(home, model_store, inference_port, management_port,
-                                   metrics_port, extra=extra)
+                                   metrics_port, extra=extra, archive_urls=archive_urls)
         self.env = process_env(os.environ | (env or {}), home)
         self.process: subprocess.Popen | None = None
 

@@ -8,6 +8,7 @@ called directly) on that embedded platform."""
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,40 @@ def s3_server(tmp_path_factory):
     server = S3Server(tmp_path_factory.mktemp("seaweedfs"))
     yield server
     server.close()
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request, tmp_path):
+    """A file:// store, then a bucket of its own on the real S3 server."""
+    from mec_platform.storage import open_store
+
+    if request.param == "file":
+        return open_store(f"file://{tmp_path / 'store'}")
+    server = request.getfixturevalue("s3_server")
+    bucket = server.bucket(f"t{time.monotonic_ns()}")
+    for name, value in server.env.items():  # boto3 reads its credentials from there
+        request.getfixturevalue("monkeypatch").setenv(name, value)
+    return open_store(f"s3://{bucket}/platform", server.url)
+
+
+@pytest.fixture
+def platform_store(store, tmp_path, monkeypatch):
+    """`store` as this process's store (MEC_STORAGE_URL), with an artifact root of its own."""
+    from mec_platform import settings, storage
+    from mec_platform.storage import FileStore
+
+    monkeypatch.setenv("MEC_STORAGE_URL", store.url("").rstrip("/") if isinstance(
+        store, FileStore) else f"s3://{store.bucket}/{store.prefix}")
+    if not isinstance(store, FileStore):
+        monkeypatch.setenv("MEC_S3_ENDPOINT_URL", store.endpoint_url)
+    monkeypatch.setenv("MEC_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("MEC_CACHE_DIR", str(tmp_path / "cache"))
+    settings.get_settings.cache_clear()
+    storage.get_store.cache_clear()
+    yield storage.get_store()
+    monkeypatch.undo()
+    settings.get_settings.cache_clear()
+    storage.get_store.cache_clear()
 
 
 @pytest.fixture

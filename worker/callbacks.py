@@ -13,11 +13,13 @@ from mec_core.train import Callbacks, StepMetrics
 from mec_platform.db import retrying, session_scope
 from mec_platform.jobs import JobStatus
 from mec_platform.tables import Job, Metric, utcnow
+from worker.job_store import CheckpointUploads
 
 
 class DatabaseCallbacks(Callbacks):
-    """Metrics in batches (one transaction per flush of the trainer), progress, the
-    checkpoint path, and the cancel flag polled at most every `poll_seconds` (also from
+    """Metrics in batches (one transaction per flush of the trainer), progress, each
+    checkpoint stored (the job names it once it is whole in the store; `close()` waits for
+    the last), and the cancel flag polled at most every `poll_seconds` (also from
     inside a step: a cancel interrupts it)."""
 
     def __init__(self, job_id: int, owner: str, poll_seconds: float,
@@ -28,6 +30,7 @@ class DatabaseCallbacks(Callbacks):
         self.stop = False
         self.cancelled = False
         self.latest: dict[str, float] = {}  # each metric's newest value (the monitor's too)
+        self.uploads = CheckpointUploads(job_id, self._stored)
 
     def on_start(self, start_step: int, total_steps: int, steps_per_epoch: int) -> None:
         def write():
@@ -62,10 +65,17 @@ class DatabaseCallbacks(Callbacks):
         retrying(write)
 
     def on_checkpoint(self, path: Path, step: int) -> None:
+        self.uploads.add(path)
+
+    def _stored(self, ref: str) -> None:
         def write():
             with session_scope() as s:
-                s.execute(update(Job).where(Job.id == self.job_id).values(checkpoint=str(path)))
+                s.execute(update(Job).where(Job.id == self.job_id).values(checkpoint=ref))
         retrying(write)
+
+    def close(self) -> None:
+        """Wait until the newest checkpoint is stored."""
+        self.uploads.close()
 
     def should_stop(self, step: int) -> bool:
         if self.shutting_down.is_set():

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from mec_platform import deployments
+from mec_platform import deployments, storage
 from mec_platform.db import session_scope
 from mec_platform.settings import Settings, get_settings
 from mec_platform.specs import SERVING, UNDEPLOYED, Deployment, DeploySpec
@@ -38,8 +39,9 @@ def deploy(settings: Settings, model_id: int, artifacts: dict, previous: Deploym
     plan = worker_plan(spec.workers, spec.torch_threads, spec.batch_size,
                        gpu=torch.cuda.is_available())
     # the folder's old name: pixels of deployments made before the rename are there too
-    images = settings.artifact_root / "galleries" / f"{name}-v{number}.npy"
-    archives = package(artifacts["checkpoint"], staging, name, version,
+    images_key = f"galleries/{name}-v{number}.npy"
+    images = storage.work_folder(images_key)
+    archives = package(storage.local_file(artifacts["checkpoint"]), staging, name, version,
                        spec.reference_dataset, spec.reference_data_dir, spec.reference_split,
                        spec.reference_limit, torch_threads=plan.threads,
                        reference_images=images, on_progress=on_progress, deployment=number)
@@ -47,10 +49,10 @@ def deploy(settings: Settings, model_id: int, artifacts: dict, previous: Deploym
     urls = {}
     for task, mar in archives.items():
         endpoint = name if task == "embed" else f"{name}-knn"
-        # TorchServe loads archives from the top of its model store only
-        versioned = Path(mar).replace(settings.model_store / f"{endpoint}-v{number}.mar")
-        management.register(versioned.name, endpoint, plan.workers, plan.batch_size,
-                            spec.max_batch_delay_ms)
+        deployments.keep_archive(Path(mar), settings.model_store, endpoint, number)
+        deployments.register(management, endpoint, deployments.archive_source(
+            settings.model_store, endpoint, number), plan.workers, plan.batch_size,
+            spec.max_batch_delay_ms)
         management.set_default(endpoint, version)  # the new version takes new requests now
         time.sleep(spec.drain_seconds)  # requests already queued on the old one finish
         for old in management.describe(endpoint) or []:
@@ -62,7 +64,15 @@ def deploy(settings: Settings, model_id: int, artifacts: dict, previous: Deploym
     return record.model_copy(update=dict(
         urls=urls, workers=plan.workers, torch_threads=plan.threads,
         batch_size=plan.batch_size, max_batch_delay_ms=spec.max_batch_delay_ms,
-        reference_images=str(images), dim=Embedder(Path(artifacts["meta"]).parent).dim))
+        reference_images=storage.keep(images, images_key, move=True), dim=_dim(artifacts)))
+
+
+def _dim(artifacts: dict) -> int:
+    """The width of the model's embeddings (its export's two files side by side)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, file in (("encoder", "encoder.pt"), ("meta", "model.json")):
+            (Path(tmp) / file).symlink_to(storage.local_file(artifacts[name]))
+        return Embedder(tmp).dim
 
 
 def undeploy(settings: Settings, model_id: int, previous: Deployment | None) -> Deployment:
@@ -78,7 +88,7 @@ def undeploy(settings: Settings, model_id: int, previous: Deployment | None) -> 
 def _remove_reference_images(record: Deployment | None) -> None:
     """The pixels kept for a retired version's search results."""
     if record is not None and record.reference_images:
-        Path(record.reference_images).unlink(missing_ok=True)
+        storage.remove(record.reference_images)
 
 
 def restore() -> dict[int, str]:

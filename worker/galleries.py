@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 from itertools import islice
-from pathlib import Path
 
 from sqlalchemy import select, update
 
-from mec_platform import galleries
+from mec_platform import galleries, storage
 from mec_platform.db import retrying, session_scope
 from mec_platform.jobs import JobStatus
 from mec_platform.tables import Gallery, Job
@@ -36,7 +35,7 @@ def run_add(job_id: int, owner: str) -> tuple[JobStatus, dict | None] | None:
         s.execute(update(Job).where(Job.id == job_id).values(total_steps=config["count"]))
     client = galleries.embed_client()
     progress = {"added": 0, "failures": 0, "failed": []} | progress
-    with Path(config["items"]).open() as lines:
+    with storage.local_file(config["items"]).open() as lines:
         for _ in islice(lines, done):  # written by the attempts before this one
             pass
         while chunk := [json.loads(line) for line in islice(lines, CHUNK)]:

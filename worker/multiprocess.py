@@ -42,6 +42,7 @@ from mec_platform import datasets
 from mec_platform.db import session_scope
 from mec_platform.settings import get_settings
 from mec_platform.tables import Job
+from worker import job_store
 from worker.callbacks import DatabaseCallbacks
 
 STOP_GRACE_SECONDS = 20.0
@@ -213,7 +214,7 @@ def main(job_id: int, owner: str) -> None:
         config = stored_config(job.config)
         config = config.model_copy(update={"data_dir": datasets.local_dir(
             s, job.project, config.data_dir)})
-    out = settings.artifact_root / "jobs" / str(job_id)
+    out = job_store.folder(job_id)
     rank = int(os.environ["RANK"])
     report = out / "ranks" / f"rank-{rank}.json"
     callbacks = DatabaseCallbacks(job_id, owner, settings.cancel_poll_seconds,
@@ -227,6 +228,9 @@ def main(job_id: int, owner: str) -> None:
     except Exception as exc:
         _write(report, {"error": f"{type(exc).__name__}: {exc}"})
         raise
+    finally:
+        if rank == 0:
+            callbacks.close()
     if rank == 0:
         _write(report, {"result": result_as_json(result), "cancelled": callbacks.cancelled})
 

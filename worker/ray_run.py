@@ -44,6 +44,7 @@ from mec_platform import datasets
 from mec_platform.db import retrying, session_scope
 from mec_platform.settings import get_settings
 from mec_platform.tables import Job
+from worker import job_store
 from worker.callbacks import DatabaseCallbacks
 from worker.multiprocess import (
     RanksDied,
@@ -201,7 +202,7 @@ def _rank(args: dict) -> None:
         config = stored_config(job.config)
         config = config.model_copy(update={"data_dir": datasets.local_dir(
             s, job.project, config.data_dir)})
-    out = settings.artifact_root / "jobs" / str(job_id)
+    out = job_store.folder(job_id)
     context = ray.train.get_context()
     rank = context.get_world_rank()
     hosts: list = [None] * context.get_world_size()
@@ -218,6 +219,9 @@ def _rank(args: dict) -> None:
         if rank == 0:
             _write(out / "ray" / "outcome.json", {"diverged": str(exc)})
         return
+    finally:
+        if rank == 0:
+            callbacks.close()
     if rank == 0:
         _write(out / "ray" / "outcome.json",
                {"result": result_as_json(result), "cancelled": callbacks.cancelled})
@@ -239,7 +243,7 @@ def main(job_id: int, owner: str) -> None:
     with session_scope() as s:
         job = s.get(Job, job_id)
         config, attempts = stored_config(job.config), job.attempts
-    out = settings.artifact_root / "jobs" / str(job_id)
+    out = job_store.folder(job_id)
     ray.init(address=settings.ray_address, runtime_env={"env_vars": _environment()},
              logging_level=logging.WARNING)
     gpu = config.device.startswith("cuda") or (

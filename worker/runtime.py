@@ -53,7 +53,7 @@ def _loop() -> None:
                 reconcile_once()
                 advance_sweeps()
                 restore_deployments()
-                galleries.remove_stale_uploads(settings.artifact_root, time.time())
+                galleries.remove_stale_uploads(galleries.staging_folder(), time.time())
         except Exception as exc:  # keep beating through a database outage
             log.warning("heartbeat failed: %s", exc)
 

@@ -21,7 +21,7 @@ from mec_core.datafiles import missing
 from mec_core.evaluate import evaluate
 from mec_core.export import export
 from mec_core.train import TrainingDiverged, train
-from mec_platform import datasets, jobs, paths
+from mec_platform import datasets, jobs, paths, storage
 from mec_platform.db import retrying, session_scope
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import app
@@ -29,7 +29,7 @@ from mec_platform.settings import get_settings
 from mec_platform.specs import DeploySpec, EvaluateSpec
 from mec_platform.storage import StorageError
 from mec_platform.tables import Evaluation, Job, Model, Worker
-from worker import galleries, multiprocess, prometheus, sweeps
+from worker import galleries, job_store, multiprocess, prometheus, sweeps
 from worker.callbacks import DatabaseCallbacks
 from worker.device import describe_device, process_capacity
 from worker.joblog import JobLogHandler
@@ -154,12 +154,13 @@ def run_pretrain(job_id: int, owner: str) -> Outcome | None:
     config, name, project = _load(lambda s: (stored_config(s.get(Job, job_id).config),
                                              s.get(Job, job_id).name, s.get(Job, job_id).project))
     config = config.model_copy(update={"data_dir": _local_dir(project, config.data_dir)})
-    out = settings.artifact_root / "jobs" / str(job_id)
+    out = job_store.folder(job_id)
     if problem := missing(config.dataset, config.data_dir):  # before any process starts
         raise JobFailed(problem)
     log.info("job %s: training %s on %s in %s node(s) x %s process(es)", job_id,
              config.backbone, config.dataset, config.nodes, config.processes)
     try:
+        job_store.fetch_newest(job_id)  # a resumed job: its checkpoint, from another host
         if config.nodes > 1:
             from worker import ray_run  # Ray is an optional extra of the platform
             result, cancelled = ray_run.launch(job_id, owner, out, shutting_down)
@@ -169,7 +170,11 @@ def run_pretrain(job_id: int, owner: str) -> Outcome | None:
         else:
             callbacks = DatabaseCallbacks(job_id, owner, settings.cancel_poll_seconds,
                                           shutting_down)
-            result, cancelled = train(config, out, callbacks, resume=True), callbacks.cancelled
+            try:
+                result = train(config, out, callbacks, resume=True)
+            finally:
+                callbacks.close()
+            cancelled = callbacks.cancelled
     except TrainingDiverged as exc:
         raise JobFailed(f"training diverged: {exc}") from exc
     except multiprocess.RanksFailed as exc:
@@ -186,7 +191,7 @@ def run_pretrain(job_id: int, owner: str) -> Outcome | None:
         return None  # the job was taken from us; its new owner carries on
     summary = {"steps": result.steps, "images_per_sec": round(result.images_per_sec, 2),
                **result.last}
-    return _model_outcome(job_id, result.checkpoint, out, name, summary)
+    return _model_outcome(job_id, result.checkpoint, name, summary)
 
 
 def _local_dir(project: str, data_dir: str | None) -> str | None:
@@ -210,13 +215,17 @@ def _after_ranks_died(job_id: int, exc: multiprocess.RanksDied) -> Outcome:
                    "checkpoint")
 
 
-def _model_outcome(job_id: int, checkpoint: Path, out: Path, name: str,
-                   summary: dict) -> Outcome:
-    """Export the encoder of `checkpoint` (loaded with weights_only) under `out`; the job
-    succeeds with a model of it."""
-    paths = export(checkpoint, out / "export")
+def _model_outcome(job_id: int, checkpoint: Path, name: str, summary: dict,
+                   stored_checkpoint: str | None = None) -> Outcome:
+    """Export the encoder of `checkpoint` (loaded with weights_only) and store it with the
+    checkpoint (unless it is `stored_checkpoint` already); the job succeeds with a model of
+    them."""
+    paths = export(checkpoint, job_store.folder(job_id) / "export")
     config = stored_config(json.loads(paths["meta"].read_text())["config"])
-    artifacts = {"checkpoint": str(checkpoint), **{k: str(v) for k, v in paths.items()}}
+    files = paths if stored_checkpoint else {"checkpoint": checkpoint, **paths}
+    artifacts = ({"checkpoint": stored_checkpoint} if stored_checkpoint else {}) | \
+        job_store.keep_artifacts(job_id, files)
+    job_store.clear(job_id)
     return Outcome(JobStatus.SUCCEEDED, result=summary, record=lambda s: s.add(Model(
         job_id=job_id, project=s.get(Job, job_id).project, name=name,
         backbone=config.backbone, dataset=config.dataset, artifacts=artifacts)))
@@ -230,10 +239,9 @@ def import_job(job_id: int) -> None:
 
 def run_import(job_id: int, owner: str) -> Outcome:
     config, name = _load(lambda s: (s.get(Job, job_id).config, s.get(Job, job_id).name))
-    checkpoint = Path(config["checkpoint"])
     try:  # weights_only: a crafted pickle fails here without running any code
-        return _model_outcome(job_id, checkpoint, checkpoint.parent, name,
-                              {"uploaded": config["filename"]})
+        return _model_outcome(job_id, storage.local_file(config["checkpoint"]), name,
+                              {"uploaded": config["filename"]}, config["checkpoint"])
     except Exception as exc:
         raise JobFailed(f"not a usable MEC checkpoint: {type(exc).__name__}: {exc}") from exc
 
@@ -263,7 +271,8 @@ def run_evaluate(job_id: int, owner: str) -> Outcome:
     data_dir = _local_dir(_load(lambda s: s.get(Job, job_id).project), data_dir)
     if problem := missing(dataset, data_dir, ("train", "test")):
         raise JobFailed(problem)
-    result = evaluate(spec.protocol, dataset, checkpoint_path=checkpoint, data_dir=data_dir,
+    result = evaluate(spec.protocol, dataset, checkpoint_path=storage.local_file(checkpoint),
+                      data_dir=data_dir,
                       train_limit=spec.train_limit, test_limit=spec.test_limit, k=spec.k,
                       temperature=spec.temperature, steps=spec.steps,
                       on_progress=lambda done, total: _progress(job_id, done, total))
@@ -279,16 +288,16 @@ def gallery_job(job_id: int) -> None:
 
 
 def run_gallery(job_id: int, owner: str) -> Outcome | None:
-    staged = Path(_load(lambda s: s.get(Job, job_id).config["items"]))
+    staged = _load(lambda s: s.get(Job, job_id).config["items"])
     try:
         ended = galleries.run_add(job_id, owner)
     except galleries.GalleryGone as exc:
-        staged.unlink(missing_ok=True)
+        storage.remove(staged)
         raise JobFailed(str(exc)) from None
     if ended is None:
         return None
     if ended[0] in jobs.FINISHED:
-        staged.unlink(missing_ok=True)
+        storage.remove(staged)
     return Outcome(*ended)
 
 
@@ -334,7 +343,7 @@ def advance_sweeps() -> None:
 def _check_reference_dir(spec: DeploySpec, artifacts: dict, roots: list[Path]) -> None:
     """The reference set's folder obeys the path rule, also when it comes from the model's
     stored config, which an uploaded checkpoint sets (serving.package falls back to it)."""
-    stored = json.loads(Path(artifacts["meta"]).read_text())["config"]
+    stored = json.loads(storage.local_file(artifacts["meta"]).read_text())["config"]
     if spec.reference_data_dir is None and spec.reference_dataset in (None, stored["dataset"]):
         field, value = "the model's config.data_dir (give reference_data_dir)", \
             stored.get("data_dir")

@@ -17,6 +17,8 @@ from api.deps import EmbedKey, ServedModelDep
 from api.inference import torchserve
 from api.schemas import errors
 from mec_client.models import EmbeddingsPublic, SearchPublic
+from mec_platform import storage
+from mec_platform.storage import StorageError
 from mec_platform.tables import Model
 from serving.client import MAX_REQUEST_BYTES as MAX_BYTES
 from serving.client import Unavailable
@@ -74,9 +76,9 @@ def reference_image(_: EmbedKey, model: ServedModelDep, item_id: str):
                                  "images")
     path = deployment.reference_images
     split, _, index = item_id.rpartition("/")
-    try:
-        pixels = np.load(path, mmap_mode="r")
-    except FileNotFoundError:  # retired by a redeploy since the model was read
+    try:  # from an S3 store: through this process's cache, once per deployment
+        pixels = np.load(storage.local_file(path), mmap_mode="r")
+    except (FileNotFoundError, StorageError):  # retired by a redeploy since the model was read
         raise HTTPException(409, f"model {model.id} was redeployed; search again") from None
     if not split or not index.isdigit() or int(index) >= len(pixels):
         raise HTTPException(404, f"item_id: no reference image {item_id!r}")

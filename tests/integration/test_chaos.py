@@ -165,7 +165,7 @@ def test_chaos__every_job_ends_once_nothing_twice_nothing_left(chaotic):
     print(f"attempts: {sorted(j['attempts'] for j in jobs)}; "
           f"statuses: {sorted({j['status'] for j in jobs})}")
 
-    artifacts = plat.root / "data" / "artifacts" / "jobs"
+    artifacts = plat.root / "data" / "artifacts" / "store" / "jobs"
     for folder in artifacts.glob("*/checkpoints"):
         for path in folder.glob("step_*.pt"):
             checkpoint.load(path)  # complete, of our format

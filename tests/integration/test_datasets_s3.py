@@ -2,7 +2,8 @@
 worker: each has its own MEC_DATA_DIR; they share PostgreSQL, Redis and an S3 server
 (SeaweedFS). Upload an archive of PNGs made here -> pretrain on dataset://NAME ->
 evaluate with kNN on the version's held-out split (also through the `mec datasets`
-commands and the client)."""
+commands and the client); the job's checkpoint and export in the store. A deployment from
+that store, and a worker killed mid-run: tests/integration/test_store_s3.py."""
 
 from __future__ import annotations
 
@@ -82,6 +83,12 @@ def test_train_and_evaluate_on_an_uploaded_dataset_with_nothing_shared_on_disk(
     assert job.config["data_dir"] == "dataset://shapes/1"
     done = client.wait(job.id, timeout=300, poll=0.5)
     assert done.status == "succeeded", done.error
+    # its checkpoint and export are in the store, the worker kept no copy of them
+    model = client._call("GET", "/v1/models")["data"][0]
+    assert done.checkpoint.startswith("s3://") and all(
+        ref.startswith(f"{plat.env['MEC_STORAGE_URL']}/jobs/{job.id}/")
+        for ref in model["artifacts"].values())
+    assert not list((tmp_path / "worker" / "artifacts").rglob("*.pt"))
     evaluation = client.wait(client.evaluate(job.id, "knn", k=5).id, timeout=300, poll=0.5)
     assert evaluation.status == "succeeded", evaluation.error
     assert evaluation.result["test_size"] == 60 and evaluation.result["top1"] > 25

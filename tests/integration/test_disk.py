@@ -48,7 +48,7 @@ def test_disk_full_at_a_checkpoint__job_fails_with_the_reason_last_checkpoint_lo
         plat.start_api()
         plat.start_worker("w1")
         job = pretrain(plat, 5000, log_every=1, checkpoint_every=2)
-        folder = small_disk / "jobs" / str(job["id"]) / "checkpoints"
+        folder = small_disk / "store" / "jobs" / str(job["id"]) / "checkpoints"
         plat.wait_for(lambda: checkpoint.latest(folder), 120, "a first checkpoint")
         _fill(small_disk)
         done = plat.wait_status(job["id"], ("succeeded", "failed"), timeout=120)

@@ -12,17 +12,6 @@ import pytest
 from mec_platform.storage import FileStore, StorageError, evict, fetch, open_store
 
 
-@pytest.fixture(params=["file", "s3"])
-def store(request, tmp_path):
-    if request.param == "file":
-        return open_store(f"file://{tmp_path / 'store'}")
-    server = request.getfixturevalue("s3_server")
-    bucket = server.bucket(f"t{time.monotonic_ns()}")
-    for name, value in server.env.items():  # boto3 reads its credentials from there
-        request.getfixturevalue("monkeypatch").setenv(name, value)
-    return open_store(f"s3://{bucket}/platform", server.url)
-
-
 def test_an_object_is_written_whole_read_back_and_deleted_by_prefix(store, tmp_path):
     source = tmp_path / "blob"
     source.write_bytes(os.urandom(9 << 20))  # over boto3's 8 MiB: a multipart upload
@@ -87,3 +76,40 @@ def test_a_storage_url_is_file_or_s3():
     for url in ("http://x", "file://", "s3://", "/tmp/x"):
         with pytest.raises(StorageError, match="file:///path or s3://bucket/prefix"):
             open_store(url)
+
+
+def test_a_presigned_url_reads_an_archive_and_torchserve_s_pattern_permits_only_those(
+        s3_server, monkeypatch, tmp_path):
+    import re
+
+    import httpx
+
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    store = open_store(f"s3://{s3_server.bucket(f't{time.monotonic_ns()}')}/p", s3_server.url)
+    (tmp_path / "a.mar").write_bytes(b"archive")
+    store.put("archives/mec-1-v1.mar", tmp_path / "a.mar")
+    url, pattern = store.presigned("archives/mec-1-v1.mar"), store.presigned_pattern("archives")
+    assert httpx.get(url).content == b"archive"  # no credentials needed
+    assert re.fullmatch(pattern, url, re.IGNORECASE)  # as TorchServe matches allowed_urls
+    for other in ("datasets/1/image-folder.tar", "archives/x/a.mar", "jobs/archives/a.mar"):
+        assert not re.fullmatch(pattern, store.presigned(other), re.IGNORECASE)
+
+
+def test_what_a_row_records_is_read_back_on_any_host_and_removed(platform_store, tmp_path):
+    from mec_platform import storage
+
+    staged = storage.work_folder("uploads/1/checkpoint.pt")
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(b"weights")
+    ref = storage.keep(staged, "uploads/1/checkpoint.pt", move=True)
+    if isinstance(platform_store, FileStore):  # written in place: a path, as rows held
+        assert ref == str(staged) and staged.exists()
+    else:
+        assert ref == platform_store.url("uploads/1/checkpoint.pt") and not staged.exists()
+        assert storage.local_file(ref).is_relative_to(tmp_path / "cache")
+    assert storage.local_file(ref).read_bytes() == b"weights"
+    storage.remove(ref)
+    assert platform_store.stat("uploads/1/checkpoint.pt") is None
+    with pytest.raises(StorageError, match="not in this platform's store"):
+        storage.local_file("s3://another-bucket/uploads/1/checkpoint.pt")

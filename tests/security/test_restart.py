@@ -164,7 +164,7 @@ def test_deployments_survive_restarts_and_kill_9(tmp_path, backend):
             management.unregister(endpoint)
         lost = _wait(lambda: (d := api.get(f"/v1/models/{model_id}").json()["deployment"])
                      ["status"] == "lost" and d, 60, "the deployment to be marked lost")
-        assert "is gone from the model store" in lost["reason"]
+        assert "is gone from the store" in lost["reason"]
         refused = api.post(f"/v1/models/{model_id}/embed", json={"images": [b64png(2)]})
         assert refused.status_code == 409 and "is gone" in refused.json()["detail"]
     finally:

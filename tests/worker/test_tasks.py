@@ -167,9 +167,9 @@ def test_the_partial_file_of_an_upload_whose_api_died_is_removed(tmp_path):
     import os
     import time
 
-    from mec_platform.galleries import STALE_UPLOAD_S, remove_stale_uploads, staging_folder
+    from mec_platform.galleries import STALE_UPLOAD_S, remove_stale_uploads
 
-    folder = staging_folder(tmp_path)
+    folder = tmp_path / "gallery-imports"
     folder.mkdir()
     dead, live, staged = folder / "a.partial", folder / "b.partial", folder / "c.ndjson"
     for path in (dead, live, staged):
@@ -177,7 +177,7 @@ def test_the_partial_file_of_an_upload_whose_api_died_is_removed(tmp_path):
     old = time.time() - STALE_UPLOAD_S - 5
     os.utime(dead, (old, old))
     os.utime(staged, (old, old))  # a staged import waits for its job: kept
-    assert remove_stale_uploads(tmp_path, time.time()) == [dead]
+    assert remove_stale_uploads(folder, time.time()) == [dead]
     assert not dead.exists() and live.exists() and staged.exists()
 
 
