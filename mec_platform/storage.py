@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from mec_platform.errors import Unavailable
 from mec_platform.settings import get_settings
 
 
@@ -125,8 +126,9 @@ class S3Store:
             raise StorageError(f"{self.url(key)}: {exc}") from exc
 
     def listing(self) -> list[tuple[str, str]]:
-        """(key under the prefix, ETag) of every object under the prefix."""
-        from botocore.exceptions import ClientError
+        """(key under the prefix, ETag) of every object under the prefix; Unavailable when
+        the store cannot be asked (no credentials, unreachable)."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         base = f"{self.prefix}/" if self.prefix else ""
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
@@ -134,8 +136,10 @@ class S3Store:
         try:
             return [(o["Key"][len(base):], o["ETag"].strip('"')) for page in pages
                     for o in page.get("Contents", []) if not o["Key"].endswith("/")]
-        except ClientError as exc:
+        except (ClientError, NoCredentialsError) as exc:  # the source cannot be read here
             raise StorageError(f"s3://{self.bucket}/{base}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise Unavailable(f"the object store cannot be read now ({exc})") from exc
 
     def local(self, key: str) -> Path | None:
         return None
