@@ -30,18 +30,9 @@ from mec_client.models import (
 )
 from mec_core.config import TrainConfig, resolved, stored_config
 from mec_platform.galleries import NAME_PATTERN
-from mec_platform.specs import ID_MAX, EvaluateSpec, SweepSpec
+from mec_platform.specs import ID_MAX, EvaluateSpec, SweepSpec, coerced
 from mec_platform.tables import Job, Model, utcnow
 from mec_platform.workers import QueueCapacity, waiting_reason
-
-
-def _coerced(error: dict) -> bool:
-    """Whether strict validation's error is a value of another JSON type than the schema
-    says: not 642.0 for an integer (JSON Schema's integer includes it), nor a string JSON
-    cannot carry back (a lone surrogate, which the path rule names)."""
-    integral = isinstance(error["input"], float) and error["input"].is_integer()
-    return error["type"] != "json_invalid" and not (
-        error["type"] in ("int_type", "int_from_float") and integral)
 
 
 def as_json_types(body: Any, *metadata: Any) -> Any:
@@ -56,7 +47,7 @@ def as_json_types(body: Any, *metadata: Any) -> Any:
         try:
             strict.validate_json(json.dumps(value), strict=True)
         except ValidationError as exc:
-            error = next((e for e in exc.errors() if _coerced(e)), None)
+            error = coerced(exc)
             if error is None:
                 return valid
             loc = list(error["loc"])

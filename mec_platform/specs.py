@@ -5,6 +5,7 @@ mec_core's TrainConfig."""
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any, Literal
 
 from pydantic import (
@@ -20,6 +21,18 @@ from pydantic.json_schema import JsonDict
 from mec_core.config import DatasetName, TrainConfig
 
 ID_MAX = 2**31 - 1  # ids, steps and offsets are PostgreSQL INTEGER columns
+
+
+def coerced(exc: ValidationError) -> dict | None:
+    """The first error of a strict validation (of JSON) that is a value of another JSON
+    type than the schema says, e.g. true or "5" for an integer: not 642.0 (JSON Schema's
+    integer includes it), nor a string JSON cannot carry back (a lone surrogate, which the
+    path rule names)."""
+    def other_type(error: dict) -> bool:
+        integral = isinstance(error["input"], float) and error["input"].is_integer()
+        return error["type"] != "json_invalid" and not (
+            error["type"] in ("int_type", "int_from_float") and integral)
+    return next((e for e in exc.errors() if other_type(e)), None)
 
 
 def renamed(names: dict[str, str]):
@@ -263,6 +276,12 @@ class SweepSpec(BaseModel):
             TrainConfig(**self.base)
         except ValidationError as exc:
             raise ValueError(f"base: {_first(exc)}") from None
+        try:  # and in the JSON types the schema gives (no true for an integer)
+            TrainConfig.model_validate_json(json.dumps(self.base), strict=True)
+        except ValidationError as exc:
+            if (error := coerced(exc)) is not None:
+                field = ".".join(map(str, error["loc"]))
+                raise ValueError(f"base.{field}: {error['msg']}") from None
         if self.objective.evaluation is not None:
             if "job_id" in self.objective.evaluation:
                 raise ValueError("objective.evaluation.job_id: set by the sweep, one per trial")

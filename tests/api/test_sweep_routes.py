@@ -26,6 +26,8 @@ def _sweep(space, **config):
      "boolean"),  # JSON's types, as the schema says: no coercion
     ({"base_lr": {"choice": [0.1]}}, {"seed": "5"}, "config.seed"),
     ({"base_lr": {"choice": [0.1]}}, {"max_trials": True}, "config.max_trials"),
+    ({"base_lr": {"choice": [0.1]}}, {"base": BASE | {"monitor_every": False}},
+     "config.base.monitor_every"),
     ({"batch_size": {"int": [0, 64]}}, {}, "space.batch_size: 0"),
     ({"backbone": {"choice": ["convnet", "vgg"]}}, {}, "space.backbone: 'vgg'"),
     ({"base_lr": {"uniform": [0.1, 0.5]}}, {"algorithm": "grid"}, "a grid needs a list"),
