@@ -7,7 +7,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from mec_platform.settings import get_settings
-from serving.client import AsyncTorchServe
+from serving.client import AsyncTorchServe, TorchServe
 
 
 @lru_cache(maxsize=1)
@@ -16,3 +16,11 @@ def torchserve() -> AsyncTorchServe:
     settings = get_settings()
     return AsyncTorchServe(settings.torchserve_inference_url,
                            settings.torchserve_management_url, settings.torchserve_home)
+
+
+@lru_cache(maxsize=1)
+def management() -> TorchServe:
+    """The process's client of TorchServe's management API (readiness: what it serves)."""
+    settings = get_settings()
+    return TorchServe(settings.torchserve_inference_url, settings.torchserve_management_url,
+                      settings.torchserve_home)

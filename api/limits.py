@@ -106,24 +106,27 @@ async def _refuse(send, status: int, detail: str) -> None:
 
 
 class AllowHeader:
-    """ASGI middleware: OPTIONS on a path answers 405 with an Allow header naming every
-    method the OpenAPI document gives the path (Starlette names only those of the first
-    route that matches it, e.g. POST without GET for /v1/jobs)."""
+    """ASGI middleware: a method the OpenAPI document does not give a path (OPTIONS among
+    them) answers 405 with an Allow header naming every method it gives. Starlette would
+    name only those of the first route that matches (POST without GET for /v1/jobs), or
+    hand GET /v1/jobs/validate to GET /v1/jobs/{job_id} (a 422)."""
 
     def __init__(self, app, openapi) -> None:
         self.app, self.openapi = app, openapi
-        self.paths: list[tuple[re.Pattern, str]] | None = None  # built at the first OPTIONS
+        self.paths: list[tuple[re.Pattern, set[str]]] | None = None  # built at first use
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["method"] == "OPTIONS":
-            if self.paths is None:
+        if scope["type"] == "http":
+            if self.paths is None:  # fixed paths before templated ones
                 self.paths = [(re.compile(re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(path))),
-                               ", ".join(sorted(m.upper() for m in methods)))
-                              for path, methods in self.openapi()["paths"].items()]
-            allow = next((m for pattern, m in self.paths if pattern.fullmatch(scope["path"])),
-                         None)
-            if allow:
-                await JSONResponse({"detail": "Method Not Allowed"}, 405,
-                                   headers={"Allow": allow})(scope, receive, send)
+                               {m.upper() for m in methods} | ({"HEAD"} if "get" in methods
+                                                               else set()))
+                              for path, methods in sorted(self.openapi()["paths"].items(),
+                                                          key=lambda p: p[0].count("{"))]
+            allowed = next((m for pattern, m in self.paths if pattern.fullmatch(scope["path"])),
+                           None)
+            if allowed and scope["method"] not in allowed:
+                await JSONResponse({"detail": "Method Not Allowed"}, 405, headers={
+                    "Allow": ", ".join(sorted(allowed - {"HEAD"}))})(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -49,7 +49,7 @@ app.include_router(audit_routes.router)
 app.include_router(ui.router)
 app.mount("/ui/static", StaticFiles(directory=ui.UI / "static"), name="ui-static")
 app.add_middleware(limits.BodyLimit)  # inside the audit log, which records its refusals
-app.add_middleware(limits.AllowHeader, openapi=app.openapi)
+app.add_middleware(limits.AllowHeader, openapi=lambda: app.openapi())  # the one below
 app.add_middleware(audit.AuditLog)
 # http_requests_total{handler,method,status} and http_request_duration_seconds{handler,
 # method}, by route template (unmatched paths as "none"), status grouped as 2xx, 4xx, ...
@@ -57,15 +57,63 @@ Instrumentator(excluded_handlers=["/metrics"], should_exclude_streaming_duration
                ).instrument(app)
 
 
+# (path, method, status) -> links to the operations its answer names (OpenAPI links):
+# {link: (path, method, {parameter: runtime expression})}
+_JOB = "$response.body#/id"
+_JOB_LINKS = {"GetJob": ("/v1/jobs/{job_id}", "get", {"job_id": _JOB})}
+LINKS = {
+    ("/v1/jobs", "post", "201"): _JOB_LINKS | {
+        "GetMetrics": ("/v1/jobs/{job_id}/metrics", "get", {"job_id": _JOB}),
+        "GetLogs": ("/v1/jobs/{job_id}/logs", "get", {"job_id": _JOB}),
+        "CancelJob": ("/v1/jobs/{job_id}/cancel", "post", {"job_id": _JOB})},
+    ("/v1/jobs", "post", "200"): _JOB_LINKS,
+    ("/v1/jobs/{job_id}/promote", "post", "202"): _JOB_LINKS,
+    ("/v1/models", "post", "202"): _JOB_LINKS,  # the import job; its model comes later
+    ("/v1/models/{model_id}/deploy", "post", "202"): _JOB_LINKS,
+    ("/v1/models/{model_id}/undeploy", "post", "202"): _JOB_LINKS,
+    ("/v1/galleries", "post", "201"): {
+        f"{verb}Gallery{what}": (f"/v1/galleries/{{name}}{path}", method,
+                                 {"name": "$response.body#/name"})
+        for verb, what, path, method in (("Get", "", "", "get"), ("List", "Items", "/items",
+                                         "get"), ("Search", "", "/search", "post"),
+                                         ("Delete", "", "", "delete"))},
+    ("/v1/galleries/{name}/items", "post", "202"): {"GetImport": (
+        "/v1/galleries/{name}/imports/{job_id}", "get",
+        {"name": "$request.path.name", "job_id": _JOB})},
+    ("/v1/datasets", "post", "201"): {
+        "GetDataset": ("/v1/datasets/{name}", "get", {"name": "$response.body#/name"})},
+}
+TOO_LARGE = {"description": "The body is over the size limit.", "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorPublic"}}}}
+
+
 def openapi() -> dict:
     """FastAPI's document, with the schemas of bodies that routes read themselves (a
-    gallery add, JSON or streamed NDJSON), which FastAPI does not collect, and each
-    route's 403 naming the scope it needs."""
+    gallery add, JSON or streamed NDJSON), which FastAPI does not collect, each route's
+    403 naming the scope it needs, 413 on every route with a body (api.limits), links
+    from what a route creates to the routes that read it, and parameters that are a value
+    or absent (HTTP has no null)."""
     if app.openapi_schema is None:
         document = FastAPI.openapi(app)
         _, defs = models_json_schema([(GalleryItemsIn, "validation")],
                                      ref_template="#/components/schemas/{model}")
         document["components"]["schemas"].update(defs["$defs"])
+        paths = document["paths"]
+        for path, methods in paths.items():
+            for method, operation in methods.items():
+                if "requestBody" in operation:
+                    operation["responses"].setdefault("413", TOO_LARGE)
+                for parameter in operation.get("parameters", []):
+                    schema = parameter["schema"]
+                    if "anyOf" in schema:
+                        given = [s for s in schema.pop("anyOf") if s.get("type") != "null"]
+                        schema |= given[0] if len(given) == 1 else {"anyOf": given}
+                for status, response in operation["responses"].items():
+                    for name, (target, verb, parameters) in LINKS.get(
+                            (path, method, status), {}).items():
+                        response.setdefault("links", {})[name] = {
+                            "operationId": paths[target][verb]["operationId"],
+                            "parameters": parameters}
         for route in iter_route_contexts(app.routes):
             for method in route.methods or ():
                 refused = document["paths"].get(route.path, {}).get(method.lower(), {}).get(

@@ -3,19 +3,66 @@ mec_client.models). A pretraining job's `config` *is* mec_core's TrainConfig."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WrapValidator,
+    model_validator,
+)
 
 from mec_client.enums import JobKind, JobStatus, Queue
 from mec_client.models import ErrorPublic, JobPublic, ModelPublic, Progress
 from mec_core.config import TrainConfig, resolved, stored_config
 from mec_platform.galleries import NAME_PATTERN
-from mec_platform.specs import ID_MAX, EvaluateSpec, SweepSpec
+from mec_platform.specs import ID_MAX, EvaluateSpec, SweepSpec, coerced
 from mec_platform.tables import Job, Model, utcnow
 from mec_platform.workers import QueueCapacity, waiting_reason
 
+
+def as_json_types(body: Any, *metadata: Any) -> Any:
+    """`body` as a request body whose values have the JSON types the schema gives them:
+    what pydantic would take only by coercing (true or "5" as an integer, 0 or "yes" as a
+    boolean) is refused, 422 naming the field; JSON's own readings stay (a string as an
+    enum, an array as a tuple, an integer as a number)."""
+    strict = TypeAdapter(Annotated[(body, *metadata)] if metadata else body)
+
+    def check(value: Any, handler) -> Any:
+        valid = handler(value)  # the usual errors first
+        try:
+            strict.validate_json(json.dumps(value), strict=True)
+        except ValidationError as exc:
+            error = coerced(exc)
+            if error is None:
+                return valid
+            loc = list(error["loc"])
+            if loc and isinstance(value, dict) and loc[0] == value.get("kind"):
+                loc.pop(0)  # a union's tag, which pydantic puts in the path
+            raise ValueError(f"{'.'.join(map(str, loc))}: {error['msg']}") from None
+        return valid
+
+    return Annotated[(body, *metadata, WrapValidator(check))]
+
+
+def _not_a_number(value: Any) -> Any:
+    """Pydantic reads a number as seconds since 1970; the schema says a date-time."""
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return value
+    raise ValueError("give a time in ISO 8601, e.g. 2026-12-01T00:00:00Z")
+
+
+# a time in ISO 8601, as the schema's date-time says (not a number of seconds)
+IsoTime = Annotated[datetime, BeforeValidator(_not_a_number)]
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
@@ -77,8 +124,8 @@ class SweepJobCreate(_JobFields):
                    "max_trials": 8, "max_parallel": 2}}]})
 
 
-JobCreate = Annotated[PretrainJobCreate | EvaluateJobCreate | SweepJobCreate,
-                      Field(discriminator="kind")]
+JobCreate = as_json_types(PretrainJobCreate | EvaluateJobCreate | SweepJobCreate,
+                          Discriminator("kind"))
 
 
 def public(job: Job, now: datetime | None = None,

@@ -25,7 +25,7 @@ from mec_platform.errors import Conflict, Invalid
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
-from mec_platform.specs import LOST, DeploySpec
+from mec_platform.specs import LOST, Deployment, DeploySpec
 from mec_platform.tables import Job, Model
 from serving.client import TorchServe
 
@@ -89,6 +89,26 @@ def archive_source(model_store: Path, endpoint: str, number: int) -> str | None:
     return store.presigned(f"archives/{name}") if store.stat(f"archives/{name}") else None
 
 
+def recorded_serving(session: Session) -> list[tuple[int, Deployment]]:
+    """(model id, deployment) of each deployment the database records as serving, but
+    those a deploy or undeploy under way is changing (it changes TorchServe on its own)."""
+    busy = {c["model_id"] for c in session.scalars(select(Job.config).where(
+        Job.kind == JobKind.DEPLOY, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))))}
+    return [(i, d) for i, d in session.execute(select(Model.id, Model.deployment))
+            if d is not None and d.serving and i not in busy]
+
+
+def unserved(session: Session, connect: Callable[[], TorchServe]) -> list[int]:
+    """The models recorded as serving of which TorchServe lacks an endpoint (not yet
+    registered again after its restart); `connect` is called only when one is recorded.
+    Raises serving.client.Unavailable when TorchServe does not answer."""
+    serving = recorded_serving(session)
+    if not serving:
+        return []
+    served = connect().names()
+    return [i for i, d in serving if any(e not in served for e in d.endpoints())]
+
+
 def restore(open_session: Callable[[], AbstractContextManager[Session]],
             connect: Callable[[], TorchServe], model_store: Path) -> dict[int, str]:
     """Register again every endpoint of a serving deployment that TorchServe does not
@@ -96,11 +116,7 @@ def restore(open_session: Callable[[], AbstractContextManager[Session]],
     reason. `connect` gives the management API (called only when a deployment serves).
     Returns {model id: what was done} for the models it touched."""
     with open_session() as s:
-        # a deploy or undeploy under way changes what TorchServe serves on its own
-        busy = {c["model_id"] for c in s.scalars(select(Job.config).where(
-            Job.kind == JobKind.DEPLOY, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))))}
-        serving = [(i, d) for i, d in s.execute(select(Model.id, Model.deployment))
-                   if d is not None and d.serving and i not in busy]
+        serving = recorded_serving(s)
     if not serving:
         return {}
     management = connect()

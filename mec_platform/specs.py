@@ -5,9 +5,17 @@ mec_core's TrainConfig."""
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import JsonDict
 
 from mec_core.config import DatasetName, TrainConfig
@@ -15,10 +23,22 @@ from mec_core.config import DatasetName, TrainConfig
 ID_MAX = 2**31 - 1  # ids, steps and offsets are PostgreSQL INTEGER columns
 
 
+def coerced(exc: ValidationError) -> dict | None:
+    """The first error of a strict validation (of JSON) that is a value of another JSON
+    type than the schema says, e.g. true or "5" for an integer: not 642.0 (JSON Schema's
+    integer includes it), nor a string JSON cannot carry back (a lone surrogate, which the
+    path rule names)."""
+    def other_type(error: dict) -> bool:
+        integral = isinstance(error["input"], float) and error["input"].is_integer()
+        return error["type"] != "json_invalid" and not (
+            error["type"] in ("int_type", "int_from_float") and integral)
+    return next((e for e in exc.errors() if other_type(e)), None)
+
+
 def renamed(names: dict[str, str]):
     """Old field names ({old: new}) still accepted in input, so that stored job configs
     and users' files keep working: a model's before-validator, and its schema's extra
-    (each old name shown as a deprecated property)."""
+    (each old name shown as a deprecated property, not to be given with the new one)."""
     def rename(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
@@ -35,6 +55,8 @@ def renamed(names: dict[str, str]):
             properties[old] = {k: v for k, v in properties[new].items() if k != "title"} | {
                 "deprecated": True,
                 "description": f"Deprecated: the old name of `{new}`."}
+        document["allOf"] = [{"not": {"required": [old, new]}}  # one name or the other
+                             for old, new in names.items()]
     return model_validator(mode="before")(classmethod(rename)), schema
 
 
@@ -144,7 +166,8 @@ class Deployment(BaseModel):
 
 class Distribution(BaseModel):
     """One field's values: {"choice": [...]}, {"uniform": [low, high]},
-    {"loguniform": [low, high]} or {"int": [low, high]} (bounds included)."""
+    {"loguniform": [low, high]} or {"int": [low, high]} (bounds included, in either
+    order)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True,
                               serialize_by_alias=True)
@@ -154,14 +177,17 @@ class Distribution(BaseModel):
     loguniform: tuple[float, float] | None = None
     int_: tuple[int, int] | None = Field(None, alias="int")
 
+    @field_validator("uniform", "loguniform", "int_")
+    @classmethod
+    def _ordered(cls, bounds: tuple | None) -> tuple | None:
+        return tuple(sorted(bounds)) if bounds is not None else None
+
     @model_validator(mode="after")
     def _one_kind(self) -> Distribution:
         given = [k for k in ("choice", "uniform", "loguniform", "int_") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("give exactly one of choice, uniform, loguniform, int")
-        low, high = self.bounds or (0, 1)
-        if low >= high:
-            raise ValueError(f"the low bound {low} must be below the high bound {high}")
+        low, _ = self.bounds or (1, 1)
         if self.loguniform is not None and low <= 0:
             raise ValueError(f"loguniform needs a positive low bound, got {low}")
         return self
@@ -201,10 +227,33 @@ class Objective(BaseModel):
         return EvaluateSpec(**(self.evaluation or {}) | {"job_id": job_id})
 
 
+def _sweep_schema(schema: JsonDict) -> None:
+    """The rules of a sweep that a schema can say: `base` is a pretrain config, `space`
+    names fields of it, each with exactly one distribution of its values; a grid takes
+    choices only."""
+    fields = TrainConfig.model_json_schema()["properties"]
+    schema["properties"]["base"] = {"type": "object", "properties": fields,
+                                    "additionalProperties": False,
+                                    "description": "The pretrain config every trial "
+                                    "starts from."}
+    bounds = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+    kinds = {"choice": {"type": "array", "minItems": 1, "maxItems": 100},
+             "uniform": bounds, "int": bounds | {"items": {"type": "integer"}},
+             "loguniform": bounds | {"items": {"type": "number", "exclusiveMinimum": 0}}}
+    schema["properties"]["space"] = {
+        k: v for k, v in schema["properties"]["space"].items() if k != "additionalProperties"
+    } | {"propertyNames": {"enum": list(fields)}, "additionalProperties": {"oneOf": [
+        {"type": "object", "properties": {kind: value}, "required": [kind],
+         "additionalProperties": False} for kind, value in kinds.items()]}}
+    schema["if"] = {"properties": {"algorithm": {"const": "grid"}}, "required": ["algorithm"]}
+    schema["then"] = {"properties": {"space": {"patternProperties": {
+        "": {"required": ["choice"]}}}}}
+
+
 class SweepSpec(BaseModel):
     """Pretraining trials over a search space of the pretrain config's fields."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_sweep_schema)
 
     base: dict[str, Any] = Field(description="The pretrain config every trial starts from.")
     space: dict[str, Distribution] = Field(min_length=1, max_length=20, description="Field "
@@ -227,6 +276,12 @@ class SweepSpec(BaseModel):
             TrainConfig(**self.base)
         except ValidationError as exc:
             raise ValueError(f"base: {_first(exc)}") from None
+        try:  # and in the JSON types the schema gives (no true for an integer)
+            TrainConfig.model_validate_json(json.dumps(self.base), strict=True)
+        except ValidationError as exc:
+            if (error := coerced(exc)) is not None:
+                field = ".".join(map(str, error["loc"]))
+                raise ValueError(f"base.{field}: {error['msg']}") from None
         if self.objective.evaluation is not None:
             if "job_id" in self.objective.evaluation:
                 raise ValueError("objective.evaluation.job_id: set by the sweep, one per trial")

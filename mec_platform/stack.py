@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,7 +130,7 @@ class Stack:
                 {"API": p.api},
                 lambda: self._spawn("api", [sys.executable, "-m", "uvicorn", "api.main:app",
                                             "--host", "127.0.0.1", "--port", str(p.api)]),
-                lambda: _get(f"{self.api_url}/readyz")),
+                lambda: _get(f"{self.api_url}/healthz")),
             "worker": Process(
                 {"worker metrics": p.worker_metrics},
                 lambda: self._spawn("worker", [sys.executable, "-m", "celery", "-A",
@@ -205,6 +205,9 @@ class Stack:
         try:
             self._wait_ready(timeout, {n: processes[n] for n in missing})
             self.restore()
+            # ready: database, broker, and every deployment served again
+            self._wait_ready(timeout, {"api": replace(processes["api"], ready=lambda: _get(
+                f"{self.api_url}/readyz"))})
         except BaseException:
             self.down()
             raise

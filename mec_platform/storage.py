@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from mec_platform.errors import Unavailable
 from mec_platform.settings import get_settings
 
 
@@ -167,8 +168,9 @@ class S3Store:
         return re.escape(base) + r"[^/?]+\.mar\?.*"
 
     def listing(self, under: str = "") -> list[tuple[str, str]]:
-        """(key under the prefix, ETag) of every object under the prefix (and `under`)."""
-        from botocore.exceptions import ClientError
+        """(key under the prefix, ETag) of every object under the prefix (and `under`);
+        Unavailable when the store cannot be asked (no credentials, unreachable)."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         base = f"{self.prefix}/" if self.prefix else ""
         if under:
@@ -178,8 +180,10 @@ class S3Store:
         try:
             return [(under + o["Key"][len(base):], o["ETag"].strip('"')) for page in pages
                     for o in page.get("Contents", []) if not o["Key"].endswith("/")]
-        except ClientError as exc:
+        except (ClientError, NoCredentialsError) as exc:  # the source cannot be read here
             raise StorageError(f"s3://{self.bucket}/{base}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise Unavailable(f"the object store cannot be read now ({exc})") from exc
 
     def local(self, key: str) -> Path | None:
         return None

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ReadKey, SessionDep, WriteKey
-from api.schemas import PRINTABLE, errors
+from api.schemas import PRINTABLE, as_json_types, errors
 from mec_client.models import DatasetPublic, DatasetsPublic, DatasetVersionPublic
 from mec_platform import datasets, storage
 from mec_platform.db import session_scope
@@ -32,6 +32,7 @@ ARCHIVES = ("application/x-tar", "application/gzip", "application/x-gzip", "appl
 class DatasetSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # the bucket as S3 names them (3-63 of a-z, 0-9, '.', '-'), then the prefix
     source: str = Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\\\x00-\x1f]*)?$",
                         max_length=1000, description=(
         "An S3 prefix of images (class folders, as in an archive), read in place on the "
@@ -77,7 +78,7 @@ def _find(session, key: ApiKey, name: str) -> Dataset:
 
 @router.post("", response_model=DatasetPublic, status_code=201, responses=errors(
     {409: "A dataset of this name exists in the key's project."}))
-def create_dataset(key: WriteKey, session: SessionDep, body: DatasetCreate):
+def create_dataset(key: WriteKey, session: SessionDep, body: as_json_types(DatasetCreate)):
     """A new, empty dataset of the key's project; its content comes as versions."""
     if session.scalar(select(Dataset).where(Dataset.project == key.project,
                                             Dataset.name == body.name)):
@@ -116,7 +117,9 @@ def delete_dataset(key: WriteKey, session: SessionDep, name: Name):
 @router.post("/{name}/versions", response_model=DatasetVersionPublic, status_code=201,
              responses=errors(NO_DATASET, 413, 415, {
                  409: "Another upload to the dataset took the version number while this one "
-                      "was checked; send it again."}), openapi_extra={"requestBody": {
+                      "was checked; send it again.",
+                 502: "source: the object store cannot be read now."}),
+             openapi_extra={"requestBody": {
                  "required": True, "content": {
                      **{t: {"schema": {"type": "string", "format": "binary"}}
                         for t in ARCHIVES},
@@ -138,7 +141,7 @@ async def upload_version(key: WriteKey, request: Request, name: Name,
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     if content_type == "application/json":
         try:
-            body = DatasetSource.model_validate_json(await request.body())
+            body = DatasetSource.model_validate_json(await request.body(), strict=True)
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(part) for part in first["loc"]) or "body"

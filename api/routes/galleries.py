@@ -29,6 +29,7 @@ from api.schemas import (
     GalleryItemsIn,
     GallerySearch,
     ItemId,
+    as_json_types,
     errors,
     public,
 )
@@ -66,7 +67,7 @@ def _public(session: Session, gallery: Gallery) -> GalleryPublic:
 
 
 @router.post("", response_model=GalleryPublic, status_code=201)
-def create_gallery(key: EmbedKey, session: SessionDep, body: GalleryCreate):
+def create_gallery(key: EmbedKey, session: SessionDep, body: as_json_types(GalleryCreate)):
     """A new, empty gallery, bound to the model's serving version."""
     return _public(session, galleries.create(session, key, body.name, body.model_id))
 
@@ -117,7 +118,7 @@ async def add_items(key: EmbedKey, name: Name, request: Request):
         staged, count = await _stage_lines(request)
         return await run_in_threadpool(_submit_import, key, name, staged, count)
     try:
-        body = GalleryItemsIn.model_validate_json(await request.body())
+        body = GalleryItemsIn.model_validate_json(await request.body(), strict=True)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
     items = [item.model_dump() for item in body.items]
@@ -176,7 +177,7 @@ def _stage_line(out, line: bytes, position: int) -> int:
     if not line.strip():
         return 0
     try:
-        item = GalleryItemIn.model_validate_json(line)
+        item = GalleryItemIn.model_validate_json(line, strict=True)
     except ValidationError as exc:
         raise RequestValidationError([e | {"loc": ("items", position, *e["loc"])}
                                       for e in exc.errors()]) from None
@@ -194,7 +195,8 @@ def get_import(key: EmbedKey, session: SessionDep, name: Name,
 
 @router.get("/{name}/items", response_model=GalleryItemsPublic)
 def list_items(key: EmbedKey, session: SessionDep, name: Name,
-               ids: Annotated[list[ItemId] | None, Query(alias="id", max_length=1000)] = None,
+               # at most 20: the URL stays within what the HTTP server reads (80 KB)
+               ids: Annotated[list[ItemId] | None, Query(alias="id", max_length=20)] = None,
                offset: Annotated[int, Query(ge=0, le=ID_MAX)] = 0,
                limit: Annotated[int, Query(ge=1, le=500)] = 50):
     """The gallery's items in the order they were added (or those of the `id`s given),
@@ -220,7 +222,8 @@ def delete_item(key: EmbedKey, session: SessionDep, name: Name, item_id: str):
 
 
 @router.post("/{name}/delete", response_model=GalleryDeleted)
-def delete_items(key: EmbedKey, session: SessionDep, name: Name, body: GalleryDelete):
+def delete_items(key: EmbedKey, session: SessionDep, name: Name,
+                 body: as_json_types(GalleryDelete)):
     """Delete items by ids, every item that a metadata filter keeps, or every item
     (`"all": true`)."""
     return GalleryDeleted(deleted=galleries.delete_items(session, key, name, body.ids,
@@ -228,7 +231,7 @@ def delete_items(key: EmbedKey, session: SessionDep, name: Name, body: GalleryDe
 
 
 @router.post("/{name}/search", response_model=GallerySearchPublic)
-def search(key: EmbedKey, session: SessionDep, name: Name, body: GallerySearch):
+def search(key: EmbedKey, session: SessionDep, name: Name, body: as_json_types(GallerySearch)):
     """The k items nearest to an image, a vector or one of the gallery's items (cosine
     similarity), among those that the filter keeps; exact up to 200,000 candidates, an
     inverted-file index above."""

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Depends, Form, Query, UploadFile
 from sqlalchemy import func, select
 
 from api.deps import DeployKey, ModelDep, ReadKey, SessionDep, WriteKey, submission_quota
-from api.schemas import PRINTABLE, errors, model_public, public
+from api.schemas import PRINTABLE, as_json_types, errors, model_public, public
 from mec_client.models import JobPublic, ModelPublic, ModelsPublic
 from mec_platform import deployments, jobs, keys, storage
 from mec_platform.jobs import JobKind
@@ -63,7 +63,7 @@ def get_model(_: ReadKey, model: ModelDep):
 @router.post("/{model_id}/deploy", response_model=JobPublic, status_code=202,
              responses=errors(NO_MODEL))
 def deploy_model(_: DeployKey, model: ModelDep, session: SessionDep,
-                 spec: Annotated[DeploySpec | None, Body()] = None):
+                 spec: Annotated[as_json_types(DeploySpec) | None, Body()] = None):
     """Package (if needed) and register the model with TorchServe, as a new version that
     replaces the serving one only once it is ready. Returns the deploy job."""
     return public(deployments.submit(session, model, "deploy", spec))

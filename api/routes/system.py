@@ -6,9 +6,11 @@ from fastapi import APIRouter, HTTPException
 from sqlalchemy import text
 
 from api.deps import ReadKey, SessionDep
+from api.inference import management
 from api.schemas import WorkerPublic, errors
-from mec_platform import workers
+from mec_platform import deployments, workers
 from mec_platform.queue import broker_reachable
+from serving.client import Unavailable
 
 router = APIRouter(tags=["system"])
 
@@ -21,13 +23,23 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses=errors(503))
 def readyz(session: SessionDep) -> dict[str, str]:
-    """The database and the broker are reachable (503 naming the one that is not)."""
+    """The database and the broker are reachable, and TorchServe serves every model the
+    database records as serving (after a restart, once they are registered again); 503
+    naming what is not."""
     try:
         session.execute(text("SELECT 1"))
     except Exception as exc:  # any driver error means not ready
         raise HTTPException(503, f"database unreachable: {type(exc).__name__}") from None
     if not broker_reachable():
         raise HTTPException(503, "broker unreachable")
+    try:
+        missing = deployments.unserved(session, management)
+    except Unavailable as exc:
+        raise HTTPException(503, f"models recorded as serving are not verified: {exc}"
+                            ) from None
+    if missing:
+        raise HTTPException(503, "models recorded as serving are not registered in the model "
+                            f"server yet: {', '.join(map(str, missing))}")
     return {"status": "ready"}
 
 

@@ -22,7 +22,12 @@ def _sweep(space, **config):
     ({"base_lr": {"choice": []}}, {}, "space.base_lr.choice"),
     ({"base_lr": {"uniform": [-1.0, 1.0]}}, {}, "space.base_lr: -1.0"),
     ({"base_lr": {"loguniform": [0.0, 1.0]}}, {}, "space.base_lr: loguniform needs a positive"),
-    ({"base_lr": {"uniform": [0.5, 0.1]}}, {}, "space.base_lr: the low bound 0.5"),
+    ({"base_lr": {"choice": [0.1]}}, {"prune": 0}, "config.prune: Input should be a valid "
+     "boolean"),  # JSON's types, as the schema says: no coercion
+    ({"base_lr": {"choice": [0.1]}}, {"seed": "5"}, "config.seed"),
+    ({"base_lr": {"choice": [0.1]}}, {"max_trials": True}, "config.max_trials"),
+    ({"base_lr": {"choice": [0.1]}}, {"base": BASE | {"monitor_every": False}},
+     "config.base.monitor_every"),
     ({"batch_size": {"int": [0, 64]}}, {}, "space.batch_size: 0"),
     ({"backbone": {"choice": ["convnet", "vgg"]}}, {}, "space.backbone: 'vgg'"),
     ({"base_lr": {"uniform": [0.1, 0.5]}}, {"algorithm": "grid"}, "a grid needs a list"),
@@ -48,10 +53,11 @@ def test_a_bad_space_is_422_naming_the_field_and_queues_nothing(client, space, c
 
 def test_a_sweep_is_queued_on_the_cpu_queue(client):
     r = client.post("/v1/jobs", json=_sweep({"base_lr": {"choice": [0.1, 0.5]},
-                                             "eps_sq": {"loguniform": [8, 128]}},
+                                             "eps_sq": {"loguniform": [128, 8]}},
                                             algorithm="tpe", max_trials=4))
     assert r.status_code == 201, r.text
     sweep = r.json()
+    assert sweep["config"]["space"]["eps_sq"]["loguniform"] == [8, 128]  # either order
     assert sweep["kind"] == "sweep" and sweep["queue"] == "cpu" and sweep["parent_id"] is None
     assert client.get("/v1/jobs", params={"parent_id": sweep["id"]}).json()["count"] == 0
     promote = client.post(f"/v1/jobs/{sweep['id']}/promote")

@@ -1,22 +1,27 @@
-"""Property-based requests from our own OpenAPI schema (schemathesis), with a valid key,
-against the real API process: no 5xx, and every response matches what the schema says
-(status code, content type, body). No worker runs: generated jobs only wait in the queue."""
+"""The contract: requests generated from our own OpenAPI document (schemathesis), with a
+valid key, against the real API process, in all four phases (examples, coverage, fuzzing,
+stateful) and with every check: no 5xx; every status, header, content type and body as
+the document says; what it calls valid accepted and what it calls invalid refused; other
+methods 405; the links it declares hold. What a schema cannot say is written down in
+schemathesis.toml, which `schemathesis run` reads too. No worker runs: generated jobs
+only wait in the queue.
+
+The default run generates a few cases per operation and phase (QUICK); `make test-slow`
+runs the thorough one."""
+
+from pathlib import Path
 
 import pytest
+import schema_hooks  # noqa: F401  (registers the NDJSON serializer)
 import schemathesis
 from harness import base_env, open_platform
-from hypothesis import HealthCheck, settings
-from schemathesis.checks import (
-    content_type_conformance,
-    not_a_server_error,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from hypothesis import HealthCheck, Phase, settings
+from schemathesis.config import SchemathesisConfig
 
 from api.main import app
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance]
+CONFIG = (Path(__file__).parents[2] / "schemathesis.toml").read_text()
+QUICK, THOROUGH = 2, 30  # generated cases per operation in the fuzzing and stateful phases
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +37,45 @@ def api_only(tmp_path_factory):
         plat.stop()
 
 
-# the same document the API serves at /openapi.json
-schema = schemathesis.openapi.from_dict(app.openapi())
+def _schema():
+    """The document the API serves at /openapi.json, with schemathesis.toml."""
+    return schemathesis.openapi.from_dict(app.openapi(),
+                                          config=SchemathesisConfig.from_str(CONFIG))
 
 
-@schema.parametrize()
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
-def test_every_route__no_5xx_and_responses_match_the_schema(case, api_only):
-    case.call_and_validate(base_url=api_only.url, checks=CHECKS,
-                           headers={"Authorization": f"Bearer {api_only.key}"})
+quick, thorough = _schema(), _schema()
+
+
+def _aim(schema, platform) -> str:
+    """Requests carry the platform's key as `-H` adds it (a negative case may still leave
+    it out); returns the API's URL."""
+    schema.config.update(headers={"Authorization": f"Bearer {platform.key}"})
+    return platform.url
+
+
+@quick.parametrize()
+@settings(max_examples=QUICK, deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_route__all_checks(case, api_only):
+    case.call_and_validate(base_url=_aim(quick, api_only))
+
+
+@pytest.mark.slow
+@thorough.parametrize()
+@settings(max_examples=THOROUGH, deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_route__all_checks__thorough(case, api_only):
+    case.call_and_validate(base_url=_aim(thorough, api_only))
+
+
+@pytest.mark.parametrize("schema, examples", [
+    (quick, QUICK), pytest.param(thorough, THOROUGH, marks=pytest.mark.slow)])
+def test_links__each_holds(api_only, schema, examples):
+    url = _aim(schema, api_only)
+
+    class Workflow(schema.as_state_machine()):
+        def get_call_kwargs(self, case):
+            return {"base_url": url, "headers": {"Authorization": f"Bearer {api_only.key}"}}
+
+    # generated only: a replay (shrinking) meets a server whose state has moved on
+    Workflow.run(settings=settings(max_examples=examples, stateful_step_count=4,
+                                   phases=[Phase.generate], database=None, deadline=None,
+                                   suppress_health_check=list(HealthCheck)))

@@ -159,3 +159,104 @@ def test_a_flood_of_imports_is_bounded_per_key_and_per_project(served):
     queued = platform.get("/v1/jobs", params={"kind": "gallery", "status": "queued"})["data"]
     for job in queued:
         platform.wait_status(job["id"], ("succeeded", "failed"))
+
+
+def test_vectors_float32_cannot_hold_are_refused_and_nothing_is_stored(served):
+    """Finding 7: finite as float64 but not as float32 (1e39; 1e-46, zero once stored):
+    422 naming why, on add and on search; the gallery holds nothing of them."""
+    platform, model_id = served
+    dim = platform.post("/v1/galleries", {"name": "floats", "model_id": model_id})["dim"]
+    for vector, why in (([1e39] + [0.0] * (dim - 1), "float32's range"),
+                        ([1e-46] * dim, "zero once")):
+        r = platform.client.post("/v1/galleries/floats/items",
+                                 json={"items": [{"id": "nan", "vector": vector}]})
+        assert r.status_code == 422 and why in r.json()["detail"], r.text
+        r = platform.client.post("/v1/galleries/floats/search", json={"vector": vector})
+        assert r.status_code == 422 and why in r.json()["detail"], r.text
+    assert platform.get("/v1/galleries/floats")["items"] == 0
+    assert platform.client.get("/v1/galleries/floats/items/nan").status_code == 404
+
+
+def _client(platform, name: str, *options: str) -> httpx.Client:
+    """A client with a new key (`mec keys create --name name *options`)."""
+    return httpx.Client(base_url=platform.url, timeout=30, headers={
+        "Authorization": f"Bearer {platform.new_key(name, *options)}"})
+
+
+def test_the_smaller_findings_on_the_real_api(served):
+    """Finding 8: an empty delete filter, an Idempotency-Key reused with another body,
+    control and bidi characters in names, the audit row of a refused body, the admin
+    key's gallery list and the embedded database's mode."""
+    platform, model_id = served
+    attacker = _client(platform, "attacker")
+    admin = _client(platform, "ops", "--scope", "admin", "--project", "ops")
+    dim = platform.post("/v1/galleries", {"name": "keep", "model_id": model_id})["dim"]
+    items = [{"id": f"v{i}", "vector": [1.0, float(i)] + [0.0] * (dim - 2)} for i in range(3)]
+    assert platform.post("/v1/galleries/keep/items", {"items": items}, expect=200)
+    # {"filter": {}} once deleted the whole gallery
+    r = attacker.post("/v1/galleries/keep/delete", json={"filter": {}})
+    assert r.status_code == 422 and r.json()["detail"].startswith("filter"), r.text
+    assert platform.get("/v1/galleries/keep")["items"] == 3
+    assert attacker.post("/v1/galleries/keep/delete", json={"all": True}).json() == {
+        "deleted": 3}
+
+    # an Idempotency-Key reused with another body once returned the first job silently
+    before = _jobs(platform)
+    spec = {"kind": "pretrain", "name": "once", "config": TINY}
+    first = attacker.post("/v1/jobs", json=spec, headers={"Idempotency-Key": "k-1"})
+    again = attacker.post("/v1/jobs", json=spec, headers={"Idempotency-Key": "k-1"})
+    other = attacker.post("/v1/jobs", json=spec | {"name": "twice"},
+                          headers={"Idempotency-Key": "k-1"})
+    assert (first.status_code, again.status_code, other.status_code) == (201, 200, 409)
+    assert again.json()["id"] == first.json()["id"]
+    assert str(first.json()["id"]) in other.json()["detail"]
+    # names that would rewrite a terminal or reverse what it shows
+    for name in ("a\x1b[2Jb", "invoice\u202egpj.exe", "a\x00b", "a\u200fb", "a\x85b"):
+        r = attacker.post("/v1/jobs", json={"kind": "pretrain", "name": name, "config": TINY})
+        assert r.status_code == 422 and r.json()["detail"].startswith("name"), r.text
+    assert _jobs(platform) == before + 1
+    platform.wait_status(first.json()["id"], ("succeeded", "failed"))
+
+    # a body refused once left an audit row with no key and no project
+    assert attacker.post("/v1/jobs", json={"kind": "pretrain", "config": {
+        "batch_size": "x"}}).status_code == 422
+    row = admin.get("/v1/audit", params={"limit": 1}).json()["data"][0]
+    prefix = attacker.headers["Authorization"].removeprefix("Bearer ")[:len(row["key_prefix"])]
+    assert (row["status"], row["path"], row["project"]) == (422, "/v1/jobs", "default")
+    assert row["key_prefix"] == prefix and len(prefix) >= 8
+
+    # the admin key once listed only project default's galleries
+    shop = _client(platform, "shop", "--scope", "embed", "--project", "shop")
+    assert "keep" in [g["name"] for g in admin.get("/v1/galleries").json()["data"]]
+    assert "keep" not in [g["name"] for g in shop.get("/v1/galleries").json()["data"]]
+    assert shop.get("/v1/galleries/keep").status_code == 404
+
+    # the embedded database (key hashes) was world-readable
+    if platform.backend == "embedded":
+        files = list((platform.root / "data").glob("mec.db*"))
+        assert files and {f.stat().st_mode & 0o777 for f in files} == {0o600}, files
+
+
+def test_an_upload_cut_by_a_killed_api_leaves_no_staging_file(served):
+    """Finding 8: kill -9 of the API while an NDJSON import streams in; once its staging
+    file has gone an hour unwritten (aged here), a worker removes it."""
+    platform, model_id = served
+    dim = platform.post("/v1/galleries", {"name": "cut", "model_id": model_id})["dim"]
+    staging = platform.root / "data" / "artifacts" / "gallery-imports"
+    line = (json.dumps({"id": "x", "vector": [1.0] * dim}) + "\n").encode()
+
+    def slow_body():
+        yield line
+        platform.wait_for(lambda: list(staging.glob("*.partial")), 30, "the staging file")
+        os.killpg(platform.api.pid, signal.SIGKILL)
+        yield line
+
+    with pytest.raises(httpx.TransportError):
+        httpx.post(f"{platform.url}/v1/galleries/cut/items", content=slow_body(), timeout=30,
+                   headers=dict(platform.client.headers) | {"Content-Type": NDJSON})
+    platform.api.wait()
+    platform.start_api()
+    [partial] = staging.glob("*.partial")
+    os.utime(partial, (partial.stat().st_atime - 3700, partial.stat().st_mtime - 3700))
+    platform.wait_for(lambda: not partial.exists(), 30, "a worker to remove the staging file")
+    assert platform.get("/v1/galleries/cut")["items"] == 0

@@ -123,6 +123,7 @@ def test_deployments_survive_restarts_and_kill_9(tmp_path, backend):
             assert found.json()["results"][0]["id"] == "sku-2"
             assert found.json()["model_version"] == made.json()["model_version"]
             assert api.get(f"/v1/models/{model_id}").json()["deployment"] == deployed
+            assert api.get("/readyz").json() == {"status": "ready"}, what
 
         still_served("the deploy")
         stack.down()
@@ -148,12 +149,18 @@ def test_deployments_survive_restarts_and_kill_9(tmp_path, backend):
         assert refused.returncode != 0 and "already runs" in refused.stderr
         assert f"dashboard http://127.0.0.1:{stack.ports[0]}/ui/" in refused.stderr
 
-        # TorchServe back empty under a running stack (a container restart): the worker's
-        # heartbeat registers the model again
+        # TorchServe back empty under a running stack (a container restart): the API is
+        # not ready, naming the model, until the worker's heartbeat registers it again
         running = Stack(stack.data, Ports(*stack.ports))
         settings, management = running.settings, running.torchserve()
+        os.killpg(stack.pid("worker"), signal.SIGSTOP)
         for endpoint in (deployed["name"], f"{deployed['name']}-knn"):
             management.unregister(endpoint)
+        not_ready = api.get("/readyz")
+        assert not_ready.status_code == 503, not_ready.text
+        assert not_ready.json()["detail"].endswith(f"not registered in the model server yet: "
+                                                   f"{model_id}")
+        os.killpg(stack.pid("worker"), signal.SIGCONT)
         _wait(lambda: {deployed["name"], f"{deployed['name']}-knn"} <= management.names(),
               60, "the worker to register the model again")
         still_served("TorchServe lost its models")
@@ -167,5 +174,6 @@ def test_deployments_survive_restarts_and_kill_9(tmp_path, backend):
         assert "is gone from the store" in lost["reason"]
         refused = api.post(f"/v1/models/{model_id}/embed", json={"images": [b64png(2)]})
         assert refused.status_code == 409 and "is gone" in refused.json()["detail"]
+        assert api.get("/readyz").status_code == 200  # a lost deployment is not waited for
     finally:
         stack.close()
