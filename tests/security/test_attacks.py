@@ -242,7 +242,7 @@ def test_an_upload_cut_by_a_killed_api_leaves_no_staging_file(served):
     file has gone an hour unwritten (aged here), a worker removes it."""
     platform, model_id = served
     dim = platform.post("/v1/galleries", {"name": "cut", "model_id": model_id})["dim"]
-    staging = platform.root / "data" / "artifacts" / "gallery-imports"
+    staging = platform.root / "data" / "artifacts" / "store" / "gallery-imports"  # file://
     line = (json.dumps({"id": "x", "vector": [1.0] * dim}) + "\n").encode()
 
     def slow_body():
