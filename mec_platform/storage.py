@@ -47,6 +47,10 @@ class FileStore:
         """Where objects under `key` are written in place (a file:// store only)."""
         return self._path(key)
 
+    def key_of(self, url: str) -> str | None:
+        """None: a file:// store's rows hold paths, never s3:// URLs."""
+        return None
+
     def prepare(self) -> None:
         """Nothing to do: folders are made as objects are written."""
 
@@ -319,7 +323,7 @@ def local_file(ref: str) -> Path:
     if not ref.startswith("s3://"):
         return Path(ref)
     store, settings = get_store(), get_settings()
-    key = store.key_of(ref) if isinstance(store, S3Store) else None
+    key = store.key_of(ref)
     if key is None:
         raise StorageError(f"{ref} is not in this platform's store ({settings.storage_url})")
     return fetch(store, key, settings.cache_dir, settings.cache_mb << 20)
@@ -328,7 +332,7 @@ def local_file(ref: str) -> Path:
 def remove(ref: str) -> None:
     """Remove a stored reference's object (a path: the file)."""
     store = get_store()
-    key = store.key_of(ref) if isinstance(store, S3Store) else None
+    key = store.key_of(ref)
     if key is not None:
         store.delete(key)
     elif not ref.startswith("s3://"):
