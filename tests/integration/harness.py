@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import httpx
@@ -180,36 +180,42 @@ def open_platform(root: Path, env: dict[str, str], backend: str) -> Platform:
 
 
 @contextmanager
+def postgres_and_redis():
+    """A throwaway PostgreSQL database and a Redis database no live platform uses, as the
+    settings that point a platform at them; dropped and released on exit."""
+    database, redis_db = _postgres_database(), take_redis_db()
+    try:
+        yield {"MEC_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
+               "MEC_BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}"}
+    finally:
+        _drop_database(database)
+        release_redis_db(redis_db)
+
+
+@contextmanager
 def full_platform(root: Path, backend: str, api_env: dict[str, str] | None = None,
                   **env_overrides: str):
     """API, one worker (w1) and TorchServe on `backend` ("embedded" or "postgres+redis",
     a database of its own, dropped afterwards), all stopped on exit; `api_env`: variables
     of the API process only."""
-    env = base_env(root) | env_overrides
-    database = redis_db = None
-    if backend == "postgres+redis":
-        database, redis_db = _postgres_database(), take_redis_db()
-        env["MEC_DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
-        env["MEC_BROKER_URL"] = f"redis://127.0.0.1:6379/{redis_db}"
-    ts_ports = unused_ports(3)
-    env |= {"MEC_TORCHSERVE_INFERENCE_URL": f"http://127.0.0.1:{ts_ports[0]}",
-            "MEC_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{ts_ports[1]}",
-            "MEC_TORCHSERVE_HOME": str(root / "torchserve"),
-            "MEC_MODEL_STORE": str(root / "model-store")}
-    plat = open_platform(root, env, backend)
-    plat.database = database
-    plat.torchserve = LocalTorchServe(root / "torchserve", root / "model-store", *ts_ports)
-    try:
-        plat.torchserve.start()
-        plat.start_api(**(api_env or {}))
-        plat.start_worker("w1")
-        yield plat
-    finally:
-        plat.stop()
-        plat.torchserve.stop()
-        if database:
-            _drop_database(database)
-            release_redis_db(redis_db)
+    with postgres_and_redis() if backend == "postgres+redis" else nullcontext({}) as backing:
+        env = base_env(root) | env_overrides | backing
+        ts_ports = unused_ports(3)
+        env |= {"MEC_TORCHSERVE_INFERENCE_URL": f"http://127.0.0.1:{ts_ports[0]}",
+                "MEC_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{ts_ports[1]}",
+                "MEC_TORCHSERVE_HOME": str(root / "torchserve"),
+                "MEC_MODEL_STORE": str(root / "model-store")}
+        plat = open_platform(root, env, backend)
+        plat.database = backing.get("MEC_DATABASE_URL", "").rpartition("/")[2] or None
+        plat.torchserve = LocalTorchServe(root / "torchserve", root / "model-store", *ts_ports)
+        try:
+            plat.torchserve.start()
+            plat.start_api(**(api_env or {}))
+            plat.start_worker("w1")
+            yield plat
+        finally:
+            plat.stop()
+            plat.torchserve.stop()
 
 
 def png(seed: int, side: int = 32) -> bytes:

@@ -12,39 +12,28 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import uuid
 
 import pytest
-from harness import (
-    _drop_database,
-    _postgres_database,
-    base_env,
-    open_platform,
-    png,
-    release_redis_db,
-    take_redis_db,
-)
+from harness import base_env, open_platform, png, postgres_and_redis
 
 from mec_client import APIError, Client
 
 
 @pytest.fixture
 def split_platform(tmp_path, s3_server):
-    database, redis_db = _postgres_database(), take_redis_db()
-    bucket = s3_server.bucket(f"mec-{database.replace('_', '-')}")
-    env = base_env(tmp_path) | s3_server.env | {
-        "MEC_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
-        "MEC_BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
-        "MEC_STORAGE_URL": f"s3://{bucket}/platform"}
-    plat = open_platform(tmp_path, env | {"MEC_DATA_DIR": str(tmp_path / "api")},
-                         "postgres+redis")
-    try:
-        plat.start_api(MEC_DATA_DIR=str(tmp_path / "api"))
-        plat.start_worker("w1", MEC_DATA_DIR=str(tmp_path / "worker"))
-        yield plat
-    finally:
-        plat.stop()
-        _drop_database(database)
-        release_redis_db(redis_db)
+    bucket = s3_server.bucket(f"mec-{uuid.uuid4().hex[:12]}")
+    with postgres_and_redis() as backing:
+        env = base_env(tmp_path) | s3_server.env | backing | {
+            "MEC_STORAGE_URL": f"s3://{bucket}/platform"}
+        plat = open_platform(tmp_path, env | {"MEC_DATA_DIR": str(tmp_path / "api")},
+                             "postgres+redis")
+        try:
+            plat.start_api(MEC_DATA_DIR=str(tmp_path / "api"))
+            plat.start_worker("w1", MEC_DATA_DIR=str(tmp_path / "worker"))
+            yield plat
+        finally:
+            plat.stop()
 
 
 def images_archive(path, classes: int = 4, per_class: int = 60) -> None:

@@ -18,14 +18,7 @@ from datetime import datetime, timezone
 import psutil
 import psycopg
 import pytest
-from harness import (
-    _drop_database,
-    _postgres_database,
-    base_env,
-    open_platform,
-    release_redis_db,
-    take_redis_db,
-)
+from harness import base_env, open_platform, postgres_and_redis
 from test_multiprocess import TINY, _losses
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install '.[ray]')")
@@ -53,21 +46,16 @@ def platform(cluster, tmp_path_factory):
     """API and two Celery workers (each can drive a Ray run) on PostgreSQL and Redis,
     pointed at the cluster."""
     root = tmp_path_factory.mktemp("ray")
-    database, redis_db = _postgres_database(), take_redis_db()
-    env = base_env(root) | {
-        "MEC_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
-        "MEC_BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
-        "MEC_RAY_ADDRESS": cluster.address}
-    plat = open_platform(root, env, "postgres+redis")
-    try:
-        plat.start_api()
-        plat.start_worker("w1")
-        plat.start_worker("w2")
-        yield plat
-    finally:
-        plat.stop()
-        _drop_database(database)
-        release_redis_db(redis_db)
+    with postgres_and_redis() as backing:
+        env = base_env(root) | backing | {"MEC_RAY_ADDRESS": cluster.address}
+        plat = open_platform(root, env, "postgres+redis")
+        try:
+            plat.start_api()
+            plat.start_worker("w1")
+            plat.start_worker("w2")
+            yield plat
+        finally:
+            plat.stop()
 
 
 def pretrain(platform, steps, nodes, processes, **extra):

@@ -10,18 +10,11 @@ from __future__ import annotations
 
 import os
 import signal
+import uuid
 from unittest import mock
 
 import pytest
-from harness import (
-    _drop_database,
-    _postgres_database,
-    base_env,
-    open_platform,
-    png,
-    release_redis_db,
-    take_redis_db,
-)
+from harness import base_env, open_platform, png, postgres_and_redis
 
 from mec_platform.storage import open_store
 from serving.torchserve import LocalTorchServe, unused_ports
@@ -48,32 +41,29 @@ def _torchserve(plat, model_store: str, s3_env: dict) -> LocalTorchServe:
 def hosts(tmp_path_factory, s3_server):
     """API, worker w1 and TorchServe, each in a folder of its own ("hosts")."""
     root = tmp_path_factory.mktemp("hosts")
-    database, redis_db = _postgres_database(), take_redis_db()
-    bucket = s3_server.bucket(f"mec-{database.replace('_', '-')}")
+    bucket = s3_server.bucket(f"mec-{uuid.uuid4().hex[:12]}")
     ports = unused_ports(3)
     store_url = f"s3://{bucket}/platform"
-    env = base_env(root) | s3_server.env | {
-        "MEC_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
-        "MEC_BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
-        "MEC_STORAGE_URL": store_url,
-        "MEC_TORCHSERVE_INFERENCE_URL": f"http://127.0.0.1:{ports[0]}",
-        "MEC_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{ports[1]}",
-        # TorchServe's keys: the one file of its host the others read
-        "MEC_TORCHSERVE_HOME": str(root / "ts")}
-    plat = open_platform(root, env | {"MEC_DATA_DIR": str(root / "api")}, "postgres+redis")
-    plat.bucket, plat.store_url = bucket, store_url
-    plat.ts_ports = ports
-    plat.torchserve = _torchserve(plat, "model-store", s3_server.env)
-    try:
-        plat.torchserve.start()
-        plat.start_api(MEC_DATA_DIR=str(root / "api"))
-        plat.start_worker("w1", MEC_DATA_DIR=str(root / "w1"))
-        yield plat
-    finally:
-        plat.stop()
-        plat.torchserve.stop()
-        _drop_database(database)
-        release_redis_db(redis_db)
+    with postgres_and_redis() as backing:
+        env = base_env(root) | s3_server.env | backing | {
+            "MEC_STORAGE_URL": store_url,
+            "MEC_TORCHSERVE_INFERENCE_URL": f"http://127.0.0.1:{ports[0]}",
+            "MEC_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{ports[1]}",
+            # TorchServe's keys: the one file of its host the others read
+            "MEC_TORCHSERVE_HOME": str(root / "ts")}
+        plat = open_platform(root, env | {"MEC_DATA_DIR": str(root / "api")},
+                             "postgres+redis")
+        plat.bucket, plat.store_url = bucket, store_url
+        plat.ts_ports = ports
+        plat.torchserve = _torchserve(plat, "model-store", s3_server.env)
+        try:
+            plat.torchserve.start()
+            plat.start_api(MEC_DATA_DIR=str(root / "api"))
+            plat.start_worker("w1", MEC_DATA_DIR=str(root / "w1"))
+            yield plat
+        finally:
+            plat.stop()
+            plat.torchserve.stop()
 
 
 def _objects(plat, s3_server, prefix: str) -> list[str]:
