@@ -6,21 +6,17 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from mec_platform.settings import get_settings
+from mec_platform import model_server
 from serving.client import AsyncTorchServe, TorchServe
 
 
 @lru_cache(maxsize=1)
 def torchserve() -> AsyncTorchServe:
     """The process's TorchServe client (made on first use, for the settings of then)."""
-    settings = get_settings()
-    return AsyncTorchServe(settings.torchserve_inference_url,
-                           settings.torchserve_management_url, settings.torchserve_home)
+    return model_server.async_client()
 
 
 @lru_cache(maxsize=1)
 def management() -> TorchServe:
     """The process's client of TorchServe's management API (readiness: what it serves)."""
-    settings = get_settings()
-    return TorchServe(settings.torchserve_inference_url, settings.torchserve_management_url,
-                      settings.torchserve_home)
+    return model_server.client()

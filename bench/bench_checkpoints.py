@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from mec_core.config import TrainConfig
 
+    load_before = round(os.getloadavg()[0], 2)  # the machine's load (1 min) before the run
     root = Path(tempfile.mkdtemp(prefix="mec-bench-checkpoints-"))
     server = S3Server(root / "seaweedfs")
     try:
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> dict:
     pairs = [s3 / file for file, s3 in zip(step["file"], step["s3"])]
     cpu_medians = {name: statistics.median(values) for name, values in cpu.items()}
     return {"bench": "checkpoints", "when": time.strftime("%Y-%m-%d %H:%M"), "host": host(),
-            "command": f"nice python bench/bench_checkpoints.py --repeats {args.repeats} "
+            "command": f"python bench/bench_checkpoints.py --repeats {args.repeats} "
                        f"--steps {args.steps} --checkpoint-every {args.checkpoint_every} "
                        f"--backbone {args.backbone} --batch-size {args.batch_size}",
             "backbone": args.backbone, "batch_size": args.batch_size, "steps": steps,
@@ -100,7 +101,8 @@ def run(args: argparse.Namespace) -> dict:
             "median_pair_ratio": round(statistics.median(pairs), 4),
             "cpu_step_seconds": cpu, "median_cpu_step_seconds": cpu_medians,
             "cpu_s3_over_file": round(cpu_medians["s3"] / cpu_medians["file"], 4),
-            "note": "2 cores shared with other work while it ran (under nice): repeats "
+            "load_average": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
+            "note": "the S3 server runs on the same host (its CPU counts); repeats "
                     "alternate the two stores so both see the same load"}
 
 

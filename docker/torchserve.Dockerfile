@@ -16,5 +16,5 @@ COPY serving/log4j2.xml /home/model-server/log4j2.xml
 USER model-server
 WORKDIR /home/model-server/ts-home
 # key_file.json (token authorization) is written into the working directory, a volume
-# shared with the workers that register models
+# shared only with the torchserve-keys service, which publishes the keys in the store
 CMD ["torchserve", "--start", "--foreground", "--ncs", "--ts-config", "/home/model-server/config.properties", "--model-store", "/models"]

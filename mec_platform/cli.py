@@ -1,5 +1,5 @@
-"""The platform's own commands of `mec`: db, keys, up, down and demo (declared with mec_core's
-and serving's as "mec.commands" entry points in pyproject.toml)."""
+"""The platform's own commands of `mec`: db, keys, torchserve, up, down and demo (declared
+with mec_core's and serving's as "mec.commands" entry points in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -115,6 +115,36 @@ def keys_list() -> None:
             state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
             click.echo(f"{k.id:>4}  {k.prefix}...  {state:<24} {k.project:<16} "
                        f"{','.join(k.scopes):<48} {k.name}")
+
+
+@click.group()
+def torchserve() -> None:
+    """TorchServe's side of a platform whose hosts share no folder."""
+
+
+@torchserve.command("publish-keys")
+@click.option("--home", default=None, type=click.Path(file_okay=False),
+              help="TorchServe's working directory, where it writes key_file.json "
+              "[default: MEC_TORCHSERVE_HOME].")
+@click.option("--management-url", default=None, help="TorchServe's management API on this "
+              "host [default: MEC_TORCHSERVE_MANAGEMENT_URL].")
+@click.option("--interval", type=click.FloatRange(0.1), default=5.0, show_default=True,
+              help="Seconds between two looks at the key file.")
+def torchserve_publish_keys(home: str | None, management_url: str | None,
+                            interval: float) -> None:
+    """Run beside TorchServe: keep its keys in the store (MEC_STORAGE_URL), renewed before
+    they expire, for the API and the workers on other hosts (MEC_TORCHSERVE_KEYS=store).
+    The copy holds the management and inference keys, never the API key that renews them."""
+    import logging
+
+    from mec_platform import model_server
+    from mec_platform.settings import get_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = get_settings()
+    model_server.publish_forever(Path(home) if home else settings.torchserve_home,
+                                 management_url or settings.torchserve_management_url,
+                                 interval)
 
 
 def _port_options(func):

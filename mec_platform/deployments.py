@@ -20,8 +20,8 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from mec_platform import jobs, paths, storage
-from mec_platform.errors import Conflict, Invalid
+from mec_platform import datasets, jobs, paths, storage
+from mec_platform.errors import Conflict, Invalid, NotFound
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def submit(session: Session, model: Model, action: str, spec: DeploySpec | None = None) -> Job:
     """A deploy (or undeploy) job of the model, in the model's project; Invalid when the
     reference set's folder is outside the data roots."""
-    spec = spec or DeploySpec()
+    spec = _pinned_reference(session, model, spec or DeploySpec())
     try:
         paths.check(spec.reference_data_dir, "reference_data_dir",
                     get_settings().allowed_data_roots)
@@ -44,6 +44,30 @@ def submit(session: Session, model: Model, action: str, spec: DeploySpec | None 
     return jobs.submit(session, JobKind.DEPLOY, {
         "model_id": model.id, "action": action, **spec.model_dump(mode="json")}, Queue.CPU,
         f"{action} model {model.id}", priority=5, project=model.project)
+
+
+def _pinned_reference(session: Session, model: Model, spec: DeploySpec) -> DeploySpec:
+    """The spec with a dataset:// reference set pinned to an exact version of the model's
+    project: the one it names, or, when it names no reference set, the version the model
+    was trained on (the training host's unpacked copy, which the model's own config
+    names, is no use to the host that deploys). NotFound or Invalid naming the field."""
+    uri = spec.reference_data_dir
+    if uri is None and spec.reference_dataset in (None, model.dataset) and model.job_id:
+        trained = (session.get(Job, model.job_id).config or {}).get("data_dir")
+        uri = trained if (trained or "").startswith(datasets.SCHEME) else None
+    if not (uri or "").startswith(datasets.SCHEME):
+        return spec
+    if spec.reference_dataset not in (None, "imagefolder"):
+        raise Invalid("reference_dataset: a dataset:// version is an image folder: set "
+                      "reference_dataset to imagefolder")
+    try:
+        version = datasets.resolve(session, model.project, uri, "reference_data_dir")
+    except LookupError as exc:
+        raise NotFound(str(exc)) from None
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    return spec.model_copy(update={"reference_dataset": "imagefolder", "reference_data_dir":
+                                   f"{datasets.SCHEME}{datasets.parse(uri)[0]}/{version.number}"})
 
 
 def promote(session: Session, sweep: Job) -> Job:

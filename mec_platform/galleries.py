@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mec_platform import gallery_indexes, jobs, keys, storage
+from mec_platform import gallery_indexes, jobs, keys, model_server, storage
 from mec_platform.errors import BadInput, Conflict, Invalid, NotFound, TooMany, Unavailable
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
@@ -320,9 +320,7 @@ def endpoint(session: Session, gallery: Gallery) -> str | None:
 def embed_client() -> TorchServe:
     """The process's client of TorchServe's embeddings (one connection pool and thread
     pool, shared by its requests or its import jobs)."""
-    settings = get_settings()
-    return TorchServe(settings.torchserve_inference_url, settings.torchserve_management_url,
-                      settings.torchserve_home)
+    return model_server.client()
 
 
 def _next_seq(session: Session, gallery_id: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -91,6 +92,14 @@ class Settings(BaseSettings):
                                            "TorchServe management API (loopback only).")
     torchserve_home: Path = Field(description="TorchServe's working directory, where it "
                                   "writes key_file.json; default: data_dir/torchserve.")
+    torchserve_keys: Literal["home", "store"] = Field("home", description="Where this "
+                                                     "process reads TorchServe's keys: "
+                                                     "`home`, the key_file.json in "
+                                                     "torchserve_home (TorchServe on this "
+                                                     "host); `store`, the copy TorchServe's "
+                                                     "host publishes in the store (`mec "
+                                                     "torchserve publish-keys`), so that "
+                                                     "no folder is shared.")
     model_store: Path = Field(description="TorchServe's model store: where .mar files go "
                               "on a file:// store (with an s3:// store TorchServe downloads "
                               "them there itself). Default: artifact_root/model-store.")

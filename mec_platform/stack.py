@@ -222,11 +222,9 @@ class Stack:
 
     def torchserve(self) -> TorchServe:
         """A client of this stack's TorchServe (serving.client)."""
-        from serving.client import TorchServe
+        from mec_platform import model_server
 
-        s = self.settings
-        return TorchServe(s.torchserve_inference_url, s.torchserve_management_url,
-                          s.torchserve_home)
+        return model_server.client(self.settings)
 
     def urls(self) -> dict[str, str]:
         return {"dashboard": f"{self.api_url}/ui/", "api": self.api_url,

@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
@@ -295,6 +296,25 @@ def evict(cache_dir: Path, bound: int, keep: Path | None = None) -> list[Path]:
 
 def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def put_bytes(key: str, data: bytes) -> None:
+    """Store a small object from memory (whole or not at all)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "object"
+        path.write_bytes(data)
+        get_store().put(key, path)
+
+
+def read_bytes(key: str) -> bytes:
+    """A small object's content (StorageError if there is none)."""
+    store = get_store()
+    if (path := store.local(key)) is not None:
+        return path.read_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "object"
+        store.get(key, path)
+        return path.read_bytes()
 
 
 def work_folder(key: str) -> Path:

@@ -12,6 +12,8 @@ import base64
 import json
 import re
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -25,6 +27,8 @@ MAX_REQUEST_BYTES = 10 * 2**20  # TorchServe's max_request_size and max_response
 TIMEOUT_S = 120  # TorchServe's own default_response_timeout: it has answered by then
 REGISTER_TIMEOUT_S = 300  # a synchronous registration waits until the workers loaded
 RENEW_BEFORE_S = 300  # renew a key this long before it expires
+PUBLISHED_BEFORE_S = 60  # read a published key again this long before it expires
+PUBLISH_WAIT_S = 15  # how long a refused published key waits for a newer one
 # embed() sends its images as parallel requests of PER_REQUEST: a TorchServe worker takes up
 # to its batch size of requests at once, so one big request (or a few) would keep the other
 # workers idle (bench_galleries.py, 2 workers: 53 img/s as 4 x 16, 80 as 8 x 8)
@@ -43,9 +47,9 @@ def _expiry(entry: dict) -> datetime:
 
 @dataclass
 class Keys:
-    """TorchServe's token-authorization keys, read from the key_file.json it writes in its
-    home: the management and inference keys (which expire) and the API key that renews
-    them."""
+    """TorchServe's token-authorization keys, as the key_file.json it writes in its home
+    holds them: the management and inference keys (which expire) and the API key that
+    renews them (absent from the published copy: serving keys only)."""
 
     management: str
     inference: str
@@ -54,11 +58,22 @@ class Keys:
 
     @staticmethod
     def read(home: Path) -> Keys:
-        data = json.loads((home / "key_file.json").read_text())
+        return Keys.parse(json.loads((home / "key_file.json").read_text()))
+
+    @staticmethod
+    def parse(data: dict) -> Keys:
         return Keys(data["management"]["key"], data["inference"]["key"],
                     data.get("API", {}).get("key", ""),
                     {kind: _expiry(data[kind]) for kind in ("management", "inference")
                      if "expiration time" in data[kind]})
+
+    def published(self) -> bytes:
+        """The copy a host that does not share TorchServe's disk reads: without the API
+        key, so that it can use the keys but not renew them."""
+        return json.dumps({kind: {"key": getattr(self, kind)} | (
+            {"expiration time": self.expires[kind].isoformat().replace("+00:00", "Z")}
+            if kind in self.expires else {}) for kind in ("management", "inference")},
+            sort_keys=True).encode()
 
     def expiring(self, within_s: float = RENEW_BEFORE_S) -> list[str]:
         """The kinds of key that expire within `within_s` seconds."""
@@ -67,12 +82,19 @@ class Keys:
 
 
 class KeyRing:
-    """The keys of the TorchServe whose home is `home`, held for a client's requests
-    (thread-safe) and renewed through the management API (TorchServe rewrites its key
-    file) when one expires within RENEW_BEFORE_S, or when TorchServe refused it."""
+    """The keys of one TorchServe, held for a client's requests (thread-safe).
 
-    def __init__(self, home: Path, management_url: str) -> None:
-        self.home, self.management_url = home, management_url
+    Read from the key_file.json in TorchServe's `home` and renewed through its management
+    API (TorchServe rewrites the file) when one expires within RENEW_BEFORE_S or when
+    TorchServe refused it. Or, on a host that does not share TorchServe's disk, read with
+    `published()` from where TorchServe's host publishes them (mec_platform.model_server):
+    that host renews them, and a refused key is read again until a newer one is there."""
+
+    def __init__(self, home: Path, management_url: str,
+                 published: Callable[[], bytes] | None = None) -> None:
+        self.home, self.management_url, self.published = home, management_url, published
+        # a published key is read again shortly before it expires: by then its host renewed it
+        self.before_s = RENEW_BEFORE_S if published is None else PUBLISHED_BEFORE_S
         self.keys: Keys | None = None
         self.lock = threading.Lock()
 
@@ -80,33 +102,55 @@ class KeyRing:
         """The key of `kind` held, unless none is or one expires soon: no I/O, so an event
         loop asks here first and calls get() in a thread only when this is None."""
         keys = self.keys
-        return None if keys is None or keys.expiring() else getattr(keys, kind)
+        return None if keys is None or keys.expiring(self.before_s) else getattr(keys, kind)
 
     def get(self, kind: str, refused: str | None = None) -> str:
         """The key of `kind` ("inference" or "management"), read and renewed as needed.
         `refused`: the key TorchServe just refused; it is renewed unless another request
         or process renewed it meanwhile (then the newer key is the answer)."""
         with self.lock:
-            if self.keys is None or self.keys.expiring() or getattr(self.keys, kind) == refused:
-                try:
-                    keys = Keys.read(self.home)
-                except (OSError, ValueError, KeyError) as exc:
-                    raise Unavailable(f"TorchServe's keys cannot be read from {self.home} "
-                                      f"({exc!r}); is TorchServe running?") from None
-                stale = set(keys.expiring()) | ({kind} if getattr(keys, kind) == refused
-                                                 else set())
-                for stale_kind in sorted(stale):
-                    self._renew(stale_kind, keys.api)
-                self.keys = Keys.read(self.home) if stale else keys
+            if (self.keys is None or self.keys.expiring(self.before_s)
+                    or getattr(self.keys, kind) == refused):
+                self.keys = (self._from_home(kind, refused) if self.published is None
+                             else self._from_publisher(kind, refused))
             return getattr(self.keys, kind)
 
-    def _renew(self, kind: str, api_key: str) -> None:
+    def _from_home(self, kind: str, refused: str | None) -> Keys:
         try:
-            response = httpx.post(f"{self.management_url}/token", params={"type": kind},
-                                  timeout=30, headers=_bearer(api_key))
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"the model server is unreachable ({exc})") from None
-        Answer(response.status_code, response.content).expect(f"renew its {kind} key")
+            keys = Keys.read(self.home)
+        except (OSError, ValueError, KeyError) as exc:
+            raise Unavailable(f"TorchServe's keys cannot be read from {self.home} "
+                              f"({exc!r}); is TorchServe running?") from None
+        stale = set(keys.expiring()) | ({kind} if getattr(keys, kind) == refused else set())
+        for stale_kind in sorted(stale):
+            renew(self.management_url, stale_kind, keys.api)
+        return Keys.read(self.home) if stale else keys
+
+    def _from_publisher(self, kind: str, refused: str | None) -> Keys:
+        deadline = time.monotonic() + PUBLISH_WAIT_S
+        while True:
+            try:
+                keys = Keys.parse(json.loads(self.published()))
+            except Exception as exc:  # the store's errors, or no copy published yet
+                raise Unavailable(f"TorchServe's published keys cannot be read ({exc}); is "
+                                  "`mec torchserve publish-keys` running beside it?") from None
+            if getattr(keys, kind) != refused:
+                return keys
+            if time.monotonic() > deadline:
+                raise Unavailable(f"TorchServe refused its {kind} key and no newer one was "
+                                  f"published within {PUBLISH_WAIT_S} s; is `mec torchserve "
+                                  "publish-keys` running beside it?")
+            time.sleep(0.5)
+
+
+def renew(management_url: str, kind: str, api_key: str) -> None:
+    """Have TorchServe make a new key of `kind` (it rewrites its key file)."""
+    try:
+        response = httpx.post(f"{management_url}/token", params={"type": kind}, timeout=30,
+                              headers=_bearer(api_key))
+    except httpx.HTTPError as exc:
+        raise Unavailable(f"the model server is unreachable ({exc})") from None
+    Answer(response.status_code, response.content).expect(f"renew its {kind} key")
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -147,12 +191,12 @@ class Answer:
 
 class TorchServe:
     """The synchronous client of one TorchServe (its inference and management URLs, and its
-    home, where it writes its keys): the management calls of the platform, and batches of
-    images embedded by a deployed model."""
+    keys: the home where it writes them, or a KeyRing): the management calls of the
+    platform, and batches of images embedded by a deployed model."""
 
-    def __init__(self, inference_url: str, management_url: str, home: Path) -> None:
+    def __init__(self, inference_url: str, management_url: str, keys: Path | KeyRing) -> None:
         self.inference_url, self.management_url = inference_url, management_url
-        self.keys = KeyRing(home, management_url)
+        self.keys = keys if isinstance(keys, KeyRing) else KeyRing(keys, management_url)
         self.http = httpx.Client(timeout=TIMEOUT_S,
                                  limits=httpx.Limits(max_connections=PARALLEL))
         self.pool = ThreadPoolExecutor(PARALLEL, thread_name_prefix="embed")
@@ -258,9 +302,9 @@ class AsyncTorchServe:
     """The asynchronous client of one TorchServe's inference API: one pooled aiohttp
     session, made in the event loop of its first request."""
 
-    def __init__(self, inference_url: str, management_url: str, home: Path) -> None:
+    def __init__(self, inference_url: str, management_url: str, keys: Path | KeyRing) -> None:
         self.url = inference_url
-        self.keys = KeyRing(home, management_url)
+        self.keys = keys if isinstance(keys, KeyRing) else KeyRing(keys, management_url)
         self.http: aiohttp.ClientSession | None = None
 
     async def predict(self, endpoint: str, body: bytes, content_type: str) -> Answer:

@@ -9,19 +9,13 @@ from pathlib import Path
 
 import torch
 
-from mec_platform import deployments, storage
+from mec_platform import deployments, model_server, storage
 from mec_platform.db import session_scope
 from mec_platform.settings import Settings, get_settings
 from mec_platform.specs import SERVING, UNDEPLOYED, Deployment, DeploySpec
-from serving.client import TorchServe
 from serving.embedder import Embedder
 from serving.package import package
 from serving.torchserve import worker_plan
-
-
-def _management(settings: Settings) -> TorchServe:
-    return TorchServe(settings.torchserve_inference_url, settings.torchserve_management_url,
-                      settings.torchserve_home)
 
 
 def deploy(settings: Settings, model_id: int, artifacts: dict, previous: Deployment | None,
@@ -45,7 +39,7 @@ def deploy(settings: Settings, model_id: int, artifacts: dict, previous: Deploym
                        spec.reference_dataset, spec.reference_data_dir, spec.reference_split,
                        spec.reference_limit, torch_threads=plan.threads,
                        reference_images=images, on_progress=on_progress, deployment=number)
-    management = _management(settings)
+    management = model_server.client(settings)
     urls = {}
     for task, mar in archives.items():
         endpoint = name if task == "embed" else f"{name}-knn"
@@ -77,7 +71,7 @@ def _dim(artifacts: dict) -> int:
 
 def undeploy(settings: Settings, model_id: int, previous: Deployment | None) -> Deployment:
     """Unregister every version of both endpoints."""
-    management = _management(settings)
+    management = model_server.client(settings)
     for endpoint in (f"mec-{model_id}", f"mec-{model_id}-knn"):
         for old in management.describe(endpoint) or []:
             management.unregister(endpoint, old["modelVersion"])
@@ -95,5 +89,5 @@ def restore() -> dict[int, str]:
     """Serve again what the database says is serving, after TorchServe (re)started empty
     (mec_platform.deployments.restore)."""
     settings = get_settings()
-    return deployments.restore(session_scope, lambda: _management(settings),
+    return deployments.restore(session_scope, lambda: model_server.client(settings),
                                settings.model_store)

@@ -374,15 +374,19 @@ def run_deploy(job_id: int, owner: str) -> Outcome:
     from worker import deploy
 
     def read(s: Session):
-        config = dict(s.get(Job, job_id).config)
+        job = s.get(Job, job_id)
+        config = dict(job.config)
         model = s.get(Model, config.pop("model_id"))
-        return config.pop("action"), config, model.id, model.artifacts, model.deployment
+        return (config.pop("action"), config, model.id, model.artifacts, model.deployment,
+                job.project)
 
-    action, config, model_id, artifacts, previous = _load(read)
+    action, config, model_id, artifacts, previous, project = _load(read)
     settings = get_settings()
     if action == "deploy":
         spec = DeploySpec(**config)
         _check_reference_dir(spec, artifacts, settings.allowed_data_roots)
+        spec = spec.model_copy(update={"reference_data_dir": _local_dir(
+            project, spec.reference_data_dir)})  # a dataset:// version: unpacked here
         record = deploy.deploy(settings, model_id, artifacts, previous, spec,
                                on_progress=lambda done, total: _progress(job_id, done, total))
     else:

@@ -18,7 +18,7 @@ from mec_platform import keys
 from mec_platform.db import session_scope
 from mec_platform.keys import Scope
 from mec_platform.storage import get_store
-from mec_platform.tables import Dataset, DatasetVersion
+from mec_platform.tables import Dataset, DatasetVersion, Model
 
 
 def archive(classes: int = 2, per_class: int = 5, seed: int = 0, extra: dict | None = None
@@ -113,6 +113,36 @@ def test_a_job_trains_on_the_exact_version_it_was_submitted_with(client, name):
     wrong = client.post("/v1/jobs", json={"kind": "pretrain", "config": {
         "dataset": "cifar10", "data_dir": f"dataset://{name}"}})
     assert wrong.status_code == 422 and "imagefolder" in wrong.json()["detail"]
+
+
+def test_a_deploy_references_the_exact_version_the_model_trained_on_or_the_one_named(
+        client, name):
+    """A model of a dataset:// version: its deploy's reference set is that version (its
+    own config names the training host's unpacked copy, no use elsewhere); one named is
+    pinned too; a missing one is 404 and another dataset kind 422, naming the field."""
+    upload(client, name, archive())
+    job = client.post("/v1/jobs", json={"kind": "pretrain", "config": {
+        "dataset": "imagefolder", "batch_size": 8, "data_dir": f"dataset://{name}"}}).json()
+    upload(client, name, archive(seed=5))
+    with session_scope() as s:
+        model = Model(job_id=job["id"], project="default", name="m", backbone="convnet",
+                      dataset="imagefolder", artifacts={})
+        s.add(model)
+        s.flush()
+        model_id = model.id
+    deploy = lambda body=None: client.post(f"/v1/models/{model_id}/deploy", json=body)
+    trained = deploy().json()["config"]
+    assert (trained["reference_dataset"], trained["reference_data_dir"]) == \
+        ("imagefolder", f"dataset://{name}/1")
+    assert deploy({"reference_data_dir": f"dataset://{name}"}).json()["config"][
+        "reference_data_dir"] == f"dataset://{name}/2"
+    missing = deploy({"reference_data_dir": f"dataset://{name}/7"})
+    assert missing.status_code == 404 and missing.json()["detail"] == \
+        f"reference_data_dir: dataset '{name}' has no version 7"
+    other = deploy({"reference_dataset": "digits", "reference_data_dir": f"dataset://{name}"})
+    assert other.status_code == 422 and "reference_dataset" in other.json()["detail"]
+    assert deploy({"reference_dataset": "digits"}).json()["config"][
+        "reference_data_dir"] is None  # another reference set: the model's version not used
 
 
 def test_a_batch_larger_than_the_images_a_run_trains_on_is_refused_at_submission(client, name):

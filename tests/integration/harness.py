@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from contextlib import contextmanager, nullcontext
@@ -224,6 +225,18 @@ def png(seed: int, side: int = 32) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def images_archive(path: Path, classes: int = 4, per_class: int = 60) -> None:
+    """A .tar.gz of an image-folder dataset; class c's images drawn from seeds of c's own
+    range, so that classes differ."""
+    with tarfile.open(path, "w:gz") as tar:
+        for c in range(classes):
+            for i in range(per_class):
+                data = png(1000 * c + i % 7, side=16)  # 7 looks per class, repeated
+                info = tarfile.TarInfo(f"shapes/class{c}/{i}.png")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
 
 
 def b64png(seed: int) -> str:

@@ -7,15 +7,13 @@ that store, and a worker killed mid-run: tests/integration/test_store_s3.py."""
 
 from __future__ import annotations
 
-import io
 import shutil
 import subprocess
 import sys
-import tarfile
 import uuid
 
 import pytest
-from harness import base_env, open_platform, png, postgres_and_redis
+from harness import base_env, images_archive, open_platform, png, postgres_and_redis
 
 from mec_client import APIError, Client
 
@@ -34,17 +32,6 @@ def split_platform(tmp_path, s3_server):
             yield plat
         finally:
             plat.stop()
-
-
-def images_archive(path, classes: int = 4, per_class: int = 60) -> None:
-    """Class c: images drawn from seeds of c's own range, so that classes differ."""
-    with tarfile.open(path, "w:gz") as tar:
-        for c in range(classes):
-            for i in range(per_class):
-                data = png(1000 * c + i % 7, side=16)  # 7 looks per class, repeated
-                info = tarfile.TarInfo(f"shapes/class{c}/{i}.png")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
 
 
 def test_train_and_evaluate_on_an_uploaded_dataset_with_nothing_shared_on_disk(

@@ -1,21 +1,27 @@
 """Everything a job writes goes through an S3 store (SeaweedFS), with nothing shared on
 disk: the API, the workers and TorchServe each have a folder of their own, and share only
-PostgreSQL, Redis and the store. Pretrain -> checkpoint and export in the store -> deploy
-(TorchServe downloads the archive from a presigned URL into its own model store) ->
-embed, search and reference images through the API; a worker killed with -9 mid-run ->
-another worker, on another folder, resumes from the checkpoint in the store; TorchServe
-restarted on an empty model store (another host) serves the deployment again."""
+PostgreSQL, Redis and the store; TorchServe's host publishes its keys there (`mec
+torchserve publish-keys`) and the others read them from there (MEC_TORCHSERVE_KEYS=store).
+A dataset archive uploaded -> pretrain on dataset:// -> checkpoint and export in the store
+-> kNN evaluation -> deploy (TorchServe downloads the archive from a presigned URL into its
+own model store) -> embed, search and reference images through the API; a worker killed
+with -9 mid-run -> another worker, on another folder, resumes from the checkpoint in the
+store; TorchServe restarted on an empty model store (another host), with new keys, serves
+the deployment again."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import uuid
+from pathlib import Path
 from unittest import mock
 
 import pytest
-from harness import base_env, open_platform, png, postgres_and_redis
+from harness import base_env, images_archive, open_platform, png, postgres_and_redis
 
+from mec_client import Client
 from mec_platform.storage import open_store
 from serving.torchserve import LocalTorchServe, unused_ports
 
@@ -49,8 +55,7 @@ def hosts(tmp_path_factory, s3_server):
             "MEC_STORAGE_URL": store_url,
             "MEC_TORCHSERVE_INFERENCE_URL": f"http://127.0.0.1:{ports[0]}",
             "MEC_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{ports[1]}",
-            # TorchServe's keys: the one file of its host the others read
-            "MEC_TORCHSERVE_HOME": str(root / "ts")}
+            "MEC_TORCHSERVE_KEYS": "store"}  # none of them reads TorchServe's folder
         plat = open_platform(root, env | {"MEC_DATA_DIR": str(root / "api")},
                              "postgres+redis")
         plat.bucket, plat.store_url = bucket, store_url
@@ -58,6 +63,10 @@ def hosts(tmp_path_factory, s3_server):
         plat.torchserve = _torchserve(plat, "model-store", s3_server.env)
         try:
             plat.torchserve.start()
+            # TorchServe's host: its keys (and each renewal) published in the store
+            plat._spawn([str(Path(sys.executable).with_name("mec")), "torchserve",
+                         "publish-keys", "--home", str(root / "ts"), "--interval", "0.5"],
+                        "publish-keys.log", {"MEC_DATA_DIR": str(root / "ts")})
             plat.start_api(MEC_DATA_DIR=str(root / "api"))
             plat.start_worker("w1", MEC_DATA_DIR=str(root / "w1"))
             yield plat
@@ -89,12 +98,23 @@ def _embeds(plat, model_id: int) -> bool:
     return r.status_code == 200 and r.json()["dim"] > 0
 
 
-def test_a_job_its_model_and_its_deployment_live_in_the_store(hosts, s3_server):
+def test_a_dataset_a_job_its_model_and_its_deployment_live_in_the_store(hosts, s3_server,
+                                                                          tmp_path):
     plat = hosts
-    job = _pretrain(plat, 8)
+    archive = tmp_path / "shapes.tar.gz"
+    images_archive(archive)
+    client = Client(plat.url, plat.key)
+    client.datasets.create("shapes")
+    assert client.datasets.upload("shapes", archive, test_fraction=0.25).images == 240
+    job = _pretrain(plat, 8, dataset="imagefolder", data_dir="dataset://shapes",
+                    image_size=16, train_limit=None)
+    assert job["config"]["data_dir"] == "dataset://shapes/1"
     done = plat.wait_status(job["id"], ("succeeded", "failed"), timeout=240)
     assert done["status"] == "succeeded", done["error"]
     assert done["checkpoint"] == f"{plat.store_url}/jobs/{job['id']}/checkpoints/step_00000008.pt"
+    evaluation = client.wait(client.evaluate(job["id"], "knn", k=5).id, timeout=300, poll=0.5)
+    assert evaluation.status == "succeeded", evaluation.error
+    assert evaluation.result["test_size"] == 60
     model = next(m for m in plat.get("/v1/models")["data"] if m["job_id"] == job["id"])
     stored = set(_objects(plat, s3_server, f"jobs/{job['id']}/"))
     for name, ref in model["artifacts"].items():

@@ -22,8 +22,8 @@ def config() -> dict:
 def test_compose__services_health_checks_and_profiles():
     default = config()
     assert set(default["services"]) == {"postgres", "redis", "s3", "api", "worker",
-                                        "worker-cpu", "torchserve", "prometheus", "grafana",
-                                        "ray-head", "ray-worker"}
+                                        "worker-cpu", "torchserve", "torchserve-keys",
+                                        "prometheus", "grafana", "ray-head", "ray-worker"}
     assert default["services"]["worker-cpu"]["profiles"] == ["cpu"]
     for name in ("postgres", "redis", "s3", "api", "torchserve"):
         assert "healthcheck" in default["services"][name] or name == "api"
@@ -41,6 +41,14 @@ def test_compose__services_health_checks_and_profiles():
     assert env["MEC_STORAGE_URL"] == "s3://mec/platform"
     assert env["MEC_S3_ENDPOINT_URL"] == "http://s3:8333"
     assert default["services"]["api"]["depends_on"]["s3"]["condition"] == "service_healthy"
+    # TorchServe's folder is shared with its keys' publisher only; the others read the
+    # keys from the store
+    assert {name for name, service in default["services"].items()
+            if "ts-home" in str(service.get("volumes", []))} == {"torchserve", "torchserve-keys"}
+    assert env["MEC_TORCHSERVE_KEYS"] == "store"
+    keys = default["services"]["torchserve-keys"]
+    assert keys["command"][:3] == ["mec", "torchserve", "publish-keys"]
+    assert keys["image"] == default["services"]["torchserve"]["image"]
 
 
 def test_compose__runs_n_workers(monkeypatch):
