@@ -19,10 +19,10 @@ from api.routes import audit as audit_routes
 from api.routes import datasets, galleries, inference, jobs, models, monitoring, system, ui
 from api.schemas import GalleryItemsIn
 from mec_core.config import TrainConfig
-from mec_platform.datasets import remove_stale_staging
 from mec_platform.errors import ServiceError
 from mec_platform.jobs import JobKind
 from mec_platform.specs import DeploySpec, EvaluateSpec, SweepSpec
+from mec_platform.uploads import remove_stale_staging
 
 
 @asynccontextmanager

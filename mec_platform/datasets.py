@@ -12,21 +12,16 @@ a seeded held-out fraction per class), stored as one tar and described by a vers
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import io
 import json
-import os
 import random
 import shutil
 import tarfile
-import tempfile
 import uuid
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -49,7 +44,6 @@ MAX_RATIO = 100  # a zip member this many times larger than its compressed bytes
 SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "test"}
 MANIFEST = "manifest.json"  # a version read in place: its objects, not their content
 THUMBNAILS, THUMB_SIDE = 8, 64
-STAGING = "dataset-"  # an upload's folder under staging_root(), while it streams and is checked
 
 
 class ArchiveRefused(ValueError):
@@ -68,58 +62,6 @@ class Unpacked:
 
     files: dict[tuple[str | None, str | None, str], Path] = field(default_factory=dict)
     sizes: Counter = field(default_factory=Counter)
-
-
-# --- uploads ---------------------------------------------------------------------------
-
-def staging_root() -> Path:
-    """Where this host's uploads are streamed to and checked: on the API's own disk."""
-    root = get_settings().data_dir / "staging"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-@contextmanager
-def staging() -> Iterator[Path]:
-    """A folder of one upload's own, locked (flock) while the upload lives and removed
-    after it: a process killed mid-upload leaves its folder unlocked, and the next sweep
-    (at the API's start and before each upload) removes it."""
-    remove_stale_staging()
-    while True:
-        folder = Path(tempfile.mkdtemp(prefix=STAGING, dir=staging_root()))
-        try:
-            fd = os.open(folder, os.O_RDONLY)
-        except FileNotFoundError:
-            continue  # swept by another process before it was locked
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if folder.is_dir():
-            break
-        os.close(fd)  # swept while this one waited for the lock
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        os.close(fd)
-
-
-def remove_stale_staging() -> list[Path]:
-    """Remove the upload folders that no living process holds (those of an API process
-    killed while it streamed or checked an upload); the removed ones."""
-    removed = []
-    for folder in staging_root().glob(f"{STAGING}*"):
-        try:
-            fd = os.open(folder, os.O_RDONLY)
-        except OSError:
-            continue  # removed meanwhile
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-        except BlockingIOError:
-            pass  # an upload under way
-        finally:
-            os.close(fd)
-    return removed
 
 
 def unpack(archive: Path, into: Path, max_bytes: int) -> Unpacked:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import io
 import json
 import uuid
@@ -146,19 +145,10 @@ def check_import_room(session: Session, project: str) -> None:
                       headers={"Retry-After": "30"})
 
 
-def staging_path() -> Path:
-    """A new file to stage an import's items in (one JSON object per line)."""
-    folder = staging_folder()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{uuid.uuid4().hex}.ndjson"
-
-
-def stage(items: list[dict]) -> Path:
-    """Stage the items for an import, written atomically."""
-    path = staging_path()
-    partial = path.with_suffix(".partial")
-    partial.write_text("".join(json.dumps(i) + "\n" for i in items))
-    partial.replace(path)
+def stage(items: list[dict], path: Path) -> Path:
+    """Stage the items for an import at `path` (in an upload's staging folder), one JSON
+    object per line."""
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
     return path
 
 
@@ -172,7 +162,7 @@ def submit_import(session: Session, key: ApiKey, name: str, staged: Path,
     except (NotFound, OtherVersion):
         staged.unlink()  # nothing will read it
         raise
-    items = storage.keep(staged, f"gallery-imports/{staged.name}", move=True)
+    items = storage.keep(staged, f"gallery-imports/{uuid.uuid4().hex}.ndjson", move=True)
     return jobs.submit(session, JobKind.GALLERY, {
         **identity(gallery), "items": items, "count": count}, Queue.CPU,
         f"add {count} items to gallery {gallery.name}", project=key.project)
@@ -266,28 +256,6 @@ def _filter(spec: dict[str, Any] | None):
         return parse_filter(spec)
     except FilterError as exc:
         raise Invalid(str(exc)) from None
-
-
-STALE_UPLOAD_S = 3600  # a staging file not written to for this long has no writer left
-
-
-def staging_folder() -> Path:
-    """Where the API stages the items of imports (one NDJSON file each) before they are
-    kept in the store (on a file:// store: the store's own folder)."""
-    return storage.work_folder("gallery-imports")
-
-
-def remove_stale_uploads(folder: Path, now: float) -> list[Path]:
-    """Remove the `.partial` files of uploads (in the staging `folder`) whose API process
-    died while it streamed them (kill -9: its own cleanup never ran). Returns what was
-    removed."""
-    removed = []
-    for path in folder.glob("*.partial"):
-        with contextlib.suppress(FileNotFoundError):  # finished (or removed) meanwhile
-            if now - path.stat().st_mtime > STALE_UPLOAD_S:
-                path.unlink()
-                removed.append(path)
-    return removed
 
 
 def identity(gallery: Gallery) -> dict:

@@ -55,15 +55,21 @@ class FileStore:
     def prepare(self) -> None:
         """Nothing to do: folders are made as objects are written."""
 
-    def put(self, key: str, source: Path) -> Stored:
+    def put(self, key: str, source: Path, move: bool = False) -> Stored:
+        """`move`: the source is given up (renamed into place when on the same disk)."""
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.resolve() == target:  # written in place (folder())
             return self.stat(key)
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
         try:
-            shutil.copyfile(source, partial)
-            os.replace(partial, target)
+            if move and source.stat().st_dev == target.parent.stat().st_dev:
+                os.replace(source, target)
+            else:
+                shutil.copyfile(source, partial)
+                os.replace(partial, target)
+                if move:
+                    source.unlink()
         finally:
             partial.unlink(missing_ok=True)
         return self.stat(key)
@@ -147,8 +153,10 @@ class S3Store:
         except ClientError:
             self.s3.create_bucket(Bucket=self.bucket)
 
-    def put(self, key: str, source: Path) -> Stored:
+    def put(self, key: str, source: Path, move: bool = False) -> Stored:
         self.s3.upload_file(str(source), self.bucket, self._key(key))
+        if move:
+            source.unlink()
         return self.stat(key)
 
     def get(self, key: str, dest: Path, etag: str | None = None) -> None:
@@ -329,11 +337,8 @@ def keep(source: Path, key: str, move: bool = False) -> str:
     on a file:// store, its s3:// URL on an S3 store. `move`: then remove `source` (unless
     it is the stored file itself, written in place)."""
     store = get_store()
-    store.put(key, source)
-    ref = store.ref(key)
-    if move and Path(ref) != source.resolve():
-        source.unlink(missing_ok=True)
-    return ref
+    store.put(key, source, move=move)
+    return store.ref(key)
 
 
 def local_file(ref: str) -> Path:

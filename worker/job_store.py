@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mec_core.checkpoint import latest
 from mec_platform import storage
+from mec_platform.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def fetch_newest(job_id: int) -> Path | None:
     here, store = folder(job_id) / "checkpoints", storage.get_store()
     newest = latest(here)
     if store.folder(f"jobs/{job_id}") is not None:
-        return newest
+        return newest or _from_before_the_store(job_id, here)
     stored = store.keys(f"jobs/{job_id}/checkpoints")
     if not stored:
         return newest
@@ -114,6 +115,18 @@ def fetch_newest(job_id: int) -> Path | None:
         partial.unlink(missing_ok=True)
     log.info("job %s: resuming from %s, brought from the store", job_id, store.url(stored[-1]))
     return here / name
+
+
+def _from_before_the_store(job_id: int, here: Path) -> Path | None:
+    """A job that ran before the file:// store (its checkpoints in artifact_root/jobs/<id>,
+    not in the store's folder) resumes from its newest one, copied into the store's."""
+    newest = latest(get_settings().artifact_root / "jobs" / str(job_id) / "checkpoints")
+    if newest is None:
+        return None
+    here.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(newest, here / newest.name)
+    log.info("job %s: resuming from %s, written before the store", job_id, newest)
+    return here / newest.name
 
 
 def keep_artifacts(job_id: int, files: dict[str, Path]) -> dict[str, str]:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 
 from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 from celery.utils.log import get_logger
 from sqlalchemy import delete, update
 
-from mec_platform import galleries, jobs
+from mec_platform import jobs
 from mec_platform.db import session_scope
 from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
@@ -53,7 +52,6 @@ def _loop() -> None:
                 reconcile_once()
                 advance_sweeps()
                 restore_deployments()
-                galleries.remove_stale_uploads(galleries.staging_folder(), time.time())
         except Exception as exc:  # keep beating through a database outage
             log.warning("heartbeat failed: %s", exc)
 

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import ReadKey, SessionDep, WriteKey
 from api.schemas import PRINTABLE, as_json_types, errors
 from mec_client.models import DatasetPublic, DatasetsPublic, DatasetVersionPublic
-from mec_platform import datasets, storage
+from mec_platform import datasets, storage, uploads
 from mec_platform.db import session_scope
 from mec_platform.galleries import NAME_PATTERN
 from mec_platform.tables import ApiKey, Dataset, DatasetVersion
@@ -151,7 +151,7 @@ async def upload_version(key: WriteKey, request: Request, name: Name,
     if content_type not in ARCHIVES:
         raise HTTPException(415, f"body: send the archive as one of {', '.join(ARCHIVES)}, "
                                  f"not {content_type or 'no Content-Type'}")
-    with datasets.staging() as folder:
+    with uploads.staging() as folder:
         archive, digest = folder / "upload", hashlib.sha256()
         with archive.open("wb") as out:
             async for chunk in request.stream():
@@ -168,7 +168,7 @@ def _exists(project: str, name: str) -> None:
 
 def _add_source(project: str, name: str, source: str, test_fraction: float, seed: int
                 ) -> DatasetVersionPublic:
-    with session_scope() as session, datasets.staging() as folder:
+    with session_scope() as session, uploads.staging() as folder:
         dataset = _dataset(session, project, name)
         try:
             version = datasets.add_source_version(session, dataset, source, test_fraction,

@@ -44,7 +44,7 @@ from mec_client.models import (
     GallerySearchPublic,
     JobPublic,
 )
-from mec_platform import galleries
+from mec_platform import galleries, uploads
 from mec_platform.db import session_scope
 from mec_platform.galleries import NAME_PATTERN
 from mec_platform.specs import ID_MAX
@@ -115,8 +115,10 @@ async def add_items(key: EmbedKey, name: Name, request: Request):
         await run_in_threadpool(_import_quota, key)
     await run_in_threadpool(_in_session, galleries.get, key, name)  # before the body is read
     if ndjson:
-        staged, count = await _stage_lines(request)
-        return await run_in_threadpool(_submit_import, key, name, staged, count)
+        with uploads.staging() as folder:
+            count = await _stage_lines(request, folder / "items.ndjson")
+            return await run_in_threadpool(_submit_import, key, name,
+                                           folder / "items.ndjson", count)
     try:
         body = GalleryItemsIn.model_validate_json(await request.body(), strict=True)
     except ValidationError as exc:
@@ -124,8 +126,9 @@ async def add_items(key: EmbedKey, name: Name, request: Request):
     items = [item.model_dump() for item in body.items]
     if sum(item["image"] is not None for item in items) > SYNC_IMAGES:
         await run_in_threadpool(_import_quota, key)
-        staged = await run_in_threadpool(galleries.stage, items)
-        return await run_in_threadpool(_submit_import, key, name, staged, len(items))
+        with uploads.staging() as folder:
+            staged = await run_in_threadpool(galleries.stage, items, folder / "items.ndjson")
+            return await run_in_threadpool(_submit_import, key, name, staged, len(items))
     added, seq = await run_in_threadpool(_in_session, galleries.add, key, name, items)
     return GalleryAdded(added=added, seq=seq)
 
@@ -149,28 +152,22 @@ def _submit_import(key, name: str, staged: Path, count: int) -> Response:
 LINE_BYTES = 16 * 2**20  # an NDJSON item: a 10 MiB image, base64, with its metadata
 
 
-async def _stage_lines(request: Request) -> tuple[Path, int]:
-    """Stream NDJSON items to a staging file, each line checked as it comes (422 naming
-    the line's item: items[N]...); the body's size is bounded as it streams
-    (api.limits)."""
-    path = galleries.staging_path()
-    partial = path.with_suffix(".partial")
+async def _stage_lines(request: Request, path: Path) -> int:
+    """Stream NDJSON items to `path` (in an upload's staging folder), each line checked as
+    it comes (422 naming the line's item: items[N]...); the body's size is bounded as it
+    streams (api.limits). Returns the number of items."""
     count, rest = 0, b""
-    try:
-        with partial.open("w") as out:
-            async for chunk in request.stream():
-                *lines, rest = (rest + chunk).split(b"\n")
-                for line in lines:
-                    count += _stage_line(out, line, count)
-                if len(rest) > LINE_BYTES:  # one item's line is held whole: bound it
-                    raise HTTPException(413, f"items[{count}]: a line over {LINE_BYTES} bytes")
-            count += _stage_line(out, rest, count)
-        if count == 0:
-            raise HTTPException(422, "items: no item in the body")
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path, count
+    with path.open("w") as out:
+        async for chunk in request.stream():
+            *lines, rest = (rest + chunk).split(b"\n")
+            for line in lines:
+                count += _stage_line(out, line, count)
+            if len(rest) > LINE_BYTES:  # one item's line is held whole: bound it
+                raise HTTPException(413, f"items[{count}]: a line over {LINE_BYTES} bytes")
+        count += _stage_line(out, rest, count)
+    if count == 0:
+        raise HTTPException(422, "items: no item in the body")
+    return count
 
 
 def _stage_line(out, line: bytes, position: int) -> int:

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from api.deps import DeployKey, ModelDep, ReadKey, SessionDep, WriteKey, submission_quota
 from api.schemas import PRINTABLE, as_json_types, errors, model_public, public
 from mec_client.models import JobPublic, ModelPublic, ModelsPublic
-from mec_platform import deployments, jobs, keys, storage
+from mec_platform import deployments, jobs, keys, storage, uploads
 from mec_platform.jobs import JobKind
 from mec_platform.queue import Queue
 from mec_platform.specs import ID_MAX, DeploySpec
@@ -43,12 +43,11 @@ def upload_model(key: WriteKey, session: SessionDep, checkpoint: UploadFile,
     """Upload a training checkpoint written by `mec train`; an import job loads it with
     weights_only (tensors and plain containers, never code), exports its encoder and adds
     it as a model. Returns the import job."""
-    object_key = f"uploads/{uuid.uuid4().hex}/checkpoint.pt"
-    path = storage.work_folder(object_key)  # on a file:// store: its place in the store
-    path.parent.mkdir(parents=True)
-    with path.open("wb") as out:  # its size is bounded before it is read (api.limits)
-        shutil.copyfileobj(checkpoint.file, out, 2**20)
-    stored = storage.keep(path, object_key, move=True)
+    with uploads.staging() as folder:
+        path = folder / "checkpoint.pt"
+        with path.open("wb") as out:  # its size is bounded before it is read (api.limits)
+            shutil.copyfileobj(checkpoint.file, out, 2**20)
+        stored = storage.keep(path, f"uploads/{uuid.uuid4().hex}/checkpoint.pt", move=True)
     return public(jobs.submit(session, JobKind.IMPORT, {
         "checkpoint": stored, "filename": checkpoint.filename or ""}, Queue.CPU, name,
         project=key.project))

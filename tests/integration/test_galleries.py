@@ -154,7 +154,7 @@ def test_add_search_filter_upsert_delete(platform, served):
     lost = app.post("/v1/galleries/nope/items", content=b'{"id": "a", "vector": [1.0]}\n',
                     headers={"Content-Type": "application/x-ndjson"})
     assert lost.status_code == 404  # and its staged copy is gone
-    staging = Path(platform.env["MEC_DATA_DIR"]) / "artifacts" / "store" / "gallery-imports"
+    staging = Path(platform.env["MEC_DATA_DIR"]) / "staging"
     assert not list(staging.glob("*"))
     bad_line = app.post("/v1/galleries/shop/items", headers={"Content-Type": NDJSON},
                         content=b'{"id": "a", "vector": [1.0]}\n{"id": "b"}\n')

@@ -15,9 +15,6 @@ from PIL import Image
 from mec_platform.datasets import (
     ArchiveRefused,
     image_folder,
-    remove_stale_staging,
-    staging,
-    staging_root,
     unpack,
 )
 
@@ -125,15 +122,3 @@ def _dir(tmp_path: Path) -> Path:
     folder = tmp_path / f"unpacked-{len(list(tmp_path.iterdir()))}"
     folder.mkdir()
     return folder
-
-
-def test_staging__a_held_upload_is_kept_and_one_no_process_holds_is_removed():
-    dead = staging_root() / "dataset-of-a-killed-api"
-    (dead / "version-1").mkdir(parents=True)
-    (dead / "upload").write_bytes(b"half an archive")
-    with staging() as live:  # sweeps first
-        assert not dead.exists()
-        (live / "upload").write_bytes(b"an archive on its way")
-        assert remove_stale_staging() == []  # held while the upload lives
-        assert live.is_dir()
-    assert not live.exists()

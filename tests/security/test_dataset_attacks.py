@@ -127,10 +127,10 @@ def test_a_kill_9_mid_upload_leaves_nothing_and_the_same_upload_then_succeeds(ap
                    f"Content-Length: {len(data)}\r\n\r\n").encode())
         if phase == "streaming":  # half the body, then the API dies waiting for the rest
             s.sendall(data[:len(data) // 2])
-            api.wait_for(lambda: any(api.staging.glob("dataset-*/upload")), 10, "staging")
+            api.wait_for(lambda: any(api.staging.glob("upload-*/upload")), 10, "staging")
         else:  # the whole body; the API dies while it checks the images
             s.sendall(data)
-            api.wait_for(lambda: any(api.staging.glob("dataset-*/version-*")), 20,
+            api.wait_for(lambda: any(api.staging.glob("upload-*/version-*")), 20,
                          "the check under way", every=0.02)
         os.killpg(api.api.pid, signal.SIGKILL)
         api.api.wait()

@@ -25,6 +25,7 @@ def test_checkpoints_are_stored_newest_kept_and_brought_back_where_the_job_resum
         platform_store, tmp_path):
     import shutil
 
+    from mec_platform.settings import get_settings
     from worker import job_store
 
     stored = []
@@ -44,6 +45,15 @@ def test_checkpoints_are_stored_newest_kept_and_brought_back_where_the_job_resum
         assert stored == [str(job_store.folder(7) / "checkpoints" / f"step_{s:08d}.pt")
                           for s in (4, 8, 12, 16, 20, 24, 28)]
         assert job_store.fetch_newest(7).name == "step_00000028.pt"
+        # a job queued mid-run across the upgrade to the store: its checkpoints where jobs
+        # wrote them before, outside the store's folder
+        before = get_settings().artifact_root / "jobs" / "9" / "checkpoints"
+        before.mkdir(parents=True)
+        (before / "step_00000040.pt").write_bytes(b"state at 40")
+        (before / "step_00000020.pt").write_bytes(b"state at 20")
+        assert job_store.fetch_newest(9).read_bytes() == b"state at 40"
+        assert job_store.fetch_newest(9) == job_store.folder(9) / "checkpoints" / \
+            "step_00000040.pt"
         return
     kept = platform_store.keys("jobs/7/checkpoints")
     assert len(kept) == 3 and kept[-1] == newest and kept[0] >= "jobs/7/checkpoints/step_00000012"

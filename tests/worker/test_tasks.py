@@ -163,24 +163,6 @@ def test_deploy__the_reference_folder_obeys_the_path_rule_also_from_an_uploaded_
             tasks._check_reference_dir(spec, {"meta": str(meta)}, embedded.allowed_data_roots)
 
 
-def test_the_partial_file_of_an_upload_whose_api_died_is_removed(tmp_path):
-    import os
-    import time
-
-    from mec_platform.galleries import STALE_UPLOAD_S, remove_stale_uploads
-
-    folder = tmp_path / "gallery-imports"
-    folder.mkdir()
-    dead, live, staged = folder / "a.partial", folder / "b.partial", folder / "c.ndjson"
-    for path in (dead, live, staged):
-        path.write_text("{}\n")
-    old = time.time() - STALE_UPLOAD_S - 5
-    os.utime(dead, (old, old))
-    os.utime(staged, (old, old))  # a staged import waits for its job: kept
-    assert remove_stale_uploads(folder, time.time()) == [dead]
-    assert not dead.exists() and live.exists() and staged.exists()
-
-
 def _log_lines(job_id: int) -> list[tuple[int, str, str]]:
     with session_scope() as s:
         return [(line.attempt, line.source, line.line) for line in joblogs.read(s, job_id)]
