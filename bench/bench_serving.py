@@ -2,7 +2,7 @@
 in-process, interleaved in rounds, with median and spread, and where the CPU went.
 
     python bench/bench_serving.py [--concurrency 1 8 32] [--rounds 5] [--seconds 6]
-        [--workers N] [--batch-size N] [--max-batch-delay-ms 20]
+        [--workers N] [--batch-size N] [--max-batch-delay-ms 2]
         [--handler-threads N] [--netty-threads N] [--json]
     python bench/bench_serving.py --profile 8 [--concurrency 32]   # where the time goes
 
@@ -55,6 +55,7 @@ from mec_core import checkpoint
 from mec_core.config import TrainConfig
 from mec_core.data import synthetic
 from mec_core.train import train
+from serving.client import MAX_BATCH_DELAY_MS
 from serving.package import package
 from serving.service import Service
 from serving.torchserve import LocalTorchServe, unused_ports, worker_plan
@@ -261,6 +262,8 @@ def summarize(concurrency: int, rounds: list[dict]) -> dict:
             "overhead": spread([1 - s["throughput"] / d["throughput"]
                                 for s, d in zip(served, direct)]),
             "p99_ms": spread([s["p99_ms"] for s in served]),
+            "p50_ms": {"torchserve": spread([s["p50_ms"] for s in served]),
+                       "in_process": spread([d["p50_ms"] for d in direct])},
             "errors": sum(s["errors"] for s in served), "served_cores": cores,
             "in_process_cores": round(statistics.median(d["cores"]["in_process"]
                                                         for d in direct), 2)}
@@ -275,7 +278,7 @@ def main() -> None:
                         help="TorchServe workers [default: the platform's, worker_plan()]")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="largest dynamic batch [default: the platform's]")
-    parser.add_argument("--max-batch-delay-ms", type=int, default=20)
+    parser.add_argument("--max-batch-delay-ms", type=int, default=MAX_BATCH_DELAY_MS)
     parser.add_argument("--handler-threads", type=int, default=None,
                         help="torch threads of each TorchServe worker [default: the cores "
                         "divided among the workers, as the handler sets them]")
@@ -335,11 +338,20 @@ def main() -> None:
              "workers": plan.workers, "batch_size": plan.batch_size,
              "max_batch_delay_ms": args.max_batch_delay_ms,
              "netty_threads": args.netty_threads or "default", "cores": cores,
-             "rounds": args.rounds, "seconds": args.seconds}
+             "rounds": args.rounds, "seconds": args.seconds,
+             "precision": "float32"}  # what the handler and the in-process side compute in
     record = {"setup": setup | {"profile_seconds": args.profile}, "profile": profiles} \
         if args.profile else {"setup": setup,
                               "rows": [summarize(c, results[c]) for c in args.concurrency]}
     records.emit(args, record, markdown)
+
+
+def _p50(row: dict) -> str:
+    """Median p50 latencies (records from before they were kept: –)."""
+    if "p50_ms" not in row:
+        return "–"
+    return (f"{row['p50_ms']['torchserve']['median']:.0f} / "
+            f"{row['p50_ms']['in_process']['median']:.1f}")
 
 
 def markdown(record: dict) -> str:
@@ -348,14 +360,16 @@ def markdown(record: dict) -> str:
         return profile_markdown(record)
     lines = [f"<!-- {record['setup']} -->",
              "| clients | TorchServe img/s, median [range] | in-process img/s | overhead, median "
-             "[range] | TorchServe p99 ms | errors | cores: frontend / worker / clients |",
-             "|---|---|---|---|---|---|---|"]
+             "[range] | p50 ms: TorchServe / in-process | TorchServe p99 ms | errors | "
+             "cores: frontend / worker / clients |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in record["rows"]:
         s, d, o, c = r["torchserve"], r["in_process"], r["overhead"], r["served_cores"]
         lines.append(
             f"| {r['concurrency']} | {s['median']:.1f} [{s['min']:.1f}–{s['max']:.1f}] | "
             f"{d['median']:.1f} [{d['min']:.1f}–{d['max']:.1f}] | {100 * o['median']:.1f} % "
-            f"[{100 * o['min']:.1f}–{100 * o['max']:.1f}] | {r['p99_ms']['median']:.0f} | "
+            f"[{100 * o['min']:.1f}–{100 * o['max']:.1f}] | {_p50(r)} | "
+            f"{r['p99_ms']['median']:.0f} | "
             f"{r['errors']} | {c['frontend']} / {c['worker']} / {c['clients']} |")
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ from pydantic import (
 from pydantic.json_schema import JsonDict
 
 from mec_core.config import DatasetName, TrainConfig
+from serving.client import MAX_BATCH_DELAY_MS
 
 ID_MAX = 2**31 - 1  # ids, steps and offsets are PostgreSQL INTEGER columns
 
@@ -102,8 +103,10 @@ class DeploySpec(BaseModel):
     batch_size: int | None = Field(None, ge=1, le=256, description="Largest dynamic batch "
                                    "of each worker; default: 8 images in flight over all "
                                    "the workers (4 each for 2 workers).")
-    max_batch_delay_ms: int = Field(20, ge=0, le=10_000, description="How long TorchServe "
-                                    "waits to fill a batch.")
+    max_batch_delay_ms: int = Field(MAX_BATCH_DELAY_MS, ge=0, le=10_000, description=
+                                    "How long TorchServe waits to fill a batch: it takes "
+                                    "what is queued at once, then waits this long for more "
+                                    "(a lone client waits it on every request).")
     reference_dataset: DatasetName | None = Field(None, description="The reference set "
                                                   "/search looks in; default: the model's "
                                                   "training set.")

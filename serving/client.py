@@ -33,6 +33,10 @@ PUBLISH_WAIT_S = 15  # how long a refused published key waits for a newer one
 # to its batch size of requests at once, so one big request (or a few) would keep the other
 # workers idle (bench_galleries.py, 2 workers: 53 img/s as 4 x 16, 80 as 8 x 8)
 PER_REQUEST, PARALLEL = 8, 8
+# TorchServe's wait for a batch to fill: it takes what is queued at once and waits this
+# long for more (a lone client pays it on every request); 2 ms keeps the throughput of 8
+# and 32 clients of 20 ms and halves one client's latency (docs/performance.md, "Serving")
+MAX_BATCH_DELAY_MS = 2
 _BAD = re.compile(r"^images\[(\d+)\]: (.*)$", re.S)  # the handler names the image of a batch
 
 
@@ -265,7 +269,7 @@ class TorchServe:
             return False
 
     def register(self, mar: str, model_name: str | None = None, workers: int = 1,
-                 batch_size: int = 8, max_batch_delay_ms: int = 20) -> dict:
+                 batch_size: int = 8, max_batch_delay_ms: int = MAX_BATCH_DELAY_MS) -> dict:
         params = {"url": mar, "initial_workers": workers, "synchronous": "true",
                   "batch_size": batch_size, "max_batch_delay": max_batch_delay_ms}
         if model_name:

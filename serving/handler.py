@@ -31,6 +31,11 @@ class MECHandler(BaseHandler):
         threads = os.environ.get("MEC_TORCH_THREADS") or options.get("torch_threads")
         if threads:
             torch.set_num_threads(int(threads))
+        # a batch of one request: the other workers are most likely idle (they would have
+        # batched it otherwise), so it gets every core and a lone client the model's speed
+        self.threads = torch.get_num_threads()
+        self.alone = int(os.environ.get("MEC_TORCH_THREADS_ALONE") or os.cpu_count() or 1)
+        self.torch = torch
         log.info("mec handler: %s on %s, %d torch threads", options["task"], device,
                  torch.get_num_threads())
         self.service = Service(model_dir, task=options["task"], device=device,
@@ -45,6 +50,9 @@ class MECHandler(BaseHandler):
         return [self.service.parse(request) for request in data]
 
     def inference(self, data, *args, **kwargs):
+        wanted = self.alone if len(data) == 1 else self.threads
+        if wanted != self.torch.get_num_threads():
+            self.torch.set_num_threads(wanted)
         return self.service.run(data)
 
     def postprocess(self, data):

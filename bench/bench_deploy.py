@@ -1,0 +1,93 @@
+"""A deploy's time with a full reference set, phase by phase, against the bare model: how
+long `serving.package.package` (what a deploy job runs before registering) takes for the
+60,000 training images of Fashion-MNIST, and whether its embedding runs at the model's own
+speed (`Embedder.embed` on the same images, in the same process, just before).
+
+    python bench/bench_deploy.py [--dataset fashion-mnist] [--limit N] [--json]
+    python bench/bench_deploy.py --report docs/performance/deploy/*.json
+
+The model is the platform's default encoder for the dataset, after one training step (its
+speed does not depend on its weights). Phases, from the deploy's own progress reports:
+"before" (export and loading the images), "embed" (first to last progress report, with the
+reports' count: the deploy job's progress), "after" (the reference pixels kept, the index
+built, the two archives written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from records import add_options, emit, host, reported
+
+from mec_core.config import TrainConfig
+from mec_core.data import load_dataset
+from mec_core.export import export
+from mec_core.train import Callbacks, train
+from serving.embedder import Embedder
+from serving.package import package
+
+
+def run(args: argparse.Namespace) -> dict:
+    root = Path(tempfile.mkdtemp(prefix="mec-bench-deploy-"))
+    config = TrainConfig(dataset=args.dataset, max_steps=1, epochs=1, warmup_epochs=0.1,
+                         lambda_warmup_epochs=0.1, train_limit=512)
+    checkpoint = train(config, root / "run", Callbacks(), resume=False).checkpoint
+    export(checkpoint, root / "export")
+    embedder = Embedder(root / "export")
+    images = load_dataset(args.dataset, "train", None, embedder.norm.image_size
+                          ).head(args.limit).images
+    start = time.perf_counter()
+    embedder.embed(images)
+    bare = time.perf_counter() - start
+
+    reports: list[tuple[float, int]] = []
+    start = time.perf_counter()
+    package(checkpoint, root / "store", "bench", "1.0", reference_limit=args.limit,
+            reference_images=root / "images.npy",
+            on_progress=lambda done, total: reports.append((time.perf_counter(), done)))
+    total = time.perf_counter() - start
+    first, last = reports[0][0], reports[-1][0]
+    embed = last - first  # the first report comes after the first batch: add it back
+    embed *= len(images) / max(1, len(images) - reports[0][1])
+    return {"bench": "deploy", "when": time.strftime("%Y-%m-%d %H:%M"), "host": host(),
+            "torch_threads": torch.get_num_threads(), "precision": "float32",
+            "command": f"python bench/bench_deploy.py --dataset {args.dataset}"
+                       + (f" --limit {args.limit}" if args.limit else ""),
+            "dataset": args.dataset, "images": len(images), "backbone": config.backbone,
+            "image_size": embedder.norm.image_size,
+            "seconds": {"deploy": round(total, 1), "before": round(first - start, 1),
+                        "embed": round(embed, 1), "after": round(start + total - last, 1),
+                        "bare_model": round(bare, 1)},
+            "progress_reports": len(reports),
+            "embed_over_bare": round(embed / bare, 3)}
+
+
+def markdown(r: dict) -> str:
+    s = r["seconds"]
+    return (f"{r['images']:,} images of {r['dataset']} ({r['backbone']}, {r['image_size']} px, "
+            f"{r['precision']}, {r['torch_threads']} torch threads), {r['when']} "
+            f"({r['host']['cpu']}, {r['host']['cores']} cores, "
+            f"{'/'.join(r['host']['flags'])}):\n\n"
+            "| deploy, in all | before (export, images) | embed | after (pixels, index, "
+            "archives) | the bare model on the same images | embed / bare | progress "
+            "reports |\n|---|---|---|---|---|---|---|\n"
+            f"| {s['deploy']} s | {s['before']} s | {s['embed']} s | {s['after']} s | "
+            f"{s['bare_model']} s | {r['embed_over_bare']:.2f} | {r['progress_reports']} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--limit", type=int, default=None, help="first N training images")
+    add_options(parser)
+    args = parser.parse_args()
+    if not reported(args, markdown):
+        emit(args, run(args), markdown)
+
+
+if __name__ == "__main__":
+    main()
