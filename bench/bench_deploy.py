@@ -8,9 +8,10 @@ speed (`Embedder.embed` on the same images, in the same process, just before).
 
 The model is the platform's default encoder for the dataset, after one training step (its
 speed does not depend on its weights). Phases, from the deploy's own progress reports:
-"before" (export and loading the images), "embed" (first to last progress report, with the
-reports' count: the deploy job's progress), "after" (the reference pixels kept, the index
-built, the two archives written).
+"before" (export and loading the images, up to the first progress report, so the first
+batch too), "embed" (first to last progress report, scaled to every image: the first batch
+counted again; with the reports' count: the deploy job's progress), "after" (the
+reference pixels kept, the index built, the two archives written).
 """
 
 from __future__ import annotations
@@ -72,9 +73,9 @@ def markdown(r: dict) -> str:
             f"{r['precision']}, {r['torch_threads']} torch threads), {r['when']} "
             f"({r['host']['cpu']}, {r['host']['cores']} cores, "
             f"{'/'.join(r['host']['flags'])}):\n\n"
-            "| deploy, in all | before (export, images) | embed | after (pixels, index, "
-            "archives) | the bare model on the same images | embed / bare | progress "
-            "reports |\n|---|---|---|---|---|---|---|\n"
+            "| deploy, in all | before (export, images; also the first batch) | embed | "
+            "after (pixels, index, archives) | the bare model on the same images | "
+            "embed / bare | progress reports |\n|---|---|---|---|---|---|---|\n"
             f"| {s['deploy']} s | {s['before']} s | {s['embed']} s | {s['after']} s | "
             f"{s['bare_model']} s | {r['embed_over_bare']:.2f} | {r['progress_reports']} |")
 

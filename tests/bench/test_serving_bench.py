@@ -13,21 +13,27 @@ bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
 
-def _side(throughput, p99=100.0, cores=None):
-    return {"throughput": throughput, "p99_ms": p99, "errors": 0,
+def _side(throughput, p99=100.0, cores=None, p50=20.0):
+    return {"throughput": throughput, "p99_ms": p99, "p50_ms": p50, "errors": 0,
             "cores": cores or {"clients": 0.0, "frontend": 0.1, "worker": 1.8}}
 
 
 def test_summarize__pairs_each_round_then_takes_medians():
     rounds = [  # the machine slows down in round 2: both sides move, the ratio holds
-        {"torchserve": _side(90.0, 300), "in_process": _side(100.0, cores={"in_process": 2})},
-        {"torchserve": _side(45.0, 500), "in_process": _side(50.0, cores={"in_process": 2})},
-        {"torchserve": _side(99.0, 200), "in_process": _side(100.0, cores={"in_process": 2})},
+        {"torchserve": _side(90.0, 300, p50=19), "in_process": _side(
+            100.0, cores={"in_process": 2}, p50=12)},
+        {"torchserve": _side(45.0, 500, p50=40), "in_process": _side(
+            50.0, cores={"in_process": 2}, p50=25)},
+        {"torchserve": _side(99.0, 200, p50=18), "in_process": _side(
+            100.0, cores={"in_process": 2}, p50=11)},
     ]
     row = bench.summarize(32, rounds)
     assert row["overhead"] == {"median": 0.1, "min": 0.01, "max": 0.1}
     assert row["torchserve"]["median"] == 90.0 and row["in_process"]["median"] == 100.0
     assert row["p99_ms"] == {"median": 300.0, "min": 200.0, "max": 500.0}
+    assert row["p50_ms"] == {"torchserve": {"median": 19, "min": 18, "max": 40},
+                             "in_process": {"median": 12, "min": 11, "max": 25}}
+    assert "| 19 / 12.0 |" in bench.markdown({"setup": {}, "rows": [row]})
     assert row["served_cores"] == {"clients": 0.0, "frontend": 0.1, "worker": 1.8}
     assert row["rounds"] == 3 and row["errors"] == 0
 
