@@ -407,18 +407,24 @@ def pinned(session: Session, project: str, config: BaseModel) -> BaseModel:
     if fields.get("dataset", "fashion-mnist" if sweep else None) not in ("imagefolder", None):
         raise Invalid(f"{field}: a dataset:// version is an image folder: set "
                       f"{field.rsplit('.', 1)[0]}.dataset to imagefolder")
+    exact, version = pin(session, project, uri, field)
+    if isinstance(config, TrainConfig):
+        _check_batch(config, version, exact)
+    if sweep:
+        return config.model_copy(update={"base": config.base | {"data_dir": exact}})
+    return config.model_copy(update={"data_dir": exact})
+
+
+def pin(session: Session, project: str, uri: str, field: str) -> tuple[str, DatasetVersion]:
+    """(dataset://NAME/VERSION, the version) that `uri` names in `project`, the latest
+    when it names none: resolve()'s refusals as the API's (NotFound, Invalid)."""
     try:
         version = resolve(session, project, uri, field)
     except LookupError as exc:
         raise NotFound(str(exc)) from None
     except ValueError as exc:
         raise Invalid(str(exc)) from None
-    exact = f"{SCHEME}{parse(uri)[0]}/{version.number}"
-    if isinstance(config, TrainConfig):
-        _check_batch(config, version, exact)
-    if sweep:
-        return config.model_copy(update={"base": config.base | {"data_dir": exact}})
-    return config.model_copy(update={"data_dir": exact})
+    return f"{SCHEME}{parse(uri)[0]}/{version.number}", version
 
 
 def _check_batch(config: TrainConfig, version: DatasetVersion, uri: str) -> None:

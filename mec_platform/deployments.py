@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from mec_platform import datasets, jobs, paths, storage
-from mec_platform.errors import Conflict, Invalid, NotFound
+from mec_platform.errors import Conflict, Invalid
 from mec_platform.jobs import JobKind, JobStatus
 from mec_platform.queue import Queue
 from mec_platform.settings import get_settings
@@ -60,14 +60,9 @@ def _pinned_reference(session: Session, model: Model, spec: DeploySpec) -> Deplo
     if spec.reference_dataset not in (None, "imagefolder"):
         raise Invalid("reference_dataset: a dataset:// version is an image folder: set "
                       "reference_dataset to imagefolder")
-    try:
-        version = datasets.resolve(session, model.project, uri, "reference_data_dir")
-    except LookupError as exc:
-        raise NotFound(str(exc)) from None
-    except ValueError as exc:
-        raise Invalid(str(exc)) from None
-    return spec.model_copy(update={"reference_dataset": "imagefolder", "reference_data_dir":
-                                   f"{datasets.SCHEME}{datasets.parse(uri)[0]}/{version.number}"})
+    exact, _ = datasets.pin(session, model.project, uri, "reference_data_dir")
+    return spec.model_copy(update={"reference_dataset": "imagefolder",
+                                   "reference_data_dir": exact})
 
 
 def promote(session: Session, sweep: Job) -> Job:

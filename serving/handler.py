@@ -7,6 +7,7 @@ import logging
 import os
 
 import orjson
+import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from serving.service import Service  # installed with the platform beside TorchServe
@@ -23,8 +24,6 @@ class MECHandler(BaseHandler):
         with open(os.path.join(model_dir, "serving.json")) as f:
             options = json.load(f)
         gpu = properties.get("gpu_id")
-        import torch
-
         device = f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu"
         # each worker is a process: its intra-op threads times the workers should not
         # exceed the cores (MEC_TORCH_THREADS on the TorchServe host overrides the archive)
@@ -35,7 +34,6 @@ class MECHandler(BaseHandler):
         # batched it otherwise), so it gets every core and a lone client the model's speed
         self.threads = torch.get_num_threads()
         self.alone = int(os.environ.get("MEC_TORCH_THREADS_ALONE") or os.cpu_count() or 1)
-        self.torch = torch
         log.info("mec handler: %s on %s, %d torch threads", options["task"], device,
                  torch.get_num_threads())
         self.service = Service(model_dir, task=options["task"], device=device,
@@ -51,8 +49,8 @@ class MECHandler(BaseHandler):
 
     def inference(self, data, *args, **kwargs):
         wanted = self.alone if len(data) == 1 else self.threads
-        if wanted != self.torch.get_num_threads():
-            self.torch.set_num_threads(wanted)
+        if wanted != torch.get_num_threads():
+            torch.set_num_threads(wanted)
         return self.service.run(data)
 
     def postprocess(self, data):
