@@ -143,6 +143,23 @@ def test_a_deploy_references_the_exact_version_the_model_trained_on_or_the_one_n
     assert other.status_code == 422 and "reference_dataset" in other.json()["detail"]
     assert deploy({"reference_dataset": "digits"}).json()["config"][
         "reference_data_dir"] is None  # another reference set: the model's version not used
+    # another project's model cannot name this project's dataset
+    with session_scope() as s:
+        _, other = keys.create(s, "other deployer", project="elsewhere")
+    with TestClient(app, headers={"Authorization": f"Bearer {other}"}) as c:
+        their_job = c.post("/v1/jobs", json={"kind": "pretrain", "config": {
+            "dataset": "synthetic", "batch_size": 8}}).json()
+        with session_scope() as s:
+            theirs = Model(job_id=their_job["id"], project="elsewhere", name="theirs",
+                           backbone="convnet", dataset="imagefolder", artifacts={})
+            s.add(theirs)
+            s.flush()
+            theirs_id = theirs.id
+        foreign = [c.post(f"/v1/models/{theirs_id}/deploy", json={"reference_data_dir": uri})
+                   for uri in (f"dataset://{name}", f"dataset://{name}/1")]
+    assert [(r.status_code, r.json()["detail"]) for r in foreign] == [
+        (404, f"reference_data_dir: dataset '{name}' not found"),
+        (404, f"reference_data_dir: dataset '{name}' has no version 1")]
 
 
 def test_a_batch_larger_than_the_images_a_run_trains_on_is_refused_at_submission(client, name):
