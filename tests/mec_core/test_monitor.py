@@ -67,5 +67,7 @@ def test_monitor__keeps_to_its_share_of_the_run(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     monitored = [r for r in rows if "knn_top1" in r]
     assert 1 < len(monitored) < 40 and monitored[-1]["step"] == 40
-    one = monitored[0]["monitor_seconds"]  # the cost of one evaluation
-    assert monitored[-1]["monitor_seconds"] <= BUDGET * wall + 2 * one
+    spent = [r["monitor_seconds"] for r in monitored]  # cumulative
+    one = max(b - a for a, b in zip([0.0] + spent, spent))  # the dearest single evaluation
+    # the last due evaluation may start just under the budget, and the last step's is forced
+    assert spent[-1] <= BUDGET * wall + 2 * one
