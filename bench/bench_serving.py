@@ -3,13 +3,15 @@ in-process, interleaved in rounds, with median and spread, and where the CPU wen
 
     python bench/bench_serving.py [--concurrency 1 8 32] [--rounds 5] [--seconds 6]
         [--workers N] [--batch-size N] [--max-batch-delay-ms 2]
-        [--handler-threads N] [--netty-threads N] [--json]
+        [--handler-threads N] [--netty-threads N] [--answer float32|json] [--json]
     python bench/bench_serving.py --profile 8 [--concurrency 32]   # where the time goes
 
 The model is resnet18 with the small-image stem on 32 px RGB images (as `mec train
 --dataset cifar10`), packaged by `serving.package` and served by a real TorchServe with
 token authorization. The clients are ApacheBench's (`ab`, Debian: apache2-utils), each
-sending one PNG per request (raw body) on a keep-alive connection, back to back.
+sending one PNG per request (raw body) on a keep-alive connection, back to back, and
+asking for the vector as raw float32 (`Accept: application/octet-stream`; `--answer json`
+for the JSON answer).
 In-process: the same Service (decode + forward + answer) on batches of
 min(concurrency, 8) images with every core, back to back, no server: the ceiling that
 TorchServe's overhead is measured against, the same whatever TorchServe's settings.
@@ -55,17 +57,19 @@ from mec_core import checkpoint
 from mec_core.config import TrainConfig
 from mec_core.data import synthetic
 from mec_core.train import train
-from serving.client import MAX_BATCH_DELAY_MS
+from serving.client import FLOAT32, MAX_BATCH_DELAY_MS
 from serving.package import package
 from serving.service import Service
 from serving.torchserve import LocalTorchServe, unused_ports, worker_plan
 
 IN_PROCESS_BATCH = 8
+ANSWERS = {"float32": FLOAT32, "json": "application/json"}
 SAMPLE_HZ = 100
 PHASES = (  # a sampled stack's phase: the first whose frame it holds
     ("forward", "Embedder.embed"),
     ("decode PNG", "serving/images.py"),
     ("answer as lists", "Service._answer"),
+    ("encode answer", "Service.encode"),
     ("encode JSON", "json/"),
     ("read batch", "retrieve_msg"),
     ("log metrics", "logging/"),
@@ -135,17 +139,18 @@ class Served:
 
 
 def clients(url: str, key: str, image: Path, concurrency: int, seconds: float,
-            served: Served | None = None, path: str = "predictions/bench") -> dict:
-    """ApacheBench: `concurrency` keep-alive clients posting `image` for `seconds`; with
-    `served`, also the cores each side used meanwhile (and it waits for the workers to be
-    idle again before returning)."""
+            served: Served | None = None, path: str = "predictions/bench",
+            accept: str = "application/json") -> dict:
+    """ApacheBench: `concurrency` keep-alive clients posting `image` for `seconds` and
+    asking for answers of type `accept`; with `served`, also the cores each side used
+    meanwhile (and it waits for the workers to be idle again before returning)."""
     before = served.cpu() if served else {}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     out = subprocess.run(
         ["ab", "-k", "-q", "-s", "60", "-t", str(seconds), "-n", "10000000", "-c",
          str(concurrency), "-p", str(image), "-T", "image/png", "-H",
-         f"Authorization: Bearer {key}", f"{url}/{path}"],
+         f"Authorization: Bearer {key}", "-H", f"Accept: {accept}", f"{url}/{path}"],
         capture_output=True, text=True, check=True).stdout
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -231,14 +236,16 @@ def counters(url: str) -> dict[str, float]:
 
 
 def profile(concurrency: int, seconds: float, service: Service, images: list[bytes],
-            ts: LocalTorchServe, served: Served, key: str, image: Path, folder: Path) -> dict:
+            ts: LocalTorchServe, served: Served, key: str, image: Path, folder: Path,
+            accept: str) -> dict:
     """Where each side's time goes at one concurrency (see --profile)."""
     sampler = Sampler([os.getpid()], seconds, folder)
     direct = in_process(service, images, min(concurrency, IN_PROCESS_BATCH), seconds)
     direct["phases"] = sampler.shares()
     before = counters(ts.metrics_url)
     sampler = Sampler([p.pid for p in served.workers], seconds, folder)
-    remote = clients(ts.inference_url, key, image, concurrency, seconds, served)
+    remote = clients(ts.inference_url, key, image, concurrency, seconds, served,
+                     accept=accept)
     remote["phases"] = sampler.shares()
     after = counters(ts.metrics_url)
     requests = max(1.0, after[COUNTERS[0]] - before[COUNTERS[0]])
@@ -284,6 +291,9 @@ def main() -> None:
                         "divided among the workers, as the handler sets them]")
     parser.add_argument("--netty-threads", type=int, default=None,
                         help="TorchServe frontend threads [default: TorchServe's]")
+    parser.add_argument("--answer", choices=ANSWERS, default="float32",
+                        help="what the clients ask for with Accept [default: float32, the "
+                        "vectors' raw bytes]")
     parser.add_argument("--profile", type=float, metavar="SECONDS",
                         help="instead of the rounds: where each side's time goes, sampled "
                         "for SECONDS per side and concurrency")
@@ -317,18 +327,20 @@ def main() -> None:
         key = ts.keys().inference
         image = root / "image.png"
         image.write_bytes(images[0])
+        accept = ANSWERS[args.answer]
         for c in args.concurrency:  # warm-up, alike on both sides
             in_process(service, images, min(c, IN_PROCESS_BATCH), 2)
-            clients(ts.inference_url, key, image, c, 2)
+            clients(ts.inference_url, key, image, c, 2, accept=accept)
         for c in args.concurrency if args.profile else []:
             profiles.append(profile(c, args.profile, service, images, ts, served, key, image,
-                                    root))
+                                    root, accept))
         for r in range(0 if args.profile else args.rounds):
             for c in args.concurrency:
                 sides = [("in_process", lambda c=c: in_process(
                               service, images, min(c, IN_PROCESS_BATCH), args.seconds)),
                          ("torchserve", lambda c=c: clients(
-                              ts.inference_url, key, image, c, args.seconds, served))]
+                              ts.inference_url, key, image, c, args.seconds, served,
+                              accept=accept))]
                 results[c].append({name: run() for name, run in
                                    (sides if r % 2 == 0 else sides[::-1])})
     finally:
@@ -339,7 +351,8 @@ def main() -> None:
              "max_batch_delay_ms": args.max_batch_delay_ms,
              "netty_threads": args.netty_threads or "default", "cores": cores,
              "rounds": args.rounds, "seconds": args.seconds,
-             "precision": "float32"}  # what the handler and the in-process side compute in
+             "precision": "float32",  # what the handler and the in-process side compute in
+             "answer": args.answer}
     record = {"setup": setup | {"profile_seconds": args.profile}, "profile": profiles} \
         if args.profile else {"setup": setup,
                               "rows": [summarize(c, results[c]) for c in args.concurrency]}

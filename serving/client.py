@@ -37,6 +37,9 @@ PER_REQUEST, PARALLEL = 8, 8
 # long for more (a lone client pays it on every request); 2 ms keeps the throughput of 8
 # and 32 clients of 20 ms and halves one client's latency (docs/performance.md, "Serving")
 MAX_BATCH_DELAY_MS = 2
+# an embedding answer as raw little-endian float32, n × dim, rows in the images' order, for
+# a client whose Accept names it first; its other fields travel as X-Mec-* headers
+FLOAT32 = "application/octet-stream"
 _BAD = re.compile(r"^images\[(\d+)\]: (.*)$", re.S)  # the handler names the image of a batch
 
 
@@ -167,6 +170,7 @@ class Answer:
 
     status_code: int
     content: bytes
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
 
     def json(self):
         return json.loads(self.content)
@@ -221,13 +225,15 @@ class TorchServe:
                                          **kwargs)
         except httpx.HTTPError as exc:
             raise Unavailable(f"the model server is unreachable ({exc})") from None
-        return Answer(response.status_code, response.content)
+        return Answer(response.status_code, response.content,
+                      {k.lower(): v for k, v in response.headers.items()})
 
     # --- inference ---------------------------------------------------------------------
-    def predict(self, endpoint: str, body: bytes, content_type: str) -> Answer:
+    def predict(self, endpoint: str, body: bytes, content_type: str,
+                accept: str = "application/json") -> Answer:
         """POST the body to /predictions/{endpoint}."""
         return self._call("inference", "POST", f"/predictions/{endpoint}", content=body,
-                          headers={"Content-Type": content_type})
+                          headers={"Content-Type": content_type, "Accept": accept})
 
     def embed(self, endpoint: str, images: list[bytes]) -> tuple[np.ndarray, dict[int, str]]:
         """(vectors of the readable images in order, {position: why} of the others). The
@@ -245,10 +251,10 @@ class TorchServe:
         bad = {}
         while todo:
             body = {"images": [base64.b64encode(images[i]).decode() for i in todo]}
-            answer = self.predict(endpoint, json.dumps(body).encode(), "application/json")
+            answer = self.predict(endpoint, json.dumps(body).encode(), "application/json",
+                                  FLOAT32)
             if answer.status_code == 200:
-                vectors = np.asarray(answer.json()["embeddings"], np.float32)
-                return vectors.reshape(len(todo), -1), bad
+                return np.frombuffer(answer.content, "<f4").reshape(len(todo), -1), bad
             if answer.status_code != 400:
                 raise Unavailable(f"the model server answered {answer.status_code}: "
                                   f"{answer.reason}")
@@ -311,26 +317,29 @@ class AsyncTorchServe:
         self.keys = keys if isinstance(keys, KeyRing) else KeyRing(keys, management_url)
         self.http: aiohttp.ClientSession | None = None
 
-    async def predict(self, endpoint: str, body: bytes, content_type: str) -> Answer:
+    async def predict(self, endpoint: str, body: bytes, content_type: str,
+                      accept: str = "application/json") -> Answer:
         """POST the body to /predictions/{endpoint} (the key read or renewed off the
         event loop)."""
         key = self.keys.held("inference") or await asyncio.to_thread(self.keys.get,
                                                                       "inference")
-        answer = await self._post(endpoint, body, content_type, key)
+        headers = {"Content-Type": content_type, "Accept": accept}
+        answer = await self._post(endpoint, body, headers, key)
         if answer.key_refused:
             key = await asyncio.to_thread(self.keys.get, "inference", key)
-            answer = await self._post(endpoint, body, content_type, key)
+            answer = await self._post(endpoint, body, headers, key)
         return answer
 
-    async def _post(self, endpoint: str, body: bytes, content_type: str, key: str) -> Answer:
+    async def _post(self, endpoint: str, body: bytes, headers: dict[str, str], key: str
+                    ) -> Answer:
         if self.http is None:
             self.http = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
                 connector=aiohttp.TCPConnector(limit=256))
         try:
             async with self.http.post(f"{self.url}/predictions/{endpoint}", data=body,
-                                      headers=_bearer(key) | {"Content-Type": content_type}
-                                      ) as response:
-                return Answer(response.status, await response.read())
+                                      headers=_bearer(key) | headers) as response:
+                return Answer(response.status, await response.read(),
+                              {k.lower(): v for k, v in response.headers.items()})
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise Unavailable(f"the model server is unreachable ({exc})") from None

@@ -12,8 +12,10 @@ import binascii
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import torch
 
+from serving.client import FLOAT32
 from serving.embedder import Embedder
 from serving.images import MAX_BYTES, BadRequest, decode
 from serving.reference_set import ReferenceSet, vote
@@ -127,6 +129,21 @@ class Service:
             start += len(p.images)
             answers.append(self._answer(p, mine, batch=len(parsed)))
         return answers
+
+    @staticmethod
+    def encode(answer: dict, accept: str | None = None) -> tuple[bytes, str, dict[str, str]]:
+        """(body, content type, headers) of an answer: an embedding answer in FLOAT32 when
+        the first type `accept` names is FLOAT32, else compact JSON. orjson writes float32
+        arrays in 0.01 ms per 512-d vector where json.dumps(indent=2), what TorchServe does
+        with a dict, takes 0.39 ms (docs/performance.md, "Where the time goes")."""
+        first = (accept or "").split(",")[0].split(";")[0].strip().lower()
+        if first == FLOAT32 and "embeddings" in answer:
+            vectors = answer["embeddings"]
+            return (vectors.astype("<f4", copy=False).tobytes(), FLOAT32,
+                    {"X-Mec-Dim": str(vectors.shape[1]),
+                     "X-Mec-Batch-Size": str(answer["batch_size"]),
+                     "X-Mec-Model-Version": str(answer["model_version"] or "")})
+        return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), "application/json", {}
 
     def _answer(self, p: Parsed, vectors, batch: int) -> dict:
         """The answer to one request; embeddings stay a float32 array (the handler encodes

@@ -20,8 +20,8 @@ from mec_client.models import EmbeddingsPublic, SearchPublic
 from mec_platform import storage
 from mec_platform.storage import StorageError
 from mec_platform.tables import Model
+from serving.client import FLOAT32, Unavailable
 from serving.client import MAX_REQUEST_BYTES as MAX_BYTES
-from serving.client import Unavailable
 
 router = APIRouter(prefix="/v1/models", tags=["inference"], responses=errors(
     {400: "An image could not be read, or the body is not JSON.",
@@ -32,12 +32,17 @@ TYPES = ("image/", "application/octet-stream", "multipart/form-data", "applicati
 
 
 @router.post("/{model_id}/embed", responses={
-    200: {"model": EmbeddingsPublic, "description": "One l2-normalised vector per image."}})
+    200: {"model": EmbeddingsPublic, "description": "One l2-normalised vector per image; "
+          f"with `Accept: {FLOAT32}`, the vectors as raw little-endian float32 (images × "
+          "dim, dim in `X-Mec-Dim`; `X-Mec-Model-Version`, `X-Mec-Batch-Size`).",
+          "content": {FLOAT32: {}}}})
 async def embed(_: EmbedKey, model: ServedModelDep, request: Request):
     """Embeddings of images from the deployed model: a raw image body, a multipart field
-    `image`, or JSON `{"images": [base64, ...]}` (up to 64 images)."""
+    `image`, or JSON `{"images": [base64, ...]}` (up to 64 images). JSON answers, or raw
+    float32 vectors when `Accept` names application/octet-stream first."""
     body, content_type, _ = await _body(model, request)
-    return await _forward(_endpoint(model), body, content_type)
+    return await _forward(_endpoint(model), body, content_type,
+                          request.headers.get("accept", "application/json"))
 
 
 @router.post("/{model_id}/search", responses={
@@ -134,14 +139,18 @@ def _check_options(payload) -> None:
         raise HTTPException(422, "images: must be a list of base64 strings")
 
 
-async def _forward(endpoint: str, body: bytes, content_type: str) -> Response:
-    """TorchServe's answer as it came, or its refusal as our error format."""
+async def _forward(endpoint: str, body: bytes, content_type: str,
+                   accept: str = "application/json") -> Response:
+    """TorchServe's answer as it came (its type and X-Mec-* headers), or its refusal as our
+    error format."""
     try:
-        answer = await torchserve().predict(endpoint, body, content_type)
+        answer = await torchserve().predict(endpoint, body, content_type, accept)
     except Unavailable as exc:
         raise HTTPException(502, str(exc)) from None
     if answer.status_code == 200:
-        return Response(answer.content, media_type="application/json")
+        return Response(answer.content, media_type=answer.headers.get(
+            "content-type", "application/json"), headers={
+                k: v for k, v in answer.headers.items() if k.startswith("x-mec-")})
     if answer.status_code in (400, 413):
         raise HTTPException(answer.status_code, f"image: {answer.reason}")
     raise HTTPException(502, f"the model server answered {answer.status_code}: "

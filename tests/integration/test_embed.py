@@ -51,6 +51,17 @@ def test_embed_and_search__one_key_one_url(platform, tmp_path):
     assert raw.json()["model_version"] == 1 == client.model(model.id).deployment["number"]
     multipart = app.post(url, files={"image": ("a.png", images[2], "image/png")})
     assert np.allclose(multipart.json()["embeddings"], direct[2:], atol=1e-6)
+    # raw float32 when Accept names it first: the same vectors, their shape in X-Mec-Dim
+    b64 = {"images": [base64.b64encode(i).decode() for i in images]}
+    binary = app.post(url, json=b64, headers={"Accept": "application/octet-stream"})
+    assert binary.status_code == 200 and binary.headers["content-type"] == \
+        "application/octet-stream"
+    assert binary.headers["x-mec-model-version"] == "1"
+    vectors = np.frombuffer(binary.content, "<f4").reshape(3, int(binary.headers["x-mec-dim"]))
+    assert np.allclose(vectors, direct, atol=1e-6)
+    refused = app.post(url, content=b"not an image", headers={
+        "Content-Type": "image/png", "Accept": "application/octet-stream"})
+    assert refused.status_code == 400 and refused.json()["detail"].startswith("image: ")
     batch = Client(platform.url, app_key).embed(model.id, images)
     assert batch.dim == len(direct[0]) and np.allclose(batch.embeddings, direct, atol=1e-6)
     assert np.allclose(np.linalg.norm(batch.embeddings, axis=1), 1, atol=1e-5)

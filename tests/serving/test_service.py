@@ -2,6 +2,7 @@
 
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
@@ -44,6 +45,32 @@ def test_service__embedding_equals_the_embedder_on_the_same_pixels(trained, imag
     assert (got - direct).abs().max() < 1e-5
     assert torch.allclose(got.norm(dim=1), torch.ones(3), atol=1e-5)
     assert answers[0]["dim"] == direct.shape[1] and answers[0]["batch_size"] == 3
+
+
+@pytest.mark.parametrize("accept, binary", [
+    ("application/octet-stream", True), ("application/octet-stream; q=1, */*", True),
+    ("application/json, application/octet-stream", False), ("*/*", False), (None, False)])
+def test_service__answers_raw_float32_when_accept_names_it_first(trained, images, knn_service,
+                                                                 accept, binary):
+    _, export_dir, _ = trained
+    service = Service(export_dir, deployment=3)
+    pngs = [png_of(img) for img in images[:2]]
+    answer = service.run([service.parse({"body": {"images": [
+        base64.b64encode(p).decode() for p in pngs]}})])[0]
+    body, kind, headers = service.encode(answer, accept)
+    if binary:
+        assert kind == "application/octet-stream" and len(body) == 2 * answer["dim"] * 4
+        assert headers == {"X-Mec-Dim": str(answer["dim"]), "X-Mec-Batch-Size": "1",
+                           "X-Mec-Model-Version": "3"}
+        assert np.array_equal(np.frombuffer(body, "<f4").reshape(2, -1),
+                              answer["embeddings"])
+    else:
+        assert kind == "application/json" and headers == {}
+        assert np.allclose(json.loads(body)["embeddings"], answer["embeddings"])
+    # errors and neighbours have no float32 form: JSON whatever the Accept
+    for other in service.run([service.parse({"body": b"garbage"})]) + knn_service.run(
+            [knn_service.parse({"body": pngs[0]})]):
+        assert service.encode(other, accept)[1] == "application/json"
 
 
 def test_service__one_bad_request_does_not_fail_its_batch_mates(trained, images):
