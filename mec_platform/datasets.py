@@ -44,6 +44,7 @@ MAX_RATIO = 100  # a zip member this many times larger than its compressed bytes
 SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "test"}
 MANIFEST = "manifest.json"  # a version read in place: its objects, not their content
 THUMBNAILS, THUMB_SIDE = 8, 64
+MAX_PIXELS = 50_000_000  # per image: 150 MB as decoded RGB in a worker
 
 
 class ArchiveRefused(ValueError):
@@ -73,8 +74,10 @@ def unpack(archive: Path, into: Path, max_bytes: int) -> Unpacked:
     for name, target in extracted:
         if name not in places:
             continue
-        if (size := _image_size(target)) is None:
-            bad.append(f"{name}: not a readable image")
+        try:
+            size = _image_size(target)
+        except ValueError as exc:
+            bad.append(f"{name}: {exc}")
         else:
             out.files[places[name]], out.sizes[size] = target, out.sizes[size] + 1
     if bad:
@@ -166,10 +169,12 @@ def _bad_name(name: str) -> str | None:
 
 
 def _common_top(names) -> bool:
-    """Whether every member lies in one top folder that is not a split's (stripped)."""
+    """Whether every member lies in one top folder that is not a split's and holds folders
+    (stripped: the folder the archive was made of); one holding images alone is a class."""
+    depths = [len(PurePosixPath(n).parts) for n in names]
     tops = {PurePosixPath(n).parts[0] for n in names if len(PurePosixPath(n).parts) > 1}
-    flat = any(len(PurePosixPath(n).parts) == 1 for n in names)
-    return len(tops) == 1 and not flat and next(iter(tops)) not in SPLIT_FOLDERS
+    return len(tops) == 1 and min(depths, default=0) > 1 and max(depths) > 2 and \
+        next(iter(tops)) not in SPLIT_FOLDERS
 
 
 def _place(parts: tuple[str, ...]) -> tuple[str | None, str | None, str] | None:
@@ -182,15 +187,23 @@ def _place(parts: tuple[str, ...]) -> tuple[str | None, str | None, str] | None:
     return None
 
 
-def _image_size(path: Path) -> str | None:
+def _image_size(path: Path) -> str:
+    """'WIDTHxHEIGHT' of a readable image of at most MAX_PIXELS; ValueError saying why not
+    (a few KB of PNG can claim a 30000 × 30000 canvas that a worker would decode whole)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            image.verify()
-            return f"{image.width}x{image.height}"
+            width, height = image.size
+            if width * height <= MAX_PIXELS:
+                image.verify()
+                return f"{width}x{height}"
+    except Image.DecompressionBombError:  # PIL's own ceiling, far above ours
+        width = height = None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return None
+        raise ValueError("not a readable image") from None
+    size = f"{width}x{height} pixels" if width else "more pixels than PIL opens"
+    raise ValueError(f"{size}, over the limit of {MAX_PIXELS:,} per image")
 
 
 def assign(places: list[tuple], test_fraction: float, seed: int
@@ -304,7 +317,11 @@ def add_source_version(session: Session, dataset: Dataset, source: str,
                     not any(t["class"] == entry["class"] for t in thumbnails):
                 sample = work / f"sample{PurePosixPath(entry['key']).suffix}"
                 origin.get(entry["key"], sample, entry["etag"])
-                sizes[_image_size(sample) or "unreadable"] += 1
+                try:
+                    sizes[_image_size(sample)] += 1
+                except ValueError:  # the worker refuses it when it reads the data
+                    sizes["unreadable"] += 1
+                    continue
                 thumbnails.append({"class": entry["class"], "png": _thumbnail(sample)})
         storage.get_store().put(key, work / "manifest.json")
         return {"images": len(manifest), "classes": counts, "split": split,
@@ -370,8 +387,9 @@ def digest_of(path: Path) -> str:
 def parse(uri: str) -> tuple[str, int | None]:
     """(name, version or None for the latest) of `dataset://NAME[/VERSION]`."""
     name, _, version = uri.removeprefix(SCHEME).partition("/")
-    if not name or (version and not version.isdigit()):
-        raise ValueError(f"{uri!r} is not dataset://NAME or dataset://NAME/VERSION")
+    if not name or (version and not (version.isdigit() and int(version) > 0)):
+        raise ValueError(f"{uri!r} is not dataset://NAME or dataset://NAME/VERSION "
+                         "(versions count from 1)")
     return name, int(version) if version else None
 
 
@@ -385,9 +403,9 @@ def resolve(session: Session, project: str, uri: str, field: str) -> DatasetVers
         raise ValueError(f"{field}: {exc}") from None
     found = _version(session, project, name, number)
     if found is None:
-        what = f"dataset {name!r}" + (f" has no version {number}" if number else
-                                      " has no version" if _dataset(session, project, name)
-                                      else " not found")
+        what = f"dataset {name!r}" + (" not found" if _dataset(session, project, name) is None
+                                      else f" has no version {number}" if number else
+                                      " has no version")
         raise LookupError(f"{field}: {what}")
     return found
 

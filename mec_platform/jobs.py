@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from mec_client.enums import FINISHED, JobKind, JobStatus
 from mec_core.config import TrainConfig
 from mec_core.datafiles import DEFAULT_DIRS, missing
-from mec_platform import keys, paths
+from mec_platform import datasets, keys, paths
 from mec_platform.errors import Conflict, Invalid, NotFound
 from mec_platform.keys import DEFAULT_PROJECT
 from mec_platform.queue import Queue, enqueue
@@ -105,6 +105,21 @@ def check(session: Session, key: ApiKey, config: BaseModel) -> None:
                            "a pretraining or import job")
         if config.dataset is not None:
             _check_dataset(config.dataset, config.data_dir, splits=("train", "test"))
+        else:
+            _check_trained_on(session, target)
+
+
+def _check_trained_on(session: Session, target: Job) -> None:
+    """NotFound naming config.job_id when the dataset version the job trained on, which an
+    evaluation without its own dataset reads, has been deleted since."""
+    uri = (target.config or {}).get("data_dir") or ""
+    if uri.startswith(datasets.SCHEME):
+        try:
+            datasets.resolve(session, target.project, uri, "data_dir")
+        except LookupError as exc:
+            raise NotFound(f"config.job_id: job {target.id} trained on {uri}, which is gone "
+                           f"({str(exc).removeprefix('data_dir: ')}): evaluate it on "
+                           "another dataset (config.dataset, config.data_dir)") from None
 
 
 def _check_dataset(dataset: str, data_dir: str | None, prefix: str = "config",

@@ -159,8 +159,7 @@ def test_a_deploy_references_the_exact_version_the_model_trained_on_or_the_one_n
         foreign = [c.post(f"/v1/models/{theirs_id}/deploy", json={"reference_data_dir": uri})
                    for uri in (f"dataset://{name}", f"dataset://{name}/1")]
     assert [(r.status_code, r.json()["detail"]) for r in foreign] == [
-        (404, f"reference_data_dir: dataset '{name}' not found"),
-        (404, f"reference_data_dir: dataset '{name}' has no version 1")]
+        (404, f"reference_data_dir: dataset '{name}' not found")] * 2
 
 
 def test_a_batch_larger_than_the_images_a_run_trains_on_is_refused_at_submission(client, name):
@@ -189,3 +188,31 @@ def test_deleting_a_dataset_removes_its_versions_files(client, name):
     assert stored.stat(key) is not None
     assert client.delete(f"/v1/datasets/{name}").status_code == 204
     assert stored.stat(key) is None and client.get(f"/v1/datasets/{name}").status_code == 404
+
+
+def test_once_a_dataset_is_deleted_its_jobs_evaluations_are_refused_at_submission(client,
+                                                                                  name):
+    """An evaluation without a dataset of its own reads the one its job trained on: gone,
+    it is refused when submitted (404 naming config.job_id), not when a worker claims it."""
+    upload(client, name, archive())
+    job = client.post("/v1/jobs", json={"kind": "pretrain", "config": {
+        "dataset": "imagefolder", "batch_size": 8, "data_dir": f"dataset://{name}"}}).json()
+    evaluate = {"kind": "evaluate", "config": {"job_id": job["id"]}}
+    assert client.post("/v1/jobs/validate", json=evaluate).status_code == 200
+    assert client.delete(f"/v1/datasets/{name}").status_code == 204
+    refused = client.post("/v1/jobs", json=evaluate)
+    assert refused.status_code == 404 and refused.json()["detail"] == (
+        f"config.job_id: job {job['id']} trained on dataset://{name}/1, which is gone "
+        f"(dataset '{name}' not found): evaluate it on another dataset (config.dataset, "
+        "config.data_dir)")
+    again = client.post("/v1/jobs", json={"kind": "pretrain", "config": {
+        "dataset": "imagefolder", "data_dir": f"dataset://{name}/1"}})
+    assert again.status_code == 404 and again.json()["detail"] == \
+        f"config.data_dir: dataset '{name}' not found"
+
+
+@pytest.mark.parametrize("version", ["0", "-1", "01x"])
+def test_a_version_that_is_not_a_positive_number_is_refused(client, name, version):
+    refused = client.post("/v1/jobs", json={"kind": "pretrain", "config": {
+        "dataset": "imagefolder", "data_dir": f"dataset://{name}/{version}"}})
+    assert refused.status_code == 422 and "versions count from 1" in refused.json()["detail"]

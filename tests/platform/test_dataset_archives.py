@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,10 @@ def test_the_archives_own_split_is_kept_and_images_alone_are_unlabelled(tmp_path
             z.writestr(f"{i}.png", png(i))
     flat = image_folder(unpack(zipped, _dir(tmp_path), 1 << 30), 0.25, 0, tmp_path / "f.tar")
     assert flat["classes"] == {"unlabelled": {"train": 3, "test": 1}}
+    one = {f"cat/{i}.png": png(i) for i in range(4)}  # one class folder: a class, kept
+    found = unpack(tar_of(tmp_path / "one.tar", one, gz=False), _dir(tmp_path), 1 << 30)
+    assert image_folder(found, 0.25, 0, tmp_path / "one-out.tar")["classes"] == {
+        "cat": {"train": 3, "test": 1}}
 
 
 @pytest.mark.parametrize("name, why", [
@@ -105,6 +110,25 @@ def test_links_duplicates_and_zip_bombs_are_bad_members(tmp_path):
         z.writestr("a/zeros.png", b"\0" * (64 << 20))
     with pytest.raises(ArchiveRefused, match="zip bomb"):
         unpack(bomb, _dir(tmp_path), 1 << 40)
+
+
+def claiming(width: int, height: int) -> bytes:
+    """A few hundred bytes of PNG whose header claims width × height pixels."""
+    data = bytearray(png(0, side=1))
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # IHDR's checksum
+    return bytes(data)
+
+
+def test_images_of_too_many_pixels_are_bad_members_whatever_their_bytes(tmp_path):
+    """Decoded, each would take gigabytes in a worker; PIL refuses the largest itself."""
+    members = {"a/1.png": png(1), "a/wide.png": claiming(8000, 7000),
+               "a/bomb.png": claiming(30000, 30000)}
+    with pytest.raises(ArchiveRefused) as refused:
+        unpack(tar_of(tmp_path / "pixels.tar.gz", members), _dir(tmp_path), 1 << 30)
+    assert sorted(refused.value.bad) == [
+        "a/bomb.png: more pixels than PIL opens, over the limit of 50,000,000 per image",
+        "a/wide.png: 8000x7000 pixels, over the limit of 50,000,000 per image"]
 
 
 def test_an_archive_too_large_unpacked_or_not_an_archive_is_refused(tmp_path):
