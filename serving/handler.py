@@ -35,6 +35,10 @@ class MECHandler(BaseHandler):
         self.alone = int(os.environ.get("MEC_TORCH_THREADS_ALONE") or os.cpu_count() or 1)
         log.info("mec handler: %s on %s, %d torch threads", options["task"], device,
                  torch.get_num_threads())
+        # per batch, TorchServe's worker writes three INFO lines to its stdout (when it got
+        # the batch, two timings) that the frontend reads, parses and logs: a cost to both
+        # processes on every batch; its request counters and latencies stay in the metrics
+        logging.getLogger().setLevel(logging.WARNING)
         self.service = Service(model_dir, task=options["task"], device=device,
                                reference_dir=model_dir,
                                default_k=options.get("default_k", 10),

@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -176,6 +177,30 @@ def test_workers_use_the_torch_threads_of_their_archive(served, images):
     log = (ts.home / "logs" / "ts_log.log").read_text()
     assert "mec handler: embed on cpu, 1 torch threads" in log
     assert "mec handler: knn on cpu, 1 torch threads" in log
+
+
+def test_a_batch_writes_no_line_to_torchserves_log(trained, images, tmp_path):
+    """The access log has a line per request; TorchServe's own log has none per batch (by
+    default three come from the worker's stdout and one from the frontend: 6 GB a day at
+    200 requests/s). Read once TorchServe has stopped: both logs are written
+    asynchronously."""
+    _, _, store = trained
+    ts = LocalTorchServe(tmp_path / "ts", store, *unused_ports(3)).start()
+    try:
+        ts.client().register("tiny.mar", batch_size=1)
+        headers = {"Authorization": f"Bearer {ts.keys().inference}"}
+        for image in images[:20]:
+            assert httpx.post(f"{ts.inference_url}/predictions/tiny", headers=headers,
+                              content=png_of(image)).status_code == 200
+    finally:
+        ts.stop()
+    log = (tmp_path / "ts" / "logs" / "ts_log.log").read_text()
+    access = (tmp_path / "ts" / "logs" / "access_log.log").read_text()
+    # the last lines may be lost with the process; the first made it to disk in both logs
+    assert access.count("POST /predictions/tiny") >= 10
+    assert "mec handler: embed on cpu" in log  # what a worker says once is kept
+    for per_batch in ("Backend received inference", "[METRICS]", "Backend response time"):
+        assert per_batch not in log
 
 
 def test_worker_plan__one_worker_per_core_up_to_four_sharing_the_cores():
