@@ -209,6 +209,8 @@ def up(data_dir, storage_url, ray_nodes, ray_port, api_port, inference_port, man
         raise click.ClickException(str(exc)) from None
     for name, url in urls.items():
         click.echo(f"{name:<22} {url}")
+    if data_dir:  # mec keys, mec datasets, ... find the stack by MEC_DATA_DIR
+        click.echo(f"for the other mec commands: export MEC_DATA_DIR={Path(data_dir).resolve()}")
     click.echo("stop with: mec down" + (f" --data-dir {data_dir}" if data_dir else ""))
 
 
@@ -218,8 +220,10 @@ def down(data_dir) -> None:
     """Stop what `mec up` started."""
     from mec_platform.stack import Stack
 
-    stopped = Stack(_data_dir(data_dir), Ports()).down()
-    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    where = _data_dir(data_dir)
+    stopped = Stack(where, Ports()).down()
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else
+               f"nothing was running from {where.resolve()} (another stack: --data-dir)")
 
 
 @click.command()

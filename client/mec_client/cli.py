@@ -628,6 +628,7 @@ def datasets() -> None:
 @click.option("--description", default="", help="What the images are.")
 @as_json
 def datasets_create(name: str, description: str, as_json: bool) -> None:
+    """Create dataset NAME in the key's project (empty: upload a version next)."""
     made = _api(_client().datasets.create, name, description)
     if as_json:
         return _echo_json(made)
@@ -666,6 +667,7 @@ def datasets_upload(name: str, archive: str, test_fraction: float, seed: int,
 @datasets.command("list")
 @as_json
 def datasets_list(as_json: bool) -> None:
+    """The project's datasets, with their latest version's images and classes."""
     found = _api(_client().datasets.list)
     if as_json:
         return _echo_json([d.model_dump(mode="json") for d in found])
@@ -681,13 +683,17 @@ def datasets_list(as_json: bool) -> None:
 @click.argument("name")
 @as_json
 def datasets_show(name: str, as_json: bool) -> None:
+    """Dataset NAME: each version (its URI, images, split, common sizes) and the latest
+    version's images per class and split."""
     found = _api(_client().datasets.get, name)
     if as_json:
         return _echo_json(found)
     console.print(f"dataset {found.name}: {found.description or '(no description)'}")
     for v in found.versions:
+        sizes = ", ".join(f"{size} ×{n}" for size, n in sorted(
+            v.sizes.items(), key=lambda item: -item[1])[:3])
         console.print(f"  {v.uri}  {v.images} images, {_split(v.split)}, "
-                      f"{v.created_at:%Y-%m-%d %H:%M}")
+                      f"{v.created_at:%Y-%m-%d %H:%M}" + (f", sizes {sizes}" if sizes else ""))
     if found.versions:
         table = Table("class", "train", "test")
         for cls, counts in found.versions[-1].classes.items():

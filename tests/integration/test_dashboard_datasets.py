@@ -147,6 +147,11 @@ def test_datasets_page__create_upload_read_copy_delete(browser, api, tmp_path):
     assert version["digest"][:16] in card.text
     shot(browser, "24-dataset-version")
     shot(browser, "24b-dataset-version-1024px", width=1024)  # a small laptop's width
+    browser.set_window_size(420, 900)  # a phone: nothing wider than the window
+    wider = browser.execute_script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert wider <= 0, f"the page is {wider} px wider than a 420 px window"
+    shot(browser, "24c-dataset-version-420px", width=420)
 
     # the same archive with another split: version 2, on top, the latest
     seed = find(browser, "#seed")
@@ -179,6 +184,11 @@ def test_datasets_page__create_upload_read_copy_delete(browser, api, tmp_path):
           and d.find_element(By.ID, "empty").is_displayed(), 10, "the emptied list")
     assert api.client.get("/v1/datasets/shapes").status_code == 404
     shot(browser, "27-datasets-deleted")
+    browser.get(f"{api.url}/ui/datasets?name=shapes")  # an old link: the list, no stale page
+    until(browser, lambda d: "not found" in find(d, "#toast").text, 10, "the 404")
+    assert not find(browser, "#dataset").is_displayed()
+    assert find(browser, "#create").is_displayed()
+    shot(browser, "27b-dataset-gone")
     assert (ARTIFACTS / "dashboard" / "27-datasets-deleted.png").exists()
 
 

@@ -74,6 +74,9 @@ def test_train_and_evaluate_on_an_uploaded_dataset_with_nothing_shared_on_disk(
         (tmp_path / "api" / "artifacts").rglob("*.tar"))
     listed = mec("datasets", "list")
     assert "shapes" in listed.stdout and "240" in listed.stdout
+    shown = mec("datasets", "show", "shapes")
+    assert shown.returncode == 0, shown.stderr
+    assert "dataset://shapes/1  240 images" in shown.stdout and "sizes 16x16 ×240" in shown.stdout
 
 
 def test_a_version_read_in_place_from_an_s3_prefix_is_pinned_to_its_contents(

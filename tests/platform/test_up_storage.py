@@ -36,10 +36,12 @@ def test_up_keeps_datasets_in_the_s3_store_it_is_given(tmp_path, s3_server):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEC_")} | s3_server.env
     ports = unused_ports(5)
     data = tmp_path / "stack"
-    mec(env, "up", "--data-dir", str(data), "--storage-url", "s3://up-test/platform",
-        *[f"--{what}-port={port}" for what, port in
-          zip(("api", "inference", "management", "metrics", "worker-metrics"), ports)])
+    started = mec(env, "up", "--data-dir", str(data), "--storage-url", "s3://up-test/platform",
+                  *[f"--{what}-port={port}" for what, port in
+                    zip(("api", "inference", "management", "metrics", "worker-metrics"),
+                        ports)])
     try:
+        assert f"export MEC_DATA_DIR={data.resolve()}" in started.stdout
         key = mec(env | {"MEC_DATA_DIR": str(data)}, "keys", "create", "--name", "t"
                   ).stdout.strip()
         api = httpx.Client(base_url=f"http://127.0.0.1:{ports[0]}", timeout=60,
@@ -63,3 +65,5 @@ def test_up_keeps_datasets_in_the_s3_store_it_is_given(tmp_path, s3_server):
         assert not (data / "artifacts" / "store").exists()  # not the default folder
     finally:
         mec(env, "down", "--data-dir", str(data), check=False)
+    again = mec(env, "down", "--data-dir", str(data)).stdout
+    assert f"nothing was running from {data.resolve()}" in again

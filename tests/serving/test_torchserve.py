@@ -7,7 +7,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 

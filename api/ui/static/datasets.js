@@ -187,5 +187,11 @@ if (chosen) {
   document.getElementById("dataset-name").textContent = chosen;
   document.getElementById("upload").addEventListener("submit", upload);
   document.getElementById("delete").addEventListener("click", remove);
-  showDataset().catch((e) => toast(e.message, "error"));
+  showDataset().catch((e) => {
+    if (e.status === 404) {  // deleted since, or an old link: the list and the create form
+      document.getElementById("dataset").hidden = true;
+      document.getElementById("create").hidden = false;
+    }
+    toast(e.message, "error");
+  });
 }
