@@ -370,11 +370,16 @@ def trained_images(config: TrainConfig, images: int) -> int:
 
 def resolved(config: TrainConfig, total_steps: int | None = None) -> dict:
     """The config as a run decides it (JSON values): the image size, stem and memory format
-    it uses, whether it mirrors views, and monitor_every once the run's length in steps is
-    known."""
+    it uses, whether it mirrors views, where its targets come from and whether it has a
+    predictor, and monitor_every once the run's length in steps is known."""
+    from mec_core.methods import get_method  # it imports this module
+
+    predictor = get_method(config.method).predictor if config.predictor is None \
+        else config.predictor
     values = config.model_dump(mode="json") | {
         "image_size": image_size(config), "small_stem": small_stem(config),
-        "channels_last": channels_last(config), "hflip": hflip(config)}
+        "channels_last": channels_last(config), "hflip": hflip(config),
+        "teacher": resolve_teacher(config), "predictor": predictor}
     if total_steps is not None:
         values["monitor_every"] = monitor_every(config, total_steps)
     return values

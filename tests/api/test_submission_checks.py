@@ -111,7 +111,7 @@ def test_validate__the_resolved_config_and_the_checks_with_nothing_created(clien
     assert body["config"]["recipe"] == "small"
     assert body["config"] == TrainConfig(dataset="synthetic", device="cuda").model_dump(
         mode="json") | {"image_size": 32, "small_stem": True, "channels_last": True,
-                         "hflip": True}
+                         "hflip": True, "teacher": "stop_grad", "predictor": True}
     for field, value in (RECIPES["small"] | METHOD_RECIPES["small", "mec"]).items():
         assert body["config"][field] == value, field
     assert body["waiting"].startswith("asks for device cuda")

@@ -127,9 +127,15 @@ def test_resolved__fills_what_the_run_decides_and_keeps_what_the_caller_set():
     assert {k: resolved(mine, 500)[k] for k in ("image_size", "small_stem", "channels_last",
                                                  "monitor_every")} == {
         "image_size": 96, "small_stem": False, "channels_last": False, "monitor_every": 0}
+    # mec's own: a predictor, and the small recipe's momentum 0 shares the student's weights
+    assert (values["teacher"], values["predictor"]) == ("stop_grad", True)
+    assert {k: resolved(TrainConfig(method="simclr"))[k] for k in ("teacher", "predictor")} \
+        == {"teacher": "none", "predictor": False}
+    assert resolved(TrainConfig(teacher_momentum=0.996))["teacher"] == "ema"
     assert TrainConfig(**resolved(config, 40)) == TrainConfig(
         **config.model_dump() | {"image_size": 28, "small_stem": True, "channels_last": True,
-                                 "hflip": True, "monitor_every": 4})  # a valid config again
+                                 "hflip": True, "monitor_every": 4, "teacher": "stop_grad",
+                                 "predictor": True})  # a valid config again
 
 
 def test_config__teacher_defaults_to_the_methods_and_refuses_what_it_cannot_do():
