@@ -171,8 +171,9 @@ def _bad_name(name: str) -> str | None:
 def _common_top(names) -> bool:
     """Whether every member lies in one top folder that is not a split's and holds folders
     (stripped: the folder the archive was made of); one holding images alone is a class."""
-    depths = [len(PurePosixPath(n).parts) for n in names]
-    tops = {PurePosixPath(n).parts[0] for n in names if len(PurePosixPath(n).parts) > 1}
+    parts = [PurePosixPath(n).parts for n in names]
+    tops = {p[0] for p in parts if len(p) > 1}
+    depths = [len(p) for p in parts]
     return len(tops) == 1 and min(depths, default=0) > 1 and max(depths) > 2 and \
         next(iter(tops)) not in SPLIT_FOLDERS
 
@@ -198,12 +199,12 @@ def _image_size(path: Path) -> str:
             if width * height <= MAX_PIXELS:
                 image.verify()
                 return f"{width}x{height}"
+        too_many = f"{width}x{height} pixels"
     except Image.DecompressionBombError:  # PIL's own ceiling, far above ours
-        width = height = None
+        too_many = "more pixels than PIL opens"
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise ValueError("not a readable image") from None
-    size = f"{width}x{height} pixels" if width else "more pixels than PIL opens"
-    raise ValueError(f"{size}, over the limit of {MAX_PIXELS:,} per image")
+    raise ValueError(f"{too_many}, over the limit of {MAX_PIXELS:,} per image")
 
 
 def assign(places: list[tuple], test_fraction: float, seed: int
