@@ -64,8 +64,9 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(None, description="The Ray cluster that runs jobs of "
                                     "several nodes (config.nodes > 1), as ray.init takes it "
                                     "(ray://host:10001, or host:6379 from inside the "
-                                    "cluster); unset: such jobs are refused. Its nodes share "
-                                    "artifact_root and the database with the workers.")
+                                    "cluster); unset: such jobs are refused. Its nodes reach "
+                                    "the database and the store; with an S3 store they share "
+                                    "no disk with the workers (\"Scaling out\").")
     job_log_lines: int = Field(10_000, ge=100, description="Log lines kept per job (the "
                                "newest; each line cut to 2,000 characters).")
     visibility_timeout: int = Field(43_200, gt=0, description="Redis visibility timeout in "

@@ -1,9 +1,9 @@
 """A job's files and the store: where the job writes them on this host (`folder`), each
 checkpoint stored as it is written, in a thread of its own so that the steps after it do
 not wait for the upload (`CheckpointUploads`), the newest stored checkpoint brought back on
-whichever host resumes the job (`fetch_newest`), and the model's artifacts stored when the
-job ends (`keep_artifacts`). On a file:// store the job writes in the store's own folder
-and nothing is copied."""
+whichever host resumes the job (`fetch_newest`; `fetch_stored` for the hosts of one run),
+and the model's artifacts stored when the job ends (`keep_artifacts`). On a file:// store
+the job writes in the store's own folder and nothing is copied."""
 
 from __future__ import annotations
 
@@ -117,6 +117,20 @@ def fetch_newest(job_id: int) -> Path | None:
     return here / name
 
 
+def fetch_stored(job_id: int) -> Path | None:
+    """The newest checkpoint the store holds, on this host, and none newer beside it: the
+    ranks of a run on several hosts all resume from it, whereas a newer one written here
+    but not yet stored would set this host's ranks apart from the others."""
+    store = storage.get_store()
+    if store.folder(f"jobs/{job_id}") is None:
+        stored = store.keys(f"jobs/{job_id}/checkpoints")
+        name = stored[-1].rpartition("/")[2] if stored else ""
+        for unstored in (folder(job_id) / "checkpoints").glob("step_*.pt"):
+            if unstored.name > name:
+                unstored.unlink(missing_ok=True)
+    return fetch_newest(job_id)
+
+
 def _from_before_the_store(job_id: int, here: Path) -> Path | None:
     """A job that ran before the file:// store (its checkpoints in artifact_root/jobs/<id>,
     not in the store's folder) resumes from its newest one, copied into the store's."""
@@ -139,8 +153,8 @@ def keep_artifacts(job_id: int, files: dict[str, Path]) -> dict[str, str]:
     return refs
 
 
-def clear(job_id: int) -> None:
-    """Remove the job's files from this host once they are stored (not on a file://
-    store: there they are the stored ones)."""
+def clear(job_id: int, under: str = "") -> None:
+    """Remove the job's files (those `under` a sub-folder) from this host once they are
+    stored (not on a file:// store: there they are the stored ones)."""
     if storage.get_store().folder(f"jobs/{job_id}") is None:
-        shutil.rmtree(folder(job_id), ignore_errors=True)
+        shutil.rmtree(folder(job_id) / under, ignore_errors=True)

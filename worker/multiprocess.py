@@ -118,7 +118,7 @@ def launch(job_id: int, owner: str, processes: int, out: Path,
          f"--nproc-per-node={processes}", "--max-restarts=0", "--tee=3",
          f"--log-dir={out / 'torchrun-logs'}",
          "-m", "worker.multiprocess", str(job_id), owner],
-        env, log, _rank_source, ranks / "handover", job_id, owner, shutting_down)
+        env, log, _rank_source, (ranks / "handover").touch, job_id, owner, shutting_down)
     reports = sorted(ranks.glob("rank-*.json"), key=lambda p: p.stat().st_mtime)
     ended = {p.stem.replace("-", " "): json.loads(p.read_text()) for p in reports}
     if "result" in ended.get("rank 0", {}):
@@ -135,14 +135,15 @@ def launch(job_id: int, owner: str, processes: int, out: Path,
 
 
 def supervise(command: list[str], env: dict[str, str], log: Path,
-              source: Callable[[str], tuple[str, str]], handover: Path, job_id: int,
-              owner: str, shutting_down: threading.Event) -> tuple[int, bool, bool]:
+              source: Callable[[str], tuple[str, str]], hand_over: Callable[[], None],
+              job_id: int, owner: str, shutting_down: threading.Event
+              ) -> tuple[int, bool, bool]:
     """Run `command`, a launcher of ranks, until it ends; returns (its exit code, whether it
     was killed, whether the job was cancelled). Its output goes to `log` and, line by line,
     to the job's log (`source(line)` is the line's source and text). A hand-over is passed
-    on by creating `handover`; asked to stop (a cancel, a hand-over, a lost lease), it is
-    killed with its children when it has not ended within STOP_GRACE_SECONDS. It gets
-    SIGTERM when the worker process dies."""
+    on once, by `hand_over()` (it raises the flag that rank 0 reads); asked to stop (a
+    cancel, a hand-over, a lost lease), it is killed with its children when it has not
+    ended within STOP_GRACE_SECONDS. It gets SIGTERM when the worker process dies."""
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, preexec_fn=_die_with_parent, text=True,
                             errors="replace")
@@ -153,10 +154,10 @@ def supervise(command: list[str], env: dict[str, str], log: Path,
     asked_at, killed = None, False
     while proc.poll() is None:
         time.sleep(0.2)
-        if shutting_down.is_set():
-            handover.touch()
         if asked_at is None and (shutting_down.is_set() or watch.should_stop(0)):
             asked_at = time.monotonic()
+            if shutting_down.is_set():
+                hand_over()
         if asked_at is not None and time.monotonic() - asked_at > STOP_GRACE_SECONDS:
             _kill_tree(proc.pid)
             killed = True

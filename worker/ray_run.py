@@ -10,12 +10,15 @@ and Ray then ends the run's actors (they share their driver's fate).
 The driver submits a TorchTrainer of nodes x processes Ray workers, reserved all at once
 (one placement group: gang scheduling), one GPU each on GPU nodes, one CPU otherwise.
 Ray sets up the process group (gloo, or NCCL on GPUs, with a PG_TIMEOUT_SECONDS timeout)
-and each worker runs `_rank`: mec_core's `train` on the shared artifact root, which every
-node mounts, rank 0 writing metrics, progress and checkpoints to the database as a
-one-process job does. When a rank, a Ray worker or a node is lost, Ray restarts the whole
-group (FailureConfig, with the attempts the job has left), which resumes from the newest
-checkpoint; `_Failures` counts each restart as an attempt and says which rank on which
-node failed first. Checkpoints stay mec_core's own (Ray's would copy each one again).
+and each worker runs `_rank`: mec_core's `train` in its node's own folders, rank 0 writing
+metrics and progress to the database and storing each checkpoint as a one-process job
+does. The nodes, the driver and the worker share no disk, only the database and the store:
+every rank resumes from the newest stored checkpoint, rank 0 leaves the run's outcome in
+the store and reads the worker's hand-over flag there, and the worker brings the last
+checkpoint from the store to export the model. When a rank, a Ray worker or a node is
+lost, Ray restarts the whole group (FailureConfig, with the attempts the job has left);
+`_Failures` counts each restart as an attempt and says which rank on which node failed
+first. Checkpoints stay mec_core's own (Ray's would copy each one again).
 
     python -m worker.ray_run JOB_ID OWNER     # the driver, as the worker starts it
 """
@@ -28,6 +31,8 @@ import os
 import socket
 import sys
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import ray
@@ -40,17 +45,16 @@ from sqlalchemy import update
 
 from mec_core.config import TrainConfig, stored_config
 from mec_core.train import Callbacks, TrainingDiverged, TrainResult, train
-from mec_platform import datasets
+from mec_platform import datasets, storage
 from mec_platform.db import retrying, session_scope
 from mec_platform.settings import get_settings
+from mec_platform.storage import StorageError
 from mec_platform.tables import Job
 from worker import job_store
 from worker.callbacks import DatabaseCallbacks
 from worker.multiprocess import (
     RanksDied,
     RanksFailed,
-    _FileFlag,
-    _write,
     result_as_json,
     result_from,
     stopped_result,
@@ -62,30 +66,37 @@ from worker.multiprocess import (
 # bounds a rank that hangs while its process lives on.
 PG_TIMEOUT_SECONDS = 120
 WAITING_POLL_SECONDS = 2.0
+# the worker's folders, which a node's processes take unless their node sets its own
+HOST_FOLDERS = {"MEC_DATA_DIR": "data_dir", "MEC_ARTIFACT_ROOT": "artifact_root",
+                "MEC_CACHE_DIR": "cache_dir"}
 _log = logging.getLogger(__name__)
 _log.setLevel(logging.INFO)  # the run's lines reach the job's log at any worker log level
 
 
 def launch(job_id: int, owner: str, out: Path,
            shutting_down: threading.Event) -> tuple[TrainResult, bool]:
-    """Train job `job_id` on the Ray cluster; returns rank 0's result and whether the job
-    was cancelled, like a one-process run. Raises TrainingDiverged, RanksFailed (every
-    try failed with an error of the training code) or RanksDied (ranks were lost more
-    often than the job's attempts allow, or the driver ended without an outcome)."""
+    """Train job `job_id` on the Ray cluster; returns rank 0's result (its last checkpoint
+    brought from the store to this host) and whether the job was cancelled, like a
+    one-process run. Raises TrainingDiverged, RanksFailed (every try failed with an error of
+    the training code) or RanksDied (ranks were lost more often than the job's attempts
+    allow, or the driver ended without an outcome)."""
     run = out / "ray"
     run.mkdir(parents=True, exist_ok=True)
+    store = storage.get_store()
     for name in ("outcome.json", "handover"):
-        (run / name).unlink(missing_ok=True)
+        store.delete(_key(job_id, name))
     code, killed, cancelled = supervise(
         [sys.executable, "-m", "worker.ray_run", str(job_id), owner],
         # each line as it is written, without colours, every rank's (not deduplicated)
         dict(os.environ, PYTHONUNBUFFERED="1", RAY_COLOR_PREFIX="0", RAY_DEDUP_LOGS="0"),
         run / "driver.log", lambda line: ("ray", line),
-        run / "handover", job_id, owner, shutting_down)
-    outcome = json.loads((run / "outcome.json").read_text()) \
-        if (run / "outcome.json").exists() else {}
+        lambda: storage.put_bytes(_key(job_id, "handover"), b""), job_id, owner, shutting_down)
+    outcome = _outcome(job_id)
     if "result" in outcome:
-        return result_from(outcome["result"]), outcome["cancelled"]
+        result = result_from(outcome["result"])
+        if result.checkpoint is not None:  # written on rank 0's node
+            result = replace(result, checkpoint=job_store.fetch_newest(job_id))
+        return result, outcome["cancelled"]
     if killed:
         return stopped_result(job_id), cancelled
     if "diverged" in outcome:
@@ -94,6 +105,39 @@ def launch(job_id: int, owner: str, out: Path,
         raise RanksFailed(outcome["error"])
     raise RanksDied(outcome.get("error") or f"the Ray driver exited with code {code} "
                     f"without an outcome; log: {run / 'driver.log'}")
+
+
+def _key(job_id: int, name: str) -> str:
+    """The store's key of the run's outcome or hand-over flag."""
+    return f"jobs/{job_id}/ray/{name}"
+
+
+def _write_outcome(job_id: int, value: dict) -> None:
+    storage.put_bytes(_key(job_id, "outcome.json"), json.dumps(value).encode())
+
+
+def _outcome(job_id: int) -> dict:
+    """What rank 0 or the driver left ({} if neither did)."""
+    try:
+        return json.loads(storage.read_bytes(_key(job_id, "outcome.json")))
+    except StorageError:
+        return {}
+
+
+class _StoreFlag:
+    """The worker's hand-over request as rank 0 sees it: set once the flag is in the
+    store, looked for at most every `poll_seconds` (it is asked at every step)."""
+
+    def __init__(self, key: str, poll_seconds: float) -> None:
+        self.key, self.poll_seconds = key, poll_seconds
+        self.last, self.set = 0.0, False
+
+    def is_set(self) -> bool:
+        now = time.monotonic()
+        if not self.set and now - self.last >= self.poll_seconds:
+            self.last = now
+            self.set = storage.get_store().stat(self.key) is not None
+        return self.set
 
 
 def _placement(job_id: int, placement: dict) -> None:
@@ -193,8 +237,13 @@ def describe(failures: dict[int, Exception], slots: list[dict]) -> str:
 
 def _rank(args: dict) -> None:
     """One Ray Train worker: rank `get_world_rank()` of the job, in the process group Ray
-    set up (RANK, WORLD_SIZE and LOCAL_RANK set, which mec_core.distributed reads)."""
+    set up (RANK, WORLD_SIZE and LOCAL_RANK set, which mec_core.distributed reads), in its
+    node's folders (the worker's where the node's environment names none of HOST_FOLDERS:
+    those of a node on the worker's own host, or on a disk mounted at the same paths)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not HOST_FOLDERS.keys() & os.environ.keys():  # the node sets none of its own
+        os.environ.update(args["folders"])
+    get_settings.cache_clear()  # read with the node's folders
     job_id, owner = args["job_id"], args["owner"]
     settings = get_settings()
     with session_scope() as s:  # a dataset:// version: unpacked into this node's cache
@@ -202,6 +251,7 @@ def _rank(args: dict) -> None:
         config = stored_config(job.config)
         config = config.model_copy(update={"data_dir": datasets.local_dir(
             s, job.project, config.data_dir)})
+    job_store.fetch_stored(job_id)  # every rank resumes from the same step
     out = job_store.folder(job_id)
     context = ray.train.get_context()
     rank = context.get_world_rank()
@@ -210,30 +260,35 @@ def _rank(args: dict) -> None:
                                    socket.gethostname()))
     if rank == 0:
         _placement(job_id, {"slots": _slots(config, "running", hosts)})
-    callbacks = DatabaseCallbacks(job_id, owner, settings.cancel_poll_seconds,
-                                  _FileFlag(out / "ray" / "handover")) \
+    callbacks = DatabaseCallbacks(job_id, owner, settings.cancel_poll_seconds, _StoreFlag(
+        _key(job_id, "handover"), settings.cancel_poll_seconds)) \
         if rank == 0 else Callbacks()  # every rank stops at the step rank 0 stops at
     try:
         result = train(config, out, callbacks, resume=True)
     except TrainingDiverged as exc:  # every rank sees the same loss: a restart would too
         if rank == 0:
-            _write(out / "ray" / "outcome.json", {"diverged": str(exc)})
+            _write_outcome(job_id, {"diverged": str(exc)})
         return
     finally:
         if rank == 0:
             callbacks.close()
-    if rank == 0:
-        _write(out / "ray" / "outcome.json",
-               {"result": result_as_json(result), "cancelled": callbacks.cancelled})
+    dist.barrier()  # rank 0 stored its last checkpoint: the nodes' copies can go
+    job_store.clear(job_id, "checkpoints")
+    dist.barrier()
+    if rank == 0:  # the worker brings the checkpoint back from the store
+        _write_outcome(job_id, {"result": result_as_json(result),
+                                "cancelled": callbacks.cancelled})
 
 
 def _environment() -> dict[str, str]:
     """What the run's processes need of the worker's environment: its settings (the
-    database and artifact root above all) and its thread count."""
+    database and the store above all, as this worker resolved them), the store's AWS_
+    credentials and its thread count; not its folders, which are this host's
+    (`HOST_FOLDERS`)."""
     settings = get_settings()
-    return {k: v for k, v in os.environ.items() if k.startswith("MEC_") or
-            k == "OMP_NUM_THREADS"} | {"MEC_DATABASE_URL": settings.database_url,
-                                       "MEC_ARTIFACT_ROOT": str(settings.artifact_root)}
+    return {k: v for k, v in os.environ.items() if (k.startswith(("MEC_", "AWS_")) or
+            k == "OMP_NUM_THREADS") and k not in HOST_FOLDERS} | {
+        "MEC_DATABASE_URL": settings.database_url, "MEC_STORAGE_URL": settings.storage_url}
 
 
 def main(job_id: int, owner: str) -> None:
@@ -253,7 +308,8 @@ def main(job_id: int, owner: str) -> None:
     threading.Thread(target=_watch_waiting, args=(job_id, config, gpu, placed),
                      daemon=True).start()
     trainer = TorchTrainer(
-        _rank, train_loop_config={"job_id": job_id, "owner": owner},
+        _rank, train_loop_config={"job_id": job_id, "owner": owner, "folders": {
+            name: str(getattr(settings, field)) for name, field in HOST_FOLDERS.items()}},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo",
                                  timeout_s=PG_TIMEOUT_SECONDS),
         # one rank per node needs distinct nodes; more fill node after node
@@ -264,20 +320,19 @@ def main(job_id: int, owner: str) -> None:
             name=f"job-{job_id}-attempt-{attempts}", storage_path=str(out / "ray"),
             failure_config=FailureConfig(max_failures=max(settings.max_attempts - attempts, 0)),
             callbacks=[_Failures(job_id)]))
-    path = out / "ray" / "outcome.json"
     try:
         trainer.fit()  # rank 0 wrote the outcome
     except ray.train.WorkerGroupError as exc:
         with session_scope() as s:
             slots = (s.get(Job, job_id).placement or {}).get("slots", [])
         failures = exc.worker_failures
-        _write(path, {"error": describe(failures, slots),
-                      "raised": not any(_lost(e) for e in failures.values())})
+        _write_outcome(job_id, {"error": describe(failures, slots),
+                                "raised": not any(_lost(e) for e in failures.values())})
     except ray.train.TrainingFailedError as exc:
-        _write(path, {"error": f"{type(exc).__name__}: {exc}"})
+        _write_outcome(job_id, {"error": f"{type(exc).__name__}: {exc}"})
     finally:
         placed.set()
-    _finish_slots(job_id, json.loads(path.read_text()) if path.exists() else {})
+    _finish_slots(job_id, _outcome(job_id))
 
 
 def _finish_slots(job_id: int, outcome: dict) -> None:

@@ -136,8 +136,8 @@ def test_compose__ray_profile_a_head_and_gpu_nodes_the_workers_pointed_at_it(mon
     assert "ray start --address=" in services["worker"]["command"][-1]
     assert head["image"] == node["image"] == services["worker"]["image"]
     assert services["worker"]["build"]["args"] == {"EXTRAS": "ray"}
-    for name in ("ray-head", "ray-worker"):  # the artifact root at the workers' path
-        assert "artifacts:/artifacts:rw" in services[name]["volumes"]
+    for name in ("ray-head", "ray-worker"):  # no disk shared with the workers: the store
+        assert [v.split(":")[1] for v in services[name]["volumes"]] == ["/datasets"]
 
 
 def test_every_image_copies_every_package_it_installs():

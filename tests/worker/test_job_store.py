@@ -75,3 +75,22 @@ def test_an_upload_that_fails_is_skipped_and_the_next_checkpoint_stored(platform
     uploads.add(_write(9, 8))
     uploads.close()
     assert stored == [platform_store.ref("jobs/9/checkpoints/step_00000008.pt")]
+
+
+def test_the_ranks_of_one_run_resume_from_the_newest_stored_checkpoint(platform_store):
+    """A newer checkpoint that only this host wrote (not yet stored when the run failed)
+    is dropped on an S3 store, so that every host's ranks start at the same step; on a
+    file:// store every host sees the one folder, and the newest is the stored one."""
+    from worker import job_store
+
+    uploads = job_store.CheckpointUploads(5, lambda ref: None)
+    uploads.add(_write(5, 10))
+    uploads.close()
+    unstored = _write(5, 20)  # the run failed before this one went
+    here = job_store.fetch_stored(5)
+    if isinstance(platform_store, FileStore):
+        assert here == unstored
+        return
+    assert here == job_store.folder(5) / "checkpoints" / "step_00000010.pt"
+    assert not unstored.exists() and here.read_bytes() == b"state at 10"
+    assert job_store.fetch_stored(6) is None  # a run that stored none starts from step 0
