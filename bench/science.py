@@ -11,7 +11,12 @@ and a re-run skips what is already recorded:
         python bench/science.py tables --runs /tmp/q.jsonl   # seconds, on digits (a test)
 
 Groups: see GROUPS below. A row is a label and the TrainConfig fields it sets over the
-group's base; "pixels" and "random" rows are the untrained baselines.
+group's base; "pixels" and "random" rows are the untrained baselines. A run is scored on
+the test split against the whole train split ("eval": "test"), except in the groups of
+VAL, which tune: their runs train on the first `train_limit` images of the train split and
+are scored on the rest of it, never trained on ("eval": "val"), so that choosing a setting
+never looks at the test split. A group of TUNED_BY runs each method at the best point of
+its tuning group.
 """
 
 from __future__ import annotations
@@ -27,15 +32,25 @@ from pathlib import Path
 
 import torch
 
-from mec_core.config import TrainConfig, image_size, stored_config
-from mec_core.data import load_dataset
+from mec_core.config import TrainConfig, image_size, stored_config, trained_images
+from mec_core.data import ImageSet, load_dataset
 from mec_core.evaluate import features, from_checkpoint, knn, linear_probe, random_init, raw_pixels
 from mec_core.train import train
 
 RUNS = Path(__file__).resolve().parents[1] / "docs" / "science" / "runs.jsonl"
 FM = {"dataset": "fashion-mnist", "backbone": "convnet", "batch_size": 256}
 METHODS = ("mec", "simclr", "byol", "simsiam", "barlow_twins", "vicreg")
-GRID = [(lr, 1e-5) for lr in (0.2, 0.5, 1.0)]  # the same for every method
+TOP3 = ("mec", "simclr", "byol")  # MEC, the best contrastive and the best EMA method
+# the tuning runs of Fashion-MNIST: the first 50,000 training images, scored on the last
+# 10,000 (no online monitor, which would hold out images of its own)
+FM_VAL = {**FM, "train_limit": 50_000, "monitor_every": 0}
+
+
+def tuning_grid(methods, lrs, wds) -> list[tuple[str, dict]]:
+    """The same grid of base lr x weight decay for every method: one row per point."""
+    return [(f"{m} lr {lr} wd {wd}", {"method": m, "base_lr": lr, "weight_decay": wd})
+            for m in methods for lr in lrs for wd in wds]
+
 
 # group -> (base config, rows); a row: (label, fields over the base)
 GROUPS: dict[str, tuple[dict, list[tuple[str, dict]]]] = {
@@ -66,9 +81,7 @@ GROUPS: dict[str, tuple[dict, list[tuple[str, dict]]]] = {
     ]),
     # the same learning-rate grid for every method (weight decay at the recipe's), on a
     # 1-epoch proxy
-    "grid": ({**FM, "epochs": 1}, [
-        (f"{m} lr {lr} wd {wd}", {"method": m, "base_lr": lr, "weight_decay": wd})
-        for m in METHODS for lr, wd in GRID]),
+    "grid": ({**FM, "epochs": 1}, tuning_grid(METHODS, (0.2, 0.5, 1.0), (1e-5,))),
     # every method at the small recipe's lr and wd (at its best grid point where the grid
     # was run: `best_of_grid`), equal budget
     "methods": ({**FM, "epochs": 3}, [(m, {"method": m}) for m in METHODS]),
@@ -132,15 +145,35 @@ GROUPS: dict[str, tuple[dict, list[tuple[str, dict]]]] = {
     ]),
     "digits_pooled": ({"dataset": "digits", "backbone": "convnet", "batch_size": 128,
                        "feature_grid": 1}, [("MEC, 20 epochs", {"epochs": 20})]),
+    # MEC against SimCLR and BYOL at 8 epochs, each at the best of one grid of lr x weight
+    # decay (the grid holds every method's best lr of the 1-epoch grid above), tuned on the
+    # last 10,000 training images; then seeds 0, 1, 2 at that point, on the test split
+    "tune8": ({**FM_VAL, "epochs": 8}, tuning_grid(TOP3, (0.2, 0.5), (1e-5, 1e-4))),
+    "compare8": ({**FM, "epochs": 8}, [(m, {"method": m}) for m in TOP3]),
     "quick": ({"dataset": "digits", "backbone": "convnet", "batch_size": 64, "max_steps": 6},
               [("mec", {}), ("byol", {"method": "byol"}),
                ("raw pixels", {"baseline": "pixels"})]),
+    # the tuning protocol at the quick group's scale (a test): 1,000 of the 1,437 training
+    # digits, scored on the other 437
+    "quick_tune": ({"dataset": "digits", "backbone": "convnet", "batch_size": 64,
+                    "max_steps": 6, "train_limit": 1000, "monitor_every": 0},
+                   tuning_grid(("mec", "simclr"), (0.2, 0.5), (1e-5,))),
+    "quick_compare": ({"dataset": "digits", "backbone": "convnet", "batch_size": 64,
+                       "max_steps": 6}, [(m, {"method": m}) for m in ("mec", "simclr")]),
 }
+VAL = {"tune8", "quick_tune"}  # the tuning groups, scored on held-out training images
+# group -> the tuning group whose best point (per method) its rows run at
+TUNED_BY = {"methods": "grid", "compare8": "tune8", "quick_compare": "quick_tune"}
 
 
-def best_of_grid(records: list[dict], method: str) -> dict:
-    """The grid point with the best kNN top-1 for `method` ({} if none is recorded)."""
-    rows = [r for r in records if r["group"] == "grid" and r["config"]["method"] == method]
+def evaluation(group: str) -> str:
+    return "val" if group in VAL else "test"
+
+
+def best_of_grid(records: list[dict], method: str, group: str = "grid") -> dict:
+    """The point of tuning `group` with the best kNN top-1 for `method` ({} if none is
+    recorded)."""
+    rows = [r for r in records if r["group"] == group and r["config"]["method"] == method]
     if not rows:
         return {}
     best = max(rows, key=lambda r: r["knn_top1"])
@@ -161,13 +194,26 @@ def _commit() -> str:
         return ""
 
 
-def evaluate_source(source, config: TrainConfig) -> dict[str, float]:
-    """kNN (k=200, T=0.1) and linear top-1 on the test split, features computed once."""
+def eval_sets(config: TrainConfig, evaluation: str) -> tuple[ImageSet, ImageSet]:
+    """(bank, queries) of an evaluation: "test", the whole train split and the test split;
+    "val", the images a run of `config` trains on (the first of the train split, in file
+    order) and the rest of the train split, which it never sees."""
     tr = load_dataset(config.dataset, "train", config.data_dir, config.image_size)
-    te = load_dataset(config.dataset, "test", config.data_dir, config.image_size)
-    ftr, fte = features(source, tr.images), features(source, te.images)
-    return {"knn_top1": knn(ftr, tr.labels, fte, te.labels)["top1"],
-            "linear_top1": linear_probe(ftr, tr.labels, fte, te.labels)["top1"]}
+    if evaluation == "test":
+        return tr, load_dataset(config.dataset, "test", config.data_dir, config.image_size)
+    seen = trained_images(config, len(tr))
+    if seen == len(tr):
+        raise ValueError(f"a val evaluation needs a train_limit below the {len(tr)} training "
+                         f"images of {config.dataset}")
+    return tr.head(seen), ImageSet(tr.images[seen:], tr.labels[seen:], tr.classes)
+
+
+def evaluate_source(source, bank: ImageSet, queries: ImageSet) -> dict[str, float]:
+    """kNN (k=200, T=0.1) and linear top-1 of `queries` against `bank`, features computed
+    once."""
+    fb, fq = features(source, bank.images), features(source, queries.images)
+    return {"knn_top1": knn(fb, bank.labels, fq, queries.labels)["top1"],
+            "linear_top1": linear_probe(fb, bank.labels, fq, queries.labels)["top1"]}
 
 
 def run_row(group: str, label: str, fields: dict, seed: int, base: dict) -> dict:
@@ -175,36 +221,39 @@ def run_row(group: str, label: str, fields: dict, seed: int, base: dict) -> dict
     baseline = fields.pop("baseline", None)
     config = TrainConfig(**{**base, **fields, "seed": seed})
     record = {"group": group, "label": label, "seed": seed, "baseline": baseline,
-              "config": config.model_dump(mode="json"), "commit": _commit(),
-              "when": time.strftime("%Y-%m-%d %H:%M"), "threads": torch.get_num_threads(),
+              "eval": evaluation(group), "config": config.model_dump(mode="json"),
+              "commit": _commit(), "when": time.strftime("%Y-%m-%d %H:%M"),
+              "threads": torch.get_num_threads(),
               "machine": f"{platform.machine()} {os.cpu_count()} cores"}
+    bank, queries = eval_sets(config, evaluation(group))
     if baseline:
-        train_set = load_dataset(config.dataset, "train", config.data_dir, config.image_size)
         side = image_size(config)
-        source = raw_pixels(train_set, side) if baseline == "pixels" else \
-            random_init(config.backbone, train_set, side, seed, config.feature_grid)
-        return record | {"train_seconds": 0.0} | evaluate_source(source, config)
+        source = raw_pixels(bank, side) if baseline == "pixels" else \
+            random_init(config.backbone, bank, side, seed, config.feature_grid)
+        return record | {"train_seconds": 0.0} | evaluate_source(source, bank, queries)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         result = train(config, out, resume=False)
         seconds = time.perf_counter() - started
-        scores = evaluate_source(from_checkpoint(str(result.checkpoint)), config)
+        scores = evaluate_source(from_checkpoint(str(result.checkpoint)), bank, queries)
     return record | {"train_seconds": round(seconds, 1), "steps": result.steps,
                      "last": {k: round(v, 5) for k, v in result.last.items()}} | scores
 
 
 def same_run(records: list[dict], group: str, label: str, fields: dict, seed: int,
              base: dict) -> dict | None:
-    """A recorded run of the very same config and seed, filed under this row too (runs are
-    deterministic: the same config and seed give the same figures), or None."""
+    """A recorded run of the very same config and seed and the same evaluation, filed under
+    this row too (runs are deterministic: the same config and seed give the same figures),
+    or None."""
     if "baseline" in fields:
         return None
     config = TrainConfig(**{**base, **fields, "seed": seed}).model_dump(mode="json")
     for r in records:  # a recorded config is read as today's (fields added since: defaults)
-        if r.get("baseline") or r["seed"] != seed:
+        if r.get("baseline") or r["seed"] != seed or \
+                r.get("eval", "test") != evaluation(group):
             continue
         if stored_config(r["config"]).model_dump(mode="json") == config:
-            return r | {"group": group, "label": label,
+            return r | {"group": group, "label": label, "eval": evaluation(group),
                         "same_run_as": r.get("same_run_as") or [r["group"], r["label"]]}
     return None
 
@@ -215,8 +264,15 @@ def run(group: str, seeds: list[int], runs: Path, only: list[str] | None) -> Non
     for label, fields in rows:
         if only and label not in only:
             continue
-        if group == "methods":
-            fields = {**fields, **best_of_grid(load_records(runs), fields["method"])}
+        if group in TUNED_BY:  # at the best point of the method's whole tuning grid
+            tuning, records = TUNED_BY[group], load_records(runs)
+            recorded = {r["label"] for r in records if r["group"] == tuning}
+            todo = [t for t, f in GROUPS[tuning][1]
+                    if f["method"] == fields["method"] and t not in recorded]
+            if todo:
+                print(f"{label}: skipped, {tuning} has not run {', '.join(todo)}", flush=True)
+                continue
+            fields = {**fields, **best_of_grid(records, fields["method"], tuning)}
         for seed in seeds:
             records = load_records(runs)
             if (group, label, seed) in {(r["group"], r["label"], r["seed"]) for r in records}:
@@ -229,11 +285,13 @@ def run(group: str, seeds: list[int], runs: Path, only: list[str] | None) -> Non
                   "train_seconds", "knn_top1", "linear_top1")}), flush=True)
 
 
-def _mean_sd(values: list[float]) -> str:
+def _mean_sd(values: list[float], sign: str = "") -> str:
+    if not values:
+        return "–"
     if len(values) == 1:
-        return f"{values[0]:.2f}"
+        return f"{values[0]:{sign}.2f}"
     t = torch.tensor(values, dtype=torch.float64)
-    return f"{t.mean():.2f} ± {t.std():.2f}"
+    return f"{t.mean():{sign}.2f} ± {t.std():.2f}"
 
 
 def table(records: list[dict], group: str) -> str:
@@ -244,8 +302,9 @@ def table(records: list[dict], group: str) -> str:
     order = [label for label, _ in GROUPS[group][1]]
     labels = sorted({r["label"] for r in rows}, key=lambda s: order.index(s)
                     if s in order else len(order))
-    lines = ["| run | seeds | kNN top-1 % | linear top-1 % | train s | threads | last loss |",
-             "|---|---|---|---|---|---|---|"]
+    scored = "val " if evaluation(group) == "val" else ""  # never beside the test split's
+    lines = [f"| run | seeds | {scored}kNN top-1 % | {scored}linear top-1 % | train s | "
+             "threads | last loss |", "|---|---|---|---|---|---|---|"]
     for label in labels:
         rs = [r for r in rows if r["label"] == label]
         last = rs[-1].get("last") or {}
@@ -255,6 +314,69 @@ def table(records: list[dict], group: str) -> str:
                      f"{_mean_sd([r['linear_top1'] for r in rs])} | "
                      f"{sum(r['train_seconds'] for r in rs) / len(rs):.0f} | "
                      f"{rs[-1]['threads']} | {last.get('loss', float('nan')):.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def grid_table(records: list[dict], group: str) -> str:
+    """A tuning group's grid: a row per method, a column per (base lr, weight decay),
+    kNN / linear top-1 % of seed 0 (on held-out training images for the groups of VAL);
+    each method's best point (by kNN) in bold."""
+    rows = [r for r in records if r["group"] == group and r["seed"] == 0]
+    points = sorted({(r["config"]["base_lr"], r["config"]["weight_decay"]) for r in rows})
+    methods = [m for m in dict.fromkeys(f["method"] for _, f in GROUPS[group][1])
+               if any(r["config"]["method"] == m for r in rows)]
+    scored = "val " if evaluation(group) == "val" else ""
+    lines = [f"| method ({scored}kNN / linear top-1 %) | "
+             + " | ".join(f"lr {lr}, wd {wd:g}" for lr, wd in points) + " |",
+             "|---" * (len(points) + 1) + "|"]
+    for method in methods:
+        best = best_of_grid(rows, method, group)
+        cells = []
+        for lr, wd in points:
+            r = next((r for r in rows if r["config"]["method"] == method
+                      and (r["config"]["base_lr"], r["config"]["weight_decay"]) == (lr, wd)),
+                     None)
+            cell = f"{r['knn_top1']:.2f} / {r['linear_top1']:.2f}" if r else "–"
+            bold = best == {"base_lr": lr, "weight_decay": wd}
+            cells.append(f"**{cell}**" if bold else cell)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_table(records: list[dict], group: str) -> str:
+    """A comparison group per seed: kNN / linear top-1 % of each method (at its tuned
+    point), mean ± sd over seeds, and the first method's difference to each other one,
+    paired by seed (over the seeds both have)."""
+    rows = [r for r in records if r["group"] == group]
+    methods = [label for label, _ in GROUPS[group][1] if any(r["label"] == label for r in rows)]
+    if not methods:
+        return f"(no runs of group {group!r} recorded)\n"
+    top1 = {(r["label"], r["seed"]): (r["knn_top1"], r["linear_top1"]) for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
+    first, others = methods[0], methods[1:]
+
+    def cell(pairs: list[tuple[float, float]], sign: str = "") -> str:
+        return " / ".join(_mean_sd([p[i] for p in pairs], sign) for i in (0, 1))
+
+    def diffs(method: str, among: list[int]) -> list[tuple[float, float]]:
+        return [(top1[first, s][0] - top1[method, s][0], top1[first, s][1] - top1[method, s][1])
+                for s in among if (first, s) in top1 and (method, s) in top1]
+
+    point = {m: next(r["config"] for r in rows if r["label"] == m) for m in methods}
+    lines = ["| seed | " + " | ".join(methods) + " | "
+             + " | ".join(f"{first} − {m}" for m in others) + " |",
+             "|---" * (1 + len(methods) + len(others)) + "|",
+             "| tuned at | " + " | ".join(f"lr {point[m]['base_lr']}, wd "
+                                         f"{point[m]['weight_decay']:g}" for m in methods)
+             + " |" * (len(others) + 1)]
+    for s in seeds:
+        lines.append(f"| {s} | " + " | ".join(cell([top1[m, s]]) if (m, s) in top1 else "–"
+                                              for m in methods) + " | "
+                     + " | ".join(cell(diffs(m, [s]), "+") for m in others) + " |")
+    lines.append("| mean ± sd | "
+                 + " | ".join(cell([top1[m, s] for s in seeds if (m, s) in top1])
+                              for m in methods) + " | "
+                 + " | ".join(cell(diffs(m, seeds), "+") for m in others) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -290,6 +412,10 @@ def main() -> None:
         for group in GROUPS:
             if any(rec["group"] == group for rec in records):
                 print(f"### {group}\n\n{table(records, group)}")
+                if group in TUNED_BY.values():
+                    print(f"{group}, the grid:\n\n{grid_table(records, group)}")
+                if group in TUNED_BY:
+                    print(f"{group}, paired by seed:\n\n{paired_table(records, group)}")
         print(f"### monitor\n\n{monitor_table(records)}")
 
 
