@@ -29,16 +29,24 @@ def emit(args: argparse.Namespace, record: dict, markdown: Callable[[dict], str]
     print(json.dumps(record) if args.json else markdown(record))
 
 
+# torch's and oneDNN's own switches that keep them to older instructions than the CPU has
+# (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2: an AVX2-only CPU's kernels)
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
 def host() -> dict:
     """The CPU a figure was measured on: its model, cores and the flags that decide its
-    speed and precision (bf16 is native with avx512_bf16 or amx_bf16, else emulated)."""
+    speed and precision (bf16 is native with avx512_bf16 or amx_bf16, else emulated), and
+    the instruction sets torch was kept to, if it was (`limited_to`)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         info = ""
     model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
     flags = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
+    limits = {name: os.environ[name] for name in ISA_LIMITS if name in os.environ}
     return {"cpu": model.group(1) if model else platform.processor(), "cores": os.cpu_count(),
             "flags": sorted(set(flags.group(1).split() if flags else ())
-                            & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})}
+                            & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})} | (
+        {"limited_to": limits} if limits else {})
 

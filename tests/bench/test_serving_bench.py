@@ -73,3 +73,16 @@ def test_profile_markdown__one_row_per_side_and_point():
     assert rows[0].startswith("| 32 | in-process | 100.0 | 90.0 % |")
     assert rows[0].endswith("| – | – |")
     assert rows[1].startswith("| 32 | torchserve |") and rows[1].endswith("| 150.0 | 220.0 |")
+
+
+def test_host__records_the_instructions_torch_was_kept_to(monkeypatch):
+    """An AVX2-only CPU emulated on a newer one says so in every record of its runs."""
+    import records
+
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert "limited_to" not in records.host()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert records.host()["limited_to"] == {"ATEN_CPU_CAPABILITY": "avx2",
+                                            "ONEDNN_MAX_CPU_ISA": "AVX2"}
