@@ -194,6 +194,24 @@ def postgres_and_redis():
 
 
 @contextmanager
+def s3_platform(root: Path, s3_server, **env_overrides: str):
+    """A platform on a throwaway PostgreSQL and Redis and a bucket of its own on the S3
+    server (`plat.bucket`, `plat.store_url`), its API's folder root/api; nothing started
+    (each process gets a folder of its own as it starts), all stopped on exit."""
+    bucket = s3_server.bucket(f"mec-{uuid.uuid4().hex[:12]}")
+    with postgres_and_redis() as backing:
+        env = base_env(root) | s3_server.env | backing | {
+            "MEC_STORAGE_URL": f"s3://{bucket}/platform"} | env_overrides
+        plat = open_platform(root, env | {"MEC_DATA_DIR": str(root / "api")},
+                             "postgres+redis")
+        plat.bucket, plat.store_url = bucket, env["MEC_STORAGE_URL"]
+        try:
+            yield plat
+        finally:
+            plat.stop()
+
+
+@contextmanager
 def full_platform(root: Path, backend: str, api_env: dict[str, str] | None = None,
                   **env_overrides: str):
     """API, one worker (w1) and TorchServe on `backend` ("embedded" or "postgres+redis",

@@ -10,28 +10,19 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import uuid
 
 import pytest
-from harness import base_env, images_archive, open_platform, png, postgres_and_redis
+from harness import images_archive, png, s3_platform
 
 from mec_client import APIError, Client
 
 
 @pytest.fixture
 def split_platform(tmp_path, s3_server):
-    bucket = s3_server.bucket(f"mec-{uuid.uuid4().hex[:12]}")
-    with postgres_and_redis() as backing:
-        env = base_env(tmp_path) | s3_server.env | backing | {
-            "MEC_STORAGE_URL": f"s3://{bucket}/platform"}
-        plat = open_platform(tmp_path, env | {"MEC_DATA_DIR": str(tmp_path / "api")},
-                             "postgres+redis")
-        try:
-            plat.start_api(MEC_DATA_DIR=str(tmp_path / "api"))
-            plat.start_worker("w1", MEC_DATA_DIR=str(tmp_path / "worker"))
-            yield plat
-        finally:
-            plat.stop()
+    with s3_platform(tmp_path, s3_server) as plat:
+        plat.start_api(MEC_DATA_DIR=str(tmp_path / "api"))
+        plat.start_worker("w1", MEC_DATA_DIR=str(tmp_path / "worker"))
+        yield plat
 
 
 def test_train_and_evaluate_on_an_uploaded_dataset_with_nothing_shared_on_disk(

@@ -9,10 +9,9 @@ and export are in the store, read from there by an evaluation."""
 from __future__ import annotations
 
 import re
-import uuid
 
 import pytest
-from harness import base_env, open_platform, postgres_and_redis
+from harness import s3_platform
 from test_multiprocess import TINY, _losses
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install '.[ray]')")
@@ -33,21 +32,12 @@ def hosts(tmp_path_factory, s3_server):
                       head_node_args=_node(root / "node-0") | {"include_dashboard": False})
     cluster.spare = cluster.add_node(**_node(root / "node-1"))
     cluster.wait_for_nodes()
-    bucket = s3_server.bucket(f"mec-{uuid.uuid4().hex[:12]}")
     try:
-        with postgres_and_redis() as backing:
-            env = base_env(root) | s3_server.env | backing | {
-                "MEC_STORAGE_URL": f"s3://{bucket}/platform",
-                "MEC_RAY_ADDRESS": cluster.address}
-            plat = open_platform(root, env | {"MEC_DATA_DIR": str(root / "api")},
-                                 "postgres+redis")
-            plat.cluster, plat.bucket = cluster, bucket
-            try:
-                plat.start_api(MEC_DATA_DIR=str(root / "api"))
-                plat.start_worker("w1", MEC_DATA_DIR=str(root / "w1"))
-                yield plat
-            finally:
-                plat.stop()
+        with s3_platform(root, s3_server, MEC_RAY_ADDRESS=cluster.address) as plat:
+            plat.cluster = cluster
+            plat.start_api(MEC_DATA_DIR=str(root / "api"))
+            plat.start_worker("w1", MEC_DATA_DIR=str(root / "w1"))
+            yield plat
     finally:
         cluster.shutdown()
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import uuid
 from pathlib import Path
 from unittest import mock
 
 import pytest
-from harness import base_env, images_archive, open_platform, png, postgres_and_redis
+from harness import images_archive, png, s3_platform
 
 from mec_client import Client
 from mec_platform.storage import open_store
@@ -47,18 +46,11 @@ def _torchserve(plat, model_store: str, s3_env: dict) -> LocalTorchServe:
 def hosts(tmp_path_factory, s3_server):
     """API, worker w1 and TorchServe, each in a folder of its own ("hosts")."""
     root = tmp_path_factory.mktemp("hosts")
-    bucket = s3_server.bucket(f"mec-{uuid.uuid4().hex[:12]}")
     ports = unused_ports(3)
-    store_url = f"s3://{bucket}/platform"
-    with postgres_and_redis() as backing:
-        env = base_env(root) | s3_server.env | backing | {
-            "MEC_STORAGE_URL": store_url,
-            "MEC_TORCHSERVE_INFERENCE_URL": f"http://127.0.0.1:{ports[0]}",
-            "MEC_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{ports[1]}",
-            "MEC_TORCHSERVE_KEYS": "store"}  # none of them reads TorchServe's folder
-        plat = open_platform(root, env | {"MEC_DATA_DIR": str(root / "api")},
-                             "postgres+redis")
-        plat.bucket, plat.store_url = bucket, store_url
+    with s3_platform(root, s3_server,
+                     MEC_TORCHSERVE_INFERENCE_URL=f"http://127.0.0.1:{ports[0]}",
+                     MEC_TORCHSERVE_MANAGEMENT_URL=f"http://127.0.0.1:{ports[1]}",
+                     MEC_TORCHSERVE_KEYS="store") as plat:  # none reads TorchServe's folder
         plat.ts_ports = ports
         plat.torchserve = _torchserve(plat, "model-store", s3_server.env)
         try:
@@ -71,7 +63,6 @@ def hosts(tmp_path_factory, s3_server):
             plat.start_worker("w1", MEC_DATA_DIR=str(root / "w1"))
             yield plat
         finally:
-            plat.stop()
             plat.torchserve.stop()
 
 
