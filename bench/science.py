@@ -322,9 +322,9 @@ def grid_table(records: list[dict], group: str) -> str:
     kNN / linear top-1 % of seed 0 (on held-out training images for the groups of VAL);
     each method's best point (by kNN) in bold."""
     rows = [r for r in records if r["group"] == group and r["seed"] == 0]
-    points = sorted({(r["config"]["base_lr"], r["config"]["weight_decay"]) for r in rows})
-    methods = [m for m in dict.fromkeys(f["method"] for _, f in GROUPS[group][1])
-               if any(r["config"]["method"] == m for r in rows)]
+    fields = [f for _, f in GROUPS[group][1]]  # every point, "–" where not yet recorded
+    points = list(dict.fromkeys((f["base_lr"], f["weight_decay"]) for f in fields))
+    methods = list(dict.fromkeys(f["method"] for f in fields))
     scored = "val " if evaluation(group) == "val" else ""
     lines = [f"| method ({scored}kNN / linear top-1 %) | "
              + " | ".join(f"lr {lr}, wd {wd:g}" for lr, wd in points) + " |",
