@@ -322,6 +322,14 @@ def resolve_teacher(config: TrainConfig) -> str:
     return source
 
 
+def resolve_predictor(config: TrainConfig) -> bool:
+    """Whether the run has a predictor: `config.predictor`, else the method's own."""
+    from mec_core.methods import get_method  # it imports this module
+
+    return get_method(config.method).predictor if config.predictor is None \
+        else config.predictor
+
+
 def image_size(config: TrainConfig) -> int:
     """Crop size: the configured one, else the dataset's native size (at least 16)."""
     return config.image_size or max(16, NATIVE_SIZE[config.dataset])
@@ -372,14 +380,10 @@ def resolved(config: TrainConfig, total_steps: int | None = None) -> dict:
     """The config as a run decides it (JSON values): the image size, stem and memory format
     it uses, whether it mirrors views, where its targets come from and whether it has a
     predictor, and monitor_every once the run's length in steps is known."""
-    from mec_core.methods import get_method  # it imports this module
-
-    predictor = get_method(config.method).predictor if config.predictor is None \
-        else config.predictor
     values = config.model_dump(mode="json") | {
         "image_size": image_size(config), "small_stem": small_stem(config),
         "channels_last": channels_last(config), "hflip": hflip(config),
-        "teacher": resolve_teacher(config), "predictor": predictor}
+        "teacher": resolve_teacher(config), "predictor": resolve_predictor(config)}
     if total_steps is not None:
         values["monitor_every"] = monitor_every(config, total_steps)
     return values

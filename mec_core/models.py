@@ -17,8 +17,14 @@ from torch import nn
 
 from mec_core import checkpoint
 from mec_core.augment import Normalization
-from mec_core.config import BACKBONES, TrainConfig, resolve_teacher, small_stem, stored_config
-from mec_core.methods import get_method
+from mec_core.config import (
+    BACKBONES,
+    TrainConfig,
+    resolve_predictor,
+    resolve_teacher,
+    small_stem,
+    stored_config,
+)
 
 
 def _small_convnet(grid: int) -> nn.Module:
@@ -118,10 +124,8 @@ class MECModel(nn.Module):
     @classmethod
     def from_config(cls, config: TrainConfig) -> MECModel:
         """The network of `config.method` (its predictor and targets) for a run."""
-        method = get_method(config.method)
-        use_predictor = method.predictor if config.predictor is None else config.predictor
         return cls(config.backbone, config.proj_dim, config.proj_hidden_dim,
-                   config.pred_hidden_dim, use_predictor=use_predictor,
+                   config.pred_hidden_dim, use_predictor=resolve_predictor(config),
                    small_stem=small_stem(config), teacher=resolve_teacher(config),
                    grid=config.feature_grid)
 
