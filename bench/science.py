@@ -36,6 +36,7 @@ from mec_core.config import TrainConfig, image_size, stored_config, trained_imag
 from mec_core.data import ImageSet, load_dataset
 from mec_core.evaluate import features, from_checkpoint, knn, linear_probe, random_init, raw_pixels
 from mec_core.train import train
+from records import host
 
 RUNS = Path(__file__).resolve().parents[1] / "docs" / "science" / "runs.jsonl"
 FM = {"dataset": "fashion-mnist", "backbone": "convnet", "batch_size": 256}
@@ -224,7 +225,7 @@ def run_row(group: str, label: str, fields: dict, seed: int, base: dict) -> dict
               "eval": evaluation(group), "config": config.model_dump(mode="json"),
               "commit": _commit(), "when": time.strftime("%Y-%m-%d %H:%M"),
               "threads": torch.get_num_threads(),
-              "machine": f"{platform.machine()} {os.cpu_count()} cores"}
+              "machine": f"{platform.machine()} {os.cpu_count()} cores", "host": host()}
     bank, queries = eval_sets(config, evaluation(group))
     if baseline:
         side = image_size(config)

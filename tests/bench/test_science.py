@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from mec_core.data import load_dataset
 from mec_core.train import setup
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "science.py"
+sys.path.insert(0, str(SCRIPT.parent))  # as when run: its sibling modules import
 
 
 def science(*args):
@@ -30,6 +32,7 @@ def test_science__quick_group_records_every_run_once_and_tabulates_them(tmp_path
     for r in records:
         assert 0 < r["knn_top1"] <= 100 and 0 < r["linear_top1"] <= 100
         assert r["config"]["dataset"] == "digits" and r["seed"] == 0
+        assert r["host"]["cores"] == os.cpu_count() and "flags" in r["host"]  # the CPU kind
     assert records[0]["steps"] == 6 and records[0]["train_seconds"] > 0
     assert records[1]["config"]["method"] == "byol"
 
