@@ -74,11 +74,19 @@ def test_science__tuning_rows_are_scored_apart_from_test_rows(tmp_path):
     records = [json.loads(line) for line in runs.read_text().splitlines()]
     tune = [r for r in records if r["group"] == "quick_tune"]
     compare = [r for r in records if r["group"] == "quick_compare"]
-    assert len(tune) == 4 and {r["eval"] for r in tune} == {"val"}
+    # the grid's 4 points, and for each method at least one beyond the edge where its
+    # best was (a grid of two learning rates always has its best at an edge)
+    assert len(tune) >= 6 and {r["eval"] for r in tune} == {"val"}
     assert len(compare) == 4 and {r["eval"] for r in compare} == {"test"}
     for method in ("mec", "simclr"):  # compared at the point with the best val kNN
         best = max((r for r in tune if r["config"]["method"] == method),
                    key=lambda r: r["knn_top1"])
+        lrs = sorted(r["config"]["base_lr"] for r in tune if r["config"]["method"] == method)
+        assert len(lrs) >= 3 and science_module.outward_point(tune, method, "quick_tune") \
+            is None  # its best is inside the learning rates tried, or at the ladder's end
+        ladder = science_module.LR_LADDER
+        assert lrs[0] < best["config"]["base_lr"] < lrs[-1] or \
+            best["config"]["base_lr"] in (ladder[0], ladder[-1])
         for r in compare:
             if r["label"] == method:
                 assert r["config"]["base_lr"] == best["config"]["base_lr"]
@@ -102,3 +110,25 @@ def test_science__tuning_rows_are_scored_apart_from_test_rows(tmp_path):
     assert f"{top1['mec', 0]:.2f} /" in seed0 and f"{top1['simclr', 0]:.2f} /" in seed0
     assert f"{top1['mec', 0] - top1['simclr', 0]:+.2f} /" in seed0
     assert "| mean ± sd |" in compare_part
+
+
+def test_science__a_best_point_at_an_edge_of_the_grid_asks_for_the_next_lr_beyond_it():
+    science_module = _science_module()
+
+    def rec(lr, wd, knn, method="mec"):
+        return {"group": "g", "config": {"method": method, "base_lr": lr,
+                                         "weight_decay": wd}, "knn_top1": knn}
+
+    grid = [rec(0.2, 1e-5, 84.0), rec(0.5, 1e-5, 85.0), rec(0.2, 1e-4, 84.5),
+            rec(0.5, 1e-4, 84.8), rec(0.2, 1e-5, 86.0, "simclr"), rec(0.5, 1e-5, 85.0, "simclr")]
+    outward = science_module.outward_point
+    # the best at the largest lr: the next one up, at the best point's weight decay
+    assert outward(grid, "mec", "g") == {"base_lr": 1.0, "weight_decay": 1e-5}
+    assert outward(grid, "simclr", "g") == {"base_lr": 0.1, "weight_decay": 1e-5}
+    # inside once a point beyond it is worse; the edge moves when it is better
+    assert outward(grid + [rec(1.0, 1e-5, 84.9)], "mec", "g") is None
+    assert outward(grid + [rec(1.0, 1e-5, 85.5)], "mec", "g") == \
+        {"base_lr": 2.0, "weight_decay": 1e-5}
+    # the ladder's end stops it; a method with no record has no point
+    assert outward([rec(2.0, 1e-5, 90.0), rec(1.0, 1e-5, 80.0)], "mec", "g") is None
+    assert outward(grid, "byol", "g") is None
