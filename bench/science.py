@@ -49,8 +49,13 @@ FM_VAL = {**FM, "train_limit": 50_000, "monitor_every": 0}
 
 def tuning_grid(methods, lrs, wds) -> list[tuple[str, dict]]:
     """The same grid of base lr x weight decay for every method: one row per point."""
-    return [(f"{m} lr {lr} wd {wd}", {"method": m, "base_lr": lr, "weight_decay": wd})
+    return [(point_label(m, lr, wd), {"method": m, "base_lr": lr, "weight_decay": wd})
             for m in methods for lr in lrs for wd in wds]
+
+
+def point_label(method: str, lr: float, wd: float) -> str:
+    """The label of a tuning point: 'mec lr 0.5 wd 1e-05'."""
+    return f"{method} lr {lr} wd {wd}"
 
 
 # group -> (base config, rows); a row: (label, fields over the base)
@@ -210,9 +215,9 @@ def outward_point(records: list[dict], method: str, group: str) -> dict | None:
     lrs = sorted({r["config"]["base_lr"] for r in records if r["group"] == group
                   and r["config"]["method"] == method
                   and r["config"]["weight_decay"] == best["weight_decay"]})
-    at = LR_LADDER.index(best["base_lr"]) if best["base_lr"] in LR_LADDER else None
-    if at is None:
+    if best["base_lr"] not in LR_LADDER:
         return None
+    at = LR_LADDER.index(best["base_lr"])
     if best["base_lr"] == lrs[-1] and at + 1 < len(LR_LADDER):
         return {"base_lr": LR_LADDER[at + 1], "weight_decay": best["weight_decay"]}
     if best["base_lr"] == lrs[0] and at > 0:
@@ -313,26 +318,27 @@ def run(group: str, seeds: list[int], runs: Path, only: list[str] | None) -> Non
                 print(f"{label}: skipped, {tuning} has not run {', '.join(todo)}", flush=True)
                 continue
             while point := outward_point(records, fields["method"], tuning):
-                outward = f"{fields['method']} lr {point['base_lr']} wd {point['weight_decay']}"
+                outward = point_label(fields["method"], point["base_lr"], point["weight_decay"])
                 print(f"{label}: the best of {tuning} is at an edge, running {outward}",
                       flush=True)
-                tune_base = GROUPS[tuning][0]
-                record = run_row(tuning, outward, {"method": fields["method"], **point}, 0,
-                                 tune_base)
-                with runs.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                file_run(runs, run_row(tuning, outward, {"method": fields["method"], **point},
+                                       0, GROUPS[tuning][0]))
                 records = load_records(runs)
             fields = {**fields, **best_of_grid(records, fields["method"], tuning)}
         for seed in seeds:
             records = load_records(runs)
             if (group, label, seed) in {(r["group"], r["label"], r["seed"]) for r in records}:
                 continue
-            record = same_run(records, group, label, fields, seed, base) or \
-                run_row(group, label, fields, seed, base)
-            with runs.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            print(json.dumps({k: record.get(k) for k in ("group", "label", "seed",
-                  "train_seconds", "knn_top1", "linear_top1")}), flush=True)
+            file_run(runs, same_run(records, group, label, fields, seed, base)
+                     or run_row(group, label, fields, seed, base))
+
+
+def file_run(runs: Path, record: dict) -> None:
+    """One run appended to the runs file as a line, and its figures printed."""
+    with runs.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps({k: record.get(k) for k in ("group", "label", "seed", "train_seconds",
+                                                 "knn_top1", "linear_top1")}), flush=True)
 
 
 def _mean_sd(values: list[float], sign: str = "") -> str:
