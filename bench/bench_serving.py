@@ -4,6 +4,8 @@ in-process, interleaved in rounds, with median and spread, and where the CPU wen
     python bench/bench_serving.py [--concurrency 1 8 32] [--rounds 5] [--seconds 6]
         [--workers N] [--batch-size N] [--max-batch-delay-ms 2]
         [--handler-threads N] [--netty-threads N] [--answer float32|json] [--json]
+        [--warmup 60] [--jvm-options=OPTIONS]
+    python bench/bench_serving.py --soak 12 --concurrency 8 --seconds 15   # JIT warm-up
     python bench/bench_serving.py --profile 8 [--concurrency 32]   # where the time goes
 
 The model is resnet18 with the small-image stem on 32 px RGB images (as `mec train
@@ -60,7 +62,13 @@ from mec_core.train import train
 from serving.client import FLOAT32, MAX_BATCH_DELAY_MS
 from serving.package import package
 from serving.service import Service
-from serving.torchserve import LocalTorchServe, unused_ports, worker_plan
+from serving.torchserve import (
+    LOG4J,
+    LocalTorchServe,
+    frontend_jvm_options,
+    unused_ports,
+    worker_plan,
+)
 
 IN_PROCESS_BATCH = 8
 ANSWERS = {"float32": FLOAT32, "json": "application/json"}
@@ -291,6 +299,17 @@ def main() -> None:
                         "divided among the workers, as the handler sets them]")
     parser.add_argument("--netty-threads", type=int, default=None,
                         help="TorchServe frontend threads [default: TorchServe's]")
+    parser.add_argument("--warmup", type=float, default=60.0,
+                        help="seconds TorchServe serves the most clients before the rounds, "
+                        "so that its Java frontend is compiled (about 45 s on 2 cores)")
+    parser.add_argument("--soak", type=int, metavar="WINDOWS",
+                        help="instead of the rounds and the warm-up: serve the most clients "
+                        "for WINDOWS windows of --seconds from TorchServe's start, and print "
+                        "each window's img/s and cores (the frontend's JIT warm-up)")
+    parser.add_argument("--jvm-options", default=None,
+                        help="options of TorchServe's Java frontend instead of the "
+                        "platform's (frontend_jvm_options()); --jvm-options= for the JVM's "
+                        "defaults")
     parser.add_argument("--answer", choices=ANSWERS, default="float32",
                         help="what the clients ask for with Accept [default: float32, the "
                         "vectors' raw bytes]")
@@ -313,6 +332,8 @@ def main() -> None:
     service = Service(export, "embed")
     extra = {"number_of_netty_threads": str(args.netty_threads),
              "netty_client_threads": str(args.netty_threads)} if args.netty_threads else {}
+    if args.jvm_options is not None:
+        extra["vmargs"] = f"-Dlog4j.configurationFile=file://{LOG4J} {args.jvm_options}"
     if args.profile:
         extra["metrics_mode"] = "prometheus"  # TorchServe's request counters
     ts = LocalTorchServe(root / "ts", store, *unused_ports(3), extra=extra,
@@ -328,9 +349,21 @@ def main() -> None:
         image = root / "image.png"
         image.write_bytes(images[0])
         accept = ANSWERS[args.answer]
+        for w in range(args.soak or 0):
+            window = clients(ts.inference_url, key, image, max(args.concurrency),
+                             args.seconds, served, accept=accept)
+            print(f"window {w}: {window['throughput']} img/s, cores {window['cores']}",
+                  flush=True)
+        if args.soak:
+            return
         for c in args.concurrency:  # warm-up, alike on both sides
             in_process(service, images, min(c, IN_PROCESS_BATCH), 2)
             clients(ts.inference_url, key, image, c, 2, accept=accept)
+        # the frontend's JIT compiler takes 0.1 of a core for its first ~45 s under load
+        # (15 s windows at 8 clients: 0.19, 0.14, 0.11, then 0.06-0.07 for good): without
+        # this, the rounds measure a TorchServe that has just started, not one serving
+        clients(ts.inference_url, key, image, max(args.concurrency), args.warmup,
+                accept=accept)
         for c in args.concurrency if args.profile else []:
             profiles.append(profile(c, args.profile, service, images, ts, served, key, image,
                                     root, accept))
@@ -350,7 +383,9 @@ def main() -> None:
              "workers": plan.workers, "batch_size": plan.batch_size,
              "max_batch_delay_ms": args.max_batch_delay_ms,
              "netty_threads": args.netty_threads or "default", "cores": cores,
-             "rounds": args.rounds, "seconds": args.seconds,
+             "jvm_options": " ".join(frontend_jvm_options()) if args.jvm_options is None
+             else args.jvm_options,
+             "rounds": args.rounds, "seconds": args.seconds, "warmup": args.warmup,
              "precision": "float32",  # what the handler and the in-process side compute in
              "answer": args.answer}
     record = {"setup": setup | {"profile_seconds": args.profile}, "profile": profiles} \

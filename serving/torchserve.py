@@ -65,6 +65,26 @@ def worker_plan(workers: int | None = None, threads: int | None = None,
                       batch_size or max(2, IN_FLIGHT // workers))
 
 
+def frontend_jvm_options(cores: int | None = None) -> list[str]:
+    """Options of TorchServe's Java frontend on a host of at most 2 cores, where with
+    the JVM's defaults the first minute after a start serves a tenth fewer requests (its
+    compiler at work) and, once warm, 8 clients lose a point or two more (docs/
+    performance.md, "Serving": three runs at 10.0-11.1 % overhead against 12.1 % with the
+    defaults; one run of each option alone at 8 / 32 clients: defaults 13.0 / 8.5 %, each
+    option 10.2 / 4.1, 11.2 / 10.4, 10.6 / 9.3 %, the three 2.8 / 1.6 %):
+    - TorchServe hands each batch to its worker with CompletableFuture.runAsync, which
+      starts a new thread per call while the common ForkJoin pool has one thread (cores
+      - 1): two threads in the pool;
+    - the optimising compiler (C2) takes a tenth of a core for the first ~45 s under
+      load: the quick compiler (C1) only, as the frontend's own work is small;
+    - the serial collector, which the JVM picks by itself below 2 cores.
+    On more cores the JVM's defaults stay (not measured there)."""
+    if (cores or os.cpu_count() or 1) > 2:
+        return []
+    return ["-Djava.util.concurrent.ForkJoinPool.common.parallelism=2",
+            "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
+
+
 def write_config(home: Path, model_store: Path, inference_port: int, management_port: int,
                  metrics_port: int, max_request_bytes: int = MAX_REQUEST_BYTES,
                  token_expiration_min: int = 60, inference_host: str = "127.0.0.1",
@@ -98,7 +118,8 @@ def write_config(home: Path, model_store: Path, inference_port: int, management_
         "disable_system_metrics": "true",
         "metrics_mode": "prometheus",  # GET metrics_address/metrics (TorchServe's is "log")
         "async_logging": "true",
-        "vmargs": f"-Dlog4j.configurationFile=file://{LOG4J}",
+        "vmargs": " ".join([f"-Dlog4j.configurationFile=file://{LOG4J}",
+                            *frontend_jvm_options()]),
     } | (extra or {})
     home.mkdir(parents=True, exist_ok=True)
     path = home / "config.properties"

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 import torch
 from PIL import Image
@@ -21,9 +22,11 @@ from serving.client import Answer, AsyncTorchServe, KeyRing, Keys, TorchServe, U
 from serving.embedder import Embedder
 from serving.reference_set import ReferenceSet
 from serving.torchserve import (
+    LOG4J,
     MAX_DEFAULT_WORKERS,
     LocalTorchServe,
     WorkerPlan,
+    frontend_jvm_options,
     unused_ports,
     worker_plan,
 )
@@ -176,6 +179,21 @@ def test_workers_use_the_torch_threads_of_their_archive(served, images):
     log = (ts.home / "logs" / "ts_log.log").read_text()
     assert "mec handler: embed on cpu, 1 torch threads" in log
     assert "mec handler: knn on cpu, 1 torch threads" in log
+
+
+def test_the_frontend_runs_with_the_jvm_options_of_a_small_host(served):
+    """On at most 2 cores TorchServe's Java process gets frontend_jvm_options() (two
+    ForkJoin threads, C1 only, the serial collector: docs/performance.md); on more, the
+    JVM's own defaults."""
+    ts, _, _ = served
+    java = [p for p in psutil.Process(ts.process.pid).children(recursive=True)
+            if p.name().startswith("java")]
+    assert len(java) == 1
+    assert len(frontend_jvm_options(cores=2)) == 3 and frontend_jvm_options(cores=16) == []
+    flags = java[0].cmdline()
+    assert "-Dlog4j.configurationFile=file://" + str(LOG4J) in flags
+    for option in frontend_jvm_options():
+        assert option in flags
 
 
 def test_a_batch_writes_no_line_to_torchserves_log(trained, images, tmp_path):
