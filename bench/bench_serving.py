@@ -62,13 +62,7 @@ from mec_core.train import train
 from serving.client import FLOAT32, MAX_BATCH_DELAY_MS
 from serving.package import package
 from serving.service import Service
-from serving.torchserve import (
-    LOG4J,
-    LocalTorchServe,
-    frontend_jvm_options,
-    unused_ports,
-    worker_plan,
-)
+from serving.torchserve import LocalTorchServe, frontend_jvm_options, unused_ports, worker_plan
 
 IN_PROCESS_BATCH = 8
 ANSWERS = {"float32": FLOAT32, "json": "application/json"}
@@ -332,11 +326,10 @@ def main() -> None:
     service = Service(export, "embed")
     extra = {"number_of_netty_threads": str(args.netty_threads),
              "netty_client_threads": str(args.netty_threads)} if args.netty_threads else {}
-    if args.jvm_options is not None:
-        extra["vmargs"] = f"-Dlog4j.configurationFile=file://{LOG4J} {args.jvm_options}"
+    jvm = frontend_jvm_options() if args.jvm_options is None else args.jvm_options.split()
     if args.profile:
         extra["metrics_mode"] = "prometheus"  # TorchServe's request counters
-    ts = LocalTorchServe(root / "ts", store, *unused_ports(3), extra=extra,
+    ts = LocalTorchServe(root / "ts", store, *unused_ports(3), extra=extra, jvm_options=jvm,
                          env={"MEC_TORCH_THREADS": str(plan.threads)})
     ts.start()
     results: dict[int, list[dict]] = {c: [] for c in args.concurrency}
@@ -383,8 +376,7 @@ def main() -> None:
              "workers": plan.workers, "batch_size": plan.batch_size,
              "max_batch_delay_ms": args.max_batch_delay_ms,
              "netty_threads": args.netty_threads or "default", "cores": cores,
-             "jvm_options": " ".join(frontend_jvm_options()) if args.jvm_options is None
-             else args.jvm_options,
+             "jvm_options": " ".join(jvm),
              "rounds": args.rounds, "seconds": args.seconds, "warmup": args.warmup,
              "precision": "float32",  # what the handler and the in-process side compute in
              "answer": args.answer}

@@ -88,14 +88,16 @@ def frontend_jvm_options(cores: int | None = None) -> list[str]:
 def write_config(home: Path, model_store: Path, inference_port: int, management_port: int,
                  metrics_port: int, max_request_bytes: int = MAX_REQUEST_BYTES,
                  token_expiration_min: int = 60, inference_host: str = "127.0.0.1",
-                 extra: dict[str, str] | None = None, archive_urls: str | None = None) -> Path:
+                 extra: dict[str, str] | None = None, archive_urls: str | None = None,
+                 jvm_options: list[str] | None = None) -> Path:
     """config.properties: management and metrics on loopback only, token authorization
     on, models only from our store, bounded request size, metrics in Prometheus' format.
     The gRPC APIs, which the platform does not use, listen on loopback on free ports, so
     that several instances can share a host.
     `extra`: further config.properties entries (e.g. number_of_netty_threads).
     `archive_urls`: a regular expression of further URLs it may download archives from
-    into its model store (an S3 store's presigned URLs)."""
+    into its model store (an S3 store's presigned URLs). `jvm_options`: the Java
+    frontend's options besides its logging (default: frontend_jvm_options())."""
     store = model_store.resolve()
     grpc_inference, grpc_management = unused_ports(2)
     lines = {
@@ -119,7 +121,8 @@ def write_config(home: Path, model_store: Path, inference_port: int, management_
         "metrics_mode": "prometheus",  # GET metrics_address/metrics (TorchServe's is "log")
         "async_logging": "true",
         "vmargs": " ".join([f"-Dlog4j.configurationFile=file://{LOG4J}",
-                            *frontend_jvm_options()]),
+                            *(frontend_jvm_options() if jvm_options is None
+                              else jvm_options)]),
     } | (extra or {})
     home.mkdir(parents=True, exist_ok=True)
     path = home / "config.properties"
@@ -140,7 +143,8 @@ class LocalTorchServe:
 
     def __init__(self, home: Path, model_store: Path, inference_port: int,
                  management_port: int, metrics_port: int, extra: dict[str, str] | None = None,
-                 env: dict[str, str] | None = None, archive_urls: str | None = None) -> None:
+                 env: dict[str, str] | None = None, archive_urls: str | None = None,
+                 jvm_options: list[str] | None = None) -> None:
         if shutil.which("java") is None:
             raise RuntimeError("TorchServe needs Java 17 or newer: install a JDK "
                                "(Debian: apt-get install openjdk-17-jre-headless)")
@@ -149,7 +153,8 @@ class LocalTorchServe:
         self.management_url = f"http://127.0.0.1:{management_port}"
         self.metrics_url = f"http://127.0.0.1:{metrics_port}"
         self.config = write_config(home, model_store, inference_port, management_port,
-                                   metrics_port, extra=extra, archive_urls=archive_urls)
+                                   metrics_port, extra=extra, archive_urls=archive_urls,
+                                   jvm_options=jvm_options)
         self.env = process_env(os.environ | (env or {}), home)
         self.process: subprocess.Popen | None = None
 
