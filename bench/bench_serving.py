@@ -304,6 +304,9 @@ def main() -> None:
                         help="options of TorchServe's Java frontend instead of the "
                         "platform's (frontend_jvm_options()); --jvm-options= for the JVM's "
                         "defaults")
+    parser.add_argument("--serve-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable of TorchServe and its workers only "
+                        "(the in-process side keeps the bench's), e.g. OMP_WAIT_POLICY=PASSIVE")
     parser.add_argument("--answer", choices=ANSWERS, default="float32",
                         help="what the clients ask for with Accept [default: float32, the "
                         "vectors' raw bytes]")
@@ -326,11 +329,12 @@ def main() -> None:
     service = Service(export, "embed")
     extra = {"number_of_netty_threads": str(args.netty_threads),
              "netty_client_threads": str(args.netty_threads)} if args.netty_threads else {}
+    serve_env = dict(pair.split("=", 1) for pair in args.serve_env)
     jvm = frontend_jvm_options() if args.jvm_options is None else args.jvm_options.split()
     if args.profile:
         extra["metrics_mode"] = "prometheus"  # TorchServe's request counters
     ts = LocalTorchServe(root / "ts", store, *unused_ports(3), extra=extra, jvm_options=jvm,
-                         env={"MEC_TORCH_THREADS": str(plan.threads)})
+                         env={"MEC_TORCH_THREADS": str(plan.threads)} | serve_env)
     ts.start()
     results: dict[int, list[dict]] = {c: [] for c in args.concurrency}
     profiles = []
@@ -376,7 +380,8 @@ def main() -> None:
              "workers": plan.workers, "batch_size": plan.batch_size,
              "max_batch_delay_ms": args.max_batch_delay_ms,
              "netty_threads": args.netty_threads or "default", "cores": cores,
-             "jvm_options": " ".join(jvm),
+             "jvm_options": " ".join(jvm), "serve_env": serve_env,
+             "worker_spincount": ts.env["GOMP_SPINCOUNT"],
              "rounds": args.rounds, "seconds": args.seconds, "warmup": args.warmup,
              "precision": "float32",  # what the handler and the in-process side compute in
              "answer": args.answer}

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from serving.torchserve import WORKER_OMP_SPINCOUNT
+
 pytestmark = pytest.mark.skipif(shutil.which("docker-compose") is None,
                                 reason="docker-compose is not installed (.ci/run installs it)")
 
@@ -98,6 +100,7 @@ def test_compose__monitoring_profile_scrapes_api_workers_and_torchserve():
     assert jobs["workers"]["dns_sd_configs"][0]["port"] == 9808
     assert jobs["torchserve"]["static_configs"][0]["targets"] == ["torchserve:8082"]
     assert "metrics_mode=prometheus" in (root / "docker/torchserve.properties").read_text()
+    assert services["torchserve"]["environment"]["GOMP_SPINCOUNT"] == str(WORKER_OMP_SPINCOUNT)
     dashboards = mounts["/var/lib/grafana/dashboards"]
     board = json.loads((dashboards / "mec.json").read_text())
     titles = {p["title"] for p in board["panels"]}

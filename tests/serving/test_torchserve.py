@@ -24,6 +24,7 @@ from serving.reference_set import ReferenceSet
 from serving.torchserve import (
     LOG4J,
     MAX_DEFAULT_WORKERS,
+    WORKER_OMP_SPINCOUNT,
     LocalTorchServe,
     WorkerPlan,
     frontend_jvm_options,
@@ -194,6 +195,21 @@ def test_the_frontend_runs_with_the_jvm_options_of_a_small_host(served):
     assert "-Dlog4j.configurationFile=file://" + str(LOG4J) in flags
     for option in frontend_jvm_options():
         assert option in flags
+
+
+def test_the_workers_spin_briefly_unless_the_host_says_otherwise(served, tmp_path):
+    """TorchServe's Python workers inherit GOMP_SPINCOUNT (WORKER_OMP_SPINCOUNT: after a
+    forward their idle OpenMP threads give the cores back within ~0.1 ms instead of
+    several, docs/performance.md); a value in the host's environment wins."""
+    ts, _, _ = served
+    workers = [p for p in psutil.Process(ts.process.pid).children(recursive=True)
+               if "model_service_worker" in " ".join(p.cmdline())]
+    assert workers
+    for worker in workers:
+        assert worker.environ()["GOMP_SPINCOUNT"] == str(WORKER_OMP_SPINCOUNT)
+    own = LocalTorchServe(tmp_path, tmp_path / "store", *unused_ports(3),
+                          env={"GOMP_SPINCOUNT": "300000"})
+    assert own.env["GOMP_SPINCOUNT"] == "300000"
 
 
 def test_a_batch_writes_no_line_to_torchserves_log(trained, images, tmp_path):
