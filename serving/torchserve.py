@@ -134,9 +134,10 @@ def write_config(home: Path, model_store: Path, inference_port: int, management_
 # spins (torch's OpenMP on Linux; its default is 300,000, several milliseconds). A batch of
 # one request runs on every core (serving.handler); after it, the worker's other threads
 # spin on cores that the next worker, or the frontend, needs: with two workers taking
-# turns, one client's forward took 20 ms instead of 13. 10,000 still covers the gaps
-# between a forward's parallel regions (1,000 does not: each region then wakes sleeping
-# threads). One client, 2-core AMD EPYC, p50 against in-process (docs/performance.md):
+# turns, one client's forward took 20 ms instead of 14 in-process. Not much shorter:
+# 1,000 is as slow as the default, most likely as the threads then sleep between a
+# forward's parallel regions. One client, 2-core AMD EPYC (AVX2), p50 against in-process
+# (docs/performance.md):
 # default 22 / 14.5 ms, 100,000: 18 / 14.1, 30,000: 20 / 14.4, 10,000: 16-17 / 14.1-14.4,
 # 3,000: 17 / 14.6, 1,000: 22 / 15.2.
 WORKER_OMP_SPINCOUNT = 10_000
