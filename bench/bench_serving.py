@@ -4,7 +4,7 @@ in-process, interleaved in rounds, with median and spread, and where the CPU wen
     python bench/bench_serving.py [--concurrency 1 8 32] [--rounds 5] [--seconds 6]
         [--workers N] [--batch-size N] [--max-batch-delay-ms 2]
         [--handler-threads N] [--netty-threads N] [--answer float32|json] [--json]
-        [--warmup 60] [--jvm-options=OPTIONS]
+        [--warmup 60] [--jvm-options=OPTIONS] [--serve-env NAME=VALUE] [--image-size 32]
     python bench/bench_serving.py --soak 12 --concurrency 8 --seconds 15   # JIT warm-up
     python bench/bench_serving.py --profile 8 [--concurrency 32]   # where the time goes
 
@@ -82,19 +82,19 @@ COUNTERS = ("ts_inference_requests_total", "ts_queue_latency_microseconds",
             "ts_inference_latency_microseconds")
 
 
-def pngs(n: int) -> list[bytes]:
+def pngs(n: int, size: int = 32) -> list[bytes]:
     out = []
-    for image in synthetic("test", n=n, size=32).images:
+    for image in synthetic("test", n=n, size=size).images:
         buf = io.BytesIO()
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, format="PNG")
         out.append(buf.getvalue())
     return out
 
 
-def build(root: Path) -> tuple[Path, Path]:
-    """A resnet18 checkpoint (one step on synthetic 32 px images) and its .mar files.
+def build(root: Path, size: int = 32) -> tuple[Path, Path]:
+    """A resnet18 checkpoint (one step on synthetic `size` px images) and its .mar files.
     Global pooling (512-d embeddings), as in the recorded runs of docs/performance.md."""
-    config = TrainConfig(dataset="synthetic", image_size=32, backbone="resnet18", batch_size=16,
+    config = TrainConfig(dataset="synthetic", image_size=size, backbone="resnet18", batch_size=16,
                          max_steps=1, epochs=1, train_limit=64, proj_dim=256, log_every=1,
                          feature_grid=1)
     train(config, root / "run")
@@ -304,6 +304,9 @@ def main() -> None:
                         help="options of TorchServe's Java frontend instead of the "
                         "platform's (frontend_jvm_options()); --jvm-options= for the JVM's "
                         "defaults")
+    parser.add_argument("--image-size", type=int, default=32,
+                        help="pixels a side of the model's images; smaller ones make the "
+                        "model faster, and TorchServe's fixed costs weigh as on a faster CPU")
     parser.add_argument("--serve-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable of TorchServe and its workers only "
                         "(the in-process side keeps the bench's), e.g. OMP_WAIT_POLICY=PASSIVE")
@@ -321,8 +324,8 @@ def main() -> None:
     torch.set_num_threads(cores)  # the in-process ceiling uses the whole machine
     plan = worker_plan(args.workers, args.handler_threads, args.batch_size, cores)
     root = Path(tempfile.mkdtemp(prefix="mec-bench-serving-"))
-    _, store = build(root)
-    images = pngs(64)
+    _, store = build(root, args.image_size)
+    images = pngs(64, args.image_size)
     export = root / "export"
     with zipfile.ZipFile(store / "bench.mar") as z:
         z.extractall(export)
@@ -381,7 +384,7 @@ def main() -> None:
              "max_batch_delay_ms": args.max_batch_delay_ms,
              "netty_threads": args.netty_threads or "default", "cores": cores,
              "jvm_options": " ".join(jvm), "serve_env": serve_env,
-             "worker_spincount": ts.env["GOMP_SPINCOUNT"],
+             "worker_spincount": ts.env["GOMP_SPINCOUNT"], "image_size": args.image_size,
              "rounds": args.rounds, "seconds": args.seconds, "warmup": args.warmup,
              "precision": "float32",  # what the handler and the in-process side compute in
              "answer": args.answer}
