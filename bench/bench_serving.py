@@ -278,6 +278,13 @@ def summarize(concurrency: int, rounds: list[dict]) -> dict:
                                                         for d in direct), 2)}
 
 
+def env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
@@ -308,6 +315,7 @@ def main() -> None:
                         help="pixels a side of the model's images; smaller ones make the "
                         "model faster, and TorchServe's fixed costs weigh as on a faster CPU")
     parser.add_argument("--serve-env", action="append", default=[], metavar="NAME=VALUE",
+                        type=env_pair,
                         help="an environment variable of TorchServe and its workers only "
                         "(the in-process side keeps the bench's), e.g. OMP_WAIT_POLICY=PASSIVE")
     parser.add_argument("--answer", choices=ANSWERS, default="float32",
@@ -332,7 +340,7 @@ def main() -> None:
     service = Service(export, "embed")
     extra = {"number_of_netty_threads": str(args.netty_threads),
              "netty_client_threads": str(args.netty_threads)} if args.netty_threads else {}
-    serve_env = dict(pair.split("=", 1) for pair in args.serve_env)
+    serve_env = dict(args.serve_env)
     jvm = frontend_jvm_options() if args.jvm_options is None else args.jvm_options.split()
     if args.profile:
         extra["metrics_mode"] = "prometheus"  # TorchServe's request counters
