@@ -119,10 +119,7 @@ class Served:
     that the CPU each takes while serving can be told apart."""
 
     def __init__(self, ts: LocalTorchServe) -> None:
-        launcher = psutil.Process(ts.process.pid)
-        every = [launcher, *launcher.children(recursive=True)]
-        self.frontend = [p for p in every if p.name().startswith("java")]
-        self.workers = [p for p in every if "model_service_worker" in " ".join(p.cmdline())]
+        self.frontend, self.workers = ts.processes()
 
     def cpu(self) -> dict[str, float]:
         return {"frontend": _cpu(self.frontend), "worker": _cpu(self.workers)}

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from serving.client import MAX_REQUEST_BYTES, Keys, TorchServe
 from serving.process_groups import stop_groups
 
@@ -208,6 +210,13 @@ class LocalTorchServe:
         if self.process is not None:
             stop_groups([self.process.pid])
             self.process.wait()  # reaped: no zombie left
+
+    def processes(self) -> tuple[list[psutil.Process], list[psutil.Process]]:
+        """The processes it runs now: the Java frontend's, and the Python workers'."""
+        launcher = psutil.Process(self.process.pid)
+        every = [launcher, *launcher.children(recursive=True)]
+        return ([p for p in every if p.name().startswith("java")],
+                [p for p in every if "model_service_worker" in " ".join(p.cmdline())])
 
     def keys(self) -> Keys:
         return Keys.read(self.home)
