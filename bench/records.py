@@ -35,17 +35,21 @@ ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 
 
 def host() -> dict:
-    """The CPU a figure was measured on: its model, cores and the flags that decide its
-    speed and precision (bf16 is native with avx512_bf16 or amx_bf16, else emulated), and
+    """The CPU a figure was measured on: its model name, cores, family/model numbers (one
+    name such as "Intel(R) Xeon(R) Processor" covers several generations), the flags that
+    decide its speed and precision (bf16 is native with avx512_bf16 or amx_bf16, else emulated), and
     the instruction sets torch was kept to, if it was (`limited_to`)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         info = ""
     model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    family = re.search(r"^cpu family\s*:\s*(\d+)$", info, re.M)
+    number = re.search(r"^model\s*:\s*(\d+)$", info, re.M)
     flags = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
     limits = {name: os.environ[name] for name in ISA_LIMITS if name in os.environ}
     return {"cpu": model.group(1) if model else platform.processor(), "cores": os.cpu_count(),
+            "family_model": f"{family.group(1)}/{number.group(1)}" if family and number else None,
             "flags": sorted(set(flags.group(1).split() if flags else ())
                             & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})} | (
         {"limited_to": limits} if limits else {})
