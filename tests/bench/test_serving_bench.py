@@ -33,7 +33,7 @@ def test_summarize__pairs_each_round_then_takes_medians():
     assert row["p99_ms"] == {"median": 300.0, "min": 200.0, "max": 500.0}
     assert row["p50_ms"] == {"torchserve": {"median": 19, "min": 18, "max": 40},
                              "in_process": {"median": 12, "min": 11, "max": 25}}
-    assert "| 19 / 12.0 |" in bench.markdown({"setup": {}, "rows": [row]})
+    assert "| 19.0 / 12.0 |" in bench.markdown({"setup": {}, "rows": [row]})
     assert row["served_cores"] == {"clients": 0.0, "frontend": 0.1, "worker": 1.8}
     assert row["rounds"] == 3 and row["errors"] == 0
 
@@ -86,3 +86,14 @@ def test_host__records_the_instructions_torch_was_kept_to(monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert records.host()["limited_to"] == {"ATEN_CPU_CAPABILITY": "avx2",
                                             "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def test_host__tells_apart_cpus_of_one_name():
+    """One model name ("Intel(R) Xeon(R) Processor") covers several generations: the record
+    keeps the family and model numbers the kernel reads from the CPU, as lscpu prints them."""
+    import records
+
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    expected = f"{fields['CPU family'].strip()}/{fields['Model'].strip()}"
+    assert records.host()["family_model"] == expected
