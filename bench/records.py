@@ -37,8 +37,8 @@ ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 def host() -> dict:
     """The CPU a figure was measured on: its model name, cores, family/model numbers (one
     name such as "Intel(R) Xeon(R) Processor" covers several generations), the flags that
-    decide its speed and precision (bf16 is native with avx512_bf16 or amx_bf16, else emulated), and
-    the instruction sets torch was kept to, if it was (`limited_to`)."""
+    decide its speed and precision (bf16 is native with avx512_bf16 or amx_bf16, else
+    emulated), and the instruction sets torch was kept to, if it was (`limited_to`)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
