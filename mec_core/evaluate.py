@@ -136,11 +136,13 @@ def evaluate(protocol: str, dataset: str, checkpoint_path: str | None = None,
         raise ValueError(f"protocol must be 'knn' or 'linear', got {protocol!r}")
     if sum([checkpoint_path is not None, backbone is not None, pixels]) != 1:
         raise ValueError("give exactly one of a checkpoint, a backbone (random init) or pixels")
+    source = from_checkpoint(checkpoint_path, device) if checkpoint_path is not None else None
+    # a checkpoint's images are decoded at its own size, as it was trained and is served
+    # (a deploy's reference set too: serving.package), not resized from another one
+    size = size or (source.norm.image_size if source is not None else None)
     train = load_dataset(dataset, "train", data_dir, size).head(train_limit)
     test = load_dataset(dataset, "test", data_dir, size).head(test_limit)
-    if checkpoint_path is not None:
-        source = from_checkpoint(checkpoint_path, device)
-    else:
+    if source is None:
         probe = TrainConfig(dataset=dataset, image_size=size)
         side = image_size(probe)
         source = random_init(backbone, train, side, grid=probe.feature_grid) if backbone \
