@@ -16,6 +16,7 @@ from torch import nn
 from mec_core.augment import Normalization, preprocess
 from mec_core.config import SMALL_IMAGE_MAX, TrainConfig, image_size
 from mec_core.data import ImageSet, load_dataset
+from mec_core.kept_features import fingerprint
 from mec_core.models import build_backbone, load_model
 
 
@@ -126,11 +127,14 @@ def evaluate(protocol: str, dataset: str, checkpoint_path: str | None = None,
              backbone: str | None = None, pixels: bool = False, data_dir: str | None = None,
              size: int | None = None, device: str = "cpu", train_limit: int | None = None,
              test_limit: int | None = None, k: int = 200, temperature: float = 0.1,
-             steps: int = 100, on_progress: Callable[[int, int], None] | None = None) -> dict:
+             steps: int = 100, on_progress: Callable[[int, int], None] | None = None,
+             on_train_features: Callable[[str, torch.Tensor], None] | None = None) -> dict:
     """Run `protocol` ('knn' or 'linear') on `dataset` and return a JSON-ready result.
 
     Exactly one encoder: `checkpoint_path`, `backbone` (random init) or `pixels`.
     `on_progress`: (images embedded, of all: train and test), after each batch.
+    `on_train_features`: (their fingerprint, the train images' features) once embedded,
+    for a network's features (mec_core.kept_features), not raw pixels.
     """
     if protocol not in ("knn", "linear"):
         raise ValueError(f"protocol must be 'knn' or 'linear', got {protocol!r}")
@@ -158,6 +162,8 @@ def evaluate(protocol: str, dataset: str, checkpoint_path: str | None = None,
             on_progress(done[0], total)
 
     ftr = features(source, train.images, device, on_batch=embedded)
+    if on_train_features is not None and source.backbone is not None:
+        on_train_features(fingerprint(source.backbone, source.norm, train.images), ftr)
     fte = features(source, test.images, device, on_batch=embedded)
     if protocol == "knn":
         scores = knn(ftr, train.labels, fte, test.labels, k, temperature)

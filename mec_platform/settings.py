@@ -31,7 +31,8 @@ class Settings(BaseSettings):
                                 "default: data_dir/artifacts.")
     storage_url: str = Field(description="Where what the platform keeps goes (dataset "
                              "versions, checkpoints, exports, archives, reference images, "
-                             "uploads, import staging): file:///path, or s3://bucket/prefix on any "
+                             "evaluations' features, uploads, import staging): "
+                             "file:///path, or s3://bucket/prefix on any "
                              "S3-compatible server (MEC_S3_ENDPOINT_URL and the usual "
                              "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). Default: "
                              "file://artifact_root/store.")
@@ -42,6 +43,11 @@ class Settings(BaseSettings):
                             "data_dir/cache.")
     cache_mb: int = Field(20_480, ge=1, description="Bound of cache_dir, in MiB: the least "
                           "recently used entries are removed beyond it.")
+    keep_evaluation_features: bool = Field(
+        True, description="An evaluation keeps its features of the train images in the "
+        "store (one file per model, N x D float32, replaced by the next evaluation), which "
+        "the model's deploys reuse for the same images instead of embedding them again; "
+        "false: nothing is kept and deploys always embed.")
     max_dataset_mb: int = Field(10_240, ge=1, description="Largest dataset archive "
                                 "(POST /v1/datasets/{name}/versions), in MiB.")
     lease_seconds: float = Field(60.0, gt=0, description="A running job whose lease is not "

@@ -144,6 +144,9 @@ class Deployment(BaseModel):
     dim: int | None = Field(None, description="The embeddings' width (none: deployed before "
                             "galleries existed).")
     reason: str | None = Field(None, description="Why it was lost.")
+    reference_reused_from: int | None = Field(
+        None, description="The evaluation job whose features of the same images the "
+        "reference set reused instead of embedding them (none: embedded by the deploy).")
     _old_names = renamed({"gallery_images": "reference_images"})[0]
 
     @property

@@ -10,12 +10,16 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from mec_core.data import load_dataset
 from mec_core.export import export
+from mec_core.kept_features import Kept, fingerprint
 from serving.embedder import Embedder
 from serving.reference_set import INDEX_FILE, META_FILE, ReferenceSet
 
@@ -25,22 +29,38 @@ HANDLER = Path(__file__).with_name("handler.py")
 def build_reference_set(export_dir: Path, dataset: str, data_dir: str | None, split: str,
                   limit: int | None, kind: str = "auto", projector: bool = False,
                   images_to: Path | None = None,
-                  on_progress: Callable[[int, int], None] | None = None) -> ReferenceSet:
+                  on_progress: Callable[[int, int], None] | None = None,
+                  kept: Kept | None = None) -> tuple[ReferenceSet, bool]:
     """Embed a labelled dataset; item ids are '<split>/<index>'. `images_to`: also write the
     items' pixels there (uint8, N x H x W x C, .npy; row i is item '<split>/<i>'), written
-    atomically, for showing search results. `on_progress`: (images embedded, of all)."""
+    atomically, for showing search results. `on_progress`: (images embedded, of all).
+    `kept`: an evaluation's features, used instead of embedding when their fingerprint is
+    that of this network and these images. Returns the set, and whether `kept` was used."""
     embedder = Embedder(export_dir, projector=projector)
     items = load_dataset(dataset, split, data_dir, embedder.norm.image_size).head(limit)
     # resized like evaluation when sizes differ
-    vectors = embedder.embed(items.images, on_progress=on_progress)
+    reused = kept is not None and kept.fingerprint == fingerprint(
+        embedder.net, embedder.norm, items.images)
+    if reused:
+        vectors = F.normalize(torch.from_numpy(kept.features), dim=1)
+        if on_progress is not None:
+            on_progress(len(items), len(items))
+    else:
+        vectors = embedder.embed(items.images, on_progress=on_progress)
     labels = [items.classes[i] for i in items.labels.tolist()]
     if images_to is not None:
         images_to.parent.mkdir(parents=True, exist_ok=True)
         partial = images_to.with_suffix(".partial.npy")
         np.save(partial, items.images.permute(0, 2, 3, 1).contiguous().numpy())
         partial.replace(images_to)
-    return ReferenceSet.build(vectors.numpy(), [f"{split}/{i}" for i in range(len(items))], labels,
-                         kind)
+    return ReferenceSet.build(vectors.numpy(), [f"{split}/{i}" for i in range(len(items))],
+                              labels, kind), reused
+
+
+@dataclass(frozen=True)
+class Packaged:
+    archives: dict[str, Path]  # task ("embed", "knn") -> its .mar
+    reused_from: int | None  # the evaluation job whose features the reference set reused
 
 
 def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str = "1.0",
@@ -50,7 +70,7 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
             torch_threads: int | None = None,
             reference_images: Path | None = None,
             on_progress: Callable[[int, int], None] | None = None,
-            deployment: int | None = None) -> dict[str, Path]:
+            deployment: int | None = None, kept: Kept | None = None) -> Packaged:
     """Write `{name}.mar` (embedding) and `{name}-knn.mar` (retrieval) into `out_dir`.
 
     Embeddings are the backbone's features (what kNN evaluation measures), or the
@@ -59,7 +79,8 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
     the reference set's pixels for showing search results (build_reference_set's
     `images_to`). `on_progress`: (reference images embedded, of all). `deployment`: the
     platform's number of this deployment, the answers' `model_version` (`version` is
-    TorchServe's own)."""
+    TorchServe's own). `kept`: the model's last evaluation's features, reused when they
+    are of the same images (build_reference_set)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,9 +90,11 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
         dataset = reference_dataset or meta["config"]["dataset"]
         data_dir = reference_data_dir or (meta["config"].get("data_dir")
                                         if dataset == meta["config"]["dataset"] else None)
-        build_reference_set(work / "export", dataset, data_dir, reference_split,
-                            reference_limit, projector=projector, images_to=reference_images,
-                            on_progress=on_progress).save(work / "references")
+        references, reused = build_reference_set(
+            work / "export", dataset, data_dir, reference_split, reference_limit,
+            projector=projector, images_to=reference_images, on_progress=on_progress,
+            kept=kept)
+        references.save(work / "references")
         archives = {}
         for task, suffix in (("embed", ""), ("knn", "-knn")):
             (work / "serving.json").write_text(json.dumps({
@@ -84,7 +107,7 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
                 extra += [work / "references" / INDEX_FILE, work / "references" / META_FILE]
             _archive(f"{name}{suffix}", version, extra, out, work)
             archives[task] = out / f"{name}{suffix}.mar"
-    return archives
+    return Packaged(archives, kept.job_id if reused else None)
 
 
 def _archive(name: str, version: str, extra: list[Path], out: Path, tmp: Path) -> None:

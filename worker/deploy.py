@@ -16,6 +16,7 @@ from mec_platform.specs import SERVING, UNDEPLOYED, Deployment, DeploySpec
 from serving.embedder import Embedder
 from serving.package import package
 from serving.torchserve import worker_plan
+from worker import kept
 
 
 def deploy(settings: Settings, model_id: int, artifacts: dict, previous: Deployment | None,
@@ -35,13 +36,14 @@ def deploy(settings: Settings, model_id: int, artifacts: dict, previous: Deploym
     # the folder's old name: pixels of deployments made before the rename are there too
     images_key = f"galleries/{name}-v{number}.npy"
     images = storage.work_folder(images_key)
-    archives = package(storage.local_file(artifacts["checkpoint"]), staging, name, version,
+    packaged = package(storage.local_file(artifacts["checkpoint"]), staging, name, version,
                        spec.reference_dataset, spec.reference_data_dir, spec.reference_split,
                        spec.reference_limit, torch_threads=plan.threads,
-                       reference_images=images, on_progress=on_progress, deployment=number)
+                       reference_images=images, on_progress=on_progress, deployment=number,
+                       kept=kept.last(model_id))
     management = model_server.client(settings)
     urls = {}
-    for task, mar in archives.items():
+    for task, mar in packaged.archives.items():
         endpoint = name if task == "embed" else f"{name}-knn"
         deployments.keep_archive(Path(mar), settings.model_store, endpoint, number)
         deployments.register(management, endpoint, deployments.archive_source(
@@ -58,7 +60,8 @@ def deploy(settings: Settings, model_id: int, artifacts: dict, previous: Deploym
     return record.model_copy(update=dict(
         urls=urls, workers=plan.workers, torch_threads=plan.threads,
         batch_size=plan.batch_size, max_batch_delay_ms=spec.max_batch_delay_ms,
-        reference_images=storage.keep(images, images_key, move=True), dim=_dim(artifacts)))
+        reference_images=storage.keep(images, images_key, move=True), dim=_dim(artifacts),
+        reference_reused_from=packaged.reused_from))
 
 
 def _dim(artifacts: dict) -> int:

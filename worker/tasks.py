@@ -29,7 +29,7 @@ from mec_platform.settings import get_settings
 from mec_platform.specs import DeploySpec, EvaluateSpec
 from mec_platform.storage import StorageError
 from mec_platform.tables import Evaluation, Job, Model, Worker
-from worker import galleries, job_store, multiprocess, prometheus, sweeps
+from worker import galleries, job_store, kept, multiprocess, prometheus, sweeps
 from worker.callbacks import DatabaseCallbacks
 from worker.device import describe_device, process_capacity
 from worker.joblog import JobLogHandler
@@ -275,7 +275,10 @@ def run_evaluate(job_id: int, owner: str) -> Outcome:
                       data_dir=data_dir,
                       train_limit=spec.train_limit, test_limit=spec.test_limit, k=spec.k,
                       temperature=spec.temperature, steps=spec.steps,
-                      on_progress=lambda done, total: _progress(job_id, done, total))
+                      on_progress=lambda done, total: _progress(job_id, done, total),
+                      on_train_features=(lambda digest, features: kept.keep(
+                          model_id, job_id, digest, features))
+                      if get_settings().keep_evaluation_features else None)
     return Outcome(JobStatus.SUCCEEDED, result=result, record=lambda s: s.add(Evaluation(
         model_id=model_id, job_id=job_id, protocol=spec.protocol, dataset=dataset,
         top1=result["top1"], top5=result["top5"], result=result)))
@@ -389,6 +392,9 @@ def run_deploy(job_id: int, owner: str) -> Outcome:
             project, spec.reference_data_dir)})  # a dataset:// version: unpacked here
         record = deploy.deploy(settings, model_id, artifacts, previous, spec,
                                on_progress=lambda done, total: _progress(job_id, done, total))
+        reused = record.reference_reused_from
+        log.info("job %s: reference set %s", job_id, f"from evaluation job {reused}'s features "
+                 "of the same images" if reused else "embedded")
     else:
         record = deploy.undeploy(settings, model_id, previous)
     return Outcome(JobStatus.SUCCEEDED, result=record.public(), record=lambda s: s.execute(

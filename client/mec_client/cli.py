@@ -460,8 +460,11 @@ def _deploy_job(client: Client, action: str, model_id: int, spec: dict, wait: bo
         job = _api(client.wait, job.id, poll=1.0, on_progress=_line_per_change(err=as_json))
     if as_json:
         return _echo_json(job)
+    reused = (job.result or {}).get("reference_reused_from")
     console.print(f"{action} job {job.id}: {_status(job.status)}"
-                  + (f": {job.error}" if job.error else ""))
+                  + (f": {job.error}" if job.error else "")
+                  + (f" (its reference set reused evaluation job {reused}'s features)"
+                     if reused else ""))
     if wait and job.status != JobStatus.SUCCEEDED:
         sys.exit(1)
 

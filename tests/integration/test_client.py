@@ -262,3 +262,10 @@ def test_cli__models_list_deploy_undeploy(platform):
     undeployed = json.loads(mec(platform, "models", "undeploy", str(model.id), "--wait",
                                 "--json").stdout)
     assert undeployed["status"] == "succeeded"
+    # after an evaluation of the same train images, a deploy says it reused its features
+    evaluation = client.wait(client.submit({"kind": "evaluate", "config": {
+        "job_id": job.id, "test_limit": 50}}).id, timeout=240, poll=0.5)
+    assert evaluation.status == "succeeded", evaluation.error
+    again = mec(platform, "models", "deploy", str(model.id), "--workers", "1", "--wait")
+    assert f"its reference set reused evaluation job {evaluation.id}'s features" in \
+        again.stdout, again.stdout

@@ -168,7 +168,10 @@ def test_dashboard__login_submit_watch_cancel_compare_deploy_galleries(browser, 
     until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '.chart[data-metric="loss"]'), 20)
     shot(browser, "07-compare")
 
-    # models: deploy the finished job's model from the page
+    # models: deploy the finished job's model from the page, after an evaluation whose
+    # features of the same train images its reference set reuses
+    evaluation = client.wait(client.evaluate(job_id).id, timeout=240, poll=0.5)
+    assert evaluation.status == "succeeded", evaluation.error
     model = next(m for m in client.models().data if m.job_id == job_id)
     browser.get(f"{platform.url}/ui/models")
     button = until(browser, lambda d: d.find_elements(
@@ -177,6 +180,8 @@ def test_dashboard__login_submit_watch_cancel_compare_deploy_galleries(browser, 
     until(browser, lambda d: "serving" in find(d, f'tr[data-id="{model.id}"]').text, 240,
           "the model to be served")
     assert f"/v1/models/{model.id}/embed" in find(browser, f'tr[data-id="{model.id}"]').text
+    reused = find(browser, f'tr[data-id="{model.id}"] a[href="/ui/jobs/{evaluation.id}"]')
+    assert reused.text == f"evaluation job {evaluation.id}"
     shot(browser, "08-models")
 
     # search: upload an image, see its neighbours with labels and scores

@@ -49,6 +49,14 @@ def test_deploy_redeploy_and_undeploy(platform):
                    headers=auth, timeout=30)
     assert r.status_code == 200 and len(r.json()["neighbours"][0]) == 3
 
+    assert "reference_reused_from" not in served  # no evaluation kept features yet
+    # an evaluation keeps its train features; the next deploy's reference set, the same
+    # 200 images, reuses them instead of embedding them again
+    evaluation = platform.post("/v1/jobs", {"kind": "evaluate", "config": {
+        "job_id": job["id"], "train_limit": 200, "test_limit": 50}})
+    finished = platform.wait_status(evaluation["id"], ("succeeded", "failed"))
+    assert finished["status"] == "succeeded", finished["error"]
+
     codes, stop = [], threading.Event()
 
     def keep_asking():
@@ -64,6 +72,7 @@ def test_deploy_redeploy_and_undeploy(platform):
         stop.set()
         asker.join()
     assert again["number"] == 2 and again["urls"] == served["urls"]
+    assert again["reference_reused_from"] == evaluation["id"]
     assert codes and set(codes) == {200}, codes  # the old version served until the new one
     versions = platform.torchserve.client().describe(served["name"])
     assert [v["modelVersion"] for v in versions] == ["2.0"]

@@ -76,8 +76,9 @@ def _pretrain(plat, steps: int, **extra) -> dict:
                                   TINY | {"max_steps": steps, "epochs": steps // 8 + 1} | extra})
 
 
-def _deploy(plat, model_id: int) -> dict:
-    job = plat.post(f"/v1/models/{model_id}/deploy", {"reference_limit": 64}, expect=202)
+def _deploy(plat, model_id: int, reference_limit: int | None = 64) -> dict:
+    job = plat.post(f"/v1/models/{model_id}/deploy", {"reference_limit": reference_limit},
+                    expect=202)
     done = plat.wait_status(job["id"], ("succeeded", "failed"), timeout=240)
     assert done["status"] == "succeeded", done["error"]
     return plat.get(f"/v1/models/{model_id}")["deployment"]
@@ -115,7 +116,11 @@ def test_a_dataset_a_job_its_model_and_its_deployment_live_in_the_store(hosts, s
     assert not (plat.root / "w1" / "artifacts" / "jobs" / str(job["id"])).exists()
     assert not (plat.root / "api" / "artifacts" / "jobs").exists()
 
-    deployment = _deploy(plat, model["id"])
+    # the evaluation kept its features of the train images in the store; the deploy's
+    # reference set, the same train images, reuses them (brought from the store)
+    assert f"features/mec-{model['id']}.npz" in _objects(plat, s3_server, "features/")
+    deployment = _deploy(plat, model["id"], reference_limit=None)
+    assert deployment["reference_reused_from"] == evaluation.id
     assert deployment["reference_images"].startswith(f"{plat.store_url}/galleries/")
     name = deployment["name"]
     assert {f"archives/{name}-v1.mar", f"archives/{name}-knn-v1.mar"} <= set(

@@ -32,7 +32,7 @@ def knn_service(trained, tmp_path_factory):
     reference_dir = tmp_path_factory.mktemp("references")
     from serving.package import build_reference_set
 
-    build_reference_set(export_dir, "synthetic", None, "train", 300).save(reference_dir)
+    build_reference_set(export_dir, "synthetic", None, "train", 300)[0].save(reference_dir)
     return Service(export_dir, task="knn", reference_dir=reference_dir, max_k=50)
 
 

@@ -15,8 +15,9 @@ from mec_platform import joblogs, jobs
 from mec_platform.db import session_scope
 from mec_platform.jobs import JobKind
 from mec_platform.queue import Queue, app
+from mec_platform.settings import get_settings
 from mec_platform.tables import Evaluation, Job, Metric, Model
-from worker import tasks
+from worker import kept, tasks
 from worker.callbacks import DatabaseCallbacks
 from worker.process import shutting_down
 
@@ -71,6 +72,25 @@ def test_evaluate__records_an_evaluation(pretrained):
     with session_scope() as s:
         evaluation = s.scalar(select(Evaluation).where(Evaluation.job_id == job_id))
     assert evaluation.top1 == job.result["top1"] and 0 <= evaluation.top1 <= 100
+
+
+def test_evaluate__keeps_its_train_features_for_the_deploys_unless_told_not_to(
+        pretrained, monkeypatch):
+    def evaluation() -> int:
+        job_id = _submit(JobKind.EVALUATE, {"job_id": pretrained, "train_limit": 48,
+                                            "test_limit": 16})
+        tasks.evaluate_job(job_id)
+        assert _job(job_id).status == "succeeded", _job(job_id).error
+        return job_id
+
+    with session_scope() as s:
+        model_id = s.scalar(select(Model.id).where(Model.job_id == pretrained))
+    first = evaluation()
+    found = kept.last(model_id)
+    assert found.job_id == first and found.features.shape[0] == 48
+    monkeypatch.setattr(get_settings(), "keep_evaluation_features", False)
+    evaluation()
+    assert kept.last(model_id).job_id == first  # nothing kept, nothing replaced
 
 
 def test_failures_end_failed_with_the_reason(embedded):

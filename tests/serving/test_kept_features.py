@@ -1,0 +1,65 @@
+"""A deploy's reference set reuses the features the model's evaluation kept, only when
+they are of the same network and the same images."""
+
+import numpy as np
+import torch
+
+from mec_core.evaluate import evaluate
+from mec_core.kept_features import Kept
+from serving.package import build_reference_set
+
+
+def _evaluated(checkpoint, train_limit: int) -> Kept:
+    kept = []
+    evaluate("knn", "synthetic", checkpoint_path=str(checkpoint), train_limit=train_limit,
+             test_limit=20, on_train_features=lambda digest, f: kept.append((digest, f)))
+    (digest, features), = kept
+    return Kept(digest, features.numpy(), job_id=7)
+
+
+def test_reference_set__reuses_the_evaluation_features_of_the_same_images(trained):
+    checkpoint, export_dir, _ = trained
+    kept = _evaluated(checkpoint, 300)
+    assert kept.features.shape[0] == 300
+    seen = []
+    reused, was_reused = build_reference_set(export_dir, "synthetic", None, "train", 300,
+                                             kept=kept, on_progress=lambda *a: seen.append(a))
+    assert was_reused and seen == [(300, 300)]  # no batch embedded: one report, all done
+    embedded, was_embedded = build_reference_set(export_dir, "synthetic", None, "train", 300)
+    assert not was_embedded
+    # the same unit vectors as embedding them at deploy (up to another batch's rounding)
+    got = reused.index.reconstruct_n(0, 300)
+    want = embedded.index.reconstruct_n(0, 300)
+    assert np.abs(got - want).max() < 1e-4 and np.allclose(np.linalg.norm(got, axis=1), 1)
+    assert reused.labels == embedded.labels and reused.ids == embedded.ids
+    queries = torch.from_numpy(want[:20])
+    assert [r[0]["id"] for r in reused.search(queries.numpy(), 1)] == \
+        [r[0]["id"] for r in embedded.search(queries.numpy(), 1)]
+
+
+def test_reference_set__embeds_when_the_images_or_the_network_differ(trained):
+    checkpoint, export_dir, _ = trained
+    kept = _evaluated(checkpoint, 300)
+    seen = []
+    _, reused = build_reference_set(export_dir, "synthetic", None, "train", 299, kept=kept,
+                                    on_progress=lambda *a: seen.append(a))
+    assert not reused and seen[-1] == (299, 299)
+    # the projector's outputs are other features of the same images
+    _, reused = build_reference_set(export_dir, "synthetic", None, "train", 300, kept=kept,
+                                    projector=True)
+    assert not reused
+    other = Kept(kept.fingerprint[::-1], kept.features, kept.job_id)
+    assert not build_reference_set(export_dir, "synthetic", None, "train", 300, kept=other)[1]
+
+
+def test_kept__round_trips_and_reads_anything_else_as_nothing(tmp_path):
+    kept = Kept("ab" * 32, np.arange(12, dtype=np.float32).reshape(3, 4), job_id=12)
+    kept.save(tmp_path / "k.npz")
+    back = Kept.read(tmp_path / "k.npz")
+    assert back.fingerprint == kept.fingerprint and back.job_id == 12
+    assert back.features.dtype == np.float32 and (back.features == kept.features).all()
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    np.savez(tmp_path / "other.npz", x=np.zeros(2))
+    assert Kept.read(tmp_path / "bad.npz") is None
+    assert Kept.read(tmp_path / "other.npz") is None
+    assert Kept.read(tmp_path / "missing.npz") is None
