@@ -1,5 +1,6 @@
 """bench/bench_deploy.py end to end on digits: a deploy's phases add up to its time, the
-progress reports cover every image, and the kept 60k record prints again."""
+progress reports cover every image, the deploy after an evaluation reuses its features,
+and the kept 60k records print again."""
 
 import json
 import subprocess
@@ -12,8 +13,8 @@ BENCH = ROOT / "bench" / "bench_deploy.py"
 
 def test_bench_deploy__phases_of_a_small_reference_set():
     out = subprocess.run([sys.executable, str(BENCH), "--dataset", "digits", "--limit", "600",
-                          "--json"], capture_output=True, text=True, timeout=600,
-                         check=True).stdout
+                          "--after-evaluation", "--json"], capture_output=True, text=True,
+                         timeout=600, check=True).stdout
     record = json.loads(out.splitlines()[-1])
     seconds = record["seconds"]
     assert record["images"] == 600 and record["progress_reports"] == 3  # batches of 256
@@ -21,6 +22,9 @@ def test_bench_deploy__phases_of_a_small_reference_set():
         < 0.5 + 0.2 * seconds["deploy"]
     assert seconds["bare_model"] > 0 and record["embed_over_bare"] > 0
     assert record["host"]["cores"] >= 1 and record["precision"] == "float32"
+    # the bench fails unless the second deploy reused the evaluation's features
+    assert seconds["evaluation"] > 0 and seconds["keep"] >= 0 and seconds["deploy_reusing"] > 0
+    assert record["command"].endswith("--after-evaluation")
 
 
 def test_bench_deploy__report_prints_the_recorded_run_again():
@@ -28,3 +32,4 @@ def test_bench_deploy__report_prints_the_recorded_run_again():
     out = subprocess.run([sys.executable, str(BENCH), "--report", *map(str, kept)],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert "60,000 images of fashion-mnist" in out and "| 272.3 s |" in out
+    assert "| 252.3 s | 1.2 s | 28.3 s | 9.9 |" in out  # the deploy after an evaluation
