@@ -4,6 +4,7 @@ preprocessing, and the reference set: an index of labelled embeddings."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -24,6 +25,11 @@ from serving.embedder import Embedder
 from serving.reference_set import INDEX_FILE, META_FILE, ReferenceSet
 
 HANDLER = Path(__file__).with_name("handler.py")
+SPOT_CHECKS = 16  # images a deploy embeds to check an evaluation's kept features
+# cosine of a spot-checked image's embedding and its kept row: the same network in float32
+# gives 1 - 1e-7; on a GPU with TF32 convolutions, 1 - 1e-5 or so
+AGREEMENT = 0.999
+log = logging.getLogger(__name__)
 
 
 def build_reference_set(export_dir: Path, dataset: str, data_dir: str | None, split: str,
@@ -39,8 +45,7 @@ def build_reference_set(export_dir: Path, dataset: str, data_dir: str | None, sp
     embedder = Embedder(export_dir, projector=projector)
     items = load_dataset(dataset, split, data_dir, embedder.norm.image_size).head(limit)
     # resized like evaluation when sizes differ
-    reused = kept is not None and kept.fingerprint == fingerprint(
-        embedder.net, embedder.norm, items.images)
+    reused = kept is not None and _reusable(kept, embedder, items.images)
     if reused:
         vectors = F.normalize(torch.from_numpy(kept.features), dim=1)
         if on_progress is not None:
@@ -55,6 +60,27 @@ def build_reference_set(export_dir: Path, dataset: str, data_dir: str | None, sp
         partial.replace(images_to)
     return ReferenceSet.build(vectors.numpy(), [f"{split}/{i}" for i in range(len(items))],
                               labels, kind), reused
+
+
+def _reusable(kept: Kept, embedder: Embedder, images: torch.Tensor) -> bool:
+    """Whether `kept` holds these images' features by this network: the same fingerprint,
+    then one finite, non-zero float row per image, and SPOT_CHECKS images embedded now
+    agreeing with their rows. A file damaged or altered in the store is embedded over
+    (with a warning in the deploy's log), never served."""
+    if kept.fingerprint != fingerprint(embedder.net, embedder.norm, images):
+        return False  # other images or another network: embedding them is expected
+    f = kept.features
+    whole = (f.ndim == 2 and len(f) == len(images) and f.dtype.kind == "f"
+             and bool(np.isfinite(f).all()) and bool((f != 0).any(axis=1).all()))
+    rows = torch.linspace(0, len(images) - 1, min(SPOT_CHECKS, len(images))).long()
+    fresh = embedder.embed(images[rows]) if whole else None
+    if whole and fresh.shape[1] == f.shape[1] and bool(((fresh * F.normalize(
+            torch.from_numpy(f[rows.numpy()]).float(), dim=1)).sum(1) >= AGREEMENT).all()):
+        return True
+    log.warning("the features that evaluation job %s kept of these images do not agree with "
+                "the model (a damaged or altered file): embedding the images instead",
+                kept.job_id)
+    return False
 
 
 @dataclass(frozen=True)

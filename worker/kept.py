@@ -11,6 +11,7 @@ import torch
 
 from mec_core.kept_features import Kept
 from mec_platform import storage
+from mec_platform.settings import get_settings
 
 
 def key(model_id: int) -> str:
@@ -25,8 +26,10 @@ def keep(model_id: int, job_id: int, fingerprint: str, features: torch.Tensor) -
 
 
 def last(model_id: int) -> Kept | None:
-    """What the model's last evaluation kept; None if none has."""
+    """What the model's last evaluation kept, for a deploy; None if none has, or when
+    keeping is off (MEC_KEEP_EVALUATION_FEATURES=false: deploys embed, whatever an
+    evaluation kept before)."""
     store = storage.get_store()
-    if store.stat(key(model_id)) is None:
+    if not get_settings().keep_evaluation_features or store.stat(key(model_id)) is None:
         return None
     return Kept.read(storage.local_file(store.ref(key(model_id))))

@@ -271,14 +271,17 @@ def run_evaluate(job_id: int, owner: str) -> Outcome:
     data_dir = _local_dir(_load(lambda s: s.get(Job, job_id).project), data_dir)
     if problem := missing(dataset, data_dir, ("train", "test")):
         raise JobFailed(problem)
+    train_features = []  # kept once the evaluation has its result, not before
+    keeping = get_settings().keep_evaluation_features
     result = evaluate(spec.protocol, dataset, checkpoint_path=storage.local_file(checkpoint),
                       data_dir=data_dir,
                       train_limit=spec.train_limit, test_limit=spec.test_limit, k=spec.k,
                       temperature=spec.temperature, steps=spec.steps,
                       on_progress=lambda done, total: _progress(job_id, done, total),
-                      on_train_features=(lambda digest, features: kept.keep(
-                          model_id, job_id, digest, features))
-                      if get_settings().keep_evaluation_features else None)
+                      on_train_features=(lambda *pair: train_features.append(pair))
+                      if keeping else None)
+    for digest, features in train_features:
+        kept.keep(model_id, job_id, digest, features)
     return Outcome(JobStatus.SUCCEEDED, result=result, record=lambda s: s.add(Evaluation(
         model_id=model_id, job_id=job_id, protocol=spec.protocol, dataset=dataset,
         top1=result["top1"], top5=result["top5"], result=result)))

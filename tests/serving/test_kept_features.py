@@ -2,6 +2,7 @@
 they are of the same network and the same images."""
 
 import numpy as np
+import pytest
 import torch
 
 from mec_core.evaluate import evaluate
@@ -50,6 +51,26 @@ def test_reference_set__embeds_when_the_images_or_the_network_differ(trained):
     assert not reused
     other = Kept(kept.fingerprint[::-1], kept.features, kept.job_id)
     assert not build_reference_set(export_dir, "synthetic", None, "train", 300, kept=other)[1]
+
+
+@pytest.mark.parametrize("damage", ["reversed", "narrower", "fewer rows", "nan", "zeros",
+                                    "integers", "3-d"])
+def test_reference_set__embeds_over_kept_features_that_do_not_agree_with_the_model(
+        trained, damage, caplog):
+    """A file damaged or altered in the store, its fingerprint intact: the spot check
+    catches it, the deploy embeds and says so in its log."""
+    checkpoint, export_dir, _ = trained
+    kept = _evaluated(checkpoint, 300)
+    f = kept.features
+    bad = {"reversed": f[::-1], "narrower": f[:, : f.shape[1] // 2], "fewer rows": f[:299],
+           "nan": np.full_like(f, np.nan), "zeros": np.zeros_like(f),
+           "integers": f.astype(np.int64), "3-d": f[None]}[damage]
+    references, reused = build_reference_set(export_dir, "synthetic", None, "train", 300,
+                                             kept=Kept(kept.fingerprint, bad, kept.job_id))
+    assert not reused and "do not agree with the model" in caplog.text
+    embedded, _ = build_reference_set(export_dir, "synthetic", None, "train", 300)
+    assert np.abs(references.index.reconstruct_n(0, 300)
+                  - embedded.index.reconstruct_n(0, 300)).max() < 1e-5
 
 
 def test_kept__round_trips_and_reads_anything_else_as_nothing(tmp_path):

@@ -90,7 +90,9 @@ def test_evaluate__keeps_its_train_features_for_the_deploys_unless_told_not_to(
     assert found.job_id == first and found.features.shape[0] == 48
     monkeypatch.setattr(get_settings(), "keep_evaluation_features", False)
     evaluation()
-    assert kept.last(model_id).job_id == first  # nothing kept, nothing replaced
+    assert kept.last(model_id) is None  # deploys embed, whatever was kept before
+    monkeypatch.setattr(get_settings(), "keep_evaluation_features", True)
+    assert kept.last(model_id).job_id == first  # the second kept nothing, replaced nothing
 
 
 def test_failures_end_failed_with_the_reason(embedded):
