@@ -40,8 +40,8 @@ def build_reference_set(export_dir: Path, dataset: str, data_dir: str | None, sp
     """Embed a labelled dataset; item ids are '<split>/<index>'. `images_to`: also write the
     items' pixels there (uint8, N x H x W x C, .npy; row i is item '<split>/<i>'), written
     atomically, for showing search results. `on_progress`: (images embedded, of all).
-    `kept`: an evaluation's features, used instead of embedding when their fingerprint is
-    that of this network and these images. Returns the set, and whether `kept` was used."""
+    `kept`: an evaluation's features, used instead of embedding when they are these
+    images' own by this network (_reusable). Returns the set, and whether `kept` was used."""
     embedder = Embedder(export_dir, projector=projector)
     items = load_dataset(dataset, split, data_dir, embedder.norm.image_size).head(limit)
     # resized like evaluation when sizes differ
