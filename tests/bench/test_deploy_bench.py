@@ -32,4 +32,4 @@ def test_bench_deploy__report_prints_the_recorded_run_again():
     out = subprocess.run([sys.executable, str(BENCH), "--report", *map(str, kept)],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert "60,000 images of fashion-mnist" in out and "| 272.3 s |" in out
-    assert "| 252.3 s | 1.2 s | 28.3 s | 9.9 |" in out  # the deploy after an evaluation
+    assert "| 246.4 s | 1.2 s | 25.4 s | 10.7 |" in out  # the deploy after an evaluation
