@@ -70,13 +70,13 @@ def _reusable(kept: Kept, embedder: Embedder, images: torch.Tensor) -> bool:
     if kept.fingerprint != fingerprint(embedder.net, embedder.norm, images):
         return False  # other images or another network: embedding them is expected
     f = kept.features
-    whole = (f.ndim == 2 and len(f) == len(images) and f.dtype.kind == "f"
-             and bool(np.isfinite(f).all()) and bool((f != 0).any(axis=1).all()))
-    rows = torch.linspace(0, len(images) - 1, min(SPOT_CHECKS, len(images))).long()
-    fresh = embedder.embed(images[rows]) if whole else None
-    if whole and fresh.shape[1] == f.shape[1] and bool(((fresh * F.normalize(
-            torch.from_numpy(f[rows.numpy()]).float(), dim=1)).sum(1) >= AGREEMENT).all()):
-        return True
+    if (f.ndim == 2 and len(f) == len(images) and f.dtype.kind == "f"
+            and np.isfinite(f).all() and (f != 0).any(axis=1).all()):
+        rows = torch.linspace(0, len(images) - 1, min(SPOT_CHECKS, len(images))).long()
+        fresh = embedder.embed(images[rows])
+        old = F.normalize(torch.from_numpy(f[rows.numpy()]).float(), dim=1)
+        if fresh.shape == old.shape and bool(((fresh * old).sum(1) >= AGREEMENT).all()):
+            return True
     log.warning("the features that evaluation job %s kept of these images do not agree with "
                 "the model (a damaged or altered file): embedding the images instead",
                 kept.job_id)
