@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,7 +26,8 @@ def deploy(settings: Settings, model_id: int, artifacts: dict, previous: Deploym
     """Build archives for the next version, register them, make them the default, then
     retire the previous version. Returns the new deployment record (with the embeddings'
     width, `dim`, which galleries check vectors against). `on_progress`: (reference
-    images embedded, of all)."""
+    images embedded, of all); what it raises (a cancel) ends the deploy with nothing
+    served and no files left."""
     name = f"mec-{model_id}"
     record = Deployment(status=SERVING, name=name,
                         number=(previous.number if previous else 0) + 1)
@@ -36,11 +38,16 @@ def deploy(settings: Settings, model_id: int, artifacts: dict, previous: Deploym
     # the folder's old name: pixels of deployments made before the rename are there too
     images_key = f"galleries/{name}-v{number}.npy"
     images = storage.work_folder(images_key)
-    packaged = package(storage.local_file(artifacts["checkpoint"]), staging, name, version,
-                       spec.reference_dataset, spec.reference_data_dir, spec.reference_split,
-                       spec.reference_limit, torch_threads=plan.threads,
-                       reference_images=images, on_progress=on_progress, deployment=number,
-                       kept=kept.last(model_id))
+    try:
+        packaged = package(storage.local_file(artifacts["checkpoint"]), staging, name,
+                           version, spec.reference_dataset, spec.reference_data_dir,
+                           spec.reference_split, spec.reference_limit,
+                           torch_threads=plan.threads, reference_images=images,
+                           on_progress=on_progress, deployment=number, kept=kept.last(model_id))
+    except BaseException:  # failed or cancelled (worker.tasks.JobCancelled): nothing served
+        shutil.rmtree(staging, ignore_errors=True)
+        images.unlink(missing_ok=True)
+        raise
     management = model_server.client(settings)
     urls = {}
     for task, mar in packaged.archives.items():

@@ -43,6 +43,11 @@ class JobFailed(RuntimeError):
     """The work cannot succeed; the message is the job's error."""
 
 
+class JobCancelled(Exception):
+    """The job's cancel flag, read as its work reported progress (_progress): it ends
+    cancelled there."""
+
+
 @dataclass
 class Outcome:
     """How a job ends: its status, result or error, and rows written in the same
@@ -107,6 +112,9 @@ def _execute(job_id: int, work: Callable[[int, str], Outcome | None]) -> None:
                          socket.gethostname(), describe_device())
                 try:
                     outcome = work(job_id, owner)
+                except JobCancelled as exc:
+                    log.info("job %s: cancelled at %s", job_id, exc)
+                    outcome = Outcome(JobStatus.CANCELLED)
                 except JobFailed as exc:
                     outcome = Outcome(JobStatus.FAILED, error=str(exc))
                     reason = type(exc.__cause__ or exc).__name__
@@ -363,11 +371,15 @@ def _check_reference_dir(spec: DeploySpec, artifacts: dict, roots: list[Path]) -
 
 def _progress(job_id: int, done: int, total: int) -> None:
     """A job's progress in its own units (a deploy: reference images embedded of all; an
-    evaluation: train and test images embedded of all)."""
-    def write() -> None:
+    evaluation: train and test images embedded of all). Raises JobCancelled when the job's
+    cancel flag is set (read by the same statement): the work stops at its next batch."""
+    def write() -> bool:
         with session_scope() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(step=done, total_steps=total))
-    retrying(write)
+            return s.execute(update(Job).where(Job.id == job_id)
+                             .values(step=done, total_steps=total)
+                             .returning(Job.cancel_requested)).scalar_one()
+    if retrying(write):
+        raise JobCancelled(f"{done} of {total}")
 
 
 @app.task(name="mec.deploy")

@@ -123,6 +123,23 @@ def test_cancel_running_and_queued_jobs(platform):
     assert platform.get(f"/v1/jobs/{queued['id']}")["attempts"] == 0
 
 
+def test_cancel_a_running_evaluation(platform):
+    """A cancel stops an evaluation at its next batch of images: cancelled, no result, no
+    evaluation recorded (ResNet-18 on 2,560 images: several seconds a batch of 512)."""
+    job = pretrain(platform, 1, backbone="resnet18")
+    assert platform.wait_status(job["id"], ("succeeded", "failed"))["status"] == "succeeded"
+    evaluation = platform.post("/v1/jobs", {"kind": "evaluate", "config": {"job_id": job["id"]}})
+    platform.wait_for(lambda: platform.get(f"/v1/jobs/{evaluation['id']}")["progress"]["step"]
+                      > 0, 120, "the evaluation to embed its first batch")
+    platform.post(f"/v1/jobs/{evaluation['id']}/cancel", expect=200)
+    stopped = platform.wait_status(evaluation["id"], ("cancelled", "succeeded", "failed"),
+                                   timeout=60)
+    assert stopped["status"] == "cancelled", stopped
+    assert stopped["result"] is None and stopped["progress"]["step"] < 2560
+    model = next(m for m in platform.get("/v1/models")["data"] if m["job_id"] == job["id"])
+    assert platform.get(f"/v1/models/{model['id']}")["evaluations"] == []
+
+
 def test_killed_worker_job_resumes_from_its_checkpoint(platform):
     platform.start_worker("w2")
     job = pretrain(platform, 60, checkpoint_every=4)

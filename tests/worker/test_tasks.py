@@ -95,6 +95,61 @@ def test_evaluate__keeps_its_train_features_for_the_deploys_unless_told_not_to(
     assert kept.last(model_id).job_id == first  # the second kept nothing, replaced nothing
 
 
+def _cancel_at_first_progress(monkeypatch) -> list[tuple[int, int]]:
+    """A user's cancel arriving while the job's work runs: at its first progress report
+    (then the real report, which reads the flag). Returns the reports seen."""
+    seen, report = [], tasks._progress
+
+    def cancelled_then_report(job_id: int, done: int, total: int) -> None:
+        seen.append((done, total))
+        with session_scope() as s:
+            assert jobs.cancel(s, job_id) == "running"
+        report(job_id, done, total)
+    monkeypatch.setattr(tasks, "_progress", cancelled_then_report)
+    return seen
+
+
+def test_evaluate__a_cancel_stops_it_at_its_next_batch_with_nothing_recorded(
+        pretrained, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    with session_scope() as s:
+        model_id = s.scalar(select(Model.id).where(Model.job_id == pretrained))
+    seen = _cancel_at_first_progress(monkeypatch)
+    job_id = _submit(JobKind.EVALUATE, {"job_id": pretrained, "train_limit": 48,
+                                        "test_limit": 16})
+    tasks.evaluate_job(job_id)
+    job = _job(job_id)
+    assert job.status == "cancelled" and job.finished_at is not None, job.error
+    assert seen == [(48, 64)]  # after the train images; the test images never embedded
+    assert (job.step, job.total_steps) == (48, 64)
+    with session_scope() as s:
+        assert s.scalar(select(Evaluation).where(Evaluation.job_id == job_id)) is None
+    assert kept.last(model_id) is None  # an evaluation without a result keeps nothing
+    assert [line for _, _, line in _log_lines(job_id)][-2:] == [
+        f"INFO worker.tasks: job {job_id}: cancelled at 48 of 64",
+        f"INFO worker.tasks: job {job_id}: cancelled"]
+
+
+def test_deploy__a_cancel_while_it_embeds_serves_nothing_and_leaves_nothing(
+        pretrained, monkeypatch):
+    from mec_platform import storage
+
+    with session_scope() as s:
+        model_id = s.scalar(select(Model.id).where(Model.job_id == pretrained))
+    seen = _cancel_at_first_progress(monkeypatch)
+    job_id = _submit(JobKind.DEPLOY, {"model_id": model_id, "action": "deploy",
+                                      "reference_limit": 40})
+    tasks.deploy_job(job_id)
+    job = _job(job_id)
+    assert job.status == "cancelled", job.error
+    assert seen and seen[0][1] == 40
+    with session_scope() as s:
+        assert s.get(Model, model_id).deployment is None
+    settings = get_settings()
+    assert not list(settings.model_store.glob(f".staging-mec-{model_id}-*"))
+    assert not storage.work_folder(f"galleries/mec-{model_id}-v1.npy").exists()
+
+
 def test_failures_end_failed_with_the_reason(embedded):
     bad_data = _submit(JobKind.PRETRAIN, TINY | {"dataset": "imagefolder",
                                                  "data_dir": "/nonexistent/images"})
