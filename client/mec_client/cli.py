@@ -433,14 +433,23 @@ def models_list(limit: int, as_json: bool) -> None:
 @models.command("deploy")
 @click.argument("model_id", type=int)
 @click.option("--workers", type=click.IntRange(1, 16), help="[default: one per core, up to 4]")
+@click.option("--torch-threads", type=click.IntRange(1, 256),
+              help="[default: the cores divided among the workers]")
 @click.option("--batch-size", type=click.IntRange(1, 256))
 @click.option("--max-batch-delay-ms", type=click.IntRange(0, 10_000))
+@click.option("--reference-dataset", help="The reference set /search looks in "
+              "[default: the model's training set].")
+@click.option("--reference-data-dir", help="Its directory, or dataset://NAME[/VERSION].")
+@click.option("--reference-split", type=click.Choice(["train", "test"]),
+              help="[default: train]")
+@click.option("--reference-limit", type=click.IntRange(1), help="Its first N images only.")
+@click.option("--drain-seconds", type=click.FloatRange(0, 600), help="On a re-deploy, how "
+              "long the old version finishes its queued requests [default: 5].")
 @click.option("--wait", "wait", is_flag=True, help="Wait until it is served.")
 @as_json
-def models_deploy(model_id, workers, batch_size, max_batch_delay_ms, wait, as_json) -> None:
+def models_deploy(model_id: int, wait: bool, as_json: bool, **given) -> None:
     """Serve a model with TorchServe (a deploy job)."""
-    spec = {k: v for k, v in (("workers", workers), ("batch_size", batch_size),
-                              ("max_batch_delay_ms", max_batch_delay_ms)) if v is not None}
+    spec = {k: v for k, v in given.items() if v is not None}
     _deploy_job(_client(), "deploy", model_id, spec, wait, as_json)
 
 

@@ -251,12 +251,18 @@ def test_cli__models_list_deploy_undeploy(platform):
     model = next(m for m in client.models().data if m.job_id == job.id)
     listed = json.loads(mec(platform, "models", "list", "--json").stdout)
     assert model.id in [m["id"] for m in listed["data"]]
-    deployed = mec(platform, "models", "deploy", str(model.id), "--workers", "1", "--wait")
+    unknown = mec(platform, "models", "deploy", str(model.id), "--reference-dataset", "nope",
+                  check=False)
+    assert unknown.returncode == 1 and "422" in unknown.stderr and \
+        "reference_dataset" in unknown.stderr, unknown.stderr
+    deployed = mec(platform, "models", "deploy", str(model.id), "--workers", "1",
+                   "--reference-split", "test", "--reference-limit", "120", "--wait")
     assert "succeeded" in deployed.stdout
-    # the wait said how far the gallery's embedding was, ending with all of it
+    # the wait said how far the reference set's embedding was, ending with all of it: the
+    # first 120 test images asked for
     embedded = re.findall(r"^job \d+ \w+ (\d+)/(\d+) reference images embedded \(",
                           deployed.stdout, re.MULTILINE)
-    assert embedded and embedded[-1][0] == embedded[-1][1], deployed.stdout
+    assert embedded and embedded[-1] == ("120", "120"), deployed.stdout
     assert client.model(model.id).deployment["status"] == "serving"
     assert "serving" in mec(platform, "models", "list").stdout
     undeployed = json.loads(mec(platform, "models", "undeploy", str(model.id), "--wait",
