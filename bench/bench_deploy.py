@@ -94,7 +94,8 @@ def _after_evaluation(args: argparse.Namespace, checkpoint: Path, root: Path) ->
     evaluation = time.perf_counter() - start
     start = time.perf_counter()
     packaged = package(checkpoint, root / "store", "bench", "1.0", reference_limit=args.limit,
-                       reference_images=root / "images.npy", kept=kept[0])
+                       reference_images=root / "images.npy",
+                       kept=lambda digest: kept[0] if digest == kept[0].fingerprint else None)
     if packaged.reused_from != 1:
         raise RuntimeError("the deploy did not reuse the evaluation's features")
     return {"evaluation": round(evaluation, 1), "keep": round(keeping[0], 1),

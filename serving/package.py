@@ -36,18 +36,23 @@ def build_reference_set(export_dir: Path, dataset: str, data_dir: str | None, sp
                   limit: int | None, kind: str = "auto", projector: bool = False,
                   images_to: Path | None = None,
                   on_progress: Callable[[int, int], None] | None = None,
-                  kept: Kept | None = None) -> tuple[ReferenceSet, bool]:
+                  kept: Callable[[str], Kept | None] | None = None
+                  ) -> tuple[ReferenceSet, int | None]:
     """Embed a labelled dataset; item ids are '<split>/<index>'. `images_to`: also write the
     items' pixels there (uint8, N x H x W x C, .npy; row i is item '<split>/<i>'), written
     atomically, for showing search results. `on_progress`: (images embedded, of all).
-    `kept`: an evaluation's features, used instead of embedding when they are these
-    images' own by this network (_reusable). Returns the set, and whether `kept` was used."""
+    `kept`: finds an evaluation's features by their fingerprint (worker.kept.finder); those
+    of these images by this network are used instead of embedding when they pass the check
+    of _reusable. Returns the set, and the evaluation job whose features it used (None:
+    embedded)."""
     embedder = Embedder(export_dir, projector=projector)
     items = load_dataset(dataset, split, data_dir, embedder.norm.image_size).head(limit)
     # resized like evaluation when sizes differ
-    reused = kept is not None and _reusable(kept, embedder, items.images)
+    digest = fingerprint(embedder.net, embedder.norm, items.images) if kept else None
+    found = kept(digest) if kept else None
+    reused = found is not None and _reusable(found, digest, embedder, items.images)
     if reused:
-        vectors = F.normalize(torch.from_numpy(kept.features), dim=1)
+        vectors = F.normalize(torch.from_numpy(found.features), dim=1)
         if on_progress is not None:
             on_progress(len(items), len(items))
     else:
@@ -59,26 +64,25 @@ def build_reference_set(export_dir: Path, dataset: str, data_dir: str | None, sp
         np.save(partial, items.images.permute(0, 2, 3, 1).contiguous().numpy())
         partial.replace(images_to)
     return ReferenceSet.build(vectors.numpy(), [f"{split}/{i}" for i in range(len(items))],
-                              labels, kind), reused
+                              labels, kind), found.job_id if reused else None
 
 
-def _reusable(kept: Kept, embedder: Embedder, images: torch.Tensor) -> bool:
-    """Whether `kept` holds these images' features by this network: the same fingerprint,
-    then one finite, non-zero float row per image, and SPOT_CHECKS images embedded now
-    agreeing with their rows. A file damaged or altered in the store is embedded over
-    (with a warning in the deploy's log), never served."""
-    if kept.fingerprint != fingerprint(embedder.net, embedder.norm, images):
-        return False  # other images or another network: embedding them is expected
+def _reusable(kept: Kept, digest: str, embedder: Embedder, images: torch.Tensor) -> bool:
+    """Whether `kept`, found under these images' fingerprint `digest`, holds their
+    features by this network: the same fingerprint inside, one finite, non-zero float row
+    per image, and SPOT_CHECKS images embedded now agreeing with their rows. A file
+    damaged, altered or moved in the store is embedded over (with a warning in the
+    deploy's log), never served."""
     f = kept.features
-    if (f.ndim == 2 and len(f) == len(images) and f.dtype.kind == "f"
-            and np.isfinite(f).all() and (f != 0).any(axis=1).all()):
+    if (kept.fingerprint == digest and f.ndim == 2 and len(f) == len(images)
+            and f.dtype.kind == "f" and np.isfinite(f).all() and (f != 0).any(axis=1).all()):
         rows = torch.linspace(0, len(images) - 1, min(SPOT_CHECKS, len(images))).long()
         fresh = embedder.embed(images[rows])
         old = F.normalize(torch.from_numpy(f[rows.numpy()]).float(), dim=1)
         if fresh.shape == old.shape and bool(((fresh * old).sum(1) >= AGREEMENT).all()):
             return True
     log.warning("the features that evaluation job %s kept of these images do not agree with "
-                "the model (a damaged or altered file): embedding the images instead",
+                "the model (a damaged, altered or moved file): embedding the images instead",
                 kept.job_id)
     return False
 
@@ -96,7 +100,8 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
             torch_threads: int | None = None,
             reference_images: Path | None = None,
             on_progress: Callable[[int, int], None] | None = None,
-            deployment: int | None = None, kept: Kept | None = None) -> Packaged:
+            deployment: int | None = None,
+            kept: Callable[[str], Kept | None] | None = None) -> Packaged:
     """Write `{name}.mar` (embedding) and `{name}-knn.mar` (retrieval) into `out_dir`.
 
     Embeddings are the backbone's features (what kNN evaluation measures), or the
@@ -105,8 +110,8 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
     the reference set's pixels for showing search results (build_reference_set's
     `images_to`). `on_progress`: (reference images embedded, of all). `deployment`: the
     platform's number of this deployment, the answers' `model_version` (`version` is
-    TorchServe's own). `kept`: the model's last evaluation's features, reused when they
-    are of the same images (build_reference_set)."""
+    TorchServe's own). `kept`: finds the model's last evaluation's features by their
+    fingerprint, reused when they are of the same images (build_reference_set)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,7 +121,7 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
         dataset = reference_dataset or meta["config"]["dataset"]
         data_dir = reference_data_dir or (meta["config"].get("data_dir")
                                         if dataset == meta["config"]["dataset"] else None)
-        references, reused = build_reference_set(
+        references, reused_from = build_reference_set(
             work / "export", dataset, data_dir, reference_split, reference_limit,
             projector=projector, images_to=reference_images, on_progress=on_progress,
             kept=kept)
@@ -133,7 +138,7 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
                 extra += [work / "references" / INDEX_FILE, work / "references" / META_FILE]
             _archive(f"{name}{suffix}", version, extra, out, work)
             archives[task] = out / f"{name}{suffix}.mar"
-    return Packaged(archives, kept.job_id if reused else None)
+    return Packaged(archives, reused_from)
 
 
 def _archive(name: str, version: str, extra: list[Path], out: Path, tmp: Path) -> None:

@@ -43,7 +43,8 @@ def deploy(settings: Settings, model_id: int, artifacts: dict, previous: Deploym
                            version, spec.reference_dataset, spec.reference_data_dir,
                            spec.reference_split, spec.reference_limit,
                            torch_threads=plan.threads, reference_images=images,
-                           on_progress=on_progress, deployment=number, kept=kept.last(model_id))
+                           on_progress=on_progress, deployment=number,
+                           kept=kept.finder(model_id))
     except BaseException:  # failed or cancelled (worker.tasks.JobCancelled): nothing served
         shutil.rmtree(staging, ignore_errors=True)
         images.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ the deployment again."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -118,7 +119,8 @@ def test_a_dataset_a_job_its_model_and_its_deployment_live_in_the_store(hosts, s
 
     # the evaluation kept its features of the train images in the store; the deploy's
     # reference set, the same train images, reuses them (brought from the store)
-    assert f"features/mec-{model['id']}.npz" in _objects(plat, s3_server, "features/")
+    (features,) = _objects(plat, s3_server, f"features/mec-{model['id']}/")
+    assert re.fullmatch(rf"features/mec-{model['id']}/[0-9a-f]{{64}}\.npz", features), features
     deployment = _deploy(plat, model["id"], reference_limit=None)
     assert deployment["reference_reused_from"] == evaluation.id
     assert deployment["reference_images"].startswith(f"{plat.store_url}/galleries/")

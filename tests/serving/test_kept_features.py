@@ -18,16 +18,29 @@ def _evaluated(checkpoint, train_limit: int) -> Kept:
     return Kept(digest, features.numpy(), job_id=7)
 
 
+def _store(*kept: Kept):
+    """Files found by their fingerprint, as worker.kept.finder finds them; records each
+    fingerprint asked for."""
+    asked = []
+
+    def find(digest: str) -> Kept | None:
+        asked.append(digest)
+        return next((k for k in kept if k.fingerprint == digest), None)
+    find.asked = asked
+    return find
+
+
 def test_reference_set__reuses_the_evaluation_features_of_the_same_images(trained):
     checkpoint, export_dir, _ = trained
     kept = _evaluated(checkpoint, 300)
     assert kept.features.shape[0] == 300
     seen = []
-    reused, was_reused = build_reference_set(export_dir, "synthetic", None, "train", 300,
-                                             kept=kept, on_progress=lambda *a: seen.append(a))
-    assert was_reused and seen == [(300, 300)]  # no batch embedded: one report, all done
-    embedded, was_embedded = build_reference_set(export_dir, "synthetic", None, "train", 300)
-    assert not was_embedded
+    reused, reused_from = build_reference_set(export_dir, "synthetic", None, "train", 300,
+                                              kept=_store(kept),
+                                              on_progress=lambda *a: seen.append(a))
+    assert reused_from == 7 and seen == [(300, 300)]  # no batch embedded: one report, all done
+    embedded, embedded_from = build_reference_set(export_dir, "synthetic", None, "train", 300)
+    assert embedded_from is None
     # the same unit vectors as embedding them at deploy (up to another batch's rounding)
     got = reused.index.reconstruct_n(0, 300)
     want = embedded.index.reconstruct_n(0, 300)
@@ -41,16 +54,25 @@ def test_reference_set__reuses_the_evaluation_features_of_the_same_images(traine
 def test_reference_set__embeds_when_the_images_or_the_network_differ(trained):
     checkpoint, export_dir, _ = trained
     kept = _evaluated(checkpoint, 300)
-    seen = []
-    _, reused = build_reference_set(export_dir, "synthetic", None, "train", 299, kept=kept,
+    store, seen = _store(kept), []
+    _, reused = build_reference_set(export_dir, "synthetic", None, "train", 299, kept=store,
                                     on_progress=lambda *a: seen.append(a))
-    assert not reused and seen[-1] == (299, 299)
+    assert reused is None and seen[-1] == (299, 299)
     # the projector's outputs are other features of the same images
-    _, reused = build_reference_set(export_dir, "synthetic", None, "train", 300, kept=kept,
+    _, reused = build_reference_set(export_dir, "synthetic", None, "train", 300, kept=store,
                                     projector=True)
-    assert not reused
-    other = Kept(kept.fingerprint[::-1], kept.features, kept.job_id)
-    assert not build_reference_set(export_dir, "synthetic", None, "train", 300, kept=other)[1]
+    assert reused is None
+    assert len(set(store.asked)) == 2 and kept.fingerprint not in store.asked
+
+
+def test_reference_set__embeds_over_a_file_found_under_another_fingerprint(trained, caplog):
+    """A file moved in the store: found under these images' fingerprint, another's inside."""
+    checkpoint, export_dir, _ = trained
+    kept = _evaluated(checkpoint, 300)
+    moved = Kept(kept.fingerprint[::-1], kept.features, kept.job_id)
+    _, reused = build_reference_set(export_dir, "synthetic", None, "train", 300,
+                                    kept=lambda digest: moved)
+    assert reused is None and "do not agree with the model" in caplog.text
 
 
 @pytest.mark.parametrize("damage", ["reversed", "narrower", "fewer rows", "nan", "zeros",
@@ -66,8 +88,8 @@ def test_reference_set__embeds_over_kept_features_that_do_not_agree_with_the_mod
            "nan": np.full_like(f, np.nan), "zeros": np.zeros_like(f),
            "integers": f.astype(np.int64), "3-d": f[None]}[damage]
     references, reused = build_reference_set(export_dir, "synthetic", None, "train", 300,
-                                             kept=Kept(kept.fingerprint, bad, kept.job_id))
-    assert not reused and "do not agree with the model" in caplog.text
+                                             kept=_store(Kept(kept.fingerprint, bad, kept.job_id)))
+    assert reused is None and "do not agree with the model" in caplog.text
     embedded, _ = build_reference_set(export_dir, "synthetic", None, "train", 300)
     assert np.abs(references.index.reconstruct_n(0, 300)
                   - embedded.index.reconstruct_n(0, 300)).max() < 1e-5

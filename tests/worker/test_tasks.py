@@ -10,8 +10,9 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
+from mec_core.kept_features import Kept
 from mec_core.train import StepMetrics
-from mec_platform import joblogs, jobs
+from mec_platform import joblogs, jobs, storage
 from mec_platform.db import session_scope
 from mec_platform.jobs import JobKind
 from mec_platform.queue import Queue, app
@@ -74,10 +75,17 @@ def test_evaluate__records_an_evaluation(pretrained):
     assert evaluation.top1 == job.result["top1"] and 0 <= evaluation.top1 <= 100
 
 
+def _kept(model_id: int) -> list[Kept]:
+    """The model's files of kept features in the store."""
+    store = storage.get_store()
+    return [Kept.read(storage.local_file(store.ref(key)))
+            for key in store.keys(kept.folder(model_id))]
+
+
 def test_evaluate__keeps_its_train_features_for_the_deploys_unless_told_not_to(
         pretrained, monkeypatch):
-    def evaluation() -> int:
-        job_id = _submit(JobKind.EVALUATE, {"job_id": pretrained, "train_limit": 48,
+    def evaluation(train_limit: int) -> int:
+        job_id = _submit(JobKind.EVALUATE, {"job_id": pretrained, "train_limit": train_limit,
                                             "test_limit": 16})
         tasks.evaluate_job(job_id)
         assert _job(job_id).status == "succeeded", _job(job_id).error
@@ -85,14 +93,22 @@ def test_evaluate__keeps_its_train_features_for_the_deploys_unless_told_not_to(
 
     with session_scope() as s:
         model_id = s.scalar(select(Model.id).where(Model.job_id == pretrained))
-    first = evaluation()
-    found = kept.last(model_id)
+    old_name = storage.get_store().folder(f"features/mec-{model_id}.npz")  # a file:// store
+    old_name.parent.mkdir(parents=True, exist_ok=True)
+    old_name.write_bytes(b"the file as it was named until 2026-12-06")
+    first = evaluation(48)
+    assert not old_name.exists()
+    (found,) = _kept(model_id)
     assert found.job_id == first and found.features.shape[0] == 48
+    assert kept.finder(model_id)(found.fingerprint).job_id == first  # a deploy finds it
+    assert kept.finder(model_id)(found.fingerprint[::-1]) is None  # other images: nothing
+    second = evaluation(40)  # other images: their file replaces the first's
+    (replaced,) = _kept(model_id)
+    assert replaced.job_id == second and replaced.features.shape[0] == 40
     monkeypatch.setattr(get_settings(), "keep_evaluation_features", False)
-    evaluation()
-    assert kept.last(model_id) is None  # deploys embed, whatever was kept before
-    monkeypatch.setattr(get_settings(), "keep_evaluation_features", True)
-    assert kept.last(model_id).job_id == first  # the second kept nothing, replaced nothing
+    evaluation(48)
+    assert [k.job_id for k in _kept(model_id)] == [second]  # kept nothing, replaced nothing
+    assert kept.finder(model_id)(replaced.fingerprint) is None  # deploys embed
 
 
 def _cancel_at_first_progress(monkeypatch) -> list[tuple[int, int]]:
@@ -124,7 +140,7 @@ def test_evaluate__a_cancel_stops_it_at_its_next_batch_with_nothing_recorded(
     assert (job.step, job.total_steps) == (48, 64)
     with session_scope() as s:
         assert s.scalar(select(Evaluation).where(Evaluation.job_id == job_id)) is None
-    assert kept.last(model_id) is None  # an evaluation without a result keeps nothing
+    assert _kept(model_id) == []  # an evaluation without a result keeps nothing
     assert [line for _, _, line in _log_lines(job_id)][-2:] == [
         f"INFO worker.tasks: job {job_id}: cancelled at 48 of 64",
         f"INFO worker.tasks: job {job_id}: cancelled"]
