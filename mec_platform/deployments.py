@@ -34,13 +34,18 @@ log = logging.getLogger(__name__)
 
 def submit(session: Session, model: Model, action: str, spec: DeploySpec | None = None) -> Job:
     """A deploy (or undeploy) job of the model, in the model's project; Invalid when the
-    reference set's folder is outside the data roots."""
+    reference set's folder is outside the data roots, or a reference set other than the
+    model's training set is not where a worker will look (jobs.check_dataset)."""
     spec = _pinned_reference(session, model, spec or DeploySpec())
     try:
         paths.check(spec.reference_data_dir, "reference_data_dir",
                     get_settings().allowed_data_roots)
     except ValueError as exc:
         raise Invalid(str(exc)) from None
+    if action == "deploy" and (spec.reference_data_dir is not None
+                               or spec.reference_dataset not in (None, model.dataset)):
+        jobs.check_dataset(spec.reference_dataset or model.dataset, spec.reference_data_dir,
+                           (spec.reference_split,), ("reference_dataset", "reference_data_dir"))
     return jobs.submit(session, JobKind.DEPLOY, {
         "model_id": model.id, "action": action, **spec.model_dump(mode="json")}, Queue.CPU,
         f"{action} model {model.id}", priority=5, project=model.project)

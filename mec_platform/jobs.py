@@ -88,10 +88,10 @@ def check(session: Session, key: ApiKey, config: BaseModel) -> None:
     except ValueError as exc:
         raise Invalid(str(exc)) from None
     if isinstance(config, SweepSpec):
-        _check_dataset(config.base.get("dataset", "fashion-mnist"), config.base.get("data_dir"),
-                       "config.base")
+        check_dataset(config.base.get("dataset", "fashion-mnist"), config.base.get("data_dir"),
+                      fields=("config.base.dataset", "config.base.data_dir"))
     if isinstance(config, TrainConfig):
-        _check_dataset(config.dataset, config.data_dir)
+        check_dataset(config.dataset, config.data_dir)
         if config.nodes > 1 and not get_settings().ray_address:
             raise Invalid(f"config.nodes: a job of {config.nodes} nodes runs on a Ray cluster, "
                           "and this platform has none: set MEC_RAY_ADDRESS (`mec up --ray-nodes N` "
@@ -104,7 +104,7 @@ def check(session: Session, key: ApiKey, config: BaseModel) -> None:
             raise Conflict(f"config.job_id: job {config.job_id} is a {target.kind} job, not "
                            "a pretraining or import job")
         if config.dataset is not None:
-            _check_dataset(config.dataset, config.data_dir, splits=("train", "test"))
+            check_dataset(config.dataset, config.data_dir, splits=("train", "test"))
         else:
             _check_trained_on(session, target)
 
@@ -122,18 +122,19 @@ def _check_trained_on(session: Session, target: Job) -> None:
                            "another dataset (config.dataset, config.data_dir)") from None
 
 
-def _check_dataset(dataset: str, data_dir: str | None, prefix: str = "config",
-                   splits: tuple[str, ...] = ("train",)) -> None:
-    """Invalid when the dataset's files are not where a worker will look, if this process
-    sees that data root (one host, or a shared mount); where it does not, the worker that
-    claims the job checks before training and fails it at once with the same words."""
+def check_dataset(dataset: str, data_dir: str | None, splits: tuple[str, ...] = ("train",),
+                  fields: tuple[str, str] = ("config.dataset", "config.data_dir")) -> None:
+    """Invalid, naming `fields` (the dataset's and its folder's), when the dataset's files
+    are not where a worker will look, if this process sees that data root (one host, or a
+    shared mount); where it does not, the worker that claims the job checks before it
+    starts and fails it at once with the same words."""
     where = data_dir or DEFAULT_DIRS.get(dataset)
     root = None if where is None else paths.root_of(where, get_settings().allowed_data_roots)
     if where is not None and (root is None or not root.is_dir()):
         return
     problem = missing(dataset, data_dir, splits)
     if problem:
-        raise Invalid(f"{prefix}.{'data_dir' if data_dir else 'dataset'}: {problem}")
+        raise Invalid(f"{fields[1] if data_dir else fields[0]}: {problem}")
 
 
 def enqueue_again(session: Session, job_ids: Iterable[int]) -> None:

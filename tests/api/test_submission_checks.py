@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select
 
 from mec_core.config import METHOD_RECIPES, RECIPES, TrainConfig
 from mec_platform.db import session_scope
-from mec_platform.tables import Job, Worker, utcnow
+from mec_platform.tables import Job, Model, Worker, utcnow
 
 TINY = {"backbone": "convnet", "batch_size": 32, "max_steps": 2}
 
@@ -140,3 +140,34 @@ def test_nodes__a_job_of_several_nodes_needs_a_ray_cluster(client, embedded, mon
     assert r.json()["slots"] is None and r.json()["config"]["nodes"] == 2
     # its processes are the Ray cluster's: no "needs N processes" from the local workers
     assert "processes" not in (r.json()["waiting"] or "")
+
+
+def test_deploy__a_reference_set_not_where_the_workers_look_is_refused_naming_the_field(
+        client, datasets):
+    job = _post(client, TINY | {"dataset": "synthetic"}).json()
+    with session_scope() as s:
+        model = Model(job_id=job["id"], project="default", name="m", backbone="convnet",
+                      dataset="synthetic", artifacts={})
+        s.add(model)
+        s.flush()
+        url = f"/v1/models/{model.id}/deploy"
+    before = _jobs()
+    refused = {
+        (("reference_dataset", "imagefolder"),):
+            "reference_dataset: dataset 'imagefolder' needs a data directory (data_dir)",
+        (("reference_dataset", "fashion-mnist"), ("reference_data_dir", f"{datasets}/fashion")):
+            f"reference_data_dir: fashion-mnist: no such directory {datasets}/fashion; did you "
+            f"mean {datasets}/fashion-mnist?",
+        (("reference_dataset", "fashion-mnist"),
+         ("reference_data_dir", f"{datasets}/fashion-mnist"),
+         ("reference_split", "test")):  # the folder holds the train split only
+            f"reference_data_dir: fashion-mnist: {datasets}/fashion-mnist has no "
+            "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (IDX files, or .gz)",
+    }
+    for body, detail in refused.items():
+        r = client.post(url, json=dict(body))
+        assert r.status_code == 422 and r.json()["detail"] == detail, r.text
+    assert _jobs() == before
+    ok = client.post(url, json={"reference_dataset": "fashion-mnist",
+                                "reference_data_dir": str(datasets / "fashion-mnist")})
+    assert ok.status_code == 202, ok.text
