@@ -96,6 +96,15 @@ def keep_archive(mar: Path, model_store: Path, endpoint: str, number: int) -> No
         mar.unlink()
 
 
+def remove_archive(model_store: Path, endpoint: str, number: int) -> None:
+    """A retired version's archive, where keep_archive left it (nothing if it is gone)."""
+    store = storage.get_store()
+    if store.folder("archives") is not None:
+        archive(model_store, endpoint, number).unlink(missing_ok=True)
+    else:
+        store.delete(f"archives/{endpoint}-v{number}.mar")
+
+
 def archive_urls() -> str | None:
     """What TorchServe's `allowed_urls` must permit beside its model store: the presigned
     URLs of the archives in an S3 store (None on a file:// store)."""

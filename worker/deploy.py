@@ -24,10 +24,10 @@ def deploy(settings: Settings, model_id: int, artifacts: dict, previous: Deploym
            spec: DeploySpec, on_progress: Callable[[int, int], None] | None = None
            ) -> Deployment:
     """Build archives for the next version, register them, make them the default, then
-    retire the previous version. Returns the new deployment record (with the embeddings'
-    width, `dim`, which galleries check vectors against). `on_progress`: (reference
-    images embedded, of all); what it raises (a cancel) ends the deploy with nothing
-    served and no files left."""
+    retire the previous version (unregistered, its archives and pixels removed). Returns
+    the new deployment record (with the embeddings' width, `dim`, which galleries check
+    vectors against). `on_progress`: (reference images embedded, of all); what it raises
+    (a cancel) ends the deploy with nothing served and no files left."""
     name = f"mec-{model_id}"
     record = Deployment(status=SERVING, name=name,
                         number=(previous.number if previous else 0) + 1)
@@ -64,7 +64,7 @@ def deploy(settings: Settings, model_id: int, artifacts: dict, previous: Deploym
                 management.unregister(endpoint, old["modelVersion"])
         urls[task] = f"{settings.torchserve_inference_url}/predictions/{endpoint}"
     staging.rmdir()
-    _remove_reference_images(previous)
+    _retire(settings, name, previous)
     return record.model_copy(update=dict(
         urls=urls, workers=plan.workers, torch_threads=plan.threads,
         batch_size=plan.batch_size, max_batch_delay_ms=spec.max_batch_delay_ms,
@@ -81,18 +81,23 @@ def _dim(artifacts: dict) -> int:
 
 
 def undeploy(settings: Settings, model_id: int, previous: Deployment | None) -> Deployment:
-    """Unregister every version of both endpoints."""
+    """Unregister every version of both endpoints; the serving one's files removed."""
     management = model_server.client(settings)
     for endpoint in (f"mec-{model_id}", f"mec-{model_id}-knn"):
         for old in management.describe(endpoint) or []:
             management.unregister(endpoint, old["modelVersion"])
-    _remove_reference_images(previous)
+    _retire(settings, f"mec-{model_id}", previous)
     return Deployment(status=UNDEPLOYED, number=previous.number if previous else 0)
 
 
-def _remove_reference_images(record: Deployment | None) -> None:
-    """The pixels kept for a retired version's search results."""
-    if record is not None and record.reference_images:
+def _retire(settings: Settings, name: str, record: Deployment | None) -> None:
+    """Remove what a version no longer served kept: its two archives, and the pixels for
+    its search results."""
+    if record is None:
+        return
+    for endpoint in (name, f"{name}-knn"):
+        deployments.remove_archive(settings.model_store, endpoint, record.number)
+    if record.reference_images:
         storage.remove(record.reference_images)
 
 

@@ -79,8 +79,13 @@ def test_deploy_redeploy_and_undeploy(platform):
     # the gallery's pixels (search results' images) are kept for the serving version only
     assert np.load(again["gallery_images"]).shape[0] == 200
     assert not Path(served["gallery_images"]).exists()
+    # and the archives of the serving version only
+    name, store = served["name"], platform.root / "model-store"
+    assert sorted(p.name for p in store.glob(f"{name}-*.mar")) == [
+        f"{name}-knn-v2.mar", f"{name}-v2.mar"]
 
     gone = deploy(platform, model["id"], "undeploy")["deployment"]
     assert gone["status"] == "undeployed" and not Path(again["gallery_images"]).exists()
+    assert not list(store.glob(f"{name}-*.mar"))
     r = httpx.post(served["urls"]["embed"], content=png(0), headers=auth, timeout=30)
     assert r.status_code == 404

@@ -137,6 +137,12 @@ def test_a_dataset_a_job_its_model_and_its_deployment_live_in_the_store(hosts, s
     item = found.json()["neighbours"][0][0]["id"]
     image = plat.client.get(f"/v1/models/{model['id']}/references/{item}/image")
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    # undeployed: its archives and pixels leave the store
+    job = plat.post(f"/v1/models/{model['id']}/undeploy", expect=202)
+    assert plat.wait_status(job["id"], ("succeeded", "failed"))["status"] == "succeeded"
+    assert not [k for k in _objects(plat, s3_server, "archives/") if k.startswith(
+        f"archives/{name}-")]
+    assert not _objects(plat, s3_server, f"galleries/{name}-")
 
 
 def test_kill_9_mid_run__another_worker_resumes_from_the_stored_checkpoint(hosts, s3_server):
