@@ -125,6 +125,10 @@ def _execute(job_id: int, work: Callable[[int, str], Outcome | None]) -> None:
                 if outcome is not None and outcome.status == JobStatus.FAILED:
                     log.error("job %s failed: %s", job_id, outcome.error)
                 elif outcome is not None:
+                    if outcome.status == JobStatus.SUCCEEDED and \
+                            _load(lambda s: s.get(Job, job_id).cancel_requested):
+                        log.info("job %s: the cancel came after its work was done; it "
+                                 "succeeds", job_id)
                     log.info("job %s: %s", job_id, outcome.status)
             if outcome is not None:
                 _end(job_id, owner, outcome)

@@ -146,6 +146,27 @@ def test_evaluate__a_cancel_stops_it_at_its_next_batch_with_nothing_recorded(
         f"INFO worker.tasks: job {job_id}: cancelled"]
 
 
+def test_evaluate__a_cancel_after_its_embedding_finds_it_finishing_and_says_so(
+        pretrained, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    keep = kept.keep
+
+    def cancelled_then_keep(*args) -> None:  # the evaluation has its result: too late
+        with session_scope() as s:
+            assert jobs.cancel(s, job_id) == "running"
+        keep(*args)
+    monkeypatch.setattr(kept, "keep", cancelled_then_keep)
+    job_id = _submit(JobKind.EVALUATE, {"job_id": pretrained, "train_limit": 48,
+                                        "test_limit": 16})
+    tasks.evaluate_job(job_id)
+    job = _job(job_id)
+    assert job.status == "succeeded" and job.cancel_requested, job.error
+    assert [line for _, _, line in _log_lines(job_id)][-2:] == [
+        f"INFO worker.tasks: job {job_id}: the cancel came after its work was done; it "
+        "succeeds",
+        f"INFO worker.tasks: job {job_id}: succeeded"]
+
+
 def test_deploy__a_cancel_while_it_embeds_serves_nothing_and_leaves_nothing(
         pretrained, monkeypatch):
     from mec_platform import storage
