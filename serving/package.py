@@ -48,8 +48,10 @@ def build_reference_set(export_dir: Path, dataset: str, data_dir: str | None, sp
     embedder = Embedder(export_dir, projector=projector)
     items = load_dataset(dataset, split, data_dir, embedder.norm.image_size).head(limit)
     # resized like evaluation when sizes differ
-    digest = fingerprint(embedder.net, embedder.norm, items.images) if kept else None
-    found = kept(digest) if kept else None
+    found = None
+    if kept is not None:
+        digest = fingerprint(embedder.net, embedder.norm, items.images)
+        found = kept(digest)
     reused = found is not None and _reusable(found, digest, embedder, items.images)
     if reused:
         vectors = F.normalize(torch.from_numpy(found.features), dim=1)

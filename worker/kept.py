@@ -38,14 +38,16 @@ def keep(model_id: int, job_id: int, fingerprint: str, features: torch.Tensor) -
     store.delete(f"features/mec-{model_id}.npz")  # its name until 2026-12-06, unfingerprinted
 
 
-def finder(model_id: int) -> Callable[[str], Kept | None]:
-    """For a deploy: what the model's last evaluation kept under a fingerprint, None if
-    nothing, or when keeping is off (MEC_KEEP_EVALUATION_FEATURES=false: deploys embed,
-    whatever an evaluation kept before)."""
+def finder(model_id: int) -> Callable[[str], Kept | None] | None:
+    """For a deploy: what the model's last evaluation kept under a fingerprint (None if
+    nothing); no lookup at all when keeping is off (MEC_KEEP_EVALUATION_FEATURES=false:
+    deploys embed, whatever an evaluation kept before, without fingerprinting)."""
+    if not get_settings().keep_evaluation_features:
+        return None
+
     def find(fingerprint: str) -> Kept | None:
         store = storage.get_store()
-        if not get_settings().keep_evaluation_features or \
-                store.stat(key(model_id, fingerprint)) is None:
+        if store.stat(key(model_id, fingerprint)) is None:
             return None
         return Kept.read(storage.local_file(store.ref(key(model_id, fingerprint))))
     return find

@@ -108,7 +108,7 @@ def test_evaluate__keeps_its_train_features_for_the_deploys_unless_told_not_to(
     monkeypatch.setattr(get_settings(), "keep_evaluation_features", False)
     evaluation(48)
     assert [k.job_id for k in _kept(model_id)] == [second]  # kept nothing, replaced nothing
-    assert kept.finder(model_id)(replaced.fingerprint) is None  # deploys embed
+    assert kept.finder(model_id) is None  # deploys embed, with no lookup
 
 
 def _cancel_at_first_progress(monkeypatch) -> list[tuple[int, int]]:
