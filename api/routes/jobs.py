@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import String, cast, func, select
 
@@ -27,6 +27,7 @@ from mec_core.config import resolved
 from mec_platform import datasets, deployments, joblogs, jobs, keys, workers
 from mec_platform.db import session_scope
 from mec_platform.jobs import JobKind, JobStatus
+from mec_platform.keys import Scope
 from mec_platform.specs import ID_MAX
 from mec_platform.tables import Job, Metric
 
@@ -190,10 +191,17 @@ def _follow(job_id: int, attempt: int | None, since: int) -> Iterator[str]:
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(
-    NO_JOB, {409: "The job has already finished."}))
-def cancel_job(_: WriteKey, job: JobDep, session: SessionDep):
+    NO_JOB, {403: "The key lacks jobs:write, or the job is a deploy job and the key lacks "
+                  "models:deploy.",
+             409: "The job has already finished."}))
+def cancel_job(key: WriteKey, job: JobDep, session: SessionDep):
     """Cancel a job: a queued one at once, a running one within seconds (it keeps its last
-    checkpoint); a sweep with all its unfinished trials. 409 if it already finished."""
+    checkpoint); a sweep with all its unfinished trials. A deploy job needs the scope that
+    starts one, models:deploy. 409 if it already finished."""
+    if job.kind == JobKind.DEPLOY and not keys.allows(key, Scope.MODELS_DEPLOY):
+        raise HTTPException(403, f"API key {key.prefix}... lacks the scope "
+                                 f"'{Scope.MODELS_DEPLOY}' (job {job.id} is a deploy job: "
+                                 "cancelling it takes the scope that starts one)")
     jobs.cancel_job(session, job)
     return public(job)
 

@@ -85,6 +85,29 @@ def test_an_embed_only_key_reads_and_changes_nothing(embedded):
     owner.post(f"/v1/jobs/{job['id']}/cancel")
 
 
+def test_a_deploy_job_is_cancelled_only_with_the_scope_that_starts_one(embedded):
+    owner = _client(project="delta")
+    trained = owner.post("/v1/jobs", json={"kind": "pretrain", "config": TINY}).json()
+    owner.post(f"/v1/jobs/{trained['id']}/cancel")
+    with session_scope() as s:
+        model = Model(job_id=trained["id"], project="delta", name="m", backbone="convnet", dataset="synthetic",
+                      artifacts={})
+        s.add(model)
+        s.flush()
+        mid = model.id
+    deploy = owner.post(f"/v1/models/{mid}/deploy").json()
+    writer = _client(Scope.JOBS_READ, Scope.JOBS_WRITE, project="delta")
+    refused = writer.post(f"/v1/jobs/{deploy['id']}/cancel")
+    assert refused.status_code == 403
+    assert f"lacks the scope 'models:deploy' (job {deploy['id']} is a deploy job" in \
+        refused.json()["detail"]
+    assert owner.get(f"/v1/jobs/{deploy['id']}").json()["status"] == "queued"
+    job = writer.post("/v1/jobs", json={"kind": "pretrain", "config": TINY}).json()
+    assert writer.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    deployer = _client(Scope.JOBS_WRITE, Scope.MODELS_DEPLOY, project="delta")
+    assert deployer.post(f"/v1/jobs/{deploy['id']}/cancel").json()["status"] == "cancelled"
+
+
 def test_other_projects_rows_answer_404_and_admin_sees_all(embedded):
     alpha, beta = _client(project="alpha"), _client(project="beta")
     admin = _client(Scope.ADMIN, project="ops")
