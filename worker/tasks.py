@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from worker.lease import LeaseKeeper
 from worker.process import new_owner, shutting_down, worker_name
 
 log = get_task_logger(__name__)
+DEPLOY_WAIT_POLL_SECONDS = 1.0  # a deploy behind another of the same model looks this often
 
 
 class JobFailed(RuntimeError):
@@ -392,8 +394,37 @@ def deploy_job(job_id: int) -> None:
     _execute(job_id, run_deploy)
 
 
+def _one_deploy_at_a_time(job_id: int) -> None:
+    """Deploys and undeploys of one model run one at a time: this job waits while another
+    of the same model that started before it runs (each takes the next version number
+    from the deployment the one before it recorded: two at once built the same version in
+    the same staging folder). Raises JobCancelled when its own cancel comes meanwhile."""
+    def read(s: Session) -> tuple[bool, list[int]]:
+        me = s.get(Job, job_id)
+        others = s.scalars(select(Job).where(
+            Job.kind == JobKind.DEPLOY, Job.project == me.project, Job.id != job_id,
+            Job.status == JobStatus.RUNNING)).all()
+        return me.cancel_requested, [
+            j.id for j in others if j.config.get("model_id") == me.config["model_id"]
+            and (j.started_at, j.id) < (me.started_at, me.id)]
+    told = None
+    while True:
+        cancelled, before = _load(read)
+        if cancelled:
+            raise JobCancelled("its start" + (f", behind job {told}" if told else ""))
+        if not before:
+            return
+        if before[0] != told:
+            told = before[0]
+            log.info("job %s: waiting for job %s, a deploy of the same model, to finish",
+                     job_id, told)
+        time.sleep(DEPLOY_WAIT_POLL_SECONDS)
+
+
 def run_deploy(job_id: int, owner: str) -> Outcome:
     from worker import deploy
+
+    _one_deploy_at_a_time(job_id)
 
     def read(s: Session):
         job = s.get(Job, job_id)

@@ -5,6 +5,8 @@ worker processes are tested in tests/integration."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import pytest
 import torch
@@ -185,6 +187,61 @@ def test_deploy__a_cancel_while_it_embeds_serves_nothing_and_leaves_nothing(
     settings = get_settings()
     assert not list(settings.model_store.glob(f".staging-mec-{model_id}-*"))
     assert not storage.work_folder(f"galleries/mec-{model_id}-v1.npy").exists()
+
+
+def _deploy_behind_another(pretrained, monkeypatch, caplog
+                           ) -> tuple[int, int, str, threading.Thread]:
+    """Two deploys of one model: the first running (claimed by another worker), the second
+    started here in a thread. Returns both ids, the first's owner and the thread once the
+    second says it waits."""
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(tasks, "DEPLOY_WAIT_POLL_SECONDS", 0.05)
+    with session_scope() as s:
+        model_id = s.scalar(select(Model.id).where(Model.job_id == pretrained))
+    spec = {"model_id": model_id, "action": "deploy", "reference_limit": 40}
+    first, second = _submit(JobKind.DEPLOY, spec), _submit(JobKind.DEPLOY, spec)
+    with session_scope() as s:
+        assert jobs.claim(s, first, "another-worker", "host", "cpu", 60)
+    thread = threading.Thread(target=tasks.deploy_job, args=(second,), daemon=True)
+    thread.start()
+    waiting = f"INFO worker.tasks: job {second}: waiting for job {first}, a deploy of the " \
+              "same model, to finish"
+    deadline = time.monotonic() + 30
+    while waiting not in [line for *_, line in _log_lines(second)]:
+        if time.monotonic() > deadline or not thread.is_alive():
+            with session_scope() as s:
+                jobs.cancel(s, second)
+            pytest.fail(f"job {second} never said it waits: {_log_lines(second)}")
+        time.sleep(0.05)
+    return first, second, "another-worker", thread
+
+
+def test_deploy__a_second_deploy_of_a_model_waits_for_the_first(pretrained, monkeypatch,
+                                                                caplog):
+    first, second, owner, thread = _deploy_behind_another(pretrained, monkeypatch, caplog)
+    seen = _cancel_at_first_progress(monkeypatch)
+    time.sleep(0.3)  # several looks at the first: still running, so nothing starts
+    assert not seen and _job(second).status == "running" and _job(second).step == 0
+    with session_scope() as s:
+        assert jobs.finish(s, first, owner, "failed", error="stopped by the test")
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert seen and seen[0][1] == 40  # it embedded once the first had ended
+    assert _job(second).status == "cancelled"
+
+
+def test_deploy__a_deploy_cancelled_while_it_waits_ends_without_starting(
+        pretrained, monkeypatch, caplog):
+    first, second, _, thread = _deploy_behind_another(pretrained, monkeypatch, caplog)
+    with session_scope() as s:
+        assert jobs.cancel(s, second) == "running"
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    job = _job(second)
+    assert job.status == "cancelled" and job.step == 0
+    assert f"INFO worker.tasks: job {second}: cancelled at its start, behind job {first}" in \
+        [line for *_, line in _log_lines(second)]
+    assert _job(first).status == "running"
 
 
 def test_failures_end_failed_with_the_reason(embedded):
