@@ -312,7 +312,7 @@ def _progress_line(job: JobPublic) -> str:
     shown = {k: v for k, v in (job.last_metrics or {}).items()
              if k in ("loss", "coding_length", "knn_top1", "lr")}
     eta = f", {_left(job.eta_seconds)}" if job.eta_seconds else ""
-    done = (f" {p.step}/{p.total_steps} reference images embedded" if job.kind == JobKind.DEPLOY
+    done = (f" {p.step}/{p.total_steps} reference images ready" if job.kind == JobKind.DEPLOY
             else f" {p.step}/{p.total_steps} images embedded" if job.kind == JobKind.EVALUATE
             else f" step {p.step}/{p.total_steps}")
     return (f"job {job.id} {job.status}" +

@@ -90,8 +90,8 @@ def test_a_deploy_job_is_cancelled_only_with_the_scope_that_starts_one(embedded)
     trained = owner.post("/v1/jobs", json={"kind": "pretrain", "config": TINY}).json()
     owner.post(f"/v1/jobs/{trained['id']}/cancel")
     with session_scope() as s:
-        model = Model(job_id=trained["id"], project="delta", name="m", backbone="convnet", dataset="synthetic",
-                      artifacts={})
+        model = Model(job_id=trained["id"], project="delta", name="m", backbone="convnet",
+                      dataset="synthetic", artifacts={})
         s.add(model)
         s.flush()
         mid = model.id

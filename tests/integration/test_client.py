@@ -260,7 +260,7 @@ def test_cli__models_list_deploy_undeploy(platform):
     assert "succeeded" in deployed.stdout
     # the wait said how far the reference set's embedding was, ending with all of it: the
     # first 120 test images asked for
-    embedded = re.findall(r"^job \d+ \w+ (\d+)/(\d+) reference images embedded \(",
+    embedded = re.findall(r"^job \d+ \w+ (\d+)/(\d+) reference images ready \(",
                           deployed.stdout, re.MULTILINE)
     assert embedded and embedded[-1] == ("120", "120"), deployed.stdout
     assert client.model(model.id).deployment["status"] == "serving"
@@ -275,3 +275,4 @@ def test_cli__models_list_deploy_undeploy(platform):
     again = mec(platform, "models", "deploy", str(model.id), "--workers", "1", "--wait")
     assert f"its reference set reused evaluation job {evaluation.id}'s features" in \
         again.stdout, again.stdout
+    assert "embedded" not in again.stdout, again.stdout  # its progress: images ready
