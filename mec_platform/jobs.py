@@ -274,8 +274,9 @@ def reap(session: Session, max_attempts: int) -> list[int]:
         if give_up:
             values |= dict(status=JobStatus.FAILED, finished_at=now,
                            error=f"{cause}; gave up after {job.attempts} attempts")
-        elif job.cancel_requested:
-            values |= dict(status=JobStatus.CANCELLED, finished_at=now)
+        elif job.cancel_requested:  # ended as asked, with its canceller's reason if any
+            values |= dict(status=JobStatus.CANCELLED, finished_at=now,
+                           error=job.error or f"cancelled; {cause} before it stopped")
         else:
             values |= dict(status=JobStatus.QUEUED, enqueued_at=now)
         done = session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING,

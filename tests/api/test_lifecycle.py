@@ -84,6 +84,23 @@ def test_reap__requeues_expired_leases_and_gives_up_after_max_attempts(session):
     assert all(a.ended_at <= b.claimed_at for a, b in zip(history, history[1:]))
 
 
+def test_reap__a_cancelled_job_whose_worker_died_ends_cancelled_keeping_its_reason(session):
+    pruned, asked = new_job(session), new_job(session)
+    for job in (pruned, asked):
+        jobs.claim(session, job.id, "w1", "host", "cpu", 60)
+    jobs.cancel(session, pruned.id, reason="pruned by sweep 7 at step 40")
+    jobs.cancel(session, asked.id)
+    for job in (pruned, asked):
+        job.lease_expires = utcnow() - timedelta(seconds=1)  # its worker died before stopping
+    session.commit()
+    assert jobs.reap(session, max_attempts=3) == []
+    for job in (pruned, asked):
+        session.refresh(job)
+    assert (pruned.status, pruned.error) == ("cancelled", "pruned by sweep 7 at step 40")
+    assert (asked.status, asked.error) == (
+        "cancelled", "cancelled; worker w1 on host stopped renewing its lease before it stopped")
+
+
 def _leases(session, job_id: int) -> list[Lease]:
     return list(session.scalars(select(Lease).where(Lease.job_id == job_id)
                                 .order_by(Lease.id)))
