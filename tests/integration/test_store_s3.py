@@ -143,6 +143,8 @@ def test_a_dataset_a_job_its_model_and_its_deployment_live_in_the_store(hosts, s
     assert not [k for k in _objects(plat, s3_server, "archives/") if k.startswith(
         f"archives/{name}-")]
     assert not _objects(plat, s3_server, f"galleries/{name}-")
+    # and TorchServe removed the copies it had downloaded (on unregistering a URL's archive)
+    assert not list(plat.torchserve.store.glob(f"{name}-*.mar"))
 
 
 def test_kill_9_mid_run__another_worker_resumes_from_the_stored_checkpoint(hosts, s3_server):
