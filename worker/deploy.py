@@ -38,6 +38,7 @@ def deploy(settings: Settings, model_id: int, artifacts: dict, previous: Deploym
     # the folder's old name: pixels of deployments made before the rename are there too
     images_key = f"galleries/{name}-v{number}.npy"
     images = storage.work_folder(images_key)
+    _clear_staging(settings, name)
     try:
         packaged = package(storage.local_file(artifacts["checkpoint"]), staging, name,
                            version, spec.reference_dataset, spec.reference_data_dir,
@@ -87,7 +88,16 @@ def undeploy(settings: Settings, model_id: int, previous: Deployment | None) -> 
         for old in management.describe(endpoint) or []:
             management.unregister(endpoint, old["modelVersion"])
     _retire(settings, f"mec-{model_id}", previous)
+    _clear_staging(settings, f"mec-{model_id}")
     return Deployment(status=UNDEPLOYED, number=previous.number if previous else 0)
+
+
+def _clear_staging(settings: Settings, name: str) -> None:
+    """What a deploy of the model killed mid-way (kill -9) left in the model store: its
+    staging folder. Deploys of one model run one at a time (worker.tasks), so no other
+    deploy of it is using one."""
+    for stale in settings.model_store.glob(f".staging-{name}-v*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _retire(settings: Settings, name: str, record: Deployment | None) -> None:

@@ -176,6 +176,9 @@ def test_deploy__a_cancel_while_it_embeds_serves_nothing_and_leaves_nothing(
     with session_scope() as s:
         model_id = s.scalar(select(Model.id).where(Model.job_id == pretrained))
     seen = _cancel_at_first_progress(monkeypatch)
+    killed = get_settings().model_store / f".staging-mec-{model_id}-v7"  # left by a deploy
+    killed.mkdir(parents=True)                                           # killed with -9
+    (killed / "mec-1.mar").write_bytes(b"partial")
     job_id = _submit(JobKind.DEPLOY, {"model_id": model_id, "action": "deploy",
                                       "reference_limit": 40})
     tasks.deploy_job(job_id)
