@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from celery.utils.log import get_task_logger
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from mec_core.config import stored_config
@@ -394,28 +394,53 @@ def deploy_job(job_id: int) -> None:
     _execute(job_id, run_deploy)
 
 
-def _one_deploy_at_a_time(job_id: int) -> None:
-    """Deploys and undeploys of one model run one at a time: this job waits while another
-    of the same model that started before it runs (each takes the next version number
-    from the deployment the one before it recorded: two at once built the same version in
-    the same staging folder). Raises JobCancelled when its own cancel comes meanwhile."""
-    def read(s: Session) -> tuple[bool, list[int]]:
-        me = s.get(Job, job_id)
-        others = s.scalars(select(Job).where(
-            Job.kind == JobKind.DEPLOY, Job.project == me.project, Job.id != job_id,
-            Job.status == JobStatus.RUNNING)).all()
-        return me.cancel_requested, [
-            j.id for j in others if j.config.get("model_id") == me.config["model_id"]
-            and (j.started_at, j.id) < (me.started_at, me.id)]
+def _deploy_turn(s: Session, job_id: int) -> tuple[str, int | None]:
+    """Whether this deploy (or undeploy) may start now: "go", "wait" (behind job N),
+    "cancel" (its own cancel came) or "superseded" (job N, submitted after it, already
+    succeeded), decided with the model's row locked (PostgreSQL) and recorded on the job:
+    its `placement` says {"deploying": true} once it goes, {"waiting": why} while it waits
+    (what GET /v1/jobs/{id} shows as `waiting`)."""
+    me = s.get(Job, job_id)
+    model_id = me.config["model_id"]
+    s.execute(select(Model.id).where(Model.id == model_id).with_for_update())
+    s.refresh(me)
+    if me.cancel_requested:
+        return "cancel", None
+    others = [j for j in s.scalars(select(Job).where(
+        Job.kind == JobKind.DEPLOY, Job.project == me.project, Job.id != job_id,
+        or_(Job.status == JobStatus.RUNNING,
+            and_(Job.status == JobStatus.SUCCEEDED, Job.id > job_id)))).all()
+        if j.config.get("model_id") == model_id]
+    later = [j.id for j in others if j.status == JobStatus.SUCCEEDED]
+    if later:
+        return "superseded", max(later)
+    # submission order, except behind one that already started (a retry of an earlier job,
+    # its worker killed, finds a later one deploying)
+    ahead = sorted(j.id for j in others if j.id < job_id or (j.placement or {}).get("deploying"))
+    me.placement = {"waiting": f"behind job {ahead[0]}, a deploy of the same model"} \
+        if ahead else {"deploying": True}
+    return ("wait", ahead[0]) if ahead else ("go", None)
+
+
+def _one_deploy_at_a_time(job_id: int) -> Outcome | None:
+    """Deploys and undeploys of one model run one at a time, the last submitted winning:
+    each takes the next version number from the deployment the one before it recorded (two
+    at once built the same version in the same staging folder), and a retry (its worker
+    killed) that a later one has overtaken does nothing. None: go on; else the outcome it
+    ends with. Raises JobCancelled when its own cancel comes while it waits."""
     told = None
     while True:
-        cancelled, before = _load(read)
-        if cancelled:
+        turn, other = _load(lambda s: _deploy_turn(s, job_id))
+        if turn == "go":
+            return None
+        if turn == "cancel":
             raise JobCancelled("its start" + (f", behind job {told}" if told else ""))
-        if not before:
-            return
-        if before[0] != told:
-            told = before[0]
+        if turn == "superseded":
+            why = f"superseded by job {other}, a deploy of the same model submitted after it"
+            log.info("job %s: %s, which has succeeded", job_id, why)
+            return Outcome(JobStatus.CANCELLED, error=why)
+        if other != told:
+            told = other
             log.info("job %s: waiting for job %s, a deploy of the same model, to finish",
                      job_id, told)
         time.sleep(DEPLOY_WAIT_POLL_SECONDS)
@@ -424,7 +449,8 @@ def _one_deploy_at_a_time(job_id: int) -> None:
 def run_deploy(job_id: int, owner: str) -> Outcome:
     from worker import deploy
 
-    _one_deploy_at_a_time(job_id)
+    if (superseded := _one_deploy_at_a_time(job_id)) is not None:
+        return superseded
 
     def read(s: Session):
         job = s.get(Job, job_id)

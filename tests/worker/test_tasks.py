@@ -225,12 +225,46 @@ def test_deploy__a_second_deploy_of_a_model_waits_for_the_first(pretrained, monk
     seen = _cancel_at_first_progress(monkeypatch)
     time.sleep(0.3)  # several looks at the first: still running, so nothing starts
     assert not seen and _job(second).status == "running" and _job(second).step == 0
+    assert _job(second).placement == {"waiting": f"behind job {first}, a deploy of the "
+                                                 "same model"}  # the job's `waiting`
     with session_scope() as s:
         assert jobs.finish(s, first, owner, "failed", error="stopped by the test")
     thread.join(timeout=120)
     assert not thread.is_alive()
     assert seen and seen[0][1] == 40  # it embedded once the first had ended
     assert _job(second).status == "cancelled"
+
+
+def test_deploy__a_retry_waits_for_a_later_deploy_under_way_and_is_superseded_by_it(
+        pretrained, monkeypatch, caplog):
+    """The first deploy's worker was killed; a later deploy of the model started meanwhile.
+    The first one's retry waits for it, then, since it succeeded, does nothing."""
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(tasks, "DEPLOY_WAIT_POLL_SECONDS", 0.05)
+    with session_scope() as s:
+        model_id = s.scalar(select(Model.id).where(Model.job_id == pretrained))
+    spec = {"model_id": model_id, "action": "deploy", "reference_limit": 40}
+    retried, later = _submit(JobKind.DEPLOY, spec), _submit(JobKind.DEPLOY, spec)
+    with session_scope() as s:
+        assert jobs.claim(s, later, "another-worker", "host", "cpu", 60)
+        assert tasks._deploy_turn(s, later) == ("go", None)  # it deploys
+    thread = threading.Thread(target=tasks.deploy_job, args=(retried,), daemon=True)
+    thread.start()
+    waiting = f"INFO worker.tasks: job {retried}: waiting for job {later}, a deploy of the " \
+              "same model, to finish"
+    deadline = time.monotonic() + 30
+    while waiting not in [line for *_, line in _log_lines(retried)]:
+        assert time.monotonic() < deadline and thread.is_alive(), _log_lines(retried)
+        time.sleep(0.05)
+    with session_scope() as s:
+        assert jobs.finish(s, later, "another-worker", "succeeded")
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    job = _job(retried)
+    why = f"superseded by job {later}, a deploy of the same model submitted after it"
+    assert (job.status, job.error, job.step) == ("cancelled", why, 0)
+    with session_scope() as s:
+        assert s.get(Model, model_id).deployment is None  # nothing deployed by the retry
 
 
 def test_deploy__a_deploy_cancelled_while_it_waits_ends_without_starting(
