@@ -192,31 +192,35 @@ def test_deploy__a_cancel_while_it_embeds_serves_nothing_and_leaves_nothing(
     assert not storage.work_folder(f"galleries/mec-{model_id}-v1.npy").exists()
 
 
-def _deploy_behind_another(pretrained, monkeypatch, caplog
+def _deploy_behind_another(pretrained, monkeypatch, caplog, retry: bool = False
                            ) -> tuple[int, int, str, threading.Thread]:
-    """Two deploys of one model: the first running (claimed by another worker), the second
-    started here in a thread. Returns both ids, the first's owner and the thread once the
-    second says it waits."""
+    """Two deploys of one model, one running (claimed by another worker), the other
+    started here in a thread: the later one, or with `retry` the earlier one (its worker
+    was killed, the later one deploys meanwhile). Returns the running one's id, the
+    waiting one's, the running one's owner and the thread, once the thread says it waits."""
     caplog.set_level(logging.INFO)
     monkeypatch.setattr(tasks, "DEPLOY_WAIT_POLL_SECONDS", 0.05)
     with session_scope() as s:
         model_id = s.scalar(select(Model.id).where(Model.job_id == pretrained))
     spec = {"model_id": model_id, "action": "deploy", "reference_limit": 40}
     first, second = _submit(JobKind.DEPLOY, spec), _submit(JobKind.DEPLOY, spec)
+    running, waiter = (second, first) if retry else (first, second)
     with session_scope() as s:
-        assert jobs.claim(s, first, "another-worker", "host", "cpu", 60)
-    thread = threading.Thread(target=tasks.deploy_job, args=(second,), daemon=True)
+        assert jobs.claim(s, running, "another-worker", "host", "cpu", 60)
+        if retry:
+            assert tasks._deploy_turn(s, running) == ("go", None)  # it deploys
+    thread = threading.Thread(target=tasks.deploy_job, args=(waiter,), daemon=True)
     thread.start()
-    waiting = f"INFO worker.tasks: job {second}: waiting for job {first}, a deploy of the " \
-              "same model, to finish"
+    waiting = f"INFO worker.tasks: job {waiter}: waiting for job {running}, a deploy of " \
+              "the same model, to finish"
     deadline = time.monotonic() + 30
-    while waiting not in [line for *_, line in _log_lines(second)]:
+    while waiting not in [line for *_, line in _log_lines(waiter)]:
         if time.monotonic() > deadline or not thread.is_alive():
             with session_scope() as s:
-                jobs.cancel(s, second)
-            pytest.fail(f"job {second} never said it waits: {_log_lines(second)}")
+                jobs.cancel(s, waiter)
+            pytest.fail(f"job {waiter} never said it waits: {_log_lines(waiter)}")
         time.sleep(0.05)
-    return first, second, "another-worker", thread
+    return running, waiter, "another-worker", thread
 
 
 def test_deploy__a_second_deploy_of_a_model_waits_for_the_first(pretrained, monkeypatch,
@@ -239,23 +243,8 @@ def test_deploy__a_retry_waits_for_a_later_deploy_under_way_and_is_superseded_by
         pretrained, monkeypatch, caplog):
     """The first deploy's worker was killed; a later deploy of the model started meanwhile.
     The first one's retry waits for it, then, since it succeeded, does nothing."""
-    caplog.set_level(logging.INFO)
-    monkeypatch.setattr(tasks, "DEPLOY_WAIT_POLL_SECONDS", 0.05)
-    with session_scope() as s:
-        model_id = s.scalar(select(Model.id).where(Model.job_id == pretrained))
-    spec = {"model_id": model_id, "action": "deploy", "reference_limit": 40}
-    retried, later = _submit(JobKind.DEPLOY, spec), _submit(JobKind.DEPLOY, spec)
-    with session_scope() as s:
-        assert jobs.claim(s, later, "another-worker", "host", "cpu", 60)
-        assert tasks._deploy_turn(s, later) == ("go", None)  # it deploys
-    thread = threading.Thread(target=tasks.deploy_job, args=(retried,), daemon=True)
-    thread.start()
-    waiting = f"INFO worker.tasks: job {retried}: waiting for job {later}, a deploy of the " \
-              "same model, to finish"
-    deadline = time.monotonic() + 30
-    while waiting not in [line for *_, line in _log_lines(retried)]:
-        assert time.monotonic() < deadline and thread.is_alive(), _log_lines(retried)
-        time.sleep(0.05)
+    later, retried, _, thread = _deploy_behind_another(pretrained, monkeypatch, caplog,
+                                                       retry=True)
     with session_scope() as s:
         assert jobs.finish(s, later, "another-worker", "succeeded")
     thread.join(timeout=30)
@@ -264,7 +253,7 @@ def test_deploy__a_retry_waits_for_a_later_deploy_under_way_and_is_superseded_by
     why = f"superseded by job {later}, a deploy of the same model submitted after it"
     assert (job.status, job.error, job.step) == ("cancelled", why, 0)
     with session_scope() as s:
-        assert s.get(Model, model_id).deployment is None  # nothing deployed by the retry
+        assert s.get(Model, job.config["model_id"]).deployment is None  # the retry: nothing
 
 
 def test_deploy__a_deploy_cancelled_while_it_waits_ends_without_starting(
