@@ -2,6 +2,8 @@
 under load without dropping a request, and undeploy it."""
 
 import io
+import os
+import signal
 import threading
 from pathlib import Path
 
@@ -98,30 +100,33 @@ def test_two_deploys_of_a_model_at_once_run_one_after_the_other(platform):
     job = pretrain(platform, 4)
     assert platform.wait_status(job["id"], ("succeeded", "failed"))["status"] == "succeeded"
     model = next(m for m in platform.get("/v1/models")["data"] if m["job_id"] == job["id"])
-    if "w-deploy" not in platform.workers:
-        platform.start_worker("w-deploy")
-    spec = {"workers": 1, "reference_limit": 64}
-    first, second = (platform.post(f"/v1/models/{model['id']}/deploy", spec, expect=202)
-                     for _ in range(2))
-    ended = [platform.wait_status(j["id"], ("succeeded", "failed"), timeout=240)
-             for j in (first, second)]
-    assert [e["status"] for e in ended] == ["succeeded", "succeeded"], ended
-    assert sorted(e["result"]["number"] for e in ended) == [1, 2]
-    served = platform.get(f"/v1/models/{model['id']}")["deployment"]
-    assert served["status"] == "serving" and served["number"] == 2
-    assert [v["modelVersion"] for v in platform.torchserve.client().describe(
-        served["name"])] == ["2.0"]
-    store = platform.root / "model-store"
-    assert sorted(p.name for p in store.glob(f"{served['name']}-*.mar")) == [
-        f"{served['name']}-knn-v2.mar", f"{served['name']}-v2.mar"]
-    assert not list(store.glob(f".staging-{served['name']}-*"))
-    # when they overlapped (the later was taken before the earlier ended), it said it waited
-    early, late = sorted(ended, key=lambda e: (e["started_at"], e["id"]))
-    waited = [line["line"] for line in platform.get(f"/v1/jobs/{late['id']}/logs")["lines"]
-              if "waiting for job" in line["line"]]
-    if late["started_at"] < early["finished_at"]:
-        assert waited == [f"INFO worker.tasks: job {late['id']}: waiting for job "
-                          f"{early['id']}, a deploy of the same model, to finish"], waited
-    else:
-        assert not waited
-    deploy(platform, model["id"], "undeploy")
+    second_worker = platform.start_worker("w-deploy")
+    try:
+        spec = {"workers": 1, "reference_limit": 64}
+        first, second = (platform.post(f"/v1/models/{model['id']}/deploy", spec, expect=202)
+                         for _ in range(2))
+        ended = [platform.wait_status(j["id"], ("succeeded", "failed"), timeout=240)
+                 for j in (first, second)]
+        assert [e["status"] for e in ended] == ["succeeded", "succeeded"], ended
+        assert sorted(e["result"]["number"] for e in ended) == [1, 2]
+        served = platform.get(f"/v1/models/{model['id']}")["deployment"]
+        assert served["status"] == "serving" and served["number"] == 2
+        assert [v["modelVersion"] for v in platform.torchserve.client().describe(
+            served["name"])] == ["2.0"]
+        store = platform.root / "model-store"
+        assert sorted(p.name for p in store.glob(f"{served['name']}-*.mar")) == [
+            f"{served['name']}-knn-v2.mar", f"{served['name']}-v2.mar"]
+        assert not list(store.glob(f".staging-{served['name']}-*"))
+        # when they overlapped (the later was taken before the earlier ended), it said it waited
+        early, late = sorted(ended, key=lambda e: (e["started_at"], e["id"]))
+        waited = [line["line"] for line in platform.get(f"/v1/jobs/{late['id']}/logs")["lines"]
+                  if "waiting for job" in line["line"]]
+        if late["started_at"] < early["finished_at"]:
+            assert waited == [f"INFO worker.tasks: job {late['id']}: waiting for job "
+                              f"{early['id']}, a deploy of the same model, to finish"], waited
+        else:
+            assert not waited
+        deploy(platform, model["id"], "undeploy")
+    finally:  # the next tests count on one worker (a job queued behind another)
+        os.killpg(second_worker.pid, signal.SIGTERM)
+        second_worker.wait(timeout=60)
