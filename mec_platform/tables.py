@@ -99,7 +99,8 @@ class Job(Base):
     parent_id: Mapped[int | None] = mapped_column(index=True)  # the sweep of a trial
     trial: Mapped[int | None]  # a sweep's child: the number of its trial (0, 1, ...)
     # a multi-node job's run on Ray: {"slots": [{"node", "host", "ranks", "state"}], and
-    # "waiting": what the cluster lacks while its workers wait to be placed}
+    # "waiting": what the cluster lacks while its workers wait to be placed}; a deploy job:
+    # {"waiting": the deploy of the same model it waits behind} or {"deploying": true}
     placement: Mapped[dict[str, Any] | None]
 
     metrics: Mapped[list[Metric]] = relationship(back_populates="job", cascade="all, delete",
