@@ -46,6 +46,16 @@ def _client(*scopes: Scope, project: str = "default") -> TestClient:
     return client
 
 
+def _model(job_id: int, project: str) -> int:
+    """A model row of the job's, in `project`; its id."""
+    with session_scope() as s:
+        model = Model(job_id=job_id, project=project, name="m", backbone="convnet",
+                      dataset="synthetic", artifacts={})
+        s.add(model)
+        s.flush()
+        return model.id
+
+
 def test_every_v1_route_declares_one_scope():
     routes = _v1_routes()
     assert len(routes) >= 10
@@ -89,12 +99,7 @@ def test_a_deploy_job_is_cancelled_only_with_the_scope_that_starts_one(embedded)
     owner = _client(project="delta")
     trained = owner.post("/v1/jobs", json={"kind": "pretrain", "config": TINY}).json()
     owner.post(f"/v1/jobs/{trained['id']}/cancel")
-    with session_scope() as s:
-        model = Model(job_id=trained["id"], project="delta", name="m", backbone="convnet",
-                      dataset="synthetic", artifacts={})
-        s.add(model)
-        s.flush()
-        mid = model.id
+    mid = _model(trained["id"], "delta")
     deploy = owner.post(f"/v1/models/{mid}/deploy").json()
     writer = _client(Scope.JOBS_READ, Scope.JOBS_WRITE, project="delta")
     refused = writer.post(f"/v1/jobs/{deploy['id']}/cancel")
@@ -115,11 +120,7 @@ def test_other_projects_rows_answer_404_and_admin_sees_all(embedded):
     jid = job["id"]
     with session_scope() as s:
         assert s.get(Job, jid).project == "alpha"
-        model = Model(job_id=jid, project="alpha", name="m", backbone="convnet",
-                      dataset="synthetic", artifacts={})
-        s.add(model)
-        s.flush()
-        mid = model.id
+    mid = _model(jid, "alpha")
     for r in (beta.get(f"/v1/jobs/{jid}"), beta.get(f"/v1/jobs/{jid}/metrics"),
               beta.post(f"/v1/jobs/{jid}/cancel"), beta.get(f"/v1/models/{mid}"),
               beta.post(f"/v1/models/{mid}/deploy")):
