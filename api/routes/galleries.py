@@ -44,7 +44,7 @@ from mec_client.models import (
     GallerySearchPublic,
     JobPublic,
 )
-from mec_platform import galleries, uploads
+from mec_platform import galleries, jobs, uploads
 from mec_platform.db import session_scope
 from mec_platform.galleries import NAME_PATTERN
 from mec_platform.specs import ID_MAX
@@ -188,6 +188,17 @@ def get_import(key: EmbedKey, session: SessionDep, name: Name,
     """A large add's job, for following it with the app's key: its progress (items done
     of all), counts, and the items that failed."""
     return public(galleries.import_of(session, key, name, job_id))
+
+
+@router.post("/{name}/imports/{job_id}/cancel", response_model=JobPublic,
+             responses={409: {"description": "The import has already finished."}})
+def cancel_import(key: EmbedKey, session: SessionDep, name: Name,
+                  job_id: Annotated[int, PathParam(ge=1, le=ID_MAX)]):
+    """Cancel an import with the app's key: a queued one at once, a running one after the
+    chunk it is writing (the items written so far stay in the gallery)."""
+    job = galleries.import_of(session, key, name, job_id)
+    jobs.cancel_job(session, job)
+    return public(job)
 
 
 @router.get("/{name}/items", response_model=GalleryItemsPublic)

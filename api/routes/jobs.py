@@ -190,18 +190,26 @@ def _follow(job_id: int, attempt: int | None, since: int) -> Iterator[str]:
         quiet += FOLLOW_POLL_SECONDS
 
 
+# the kinds of job that another scope than jobs:write starts: cancelling one takes it too
+STARTED_WITH = {JobKind.DEPLOY: (Scope.MODELS_DEPLOY, "a deploy job"),
+                JobKind.GALLERY: (Scope.EMBED, "a gallery import")}
+
+
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=errors(
-    NO_JOB, {403: "The key lacks jobs:write, or the job is a deploy job and the key lacks "
-                  "models:deploy.",
+    NO_JOB, {403: "The key lacks jobs:write, or the scope that starts the job's kind: "
+                  "models:deploy for a deploy job, embed for a gallery import.",
              409: "The job has already finished."}))
 def cancel_job(key: WriteKey, job: JobDep, session: SessionDep):
     """Cancel a job: a queued one at once, a running one within seconds (it keeps its last
-    checkpoint); a sweep with all its unfinished trials. A deploy job needs the scope that
-    starts one, models:deploy. 409 if it already finished."""
-    if job.kind == JobKind.DEPLOY and not keys.allows(key, Scope.MODELS_DEPLOY):
-        raise HTTPException(403, f"API key {key.prefix}... lacks the scope "
-                                 f"'{Scope.MODELS_DEPLOY}' (job {job.id} is a deploy job: "
-                                 "cancelling it takes the scope that starts one)")
+    checkpoint); a sweep with all its unfinished trials. A deploy job or a gallery import
+    needs the scope that starts one too (models:deploy, embed). 409 if it already
+    finished."""
+    if job.kind in STARTED_WITH:
+        scope, what = STARTED_WITH[job.kind]
+        if not keys.allows(key, scope):
+            raise HTTPException(403, f"API key {key.prefix}... lacks the scope '{scope}' "
+                                     f"(job {job.id} is {what}: cancelling it takes the "
+                                     "scope that starts one)")
     jobs.cancel_job(session, job)
     return public(job)
 

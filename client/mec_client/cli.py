@@ -337,8 +337,12 @@ def jobs_cancel(job_id: int, as_json: bool) -> None:
     job = _api(_client().cancel, job_id)
     if as_json:
         return _echo_json(job)
-    console.print(f"job {job.id}: {_status(job.status)}"
-                  + (" (cancel requested)" if job.status not in FINISHED else ""))
+    console.print(_cancel_line(job, "job"))
+
+
+def _cancel_line(job: JobPublic, what: str) -> str:
+    return (f"{what} {job.id}: {_status(job.status)}"
+            + (" (cancel requested)" if job.status not in FINISHED else ""))
 
 
 @jobs.command("metrics")
@@ -579,6 +583,19 @@ def gallery_add(name: str, images: tuple[str, ...], metadata: str | None, wait: 
             sys.exit(1)
     else:
         console.print(f"added {done.added} items to {name}")
+
+
+@gallery.command("cancel")
+@click.argument("name")
+@click.argument("job_id", type=int)
+@as_json
+def gallery_cancel(name: str, job_id: int, as_json: bool) -> None:
+    """Cancel import JOB_ID into gallery NAME (what `add` printed): the items written so
+    far stay."""
+    job = _api(_client().galleries.cancel, name, job_id)
+    if as_json:
+        return _echo_json(job)
+    console.print(_cancel_line(job, "import job"))
 
 
 def _image_files(paths: tuple[str, ...]) -> list[tuple[str, Path]]:

@@ -291,6 +291,12 @@ class Galleries:
                 raise TimeoutError(f"import {job_id} is still {job.status} after {timeout} s")
             time.sleep(poll)
 
+    def cancel(self, name: str, job_id: int) -> models.JobPublic:
+        """Cancel an import job (with the app's own key): a queued one at once, a running
+        one after the chunk it is writing; the items written so far stay."""
+        return models.JobPublic.model_validate(self.client._call(
+            "POST", f"/v1/galleries/{name}/imports/{job_id}/cancel"))
+
     def item(self, name: str, item_id: str) -> models.GalleryItemPublic:
         return models.GalleryItemPublic.model_validate(self.client._call(
             "GET", f"/v1/galleries/{name}/items/{item_id}"))

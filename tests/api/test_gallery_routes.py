@@ -282,6 +282,37 @@ def test_a_large_add_is_an_import_job_followed_with_the_apps_key(app_key):
     _refused(bad, 422, "items.0")
 
 
+def _import(client: TestClient, name: str = "shop") -> int:
+    line = json.dumps({"id": "n", "vector": [1, 0, 0, 0]}) + "\n"
+    r = client.post(f"/v1/galleries/{name}/items", content=line,
+                    headers={"Content-Type": "application/x-ndjson"})
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def test_an_import_is_cancelled_with_the_scope_that_starts_one(app_key):
+    """The app cancels its own import; /v1/jobs cancels one only with embed too."""
+    _gallery(app_key)
+    _gallery(app_key, "other")
+    job_id = _import(app_key)
+    writer = _client(app_key.project, Scope.JOBS_READ, Scope.JOBS_WRITE)
+    _refused(writer.post(f"/v1/jobs/{job_id}/cancel"), 403,
+             f"API key {writer.key[:12]}... lacks the scope 'embed' (job {job_id} is a "
+             "gallery import: cancelling it takes the scope that starts one)")
+    _refused(app_key.post(f"/v1/galleries/other/imports/{job_id}/cancel"), 404,
+             f"job_id: no import {job_id} into gallery 'other'")
+    _refused(_client("strangers").post(f"/v1/galleries/shop/imports/{job_id}/cancel"), 404,
+             "gallery 'shop' not found")
+    assert app_key.get(f"/v1/galleries/shop/imports/{job_id}").json()["status"] == "queued"
+    cancelled = app_key.post(f"/v1/galleries/shop/imports/{job_id}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    _refused(app_key.post(f"/v1/galleries/shop/imports/{job_id}/cancel"), 409,
+             f"job {job_id} is already cancelled")
+    both = _client(app_key.project, Scope.JOBS_WRITE, Scope.EMBED)
+    second = _import(app_key)
+    assert both.post(f"/v1/jobs/{second}/cancel").json()["status"] == "cancelled"
+
+
 def test_the_service_is_called_as_the_routes_and_tasks_call_it(app_key):
     """Refusals are mec_platform.errors, with the HTTP status the API answers."""
     _gallery(app_key, items=3)

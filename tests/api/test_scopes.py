@@ -65,6 +65,7 @@ def test_every_v1_route_declares_one_scope():
     assert table[("GET", "/v1/audit")] == Scope.ADMIN
     assert table[("POST", "/v1/models/{model_id}/deploy")] == Scope.MODELS_DEPLOY
     assert table[("POST", "/v1/jobs/{job_id}/cancel")] == Scope.JOBS_WRITE
+    assert table[("POST", "/v1/galleries/{name}/imports/{job_id}/cancel")] == Scope.EMBED
 
 
 @pytest.mark.parametrize("scope", list(Scope))

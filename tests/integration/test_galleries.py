@@ -256,6 +256,27 @@ def test_an_import_survives_kill_9_of_the_worker_and_the_api(platform, served, t
         raise AssertionError("a deleted item was found")
 
 
+def test_an_app_cancels_its_own_import_and_keeps_what_was_written(platform, served):
+    _, model_id, app_key = served
+    app = Client(platform.url, app_key)
+    app.galleries.create("halted", model_id)
+    n = 1500
+    job = app.galleries.add("halted", [{"id": f"h{i}", "image": png(20_000 + i, side=8)}
+                                       for i in range(n)])
+    platform.runner_of(job.id, past_step=256)
+    asked = app.galleries.cancel("halted", job.id)
+    assert asked.cancel_requested and asked.status in ("running", "cancelled")
+    ended = app.galleries.wait("halted", job.id, timeout=120)
+    assert ended.status == "cancelled", ended.error
+    done = ended.progress.step
+    assert 256 <= done < n and done % 256 == 0  # stopped between chunks
+    assert app.galleries.get("halted").items == done
+    env = platform.env | {"MEC_API_URL": platform.url, "MEC_API_KEY": app_key}
+    again = subprocess.run([sys.executable, "-m", "mec_client", "gallery", "cancel", "halted",
+                            str(job.id)], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and f"job {job.id} is already cancelled" in again.stderr
+
+
 @pytest.mark.parametrize("shared_platform", ["embedded"], indirect=True)
 def test_a_redeployed_model_leaves_its_galleries_bound_to_the_old_version(platform, served):
     client, model_id, app_key = served
