@@ -397,12 +397,14 @@ def deploy_job(job_id: int) -> None:
 def _deploy_turn(s: Session, job_id: int) -> tuple[str, int | None]:
     """Whether this deploy (or undeploy) may start now: "go", "wait" (behind job N),
     "cancel" (its own cancel came) or "superseded" (job N, submitted after it, already
-    succeeded), decided with the model's row locked (PostgreSQL) and recorded on the job:
+    succeeded), decided with the model's row locked and recorded on the job:
     its `placement` says {"deploying": true} once it goes, {"waiting": why} while it waits
     (what GET /v1/jobs/{id} shows as `waiting`)."""
     me = s.get(Job, job_id)
     model_id = me.config["model_id"]
-    s.execute(select(Model.id).where(Model.id == model_id).with_for_update())
+    # locked till this transaction ends: an UPDATE locks the row on PostgreSQL and, on
+    # SQLite (which has no row locks, nor FOR UPDATE), takes the database's write lock
+    s.execute(update(Model).where(Model.id == model_id).values(id=Model.id))
     s.refresh(me)
     if me.cancel_requested:
         return "cancel", None

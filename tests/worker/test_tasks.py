@@ -256,6 +256,34 @@ def test_deploy__a_retry_waits_for_a_later_deploy_under_way_and_is_superseded_by
         assert s.get(Model, job.config["model_id"]).deployment is None  # the retry: nothing
 
 
+def test_deploy__the_turn_is_decided_with_the_model_locked_also_on_sqlite(pretrained):
+    """A later deploy decides to go while an earlier one's retry is being claimed: the
+    retry's look waits for that decision (on SQLite too, where FOR UPDATE locks nothing),
+    sees the later one deploying, and waits behind it instead of deploying beside it."""
+    with session_scope() as s:
+        model_id = s.scalar(select(Model.id).where(Model.job_id == pretrained))
+    spec = {"model_id": model_id, "action": "deploy", "reference_limit": 40}
+    retried, later = _submit(JobKind.DEPLOY, spec), _submit(JobKind.DEPLOY, spec)
+    turns = {}
+
+    def retry_looks() -> None:
+        with session_scope() as s:
+            assert jobs.claim(s, retried, "retrying-worker", "host", "cpu", 60)
+            turns[retried] = tasks._deploy_turn(s, retried)
+    with session_scope() as s:
+        assert jobs.claim(s, later, "later-worker", "host", "cpu", 60)
+    with session_scope() as s:
+        turns[later] = tasks._deploy_turn(s, later)  # goes: its retry is not running yet
+        thread = threading.Thread(target=retry_looks, daemon=True)
+        thread.start()
+        time.sleep(0.5)  # the retry's claim and look, while this transaction is open
+    thread.join(timeout=30)
+    assert turns == {later: ("go", None), retried: ("wait", later)}
+    for job_id, owner in ((later, "later-worker"), (retried, "retrying-worker")):
+        with session_scope() as s:
+            jobs.finish(s, job_id, owner, "failed", error="stopped by the test")
+
+
 def test_deploy__a_deploy_cancelled_while_it_waits_ends_without_starting(
         pretrained, monkeypatch, caplog):
     first, second, _, thread = _deploy_behind_another(pretrained, monkeypatch, caplog)
