@@ -6,6 +6,7 @@ Idempotency-Key, a cancel that takes a sweep's trials with it."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import timedelta
 
@@ -17,13 +18,15 @@ from sqlalchemy.orm import Session
 from mec_client.enums import FINISHED, JobKind, JobStatus
 from mec_core.config import TrainConfig
 from mec_core.datafiles import DEFAULT_DIRS, missing
-from mec_platform import datasets, keys, paths
+from mec_platform import datasets, keys, paths, storage
 from mec_platform.errors import Conflict, Invalid, NotFound
 from mec_platform.keys import DEFAULT_PROJECT
 from mec_platform.queue import Queue, enqueue
 from mec_platform.settings import get_settings
 from mec_platform.specs import EvaluateSpec, SweepSpec
 from mec_platform.tables import ApiKey, Job, Lease, utcnow
+
+log = logging.getLogger(__name__)
 
 
 def submit(session: Session, kind: JobKind, config: dict, queue: Queue, name: str = "",
@@ -169,12 +172,32 @@ def cancel(session: Session, job_id: int, reason: str | None = None) -> JobStatu
 def cancel_job(session: Session, job: Job) -> None:
     """Cancel the job (see cancel) and, a sweep, its unfinished trials and evaluations with
     it; Conflict if it had already finished."""
-    if cancel(session, job.id) is None:
+    had = cancel(session, job.id)
+    if had is None:
         session.refresh(job)
         raise Conflict(f"job {job.id} is already {job.status}")
     if job.kind == JobKind.SWEEP:
         cancel_children(session, job.id)
     session.refresh(job)
+    drop_staged(job)  # a queued one never runs: what it was given goes now
+
+
+# the store file a job of these kinds is given (an import's staged items, an uploaded
+# checkpoint): nothing else reads it, so it goes once the job has ended, except the upload
+# of a model import that succeeded (it is the model's checkpoint)
+STAGED = {JobKind.GALLERY: "items", JobKind.IMPORT: "checkpoint"}
+
+
+def drop_staged(job: Job) -> None:
+    """Remove the store file the job was given, if it has ended without keeping it."""
+    field = STAGED.get(job.kind)
+    kept = job.kind == JobKind.IMPORT and job.status == JobStatus.SUCCEEDED
+    if field and job.status in FINISHED and not kept and (job.config or {}).get(field):
+        try:
+            storage.remove(job.config[field])
+        except Exception as exc:  # the job has ended all the same; the file stays
+            log.warning("job %s: its %s %s not removed: %s", job.id, field, job.config[field],
+                        exc)
 
 
 def cancel_children(session: Session, sweep_id: int) -> None:
@@ -286,4 +309,7 @@ def reap(session: Session, max_attempts: int) -> list[int]:
         if done.rowcount and values["status"] == JobStatus.QUEUED:
             requeued.append(job.id)
     session.commit()
+    for job in expired:  # those that ended here
+        session.refresh(job)
+        drop_staged(job)
     return requeued

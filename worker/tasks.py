@@ -134,6 +134,7 @@ def _execute(job_id: int, work: Callable[[int, str], Outcome | None]) -> None:
                     log.info("job %s: %s", job_id, outcome.status)
             if outcome is not None:
                 _end(job_id, owner, outcome)
+                _load(lambda s: jobs.drop_staged(s.get(Job, job_id)))
                 kind = work.__name__.removeprefix("run_")
                 prometheus.JOBS.labels(kind, outcome.status).inc()
                 if outcome.status == JobStatus.FAILED:
@@ -308,17 +309,11 @@ def gallery_job(job_id: int) -> None:
 
 
 def run_gallery(job_id: int, owner: str) -> Outcome | None:
-    staged = _load(lambda s: s.get(Job, job_id).config["items"])
     try:
         ended = galleries.run_add(job_id, owner)
     except galleries.GalleryGone as exc:
-        storage.remove(staged)
         raise JobFailed(str(exc)) from None
-    if ended is None:
-        return None
-    if ended[0] in jobs.FINISHED:
-        storage.remove(staged)
-    return Outcome(*ended)
+    return None if ended is None else Outcome(*ended)
 
 
 @app.task(name="mec.sweep")

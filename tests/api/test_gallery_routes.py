@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,8 +305,11 @@ def test_an_import_is_cancelled_with_the_scope_that_starts_one(app_key):
     _refused(_client("strangers").post(f"/v1/galleries/shop/imports/{job_id}/cancel"), 404,
              "gallery 'shop' not found")
     assert app_key.get(f"/v1/galleries/shop/imports/{job_id}").json()["status"] == "queued"
+    staged = Path(app_key.get(f"/v1/galleries/shop/imports/{job_id}").json()["config"]["items"])
+    assert staged.is_file()
     cancelled = app_key.post(f"/v1/galleries/shop/imports/{job_id}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert not staged.exists()  # it never runs: its staged items are gone
     _refused(app_key.post(f"/v1/galleries/shop/imports/{job_id}/cancel"), 409,
              f"job {job_id} is already cancelled")
     both = _client(app_key.project, Scope.JOBS_WRITE, Scope.EMBED)

@@ -101,6 +101,34 @@ def test_reap__a_cancelled_job_whose_worker_died_ends_cancelled_keeping_its_reas
         "cancelled", "cancelled; worker w1 on host stopped renewing its lease before it stopped")
 
 
+def test_a_job_that_ended_without_its_staged_file_removes_it(session, tmp_path):
+    """An import's staged items, an uploaded checkpoint: gone once the job has ended
+    (cancelled while queued, or by the reaper), kept while it may still run, and kept by
+    a model import that succeeded (the model's checkpoint)."""
+    staged = {}
+    for name, kind, field in (("queued", "gallery", "items"), ("reaped", "import", "checkpoint"),
+                              ("requeued", "gallery", "items"), ("kept", "import", "checkpoint")):
+        staged[name] = tmp_path / f"{name}.bin"
+        staged[name].write_bytes(b"x")
+        staged[name] = (new_job(session, kind=kind, config={field: str(staged[name])}),
+                        staged[name])
+    jobs.cancel_job(session, staged["queued"][0])
+    for name in ("reaped", "requeued"):
+        job = staged[name][0]
+        jobs.claim(session, job.id, "w1", "host", "cpu", 60)
+        job.lease_expires = utcnow() - timedelta(seconds=1)
+    jobs.cancel(session, staged["reaped"][0].id)
+    session.commit()
+    assert jobs.reap(session, max_attempts=3) == [staged["requeued"][0].id]
+    job = staged["kept"][0]
+    jobs.claim(session, job.id, "w1", "host", "cpu", 60)
+    jobs.finish(session, job.id, "w1", "succeeded")
+    session.refresh(job)
+    jobs.drop_staged(job)
+    assert {name: path.exists() for name, (_, path) in staged.items()} == {
+        "queued": False, "reaped": False, "requeued": True, "kept": True}
+
+
 def _leases(session, job_id: int) -> list[Lease]:
     return list(session.scalars(select(Lease).where(Lease.job_id == job_id)
                                 .order_by(Lease.id)))

@@ -55,6 +55,7 @@ def test_a_crafted_pickle_runs_no_code_and_fails_its_import(platform, tmp_path):
     assert done["status"] == "failed"
     assert "not a usable MEC checkpoint" in done["error"]
     assert "Weights only load failed" in done["error"]
+    assert not os.path.exists(done["config"]["checkpoint"])  # the failed upload is not kept
     assert not marker.exists()
     torch.load(evil, weights_only=False)  # the file is a real exploit: unsafe loading runs it
     assert marker.exists()
