@@ -568,12 +568,18 @@ def gallery_add(name: str, images: tuple[str, ...], metadata: str | None, wait: 
     files = _image_files(images)
     items = [{"id": item_id, "image": path.read_bytes(), "metadata": meta}
              for item_id, path in files]
+    galleries = _client().galleries
     try:
-        done = _api(_client().galleries.add, name, items, wait=None if not wait else 24 * 3600)
+        done = _api(galleries.add, name, items)
     except click.ClickException as exc:  # the API names items by position: say which file
         exc.message = re.sub(r"items\[(\d+)\]", lambda m: str(files[int(m[1])][1])
                              if int(m[1]) < len(files) else m[0], exc.message)
         raise
+    if isinstance(done, JobPublic) and wait:  # its id first: the job goes on if this stops
+        click.echo(f"import job {done.id}: {done.status} (Ctrl-C stops waiting, "
+                   f"not the import; `mec gallery cancel {name} {done.id}` stops it)",
+                   err=True)
+        done = _api(galleries.wait, name, done.id, timeout=24 * 3600)
     if as_json:
         return _echo_json(done)
     if isinstance(done, JobPublic):

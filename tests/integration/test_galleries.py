@@ -256,25 +256,35 @@ def test_an_import_survives_kill_9_of_the_worker_and_the_api(platform, served, t
         raise AssertionError("a deleted item was found")
 
 
-def test_an_app_cancels_its_own_import_and_keeps_what_was_written(platform, served):
+def test_an_app_cancels_its_own_import_and_keeps_what_was_written(platform, served,
+                                                                   tmp_path):
+    """`mec gallery add` of a folder says its import job's id before it waits; the app
+    cancels that import with `mec gallery cancel`: the chunks written stay."""
     _, model_id, app_key = served
     app = Client(platform.url, app_key)
     app.galleries.create("halted", model_id)
     n = 1500
-    job = app.galleries.add("halted", [{"id": f"h{i}", "image": png(20_000 + i, side=8)}
-                                       for i in range(n)])
-    platform.runner_of(job.id, past_step=256)
-    asked = app.galleries.cancel("halted", job.id)
-    assert asked.cancel_requested and asked.status in ("running", "cancelled")
-    ended = app.galleries.wait("halted", job.id, timeout=120)
-    assert ended.status == "cancelled", ended.error
+    for i in range(n):
+        (tmp_path / f"h{i}.png").write_bytes(png(20_000 + i, side=8))
+    env = platform.env | {"MEC_API_URL": platform.url, "MEC_API_KEY": app_key}
+    command = [sys.executable, "-m", "mec_client", "gallery"]
+    adding = subprocess.Popen([*command, "add", "halted", str(tmp_path)], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    said = adding.stderr.readline()
+    assert said.startswith("import job ") and "mec gallery cancel halted" in said, said
+    job_id = int(said.split()[2].rstrip(":"))
+    platform.runner_of(job_id, past_step=256)
+    cancel = subprocess.run([*command, "cancel", "halted", str(job_id)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert cancel.returncode == 0 and f"import job {job_id}: " in cancel.stdout, cancel.stderr
+    out, _ = adding.communicate(timeout=120)
+    assert adding.returncode == 1 and f"import job {job_id}: cancelled" in out, out
+    ended = app.galleries.wait("halted", job_id, timeout=10)
     done = ended.progress.step
     assert 256 <= done < n and done % 256 == 0  # stopped between chunks
     assert app.galleries.get("halted").items == done
-    env = platform.env | {"MEC_API_URL": platform.url, "MEC_API_KEY": app_key}
-    again = subprocess.run([sys.executable, "-m", "mec_client", "gallery", "cancel", "halted",
-                            str(job.id)], env=env, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 1 and f"job {job.id} is already cancelled" in again.stderr
+    with pytest.raises(APIError, match=f"job {job_id} is already cancelled"):
+        app.galleries.cancel("halted", job_id)
 
 
 @pytest.mark.parametrize("shared_platform", ["embedded"], indirect=True)
