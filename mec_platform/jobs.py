@@ -172,8 +172,7 @@ def cancel(session: Session, job_id: int, reason: str | None = None) -> JobStatu
 def cancel_job(session: Session, job: Job) -> None:
     """Cancel the job (see cancel) and, a sweep, its unfinished trials and evaluations with
     it; Conflict if it had already finished."""
-    had = cancel(session, job.id)
-    if had is None:
+    if cancel(session, job.id) is None:
         session.refresh(job)
         raise Conflict(f"job {job.id} is already {job.status}")
     if job.kind == JobKind.SWEEP:
