@@ -48,7 +48,7 @@ from mec_platform import galleries, jobs, uploads
 from mec_platform.db import session_scope
 from mec_platform.galleries import NAME_PATTERN
 from mec_platform.specs import ID_MAX
-from mec_platform.tables import Gallery
+from mec_platform.tables import Gallery, Job
 
 router = APIRouter(prefix="/v1/galleries", tags=["galleries"], responses=errors(
     {400: "An image could not be read.",
@@ -145,8 +145,16 @@ def _import_quota(key) -> None:
 
 def _submit_import(key, name: str, staged: Path, count: int) -> Response:
     job = _in_session(galleries.submit_import, key, name, staged, count)
-    return Response(public(job).model_dump_json(), status_code=202,
+    return Response(_import_public(job).model_dump_json(), status_code=202,
                     media_type="application/json")
+
+
+def _import_public(job: Job) -> JobPublic:
+    """An import job as an app's key sees it: without the store path of its staged items
+    (where the server keeps files is not the app's to know)."""
+    seen = public(job)
+    return seen.model_copy(update={"config": {k: v for k, v in (seen.config or {}).items()
+                                              if k != "items"}})
 
 
 LINE_BYTES = 16 * 2**20  # an NDJSON item: a 10 MiB image, base64, with its metadata
@@ -187,7 +195,7 @@ def get_import(key: EmbedKey, session: SessionDep, name: Name,
                job_id: Annotated[int, PathParam(ge=1, le=ID_MAX)]):
     """A large add's job, for following it with the app's key: its progress (items done
     of all), counts, and the items that failed."""
-    return public(galleries.import_of(session, key, name, job_id))
+    return _import_public(galleries.import_of(session, key, name, job_id))
 
 
 @router.post("/{name}/imports/{job_id}/cancel", response_model=JobPublic,
@@ -198,7 +206,7 @@ def cancel_import(key: EmbedKey, session: SessionDep, name: Name,
     chunk it is writing (the items written so far stay in the gallery)."""
     job = galleries.import_of(session, key, name, job_id)
     jobs.cancel_job(session, job)
-    return public(job)
+    return _import_public(job)
 
 
 @router.get("/{name}/items", response_model=GalleryItemsPublic)
