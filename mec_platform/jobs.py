@@ -308,7 +308,8 @@ def reap(session: Session, max_attempts: int) -> list[int]:
         if done.rowcount and values["status"] == JobStatus.QUEUED:
             requeued.append(job.id)
     session.commit()
-    for job in expired:  # those that ended here
-        session.refresh(job)
-        drop_staged(job)
+    for job in expired:  # those that ended here lose what they were given
+        if job.kind in STAGED:
+            session.refresh(job)
+            drop_staged(job)
     return requeued
