@@ -1,0 +1,36 @@
+"""bench/bench_worker_turns.py: processes really take turns on one export, with its
+weights shared or copied, and the kept records print again."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "bench_worker_turns.py"
+sys.path.insert(0, str(SCRIPT.parent))  # as when run: its sibling modules import
+spec = importlib.util.spec_from_file_location("bench_worker_turns", SCRIPT)
+bench = importlib.util.module_from_spec(spec)
+sys.modules["bench_worker_turns"] = bench  # the spawned processes import it by name
+spec.loader.exec_module(bench)
+
+
+def test_turns__two_processes_each_time_their_forwards(tmp_path):
+    def mec(*args):
+        subprocess.run([sys.executable, "-m", "mec_core.cli", *args], check=True,
+                       capture_output=True, timeout=300)
+    mec("train", "--dataset", "synthetic", "--backbone", "convnet", "--batch-size", "16",
+        "--max-steps", "1", "--train-limit", "32", "--out", str(tmp_path / "run"))
+    mec("export", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "step_00000001.pt"),
+        "--out", str(tmp_path / "export"))
+    for processes, weights in [(2, "private"), (1, "shared")]:
+        ms = bench.turns(tmp_path / "export", processes, weights, bench.SKIP + 10)
+        assert 0 < ms < 1000
+
+
+def test_report__prints_each_repeat_and_the_median():
+    kept = sorted((ROOT / "docs" / "performance" / "worker-turns").glob("*.json"))
+    out = subprocess.run([sys.executable, str(SCRIPT), "--report", *map(str, kept)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "| 2 | private | 7.33 / 7.73 / 7.48 | 7.48 |" in out
+    assert "| 2 | shared | 6.42 / 6.58 | 6.50 |" in out
