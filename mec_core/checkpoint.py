@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from mec_core.writes import naming
+
 FORMAT = "mec-checkpoint/1"
 PATTERN = re.compile(r"^step_(\d{8})\.pt$")
 
@@ -27,15 +29,16 @@ def save_atomic(obj: Any, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OSError(exc.errno, f"{exc.strerror} (writing {path})") from exc
+    with naming(path):
+        try:
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
     return path
 
 

@@ -48,6 +48,7 @@ from mec_core.models import MECModel, ema_update
 from mec_core.monitor import Monitor, holdout
 from mec_core.optim import build_optimizer
 from mec_core.system import SystemStats
+from mec_core.writes import naming
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,8 @@ class MetricsBuffer:
             if path.exists():
                 kept = [line for line in path.read_text().splitlines()
                         if line.strip() and json.loads(line)["step"] <= keep_through]
-                path.write_text("".join(line + "\n" for line in kept))
+                with naming(path):
+                    path.write_text("".join(line + "\n" for line in kept))
 
     def add(self, step: int, epoch: int, values: dict, host_values: dict[str, float]) -> None:
         self.pending.append((step, epoch, values, host_values))
@@ -331,7 +333,7 @@ class MetricsBuffer:
                                        f"({r.values}); {where}")
         self.last = records[-1].values
         if self.run.world.is_main:
-            with self.path.open("a") as f:
+            with naming(self.path), self.path.open("a") as f:
                 for r in records:
                     f.write(json.dumps({"step": r.step, "epoch": r.epoch, **r.values}) + "\n")
             self.callbacks.on_metrics(records)
