@@ -59,7 +59,8 @@ def turns(export: Path, processes: int, weights: str, forwards: int) -> float:
     """Each process's median forward (ms) while they take turns; their median."""
     spawn = mp.get_context("spawn")  # fresh processes, as TorchServe starts its workers
     pipes = [spawn.Pipe() for _ in range(processes)]
-    procs = [spawn.Process(target=worker, args=(export, weights, theirs, forwards))
+    procs = [spawn.Process(target=worker, args=(export, weights, theirs, forwards),
+                           daemon=True)  # not left waiting if one of them fails
              for _, theirs in pipes]
     for p in procs:
         p.start()
