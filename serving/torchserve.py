@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -22,14 +23,35 @@ LOG4J = Path(__file__).with_name("log4j2.xml").resolve()  # lean production logg
 TORCHSERVE_VERSION = "0.12.0"  # the last release; TorchServe is in limited maintenance
 
 
+def ephemeral_ports() -> range:
+    """The ports the system hands to outgoing connections (Linux's ip_local_port_range)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+
+
 def unused_ports(n: int) -> list[int]:
-    """`n` distinct TCP ports on 127.0.0.1 that nothing listens on now (all bound at once,
-    so the system cannot hand out one of them twice)."""
+    """`n` distinct TCP ports on 127.0.0.1 that nothing listens on now, all bound at once.
+    They lie below the ephemeral range: between this call and the server's bind, no
+    outgoing connection of another process can be given one of them as its own port (a
+    busy host's connections to Redis or PostgreSQL could, and the server then fails to
+    start)."""
+    first_ephemeral = ephemeral_ports().start
+    below = range(max(1024, first_ephemeral - 16384), first_ephemeral)
     with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
+        ports: list[int] = []
+        for port in random.sample(below, len(below)):
+            s = stack.enter_context(socket.socket())
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use
+                continue
+            ports.append(port)
+            if len(ports) == n:
+                return ports
+    raise RuntimeError(f"fewer than {n} free TCP ports in {below.start}-{below.stop - 1}")
 
 
 def unused_port() -> int:
@@ -192,13 +214,19 @@ class LocalTorchServe:
         return self.process.pid
 
     def start(self, timeout: float = 90) -> LocalTorchServe:
-        """spawn(), then wait until TorchServe answers."""
-        self.spawn()
+        """spawn(), then wait until TorchServe answers; if it exits instead (a port taken),
+        the error holds what it printed."""
+        out = self.home / "torchserve.out"
+        before = out.stat().st_size if out.exists() else 0  # output of earlier starts
+        self.spawn(out)
         client = self.client()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"TorchServe exited; see {self.home / 'torchserve.out'}")
+                with open(out, "rb") as f:
+                    printed = f.read()[before:].decode(errors="replace")
+                raise RuntimeError(f"TorchServe did not start; it printed (in {out}):\n"
+                                   + "\n".join(printed.splitlines()[-20:]))
             if client.ready():
                 return self
             time.sleep(0.5)

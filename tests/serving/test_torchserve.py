@@ -26,6 +26,7 @@ from serving.torchserve import (
     WORKER_OMP_SPINCOUNT,
     LocalTorchServe,
     WorkerPlan,
+    ephemeral_ports,
     frontend_jvm_options,
     unused_ports,
     worker_plan,
@@ -207,6 +208,29 @@ def test_the_workers_spin_briefly_unless_the_host_says_otherwise(served, tmp_pat
     own = LocalTorchServe(tmp_path, tmp_path / "store", *unused_ports(3),
                           env={"GOMP_SPINCOUNT": "300000"})
     assert own.env["GOMP_SPINCOUNT"] == "300000"
+
+
+def test_unused_ports__free_now_and_never_an_outgoing_connections():
+    """Ports below the ephemeral range: a connection made between the choice and
+    TorchServe's bind cannot take one (TorchServe then exits at start)."""
+    ports = unused_ports(5)
+    assert len(set(ports)) == 5
+    assert all(1024 <= p < ephemeral_ports().start for p in ports)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+
+
+def test_start__a_port_in_use_is_named_in_the_error(tmp_path):
+    """TorchServe exits when it cannot bind: start() says why, from its output. (The
+    port is bound, not listened on: TorchServe's readiness would wait on that socket.)"""
+    ports = unused_ports(3)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ports[1]))
+        ts = LocalTorchServe(tmp_path / "ts", tmp_path / "store", *ports)
+        with pytest.raises(RuntimeError, match=f"Failed to bind to address: "
+                                               f"http://127.0.0.1:{ports[1]}"):
+            ts.start()
 
 
 def test_a_batch_writes_no_line_to_torchserves_log(trained, images, tmp_path):
