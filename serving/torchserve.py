@@ -43,11 +43,13 @@ def unused_ports(n: int) -> list[int]:
     with contextlib.ExitStack() as stack:
         ports: list[int] = []
         for port in random.sample(below, len(below)):
-            s = stack.enter_context(socket.socket())
+            s = socket.socket()
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:  # in use
+                s.close()
                 continue
+            stack.enter_context(s)
             ports.append(port)
             if len(ports) == n:
                 return ports
