@@ -1,8 +1,11 @@
 """Batch-1 forwards of the served model in two processes taking turns, as TorchServe's two
 workers do for a lone client, against one process alone; with the weights shared (the
-pages of the export's file, as serving.embedder loads them) or copied into each process.
+pages of the export's file, as serving.embedder loads them) or copied into each process;
+with --idle-ms, also one process idle that long before each forward, as a lone client's
+worker is between its requests (the batch delay, the hops, the other worker's turn).
 
-    python bench/bench_worker_turns.py [--forwards 400] [--repeats 2] [--json]
+    python bench/bench_worker_turns.py [--forwards 400] [--repeats 2] [--idle-ms 0 5 20]
+                                       [--json]
 
 The model is bench_serving's (resnet18, small stem, 32 px). Each mode runs in fresh
 processes (spawned, one forward at a time, handed from one to the next over pipes), the
@@ -55,8 +58,10 @@ def worker(export: Path, weights: str, conn, forwards: int) -> None:
     conn.send(statistics.median(times[SKIP:]) * 1e3)
 
 
-def turns(export: Path, processes: int, weights: str, forwards: int) -> float:
-    """Each process's median forward (ms) while they take turns; their median."""
+def turns(export: Path, processes: int, weights: str, forwards: int,
+          idle_ms: float = 0) -> float:
+    """Each process's median forward (ms) while they take turns, each handed its next
+    forward `idle_ms` after the previous one ended; their median."""
     spawn = mp.get_context("spawn")  # fresh processes, as TorchServe starts its workers
     pipes = [spawn.Pipe() for _ in range(processes)]
     procs = [spawn.Process(target=worker, args=(export, weights, theirs, forwards),
@@ -66,6 +71,7 @@ def turns(export: Path, processes: int, weights: str, forwards: int) -> float:
         p.start()
     for i in range(forwards * processes):
         ours = pipes[i % processes][0]
+        time.sleep(idle_ms / 1e3)
         ours.send(None)
         ours.recv()
     medians = [ours.recv() for ours, _ in pipes]
@@ -76,10 +82,12 @@ def turns(export: Path, processes: int, weights: str, forwards: int) -> float:
 
 def markdown(record: dict) -> str:
     lines = [f"<!-- {record['setup']} -->",
-             "| processes | weights | forward p50 ms, each repeat | median |", "|---|---|---|---|"]
+             "| processes | weights | idle before a forward, ms | forward p50 ms, each repeat "
+             "| median |", "|---|---|---|---|---|"]
     for row in record["rows"]:
         each = " / ".join(f"{v:.2f}" for v in row["p50_ms"])
-        lines.append(f"| {row['processes']} | {row['weights']} | {each} | "
+        lines.append(f"| {row['processes']} | {row['weights']} | {row.get('idle_ms', 0):g} | "
+                     f"{each} | "
                      f"{statistics.median(row['p50_ms']):.2f} |")
     return "\n".join(lines)
 
@@ -88,6 +96,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--forwards", type=int, default=400, help="per process and mode")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--idle-ms", type=float, nargs="+", default=[],
+                        help="instead of the modes: one process (shared weights) idle "
+                        "this long before each forward, for each value")
     records.add_options(parser)
     args = parser.parse_args()
     if records.reported(args, markdown):
@@ -98,11 +109,13 @@ def main() -> None:
     export = root / "export"
     with zipfile.ZipFile(store / "bench.mar") as z:
         z.extractall(export)
-    rows = [{"processes": n, "weights": w, "p50_ms": []} for n, w in MODES]
+    rows = ([{"processes": 1, "weights": "shared", "idle_ms": ms, "p50_ms": []}
+             for ms in args.idle_ms] if args.idle_ms else
+            [{"processes": n, "weights": w, "idle_ms": 0, "p50_ms": []} for n, w in MODES])
     for _ in range(args.repeats):
         for row in rows:
             row["p50_ms"].append(turns(export, row["processes"], row["weights"],
-                                       args.forwards))
+                                       args.forwards, row["idle_ms"]))
     record = {"setup": {"host": records.host(), "threads": os.cpu_count(),
                         "forwards": args.forwards, "repeats": args.repeats,
                         "spincount": os.environ["GOMP_SPINCOUNT"], "precision": "float32"},

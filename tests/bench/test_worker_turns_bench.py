@@ -4,6 +4,7 @@ weights shared or copied, and the kept records print again."""
 import importlib.util
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,11 +27,14 @@ def test_turns__two_processes_each_time_their_forwards(tmp_path):
     for processes, weights in [(2, "private"), (1, "shared")]:
         ms = bench.turns(tmp_path / "export", processes, weights, bench.SKIP + 10)
         assert 0 < ms < 1000
+    started = time.perf_counter()
+    assert 0 < bench.turns(tmp_path / "export", 1, "shared", bench.SKIP + 10, idle_ms=20) < 1000
+    assert time.perf_counter() - started > (bench.SKIP + 10) * 0.02  # it did wait
 
 
 def test_report__prints_each_repeat_and_the_median():
     kept = sorted((ROOT / "docs" / "performance" / "worker-turns").glob("*.json"))
     out = subprocess.run([sys.executable, str(SCRIPT), "--report", *map(str, kept)],
                          capture_output=True, text=True, timeout=120, check=True).stdout
-    assert "| 2 | private | 7.33 / 7.73 / 7.48 | 7.48 |" in out
-    assert "| 2 | shared | 6.42 / 6.58 | 6.50 |" in out
+    assert "| 2 | private | 0 | 7.33 / 7.73 / 7.48 | 7.48 |" in out
+    assert "| 2 | shared | 0 | 6.42 / 6.58 | 6.50 |" in out
