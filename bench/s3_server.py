@@ -14,12 +14,13 @@ from pathlib import Path
 
 
 def _free_pair() -> int:
-    """A free port whose +10000 (SeaweedFS's gRPC port for it) is free too."""
-    from serving.torchserve import unused_port
+    """A free port whose +10000 (SeaweedFS's gRPC port for it) is free too, both below the
+    ephemeral range (serving.torchserve.unused_ports)."""
+    from serving.torchserve import ephemeral_ports, unused_port
 
     while True:
         port = unused_port()
-        if port < 55000:
+        if port + 10000 < ephemeral_ports().start:
             try:
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", port + 10000))
