@@ -226,7 +226,8 @@ class LocalTorchServe:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 with open(out, "rb") as f:
-                    printed = f.read()[before:].decode(errors="replace")
+                    f.seek(before)
+                    printed = f.read().decode(errors="replace")
                 raise RuntimeError(f"TorchServe did not start; it printed (in {out}):\n"
                                    + "\n".join(printed.splitlines()[-20:]))
             if client.ready():
