@@ -18,9 +18,10 @@ def _free_pair() -> int:
     ephemeral range (serving.torchserve.unused_ports)."""
     from serving.torchserve import ephemeral_ports, unused_port
 
+    first_ephemeral = ephemeral_ports().start
     while True:
         port = unused_port()
-        if port + 10000 < ephemeral_ports().start:
+        if port + 10000 < first_ephemeral:
             try:
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", port + 10000))
