@@ -2,10 +2,11 @@
 workers do for a lone client, against one process alone; with the weights shared (the
 pages of the export's file, as serving.embedder loads them) or copied into each process;
 with --idle-ms, also one process idle that long before each forward, as a lone client's
-worker is between its requests (the batch delay, the hops, the other worker's turn).
+worker is between its requests (the batch delay, the hops, the other worker's turn);
+with --wait spin, the idle process polls for its next forward instead of sleeping on it.
 
     python bench/bench_worker_turns.py [--forwards 400] [--repeats 2] [--idle-ms 0 5 20]
-                                       [--json]
+                                       [--wait block|spin] [--json]
 
 The model is bench_serving's (resnet18, small stem, 32 px). Each mode runs in fresh
 processes (spawned, one forward at a time, handed from one to the next over pipes), the
@@ -36,7 +37,7 @@ MODES = ((1, "shared"), (2, "shared"), (2, "private"), (1, "private"))
 SKIP = 50
 
 
-def worker(export: Path, weights: str, conn, forwards: int) -> None:
+def worker(export: Path, weights: str, conn, forwards: int, spin: bool) -> None:
     import torch
 
     from serving.service import Service
@@ -50,6 +51,8 @@ def worker(export: Path, weights: str, conn, forwards: int) -> None:
     images = pngs(16)
     times = []
     for i in range(forwards):
+        while spin and not conn.poll(0):
+            pass
         conn.recv()
         start = time.perf_counter()
         service.run([service.parse({"body": images[i % len(images)]})])
@@ -59,12 +62,12 @@ def worker(export: Path, weights: str, conn, forwards: int) -> None:
 
 
 def turns(export: Path, processes: int, weights: str, forwards: int,
-          idle_ms: float = 0) -> float:
+          idle_ms: float = 0, spin: bool = False) -> float:
     """Each process's median forward (ms) while they take turns, each handed its next
     forward `idle_ms` after the previous one ended; their median."""
     spawn = mp.get_context("spawn")  # fresh processes, as TorchServe starts its workers
     pipes = [spawn.Pipe() for _ in range(processes)]
-    procs = [spawn.Process(target=worker, args=(export, weights, theirs, forwards),
+    procs = [spawn.Process(target=worker, args=(export, weights, theirs, forwards, spin),
                            daemon=True)  # not left waiting if one of them fails
              for _, theirs in pipes]
     for p in procs:
@@ -99,6 +102,9 @@ def main() -> None:
     parser.add_argument("--idle-ms", type=float, nargs="+", default=[],
                         help="instead of the modes: one process (shared weights) idle "
                         "this long before each forward, for each value")
+    parser.add_argument("--wait", choices=("block", "spin"), default="block",
+                        help="how a process waits for its next forward: blocked on its "
+                        "pipe, as a worker on its socket, or polling it")
     records.add_options(parser)
     args = parser.parse_args()
     if records.reported(args, markdown):
@@ -115,10 +121,12 @@ def main() -> None:
     for _ in range(args.repeats):
         for row in rows:
             row["p50_ms"].append(turns(export, row["processes"], row["weights"],
-                                       args.forwards, row["idle_ms"]))
+                                       args.forwards, row["idle_ms"],
+                                       args.wait == "spin"))
     record = {"setup": {"host": records.host(), "threads": os.cpu_count(),
                         "forwards": args.forwards, "repeats": args.repeats,
-                        "spincount": os.environ["GOMP_SPINCOUNT"], "precision": "float32"},
+                        "spincount": os.environ["GOMP_SPINCOUNT"], "wait": args.wait,
+                        "precision": "float32"},
               "rows": rows}
     records.emit(args, record, markdown)
 

@@ -27,9 +27,12 @@ def test_turns__two_processes_each_time_their_forwards(tmp_path):
     for processes, weights in [(2, "private"), (1, "shared")]:
         ms = bench.turns(tmp_path / "export", processes, weights, bench.SKIP + 10)
         assert 0 < ms < 1000
-    started = time.perf_counter()
-    assert 0 < bench.turns(tmp_path / "export", 1, "shared", bench.SKIP + 10, idle_ms=20) < 1000
-    assert time.perf_counter() - started > (bench.SKIP + 10) * 0.02  # it did wait
+    for spin in (False, True):  # the idle process asleep on its pipe, or polling it
+        started = time.perf_counter()
+        ms = bench.turns(tmp_path / "export", 1, "shared", bench.SKIP + 10, idle_ms=20,
+                         spin=spin)
+        assert 0 < ms < 1000
+        assert time.perf_counter() - started > (bench.SKIP + 10) * 0.02  # it did wait
 
 
 def test_report__prints_each_repeat_and_the_median():
@@ -38,3 +41,4 @@ def test_report__prints_each_repeat_and_the_median():
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert "| 2 | private | 0 | 7.33 / 7.73 / 7.48 | 7.48 |" in out
     assert "| 2 | shared | 0 | 6.42 / 6.58 | 6.50 |" in out
+    assert "'wait': 'spin'" in out and "| 1 | shared | 5 | 13.00 / 9.16 / 10.44 | 10.44 |" in out
