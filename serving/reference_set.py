@@ -58,9 +58,13 @@ class ReferenceSet:
     @staticmethod
     def load(directory: Path, gpu: int | None = None) -> ReferenceSet:
         """Read a saved reference set; an exact index moves to GPU `gpu` when this FAISS build
-        has GPU support (faiss-gpu) and the GPU exists, and stays on the CPU otherwise."""
+        has GPU support (faiss-gpu) and the GPU exists, and stays on the CPU otherwise.
+        On the CPU the index's vectors stay the pages of its file, mapped read-only
+        (IO_FLAG_MMAP_IFC), so that the workers of a deployment, which load the same
+        extracted archive, hold one copy in memory between them and not one each (123 MB
+        for 60,000 vectors of 512)."""
         meta = json.loads((directory / META_FILE).read_text())
-        index = faiss.read_index(str(directory / INDEX_FILE))
+        index = faiss.read_index(str(directory / INDEX_FILE), faiss.IO_FLAG_MMAP_IFC)
         if gpu is not None and meta["kind"] == "exact" and _gpus() > gpu:
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu, index)
         return ReferenceSet(index, meta["ids"], meta["labels"], meta["kind"])

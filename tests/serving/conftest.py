@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +27,23 @@ def trained(request, tmp_path_factory):
 
     package(checkpoint, root / "store", "tiny", reference_limit=400, torch_threads=1)
     return checkpoint, root / "export", root / "store"
+
+
+@pytest.fixture
+def file_mappings():
+    """mappings(path): this process's mappings of the file `path` (Linux), each with its
+    address range, permissions ("r--s": read-only, shared) and smaps counters (kB)."""
+    def mappings(path: Path) -> list[dict]:
+        out, current = [], None
+        for line in Path("/proc/self/smaps").read_text().splitlines():
+            fields = line.split()
+            if "-" in fields[0] and not fields[0].endswith(":"):
+                start, end = (int(a, 16) for a in fields[0].split("-"))
+                current = ({"start": start, "end": end, "perms": fields[1]}
+                           if fields[-1] == str(path) else None)
+                if current is not None:
+                    out.append(current)
+            elif current is not None and fields[0].endswith(":") and len(fields) == 3:
+                current[fields[0][:-1]] = int(fields[1])
+        return out
+    return mappings

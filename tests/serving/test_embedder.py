@@ -2,7 +2,6 @@
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,27 +17,13 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="reads the process's mappings in /proc")
 
 
-def _mappings(path: Path) -> list[dict]:
-    """This process's mappings of `path`: their address range and smaps counters (kB)."""
-    out, current = [], None
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        fields = line.split()
-        if "-" in fields[0] and not fields[0].endswith(":"):
-            start, end = (int(a, 16) for a in fields[0].split("-"))
-            current = {"start": start, "end": end} if fields[-1] == str(path) else None
-            if current is not None:
-                out.append(current)
-        elif current is not None and fields[0].endswith(":") and len(fields) == 3:
-            current[fields[0][:-1]] = int(fields[1])
-    return out
-
-
-def test_embedder__weights_are_the_files_pages_unwritten_so_workers_share_one_copy(trained):
+def test_embedder__weights_are_the_files_pages_unwritten_so_workers_share_one_copy(
+        trained, file_mappings):
     _, export_dir, _ = trained
     embedder = Embedder(export_dir)
     images = synthetic("test", n=4).images
     got = embedder.embed(images)
-    mapped = _mappings((export_dir / "encoder.pt").resolve())
+    mapped = file_mappings((export_dir / "encoder.pt").resolve())
     params = list(embedder.net.parameters())
     assert mapped and params
     for p in params:
