@@ -83,7 +83,8 @@ class TrainConfig(BaseModel):
     data_dir: str | None = Field(
         None, description="Directory of the dataset (or dataset://NAME[/VERSION] for an "
         "uploaded one); default: the dataset's standard place where it has one "
-        "(fashion-mnist: /usr/share/datasets/fashion-mnist); cifar10 and imagefolder need it."
+        "(fashion-mnist: /usr/share/datasets/fashion-mnist); cifar10 and imagefolder need it; "
+        "digits and synthetic read none (one given with them is refused)."
     )
     train_limit: int | None = Field(
         None, ge=1, le=100_000_000,

@@ -18,11 +18,13 @@ import torch
 
 from mec_core.config import DATASETS, NATIVE_SIZE
 from mec_core.datafiles import (
+    BUILT_IN,
     CIFAR_BATCHES,
     DEFAULT_DIRS,
     IDX_PREFIX,
     SPLIT_FOLDERS,
     no_directory,
+    reads_no_directory,
 )
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -71,6 +73,8 @@ def load_dataset(name: str, split: str = "train", data_dir: str | None = None,
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if name in BUILT_IN and data_dir is not None:
+        raise DatasetError(reads_no_directory(name))
     if name == "digits":
         return _digits(split)
     if name == "synthetic":

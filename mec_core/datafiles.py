@@ -13,13 +13,23 @@ DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 IDX_PREFIX = {"train": "train", "test": "t10k"}
 CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 SPLIT_FOLDERS = {"train": ["train"], "test": ["val", "test"]}
+BUILT_IN = {"digits": "scikit-learn bundles it", "synthetic": "it is generated"}
+
+
+def reads_no_directory(name: str) -> str:
+    """Why a data_dir given with a built-in dataset is refused: it would be ignored."""
+    return (f"dataset {name!r} reads no directory ({BUILT_IN[name]}): leave data_dir out, "
+            "or name the dataset that the directory holds")
 
 
 def missing(name: str, data_dir: str | None, splits: tuple[str, ...] = ("train",)) -> str | None:
     """What `load_dataset(name, split, data_dir)` would not find for these splits, said for
     a user (a mistyped directory gets its nearest existing sibling), from the file names
-    alone (nothing is read); None when everything is there or the dataset needs no files."""
-    if name in ("digits", "synthetic") or name not in DATASETS:
+    alone (nothing is read); None when everything is there or the dataset needs no files.
+    A directory given with a built-in dataset is refused too: it would be ignored."""
+    if name in BUILT_IN:
+        return reads_no_directory(name) if data_dir is not None else None
+    if name not in DATASETS:
         return None
     root = data_dir or DEFAULT_DIRS.get(name)
     if root is None:

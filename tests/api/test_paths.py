@@ -81,15 +81,19 @@ def _set(body: dict, dotted: str, value) -> dict:
 
 
 def _body(route: str, variant: str, pretrain_id: int) -> dict:
-    """A valid body of the route (and variant) to put one path into."""
+    """A valid body of the route (and variant) to put one path into (of a dataset that
+    reads a folder: digits and synthetic refuse one)."""
+    folder = TINY | {"dataset": "imagefolder",
+                     "data_dir": str(get_settings().allowed_data_roots[-1] / "inside")}
     bodies = {
-        ("/v1/jobs", "PretrainJobCreate"): {"kind": "pretrain", "config": dict(TINY)},
+        ("/v1/jobs", "PretrainJobCreate"): {"kind": "pretrain", "config": folder},
         ("/v1/jobs", "EvaluateJobCreate"): {"kind": "evaluate",
                                             "config": {"job_id": pretrain_id}},
         ("/v1/jobs", "SweepJobCreate"): {"kind": "sweep", "config": {
-            "base": dict(TINY), "space": {"base_lr": {"choice": [0.1]}}, "max_trials": 1,
+            "base": folder, "space": {"base_lr": {"choice": [0.1]}}, "max_trials": 1,
             "max_parallel": 1}},
-        ("/v1/models/{model_id}/deploy", "DeploySpec"): {"workers": 1},
+        ("/v1/models/{model_id}/deploy", "DeploySpec"): {"workers": 1,
+                                                         "reference_dataset": "imagefolder"},
     }
     bodies |= {("/v1/jobs/validate", v): body for (r, v), body in bodies.items()
                if r == "/v1/jobs"}  # what a submission takes, checked alike
@@ -123,7 +127,7 @@ def test_path_fields__outside_the_roots_nul_or_not_utf8_are_422_naming_the_field
         client, targets, tmp_path, route, variant, field):
     root = get_settings().allowed_data_roots[-1]  # data_dir/datasets
     root.mkdir(parents=True, exist_ok=True)
-    (root / "inside").mkdir(exist_ok=True)
+    (root / "inside" / "a-class").mkdir(parents=True, exist_ok=True)  # an image folder
     link = root / "escape"
     if not link.is_symlink():
         link.symlink_to("/etc")

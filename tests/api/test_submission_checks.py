@@ -67,6 +67,18 @@ def test_dataset__missing_files_or_directory_are_named(client, datasets):
         "config.dataset: dataset 'cifar10' needs a data directory (data_dir)"
     r = _post(client, TINY | {"dataset": "imagefolder", "data_dir": str(empty)})
     assert r.status_code == 422 and "has no class sub-folders" in r.json()["detail"]
+    # a built-in dataset reads no folder: one given with it would be ignored
+    before = _jobs()
+    r = _post(client, TINY | {"dataset": "digits", "data_dir": str(datasets / "fashion-mnist")})
+    assert r.status_code == 422 and r.json()["detail"] == (
+        "config.data_dir: dataset 'digits' reads no directory (scikit-learn bundles it): leave "
+        "data_dir out, or name the dataset that the directory holds")
+    r = client.post("/v1/jobs", json={"kind": "sweep", "config": {
+        "base": TINY | {"dataset": "synthetic", "data_dir": str(empty)},
+        "space": {"base_lr": {"choice": [0.1, 0.5]}}}})
+    assert r.status_code == 422 and r.json()["detail"].startswith(
+        "config.base.data_dir: dataset 'synthetic' reads no directory")
+    assert _jobs() == before
 
 
 def test_precision__fp16_on_a_cpu_is_refused_listing_the_supported_ones(client):
@@ -163,6 +175,9 @@ def test_deploy__a_reference_set_not_where_the_workers_look_is_refused_naming_th
          ("reference_split", "test")):  # the folder holds the train split only
             f"reference_data_dir: fashion-mnist: {datasets}/fashion-mnist has no "
             "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (IDX files, or .gz)",
+        (("reference_data_dir", f"{datasets}/fashion-mnist"),):  # the model's synthetic
+            "reference_data_dir: dataset 'synthetic' reads no directory (it is generated): "
+            "leave data_dir out, or name the dataset that the directory holds",
     }
     for body, detail in refused.items():
         r = client.post(url, json=dict(body))

@@ -78,6 +78,10 @@ def test_cli__exported_resnet_loads_into_torchvision(tmp_path):
      "/nonexistent.pt does not exist"),
     (["train", "--dataset", "fashion-mnist", "--data-dir", "/nonexistent", "--out", "{tmp}"],
      "no such directory /nonexistent"),
+    (["train", "--dataset", "digits", "--data-dir", "{tmp}", "--out", "{tmp}"],
+     "dataset 'digits' reads no directory (scikit-learn bundles it)"),
+    (["eval", "knn", "--raw-pixels", "--dataset", "synthetic", "--data-dir", "{tmp}"],
+     "dataset 'synthetic' reads no directory (it is generated)"),
 ])
 def test_cli__bad_input_gets_a_clear_message(tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

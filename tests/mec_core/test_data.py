@@ -21,6 +21,12 @@ def test_digits__bundled_split_is_fixed_and_disjoint():
     assert torch.equal(load_dataset("digits", "train").labels, train.labels)
 
 
+def test_built_in__a_directory_given_is_refused_not_ignored(tmp_path):
+    for name in ("digits", "synthetic"):
+        with pytest.raises(DatasetError, match=f"dataset '{name}' reads no directory"):
+            load_dataset(name, "train", str(tmp_path))
+
+
 def test_synthetic__deterministic_and_class_structured():
     a, b = synthetic("train", n=64), synthetic("train", n=64)
     assert torch.equal(a.images, b.images)

@@ -8,6 +8,12 @@ from mec_core.datafiles import missing
 
 def test_missing__names_what_a_split_lacks_without_reading_it(tmp_path):
     assert missing("synthetic", None) is None and missing("digits", None) is None
+    # a folder given with a built-in dataset would be ignored: said, not ignored
+    assert missing("digits", str(tmp_path)) == (
+        "dataset 'digits' reads no directory (scikit-learn bundles it): leave data_dir out, "
+        "or name the dataset that the directory holds")
+    assert missing("synthetic", str(tmp_path), ("train", "test")).startswith(
+        "dataset 'synthetic' reads no directory (it is generated)")
     assert missing("cifar10", None) == "dataset 'cifar10' needs a data directory (data_dir)"
     assert missing("fashion-mnist", str(tmp_path)) == (
         f"fashion-mnist: {tmp_path} has no train-images-idx3-ubyte, train-labels-idx1-ubyte "
