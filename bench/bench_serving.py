@@ -103,6 +103,14 @@ def build(root: Path, size: int = 32) -> tuple[Path, Path]:
     return ckpt, root / "store"
 
 
+def unpacked(store: Path, root: Path) -> Path:
+    """The embedding archive unzipped under `root`, as TorchServe unpacks it for its
+    workers."""
+    with zipfile.ZipFile(store / "bench.mar") as z:
+        z.extractall(root / "export")
+    return root / "export"
+
+
 def _cpu(processes: list[psutil.Process]) -> float:
     total = 0.0
     for p in processes:
@@ -334,10 +342,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="mec-bench-serving-"))
     _, store = build(root, args.image_size)
     images = pngs(64, args.image_size)
-    export = root / "export"
-    with zipfile.ZipFile(store / "bench.mar") as z:
-        z.extractall(export)
-    service = Service(export, "embed")
+    service = Service(unpacked(store, root), "embed")
     extra = {"number_of_netty_threads": str(args.netty_threads),
              "netty_client_threads": str(args.netty_threads)} if args.netty_threads else {}
     serve_env = dict(args.serve_env)

@@ -25,11 +25,10 @@ import os
 import statistics
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import records
-from bench_serving import build, pngs
+from bench_serving import build, pngs, unpacked
 
 from serving.torchserve import WORKER_OMP_SPINCOUNT
 
@@ -112,9 +111,7 @@ def main() -> None:
     os.environ.setdefault("GOMP_SPINCOUNT", str(WORKER_OMP_SPINCOUNT))  # the children's
     root = Path(tempfile.mkdtemp(prefix="mec-bench-turns-"))
     _, store = build(root)
-    export = root / "export"
-    with zipfile.ZipFile(store / "bench.mar") as z:
-        z.extractall(export)
+    export = unpacked(store, root)
     rows = ([{"processes": 1, "weights": "shared", "idle_ms": ms, "p50_ms": []}
              for ms in args.idle_ms] if args.idle_ms else
             [{"processes": n, "weights": w, "idle_ms": 0, "p50_ms": []} for n, w in MODES])
