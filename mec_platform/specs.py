@@ -119,6 +119,13 @@ class DeploySpec(BaseModel):
                                  "new one takes the traffic.")
 
 
+class UndeploySpec(BaseModel):
+    """An undeploy has no options: it stops every version of the model. A body with a
+    field (a version, say) is refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 SERVING, UNDEPLOYED, LOST = "serving", "undeployed", "lost"  # LOST: its archive is gone
 
 

@@ -15,7 +15,7 @@ from mec_client.models import JobPublic, ModelPublic, ModelsPublic
 from mec_platform import deployments, jobs, keys, storage, uploads
 from mec_platform.jobs import JobKind
 from mec_platform.queue import Queue
-from mec_platform.specs import ID_MAX, DeploySpec
+from mec_platform.specs import ID_MAX, DeploySpec, UndeploySpec
 from mec_platform.tables import Model
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=errors(400, 401, 403, 422))
@@ -70,6 +70,8 @@ def deploy_model(_: DeployKey, model: ModelDep, session: SessionDep,
 
 @router.post("/{model_id}/undeploy", response_model=JobPublic, status_code=202,
              responses=errors(NO_MODEL))
-def undeploy_model(_: DeployKey, model: ModelDep, session: SessionDep):
-    """Unregister every version of the model from TorchServe. Returns the undeploy job."""
+def undeploy_model(_: DeployKey, model: ModelDep, session: SessionDep,
+                   _options: Annotated[UndeploySpec | None, Body()] = None):
+    """Unregister every version of the model from TorchServe (no body, or {}). Returns the
+    undeploy job."""
     return public(deployments.submit(session, model, "undeploy"))

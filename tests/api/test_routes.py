@@ -13,7 +13,7 @@ from api.deps import ROW_CACHE_SECONDS
 from api.main import app
 from mec_platform import keys
 from mec_platform.db import session_scope
-from mec_platform.tables import Job, Metric
+from mec_platform.tables import Job, Metric, Model
 
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
         "train_limit": 64, "max_steps": 2}
@@ -123,3 +123,23 @@ def test_models__404_for_a_missing_model(client):
     assert client.get("/v1/models/999999999").status_code == 404
     r = client.post("/v1/models/999999999/deploy")
     assert r.status_code == 404 and r.json()["detail"] == "model 999999999 not found"
+
+
+def test_undeploy__a_body_with_a_field_is_refused_not_ignored(client):
+    """An undeploy stops every version: {"version": 1} must not undeploy them all."""
+    job = client.post("/v1/jobs", json={"kind": "pretrain", "config": TINY}).json()
+    with session_scope() as s:
+        model = Model(job_id=job["id"], project="default", name="m", backbone="convnet",
+                      dataset="synthetic", artifacts={})
+        s.add(model)
+        s.flush()
+        url = f"/v1/models/{model.id}/undeploy"
+    before = _jobs()
+    r = client.post(url, json={"version": 1})
+    assert r.status_code == 422 and r.json()["detail"] == \
+        "version: Extra inputs are not permitted"
+    assert _jobs() == before
+    for body in ({}, None):
+        r = client.post(url, json=body)
+        assert r.status_code == 202 and r.json()["config"]["action"] == "undeploy", r.text
+    assert _jobs() == before + 2
