@@ -12,10 +12,8 @@ import pytest
 
 from api.main import app
 from mec_core.config import TrainConfig
-from mec_platform.db import session_scope
 from mec_platform.settings import get_settings
 from mec_platform.specs import EvaluateSpec
-from mec_platform.tables import Model
 
 PATHLIKE = re.compile(r"(dir|path|folder|file|root)s?$", re.IGNORECASE)
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
@@ -101,18 +99,6 @@ def _body(route: str, variant: str, pretrain_id: int) -> dict:
     return json.loads(json.dumps(bodies[route, variant]))
 
 
-@pytest.fixture
-def targets(client):
-    """A pretraining job to evaluate and a model to deploy, in the client's project."""
-    job = client.post("/v1/jobs", json={"kind": "pretrain", "config": TINY}).json()
-    with session_scope() as s:
-        model = Model(job_id=job["id"], project="default", name="m", backbone="convnet",
-                      dataset="synthetic", artifacts={})
-        s.add(model)
-        s.flush()
-        return job["id"], model.id
-
-
 def test_every_path_field_is_found():
     """The walk sees the fields known today (so it cannot pass by finding none)."""
     fields = {(route, field) for route, _, field in _cases()}
@@ -124,14 +110,14 @@ def test_every_path_field_is_found():
 
 @pytest.mark.parametrize(("route", "variant", "field"), _cases())
 def test_path_fields__outside_the_roots_nul_or_not_utf8_are_422_naming_the_field(
-        client, targets, tmp_path, route, variant, field):
+        client, synthetic_model, tmp_path, route, variant, field):
     root = get_settings().allowed_data_roots[-1]  # data_dir/datasets
     root.mkdir(parents=True, exist_ok=True)
     (root / "inside" / "a-class").mkdir(parents=True, exist_ok=True)  # an image folder
     link = root / "escape"
     if not link.is_symlink():
         link.symlink_to("/etc")
-    pretrain_id, model_id = targets
+    pretrain_id, model_id = synthetic_model  # a job to evaluate, a model to deploy
     url = route.replace("{model_id}", str(model_id))
     bad = {"outside": "/etc", "dot-dot": f"{root}/../../../etc", "symlink": f"{link}/ssl",
            "NUL": f"{root}/a\0b", "not UTF-8": f"{root}/\ud800"}

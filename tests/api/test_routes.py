@@ -13,7 +13,7 @@ from api.deps import ROW_CACHE_SECONDS
 from api.main import app
 from mec_platform import keys
 from mec_platform.db import session_scope
-from mec_platform.tables import Job, Metric, Model
+from mec_platform.tables import Job, Metric
 
 TINY = {"dataset": "synthetic", "backbone": "convnet", "batch_size": 32, "proj_dim": 32,
         "train_limit": 64, "max_steps": 2}
@@ -125,15 +125,9 @@ def test_models__404_for_a_missing_model(client):
     assert r.status_code == 404 and r.json()["detail"] == "model 999999999 not found"
 
 
-def test_undeploy__a_body_with_a_field_is_refused_not_ignored(client):
+def test_undeploy__a_body_with_a_field_is_refused_not_ignored(client, synthetic_model):
     """An undeploy stops every version: {"version": 1} must not undeploy them all."""
-    job = client.post("/v1/jobs", json={"kind": "pretrain", "config": TINY}).json()
-    with session_scope() as s:
-        model = Model(job_id=job["id"], project="default", name="m", backbone="convnet",
-                      dataset="synthetic", artifacts={})
-        s.add(model)
-        s.flush()
-        url = f"/v1/models/{model.id}/undeploy"
+    url = f"/v1/models/{synthetic_model[1]}/undeploy"
     before = _jobs()
     r = client.post(url, json={"version": 1})
     assert r.status_code == 422 and r.json()["detail"] == \

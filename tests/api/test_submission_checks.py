@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select
 
 from mec_core.config import METHOD_RECIPES, RECIPES, TrainConfig
 from mec_platform.db import session_scope
-from mec_platform.tables import Job, Model, Worker, utcnow
+from mec_platform.tables import Job, Worker, utcnow
 
 TINY = {"backbone": "convnet", "batch_size": 32, "max_steps": 2}
 
@@ -155,14 +155,8 @@ def test_nodes__a_job_of_several_nodes_needs_a_ray_cluster(client, embedded, mon
 
 
 def test_deploy__a_reference_set_not_where_the_workers_look_is_refused_naming_the_field(
-        client, datasets):
-    job = _post(client, TINY | {"dataset": "synthetic"}).json()
-    with session_scope() as s:
-        model = Model(job_id=job["id"], project="default", name="m", backbone="convnet",
-                      dataset="synthetic", artifacts={})
-        s.add(model)
-        s.flush()
-        url = f"/v1/models/{model.id}/deploy"
+        client, datasets, synthetic_model):
+    url = f"/v1/models/{synthetic_model[1]}/deploy"
     before = _jobs()
     refused = {
         (("reference_dataset", "imagefolder"),):
