@@ -18,6 +18,8 @@ BackboneName = Literal["convnet", "resnet18", "resnet50"]
 MethodName = Literal["mec", "simclr", "byol", "simsiam", "barlow_twins", "vicreg"]
 RecipeName = Literal["auto", "small", "imagenet"]
 DATASETS: tuple[str, ...] = get_args(DatasetName)
+# the datasets that read no directory (a data_dir given with one is refused: datafiles)
+BUILT_IN = {"digits": "scikit-learn bundles it", "synthetic": "it is generated"}
 # autocast precisions each kind of device runs (fp16 on a CPU: ~500x slower than fp32)
 PRECISIONS = {"cpu": ("auto", "fp32", "bf16"), "cuda": ("auto", "fp32", "bf16", "fp16")}
 BACKBONES: tuple[str, ...] = get_args(BackboneName)
@@ -309,8 +311,11 @@ class TrainConfig(BaseModel):
 
 def stored_config(data: dict) -> TrainConfig:
     """A config as a checkpoint, an export, a job row or a science record stored it; those
-    written before `feature_grid` existed pooled the last feature map globally, and those
-    written before `hflip` existed mirrored their views whatever the dataset."""
+    written before `feature_grid` existed pooled the last feature map globally, those
+    written before `hflip` existed mirrored their views whatever the dataset, and those
+    written before a data_dir given with a built-in dataset was refused had it ignored."""
+    if data.get("dataset") in BUILT_IN:
+        data = {**data, "data_dir": None}
     return TrainConfig(**{"feature_grid": 1, "hflip": True, **data})
 
 

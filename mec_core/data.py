@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mec_core.config import DATASETS, NATIVE_SIZE
+from mec_core.config import BUILT_IN, DATASETS, NATIVE_SIZE
 from mec_core.datafiles import (
-    BUILT_IN,
     CIFAR_BATCHES,
     DEFAULT_DIRS,
     IDX_PREFIX,

@@ -7,13 +7,12 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from mec_core.config import DATASETS
+from mec_core.config import BUILT_IN, DATASETS
 
 DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 IDX_PREFIX = {"train": "train", "test": "t10k"}
 CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 SPLIT_FOLDERS = {"train": ["train"], "test": ["val", "test"]}
-BUILT_IN = {"digits": "scikit-learn bundles it", "synthetic": "it is generated"}
 
 
 def reads_no_directory(name: str) -> str:

@@ -17,7 +17,7 @@ from celery.utils.log import get_task_logger
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from mec_core.config import stored_config
+from mec_core.config import BUILT_IN, stored_config
 from mec_core.datafiles import missing
 from mec_core.evaluate import evaluate
 from mec_core.export import export
@@ -276,7 +276,7 @@ def _evaluation_inputs(s: Session, job_id: int) -> tuple[EvaluateSpec, int, str,
         raise JobFailed(f"job {spec.job_id} has no finished model (it is {status})")
     dataset = spec.dataset or model.dataset
     data_dir = spec.data_dir or (source.config.get("data_dir") if spec.dataset in
-                                 (None, model.dataset) else None)
+                                 (None, model.dataset) and dataset not in BUILT_IN else None)
     return spec, model.id, model.artifacts["checkpoint"], dataset, data_dir
 
 

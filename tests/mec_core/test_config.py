@@ -114,6 +114,9 @@ def test_config__digits_views_default_to_no_flips_and_larger_crops():
     del old["hflip"]
     assert stored_config(old).hflip is True and stored_config(old).crop_min_scale is None
     assert stored_config(digits.model_dump(mode="json")) == digits
+    # a folder stored with a built-in dataset was ignored when it ran: it reloads without
+    stored = digits.model_dump(mode="json") | {"data_dir": "/data/digits"}
+    assert stored_config(stored) == digits
 
 
 def test_resolved__fills_what_the_run_decides_and_keeps_what_the_caller_set():

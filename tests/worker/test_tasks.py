@@ -77,6 +77,18 @@ def test_evaluate__records_an_evaluation(pretrained):
     assert evaluation.top1 == job.result["top1"] and 0 <= evaluation.top1 <= 100
 
 
+def test_evaluate__a_folder_its_job_stored_beside_a_built_in_dataset_is_not_read(pretrained):
+    """A job row written when a data_dir given with synthetic was ignored: its evaluation
+    reads the generated set, as the run did, and does not fail on the folder."""
+    with session_scope() as s:
+        job = s.get(Job, pretrained)
+        job.config = job.config | {"data_dir": "/data/synthetic"}
+    job_id = _submit(JobKind.EVALUATE, {"job_id": pretrained, "train_limit": 64,
+                                        "test_limit": 32})
+    tasks.evaluate_job(job_id)
+    assert _job(job_id).status == "succeeded", _job(job_id).error
+
+
 def _kept(model_id: int) -> list[Kept]:
     """The model's files of kept features in the store."""
     store = storage.get_store()
