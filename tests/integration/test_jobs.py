@@ -194,9 +194,13 @@ def test_data_dir_must_stay_under_the_data_roots(platform, tmp_path):
         assert r.status_code == 422, data_dir
         assert r.json()["detail"].startswith(f"config.data_dir: {data_dir} is outside")
     assert platform.get("/v1/jobs")["count"] == before
+    fashion = inside / "fashion-mnist"  # the train split's file names: all a check reads
+    fashion.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (fashion / name).write_bytes(b"")
     ok = c.post("/v1/jobs", json={"kind": "pretrain", "config": TINY | {
-        "max_steps": 1, "data_dir": str(inside)}})
-    assert ok.status_code == 201
+        "dataset": "fashion-mnist", "max_steps": 1, "data_dir": str(fashion)}})
+    assert ok.status_code == 201, ok.text
     c.post(f"/v1/jobs/{ok.json()['id']}/cancel")
 
 
