@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -84,6 +85,8 @@ def workers_memory(n: int, dim: int, queries: int) -> None:
                  for _, theirs in pipes]
         for p in procs:
             p.start()
+        for _, theirs in pipes:
+            theirs.close()  # a worker that dies ends our recv with EOFError, not a hang
         ms = [ours.recv() for ours, _ in pipes]
         kb = [memory_kb(p.pid) for p in procs]
         for ours, _ in pipes:
@@ -94,6 +97,7 @@ def workers_memory(n: int, dim: int, queries: int) -> None:
               f"{' / '.join(f'{v:.3f}' for v in ms)} | "
               f"{sum(k['Pss'] for k in kb) / 1024:.1f} | "
               f"{sum(k['Anonymous'] for k in kb) / 1024:.1f} |", flush=True)
+    shutil.rmtree(directory)
 
 
 def main() -> None:
