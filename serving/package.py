@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mec_core.config import BUILT_IN
+from mec_core.config import stored_config
 from mec_core.data import load_dataset
 from mec_core.export import export
 from mec_core.kept_features import Kept, fingerprint
@@ -120,11 +120,11 @@ def package(checkpoint: str | Path, out_dir: str | Path, name: str, version: str
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         export(checkpoint, work / "export")
-        meta = json.loads((work / "export" / "model.json").read_text())
-        dataset = reference_dataset or meta["config"]["dataset"]
-        data_dir = reference_data_dir or (meta["config"].get("data_dir")  # the model's own
-                                        if dataset == meta["config"]["dataset"]
-                                        and dataset not in BUILT_IN else None)
+        trained = stored_config(json.loads((work / "export" / "model.json").read_text())[
+            "config"])
+        dataset = reference_dataset or trained.dataset
+        data_dir = reference_data_dir or (trained.data_dir if dataset == trained.dataset
+                                          else None)
         references, reused_from = build_reference_set(
             work / "export", dataset, data_dir, reference_split, reference_limit,
             projector=projector, images_to=reference_images, on_progress=on_progress,
