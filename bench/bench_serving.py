@@ -303,6 +303,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="largest dynamic batch [default: the platform's]")
     parser.add_argument("--max-batch-delay-ms", type=int, default=MAX_BATCH_DELAY_MS)
+    parser.add_argument("--batches", choices=("adaptive", "fixed"), default="adaptive",
+                        help="adaptive: a batch waits the delay only while another worker "
+                        "computes (our plugin, the platform's); fixed: TorchServe's own, "
+                        "every batch waits it")
     parser.add_argument("--handler-threads", type=int, default=None,
                         help="torch threads of each TorchServe worker [default: the cores "
                         "divided among the workers, as the handler sets them]")
@@ -356,7 +360,8 @@ def main() -> None:
     profiles = []
     try:
         ts.client().register("bench.mar", workers=plan.workers, batch_size=plan.batch_size,
-                             max_batch_delay_ms=args.max_batch_delay_ms)
+                             max_batch_delay_ms=args.max_batch_delay_ms,
+                             adaptive=args.batches == "adaptive")
         served = Served(ts)
         key = ts.keys().inference
         image = root / "image.png"
@@ -394,7 +399,7 @@ def main() -> None:
     setup = {"host": records.host(), "in_process_threads": cores,
              "worker_threads": plan.threads,
              "workers": plan.workers, "batch_size": plan.batch_size,
-             "max_batch_delay_ms": args.max_batch_delay_ms,
+             "max_batch_delay_ms": args.max_batch_delay_ms, "batches": args.batches,
              "netty_threads": args.netty_threads or "default", "cores": cores,
              "jvm_options": " ".join(jvm), "serve_env": serve_env,
              "worker_spincount": ts.env["GOMP_SPINCOUNT"], "image_size": args.image_size,

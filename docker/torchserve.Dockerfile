@@ -9,7 +9,10 @@ COPY mec_platform /src/mec_platform
 COPY api /src/api
 COPY worker /src/worker
 COPY serving /src/serving
+# our frontend plugin (serving.plugin: batches that wait only while another worker
+# computes), compiled with the image's JDK against its TorchServe
 RUN pip install --no-cache-dir /src/client /src && mkdir -p /home/model-server/ts-home \
+    && python -m serving.plugin /home/model-server/plugins \
     && chown -R model-server /home/model-server
 COPY docker/torchserve.properties /home/model-server/config.properties
 COPY serving/log4j2.xml /home/model-server/log4j2.xml

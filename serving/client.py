@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import re
 import threading
 import time
@@ -22,6 +23,8 @@ from pathlib import Path
 import aiohttp
 import httpx
 import numpy as np
+
+from serving.plugin import ENDPOINT as ADAPTIVE_BATCHING
 
 MAX_REQUEST_BYTES = 10 * 2**20  # TorchServe's max_request_size and max_response_size
 TIMEOUT_S = 120  # TorchServe's own default_response_timeout: it has answered by then
@@ -40,7 +43,12 @@ MAX_BATCH_DELAY_MS = 2
 # an embedding answer as raw little-endian float32, n × dim, rows in the images' order, for
 # a client whose Accept names it first; its other fields travel as X-Mec-* headers
 FLOAT32 = "application/octet-stream"
+# TorchServe's answer to a registration with no worker (ApiUtils.registerModel)
+_REGISTERED = re.compile(r'^Model "(.+)" Version: (\S+) registered with 0 initial workers')
 _BAD = re.compile(r"^images\[(\d+)\]: (.*)$", re.S)  # the handler names the image of a batch
+
+
+log = logging.getLogger(__name__)
 
 
 class Unavailable(RuntimeError):
@@ -275,14 +283,46 @@ class TorchServe:
             return False
 
     def register(self, mar: str, model_name: str | None = None, workers: int = 1,
-                 batch_size: int = 8, max_batch_delay_ms: int = MAX_BATCH_DELAY_MS) -> dict:
-        params = {"url": mar, "initial_workers": workers, "synchronous": "true",
-                  "batch_size": batch_size, "max_batch_delay": max_batch_delay_ms}
+                 batch_size: int = 8, max_batch_delay_ms: int = MAX_BATCH_DELAY_MS,
+                 adaptive: bool = True) -> dict:
+        """Register an archive and start its workers. `adaptive` (where TorchServe runs our
+        plugin, serving.plugin): its batches wait the delay for more requests only while
+        another of its workers computes, so a lone request leaves at once; that is set
+        between the registration, with no worker, and the workers' start. Returns
+        TorchServe's answer to the step that started the workers."""
+        params = {"url": mar, "initial_workers": 0 if adaptive else workers,
+                  "synchronous": "true", "batch_size": batch_size,
+                  "max_batch_delay": max_batch_delay_ms}
         if model_name:
             params["model_name"] = model_name
-        return self._call("management", "POST", "/models", params=params,
-                          timeout=REGISTER_TIMEOUT_S).expect(
-                              f"register {mar.partition('?')[0]}").json()  # no signature
+        answer = self._call("management", "POST", "/models", params=params,
+                            timeout=REGISTER_TIMEOUT_S).expect(
+                                f"register {mar.partition('?')[0]}").json()  # no signature
+        if not adaptive:
+            return answer
+        registered = _REGISTERED.match(answer.get("status", ""))
+        if registered is None:  # an archive whose own config starts workers
+            raise Unavailable(f"TorchServe started workers at registering {mar}: {answer}")
+        name, version = registered.groups()
+        path = f"/{ADAPTIVE_BATCHING}/{name}/{version}"
+        made = self._call("management", "PUT", path)
+        if made.status_code == 404 and b"ModelNotFoundException" not in made.content:
+            log.warning("TorchServe runs without our plugin (serving.plugin): a lone request "
+                        "to %s waits the whole batch delay", name)
+        else:
+            made.expect(f"make the batches of {name} {version} adaptive")
+        started = self._call("management", "PUT", f"/models/{name}/{version}", params={
+            "min_worker": workers, "max_worker": workers, "synchronous": "true"},
+            timeout=REGISTER_TIMEOUT_S)
+        if started.status_code != 200:  # as a registration whose workers fail: none left
+            self.unregister(name, version)
+            started.expect(f"start the workers of {name} {version}")
+        return started.json()
+
+    def adaptive(self, name: str, version: str) -> bool:
+        """Whether a registered version's batches wait only while another worker computes."""
+        return self._call("management", "GET", f"/{ADAPTIVE_BATCHING}/{name}/{version}").expect(
+            f"read how {name} {version} batches").json()["adaptive"]
 
     def names(self) -> set[str]:
         """The names of the registered models (every page of the list)."""

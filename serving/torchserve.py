@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import shutil
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import psutil
 
+from serving import plugin
 from serving.client import MAX_REQUEST_BYTES, Keys, TorchServe
 from serving.process_groups import stop_groups
 
+log = logging.getLogger(__name__)
 LOG4J = Path(__file__).with_name("log4j2.xml").resolve()  # lean production logging
 TORCHSERVE_VERSION = "0.12.0"  # the last release; TorchServe is in limited maintenance
 
@@ -115,7 +118,7 @@ def write_config(home: Path, model_store: Path, inference_port: int, management_
                  metrics_port: int, max_request_bytes: int = MAX_REQUEST_BYTES,
                  token_expiration_min: int = 60, inference_host: str = "127.0.0.1",
                  extra: dict[str, str] | None = None, archive_urls: str | None = None,
-                 jvm_options: list[str] | None = None) -> Path:
+                 jvm_options: list[str] | None = None, plugins: Path | None = None) -> Path:
     """config.properties: management and metrics on loopback only, token authorization
     on, models only from our store, bounded request size, metrics in Prometheus' format.
     The gRPC APIs, which the platform does not use, listen on loopback on free ports, so
@@ -123,7 +126,8 @@ def write_config(home: Path, model_store: Path, inference_port: int, management_
     `extra`: further config.properties entries (e.g. number_of_netty_threads).
     `archive_urls`: a regular expression of further URLs it may download archives from
     into its model store (an S3 store's presigned URLs). `jvm_options`: the Java
-    frontend's options besides its logging (default: frontend_jvm_options())."""
+    frontend's options besides its logging (default: frontend_jvm_options()). `plugins`:
+    the folder of our plugin's jar (serving.plugin)."""
     store = model_store.resolve()
     grpc_inference, grpc_management = unused_ports(2)
     lines = {
@@ -149,7 +153,7 @@ def write_config(home: Path, model_store: Path, inference_port: int, management_
         "vmargs": " ".join([f"-Dlog4j.configurationFile=file://{LOG4J}",
                             *(frontend_jvm_options() if jvm_options is None
                               else jvm_options)]),
-    } | (extra or {})
+    } | ({"plugins_path": str(plugins)} if plugins else {}) | (extra or {})
     home.mkdir(parents=True, exist_ok=True)
     path = home / "config.properties"
     path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
@@ -179,6 +183,16 @@ def process_env(env: dict[str, str], home: Path) -> dict[str, str]:
             | {"LOG_LOCATION": logs, "METRICS_LOCATION": logs, "TMPDIR": str(home)})
 
 
+def _plugins() -> Path | None:
+    """Our plugin's folder (serving.plugin), built if needed; None without a JDK, when
+    a lone request waits the whole batch delay as in TorchServe itself."""
+    plugins = plugin.cached()
+    if plugins is None:
+        log.warning("no javac (the JDK's compiler): TorchServe starts without our plugin, "
+                    "so a lone request waits the whole batch delay")
+    return plugins
+
+
 class LocalTorchServe:
     """A TorchServe process in `home` (its working directory, logs and key file): how `mec
     up`, the tests and the benchmarks start and stop TorchServe."""
@@ -196,7 +210,7 @@ class LocalTorchServe:
         self.metrics_url = f"http://127.0.0.1:{metrics_port}"
         self.config = write_config(home, model_store, inference_port, management_port,
                                    metrics_port, extra=extra, archive_urls=archive_urls,
-                                   jvm_options=jvm_options)
+                                   jvm_options=jvm_options, plugins=_plugins())
         self.env = process_env(os.environ | (env or {}), home)
         self.process: subprocess.Popen | None = None
 
