@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -36,9 +37,10 @@ PUBLISH_WAIT_S = 15  # how long a refused published key waits for a newer one
 # to its batch size of requests at once, so one big request (or a few) would keep the other
 # workers idle (bench_galleries.py, 2 workers: 53 img/s as 4 x 16, 80 as 8 x 8)
 PER_REQUEST, PARALLEL = 8, 8
-# TorchServe's wait for a batch to fill: it takes what is queued at once and waits this
-# long for more (a lone client pays it on every request); 2 ms keeps the throughput of 8
-# and 32 clients of 20 ms and halves one client's latency (docs/performance.md, "Serving")
+# TorchServe's wait for a batch to fill: it takes what is queued at once and, while another
+# worker of the model computes, waits this long for more (our plugin, serving.plugin: a lone
+# request leaves at once; without it every batch waits); 2 ms keeps the throughput of 8 and
+# 32 clients of 20 ms (docs/performance.md, "Serving")
 MAX_BATCH_DELAY_MS = 2
 # an embedding answer as raw little-endian float32, n × dim, rows in the images' order, for
 # a client whose Accept names it first; its other fields travel as X-Mec-* headers
@@ -304,20 +306,24 @@ class TorchServe:
         if registered is None:  # an archive whose own config starts workers
             raise Unavailable(f"TorchServe started workers at registering {mar}: {answer}")
         name, version = registered.groups()
-        path = f"/{ADAPTIVE_BATCHING}/{name}/{version}"
-        made = self._call("management", "PUT", path)
+        try:
+            self._make_adaptive(name, version)
+            return self._call("management", "PUT", f"/models/{name}/{version}", params={
+                "min_worker": workers, "max_worker": workers, "synchronous": "true"},
+                timeout=REGISTER_TIMEOUT_S).expect(
+                    f"start the workers of {name} {version}").json()
+        except BaseException:  # as a registration whose workers fail: nothing left
+            with contextlib.suppress(Unavailable):
+                self.unregister(name, version)
+            raise
+
+    def _make_adaptive(self, name: str, version: str) -> None:
+        made = self._call("management", "PUT", f"/{ADAPTIVE_BATCHING}/{name}/{version}")
         if made.status_code == 404 and b"ModelNotFoundException" not in made.content:
             log.warning("TorchServe runs without our plugin (serving.plugin): a lone request "
                         "to %s waits the whole batch delay", name)
         else:
             made.expect(f"make the batches of {name} {version} adaptive")
-        started = self._call("management", "PUT", f"/models/{name}/{version}", params={
-            "min_worker": workers, "max_worker": workers, "synchronous": "true"},
-            timeout=REGISTER_TIMEOUT_S)
-        if started.status_code != 200:  # as a registration whose workers fail: none left
-            self.unregister(name, version)
-            started.expect(f"start the workers of {name} {version}")
-        return started.json()
 
     def adaptive(self, name: str, version: str) -> bool:
         """Whether a registered version's batches wait only while another worker computes."""

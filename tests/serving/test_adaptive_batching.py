@@ -3,13 +3,17 @@ batches wait the batch delay for more requests only while another of its workers
 The delay is long here (DELAY_MS), so that waiting or not shows in the latency."""
 
 import io
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
+from serving.client import Unavailable
 from serving.torchserve import LocalTorchServe, unused_ports
 
 DELAY_MS = 400
@@ -124,3 +128,21 @@ def test_without_the_plugin_a_registration_still_serves(trained, tmp_path, image
         assert seconds >= DELAY_MS / 1000
     finally:
         ts.stop()
+
+
+def test_a_model_whose_workers_fail_is_not_left_registered(served, tmp_path):
+    """Registered with no worker, then its workers fail to load: the registration is
+    undone, as TorchServe undoes a registration whose initial workers fail."""
+    ts, _ = served
+    handler = tmp_path / "broken.py"
+    handler.write_text("raise RuntimeError('this handler cannot load')\n")
+    subprocess.run([str(Path(sys.executable).with_name("torch-model-archiver")),
+                    "--model-name", "broken", "--version", "1.0", "--handler", str(handler),
+                    "--export-path", str(ts.store), "--force"], check=True)
+    management = ts.client()
+    try:
+        with pytest.raises(Unavailable, match="start the workers of broken 1.0"):
+            management.register("broken.mar", workers=1)
+        assert "broken" not in management.names()
+    finally:
+        (ts.store / "broken.mar").unlink()  # the store is the other serving tests' too
