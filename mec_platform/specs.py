@@ -104,9 +104,11 @@ class DeploySpec(BaseModel):
                                    "of each worker; default: 8 images in flight over all "
                                    "the workers (4 each for 2 workers).")
     max_batch_delay_ms: int = Field(MAX_BATCH_DELAY_MS, ge=0, le=10_000, description=
-                                    "How long TorchServe waits to fill a batch: it takes "
-                                    "what is queued at once, then waits this long for more "
-                                    "(a lone client waits it on every request).")
+                                    "How long a batch waits for more requests: TorchServe "
+                                    "takes what is queued at once, then, while another "
+                                    "worker computes, waits up to this long for more; a "
+                                    "request that comes while every other worker is idle "
+                                    "leaves at once.")
     reference_dataset: DatasetName | None = Field(None, description="The reference set "
                                                   "/search looks in; default: the model's "
                                                   "training set.")

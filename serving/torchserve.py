@@ -203,7 +203,7 @@ class LocalTorchServe:
                  jvm_options: list[str] | None = None) -> None:
         if shutil.which("java") is None:
             raise RuntimeError("TorchServe needs Java 17 or newer: install a JDK "
-                               "(Debian: apt-get install openjdk-17-jre-headless)")
+                               "(Debian: apt-get install openjdk-17-jdk-headless)")
         self.home, self.store = home, model_store
         self.inference_url = f"http://127.0.0.1:{inference_port}"
         self.management_url = f"http://127.0.0.1:{management_port}"
