@@ -69,6 +69,9 @@ def test_the_plugin_says_which_models_batch_adaptively(served):
     for path in ("/adaptive-batching/nope/1.0", "/adaptive-batching/tiny/9.9",
                  "/adaptive-batching/tiny"):
         assert management._call("management", "PUT", path).status_code == 404, path
+    for method in ("POST", "DELETE"):
+        answer = management._call("management", method, "/adaptive-batching/tiny/1.0")
+        assert answer.status_code == 405 and answer.headers["allow"] == "GET, PUT", method
     # the plugin answers on the management API only, with its key
     assert httpx.put(f"{ts.management_url}/adaptive-batching/tiny/1.0").status_code in (
         400, 401)

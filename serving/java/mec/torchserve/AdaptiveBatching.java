@@ -61,6 +61,25 @@ public final class AdaptiveBatching extends ModelServerEndpoint {
         }
     }
 
+    @Override
+    public void doPost(Request req, Response rsp, Context ctx) throws IOException {
+        notAllowed(rsp);
+    }
+
+    @Override
+    public void doDelete(Request req, Response rsp, Context ctx) throws IOException {
+        notAllowed(rsp);
+    }
+
+    private static void notAllowed(Response rsp) throws IOException {
+        JsonObject body = new JsonObject();
+        body.addProperty("code", 405);
+        body.addProperty("type", "MethodNotAllowedException");
+        body.addProperty("message", "/adaptive-batching/{model}/{version} takes GET and PUT");
+        rsp.setHeader("Allow", "GET, PUT");
+        write(rsp, 405, body);
+    }
+
     /** The model version that the path names, or null once a 404 is answered. */
     private static Model model(Request req, Response rsp) throws IOException {
         String[] path = req.getRequestURI().split("\\?", 2)[0].split("/");
